@@ -1,0 +1,124 @@
+"""Gin command-line handling shared by the `train`/`eval`/`infer` entry points (T5X's gin_utils).
+
+Flags mirror T5X: `--gin_file` (repeatable, searched in `--gin_search_paths` and in this
+repository's `gin/` folder), `--gin_bindings` / `--gin.NAME=VALUE` (rewritten to a binding
+`NAME = VALUE`), `--tfds_data_dir`. Errors in gin files or bindings are turned into one-line
+`ValueError`s naming the file or binding.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+from typing import Callable, Sequence
+
+import gin
+
+REPO_GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin"
+
+
+def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
+  """Rewrites `--gin.NAME=VALUE` (or `--gin.NAME VALUE`) into `--gin_bindings=NAME = VALUE`."""
+  out: list[str] = []
+  args = list(argv)
+  i = 0
+  while i < len(args):
+    arg = args[i]
+    if arg.startswith("--gin."):
+      body = arg[len("--gin."):]
+      if "=" in body:
+        name, value = body.split("=", 1)
+      elif i + 1 < len(args):
+        name, value = body, args[i + 1]
+        i += 1
+      else:
+        raise ValueError(f"gin flag {arg!r} has no value; write --gin.{body}=VALUE")
+      out.append(f"--gin_bindings={name} = {value}")
+    else:
+      out.append(arg)
+    i += 1
+  return out
+
+
+def make_parser(description: str) -> argparse.ArgumentParser:
+  """The common flags of every entry point."""
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument("--gin_file", action="append", default=[],
+                      help="gin config file (repeatable); relative paths are searched in "
+                      "--gin_search_paths and the repository's gin/ folder")
+  parser.add_argument("--gin_bindings", action="append", default=[],
+                      help="a gin binding 'NAME = VALUE' (repeatable); --gin.NAME=VALUE also works")
+  parser.add_argument("--gin_search_paths", action="append", default=[],
+                      help="comma-separated folders to search for gin files and their includes")
+  parser.add_argument("--tfds_data_dir", default=None, help="TFDS data dir (seqio.set_tfds_data_dir_override)")
+  return parser
+
+
+def _resolve_gin_file(name: str, search_paths: Sequence[str]) -> str:
+  candidates = [pathlib.Path(name)] + [pathlib.Path(p) / name for p in search_paths]
+  for path in candidates:
+    if path.is_file():
+      return str(path)
+  raise ValueError(f"gin file {name!r} not found (searched: . {' '.join(search_paths)})")
+
+
+def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
+              gin_search_paths: Sequence[str] = ()) -> None:
+  """Parses gin files then bindings; raises a one-line ValueError on any gin problem."""
+  paths = [p for group in gin_search_paths for p in group.split(",") if p]
+  paths.append(str(REPO_GIN_DIR))
+  for path in paths:
+    gin.add_config_file_search_path(path)
+  files = [_resolve_gin_file(f, paths) for f in gin_files]
+  for f in files:
+    try:
+      gin.parse_config_file(f)
+    except Exception as e:  # gin raises several types, with multi-line messages.
+      raise ValueError(f"gin file {f}: {_first_line(e)}") from None
+  for binding in gin_bindings:
+    try:
+      gin.parse_config(binding)
+    except Exception as e:
+      raise ValueError(f"gin binding {binding!r}: {_first_line(e)}") from None
+  try:
+    gin.finalize()
+  except Exception as e:
+    raise ValueError(f"gin config: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip() or type(e).__name__
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  head = lines[0]
+  # gin appends "In file ..., line N" context lines; keep the location when present.
+  where = next((l for l in lines[1:] if l.startswith("In file") or l.startswith("In bindings")), "")
+  return f"{head} ({where})" if where else head
+
+
+def run(main: Callable[[argparse.Namespace], int | None], description: str,
+        argv: Sequence[str] | None = None) -> int:
+  """Parses flags and gin, runs `main`, and turns user errors into a one-line message (exit 2)."""
+  parser = make_parser(description)
+  try:
+    args = parser.parse_args(rewrite_gin_args(sys.argv[1:] if argv is None else argv))
+    if args.tfds_data_dir:
+      import seqio
+      seqio.set_tfds_data_dir_override(args.tfds_data_dir)
+    parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
+    return int(main(args) or 0)
+  except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+    print(f"error: {_first_line(e)}", file=sys.stderr)
+    return 2
+
+
+def config_str() -> str:
+  """The operative gin config (what was actually used), for MODEL_DIR/config.gin."""
+  return gin.operative_config_str()
+
+
+def quiet_tensorflow() -> None:
+  """Keeps TensorFlow off the GPU/TPU and quiet: it only feeds data here."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  import tensorflow as tf
+  tf.config.set_visible_devices([], "GPU")

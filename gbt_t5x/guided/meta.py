@@ -1,0 +1,134 @@
+"""The meta optimizer: moves raw guided hyper-parameters along their hypergradients.
+
+`make_meta_optimizer` builds optax Adam over the raw-value dict (optionally after global-norm
+clipping of the hypergradients), with each hyper-parameter's update multiplied by its
+`meta_lr_scale`. `apply_hypergradient` applies one meta step inside jit: a step whose
+hypergradients are not all finite is skipped as a whole (raw values and meta state unchanged,
+`num_skipped` incremented); after a real step, raw values with a clip range are projected back
+into it (`activations.project`), so effective values stay inside their declared range.
+
+Imports only jax, optax, flax.struct and `gbt_t5x.guided`; must not import gin, seqio, tensorflow,
+or anything from `gbt_t5x.models` / `gbt_t5x.train`.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from gbt_t5x.guided import activations
+from gbt_t5x.guided import specs as specs_lib
+
+
+@flax.struct.dataclass
+class GuidedState:
+  """Guided part of the train state (checkpointed, replicated).
+
+  Attributes:
+    raw: name -> raw value array (shape `spec.shape`).
+    meta_opt_state: the meta optimizer's state over `raw`.
+    num_hyper_steps: int32[] guided steps taken, skipped ones included.
+    num_skipped: int32[] guided steps skipped for non-finite hypergradients.
+  """
+  raw: dict[str, jax.Array]
+  meta_opt_state: Any
+  num_hyper_steps: jax.Array
+  num_skipped: jax.Array
+
+
+def _scale_by_name(scales: Mapping[str, float]) -> optax.GradientTransformation:
+  """Multiplies update `name` by `scales[name]` (a stateless transformation over a dict)."""
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    del params
+    if set(updates) != set(scales):
+      raise ValueError(f"meta updates have names {sorted(updates)} but the specs have "
+                       f"{sorted(scales)}")
+    return {k: u * jnp.asarray(scales[k], u.dtype) for k, u in updates.items()}, state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def make_meta_optimizer(learning_rate: float | optax.Schedule,
+                        specs: Sequence[specs_lib.GuidedHParam],
+                        clip_norm: float | None = None, b1: float = 0.9,
+                        b2: float = 0.999) -> optax.GradientTransformation:
+  """Adam on the raw values, per-name scaled by `meta_lr_scale`, optionally norm-clipped.
+
+  Args:
+    learning_rate: meta learning rate (raw units per step) or an optax schedule of the
+      guided-step count.
+    specs: the guided hyper-parameters (for the per-name scales).
+    clip_norm: if set, hypergradients are clipped to this global norm before Adam.
+    b1, b2: Adam decay rates of the meta optimizer.
+  """
+  if clip_norm is not None and not clip_norm > 0:
+    raise ValueError(f"meta clip_norm must be > 0 or None, got {clip_norm}")
+  parts = []
+  if clip_norm is not None:
+    parts.append(optax.clip_by_global_norm(clip_norm))
+  parts.append(optax.adam(learning_rate, b1=b1, b2=b2))
+  parts.append(_scale_by_name({s.name: float(s.meta_lr_scale) for s in specs}))
+  return optax.chain(*parts)
+
+
+def init_guided_state(specs: Sequence[specs_lib.GuidedHParam],
+                      meta_optimizer: optax.GradientTransformation) -> GuidedState:
+  """Initial guided state: raw values from the specs' inits, fresh meta state, zero counters."""
+  raw = specs_lib.init_raw(specs)
+  return GuidedState(raw=raw, meta_opt_state=meta_optimizer.init(raw),
+                     num_hyper_steps=jnp.zeros((), jnp.int32),
+                     num_skipped=jnp.zeros((), jnp.int32))
+
+
+def project_raw(specs: Sequence[specs_lib.GuidedHParam],
+                raw: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """Clips each raw value into its spec's raw range (see `activations.raw_bounds`)."""
+  by_name = {s.name: s for s in specs}
+  return {k: activations.project(by_name[k].activation, v, by_name[k].lower, by_name[k].upper)
+          for k, v in raw.items()}
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """bool[]: True iff every element of every leaf of `tree` is finite."""
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.asarray(True)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def apply_hypergradient(state: GuidedState, hypergrads: Mapping[str, jax.Array],
+                        specs: Sequence[specs_lib.GuidedHParam],
+                        meta_optimizer: optax.GradientTransformation
+                        ) -> tuple[GuidedState, jax.Array]:
+  """One meta step: raw <- project(raw + meta_update(hypergrads)), or a skip if non-finite.
+
+  Args:
+    state: current guided state.
+    hypergrads: name -> d L_guide / d raw, same shapes as `state.raw`.
+    specs: the guided hyper-parameters.
+    meta_optimizer: from `make_meta_optimizer`.
+
+  Returns:
+    (new_state, skipped) with `skipped` bool[]; jittable (no Python branching on values).
+  """
+  if set(hypergrads) != set(state.raw):
+    raise ValueError(f"hypergradients have names {sorted(hypergrads)} but the guided state has "
+                     f"{sorted(state.raw)}")
+  finite = all_finite(hypergrads)
+  safe = {k: jnp.where(finite, g, jnp.zeros_like(g)).astype(state.raw[k].dtype)
+          for k, g in hypergrads.items()}
+  updates, new_meta = meta_optimizer.update(safe, state.meta_opt_state, state.raw)
+  new_raw = project_raw(specs, optax.apply_updates(state.raw, updates))
+  keep = lambda new, old: jnp.where(finite, new, old)
+  skipped = jnp.logical_not(finite)
+  return GuidedState(raw=jax.tree.map(keep, new_raw, state.raw),
+                     meta_opt_state=jax.tree.map(keep, new_meta, state.meta_opt_state),
+                     num_hyper_steps=state.num_hyper_steps + 1,
+                     num_skipped=state.num_skipped + skipped.astype(jnp.int32)), skipped

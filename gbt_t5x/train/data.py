@@ -1,0 +1,209 @@
+"""Datasets for training: T5X's `DatasetConfig`, SeqIO loading per process, and batch iterators.
+
+A `DatasetConfig` names a SeqIO task or mixture, its split and feature lengths, and the *global*
+batch size. Each JAX process reads its own shard (`seqio.ShardInfo`) and the per-process batches
+are assembled into global `jax.Array`s sharded over the mesh's `data` axis.
+
+The pipeline is deterministic for a seed, so exact resume skips the batches already consumed
+(`skip_batches`) instead of checkpointing tf.data iterator state. Must not import gin or
+`gbt_t5x.models`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Callable, Iterator, Mapping
+
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+
+DATA_IDS_FEATURE = "data_ids"
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetConfig:
+  """T5X's dataset configuration (gin-scoped as `train/`, `train_eval/`, `guide/`, ...).
+
+  Attributes:
+    mixture_or_task_name: a registered SeqIO task or mixture.
+    task_feature_lengths: e.g. {'inputs': 512, 'targets': 114} (tokens).
+    split: dataset split, e.g. 'train' or 'validation'.
+    batch_size: the *global* batch size (examples per step across all processes).
+    shuffle: shuffle examples (train: yes; eval: no).
+    seed: shuffle seed (None = nondeterministic; exact resume needs a seed).
+    use_cached: read seqio's cached version of the task.
+    pack: pack several examples per row (adds segment ids / positions).
+    module: an extra module to import that registers the task (T5X's MIXTURE_OR_TASK_MODULE).
+    data_id_feature: name of an integer per-example feature of the task (e.g. 'noise_bucket')
+      to copy onto every target token as `decoder_data_ids` (for guided data weights).
+    num_epochs: None repeats forever (training); 1 for a single pass (evaluation).
+  """
+  mixture_or_task_name: str
+  task_feature_lengths: Mapping[str, int]
+  split: str
+  batch_size: int
+  shuffle: bool
+  seed: int | None = None
+  use_cached: bool = False
+  pack: bool = False
+  module: str | None = None
+  data_id_feature: str | None = None
+  num_epochs: int | None = None
+
+
+class EncDecWithDataIdsFeatureConverter(seqio.EncDecFeatureConverter):
+  """`EncDecFeatureConverter` that also carries a per-token `decoder_data_ids` feature.
+
+  The task's per-example id is first copied onto every target token as `data_ids` (see
+  `add_data_ids`); this converter pads/packs it with the targets, so it works with packing, where
+  seqio's passthrough features are not allowed.
+  """
+  TASK_FEATURES = {
+      **seqio.EncDecFeatureConverter.TASK_FEATURES,
+      DATA_IDS_FEATURE: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+  }
+  MODEL_FEATURES = {
+      **seqio.EncDecFeatureConverter.MODEL_FEATURES,
+      "decoder_data_ids": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+  }
+
+  def _convert_example(self, features: Mapping[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
+    converted = dict(super()._convert_example(features))
+    converted["decoder_data_ids"] = features[DATA_IDS_FEATURE]
+    return converted
+
+  def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
+    lengths = dict(super().get_model_feature_lengths(task_feature_lengths))
+    lengths["decoder_data_ids"] = task_feature_lengths["targets"]
+    return lengths
+
+
+def get_mixture_or_task(name: str) -> seqio.Task | seqio.Mixture:
+  """Looks up a registered task or mixture; an unknown name lists the close matches."""
+  try:
+    return seqio.get_mixture_or_task(name)
+  except ValueError:
+    known = list(seqio.TaskRegistry.names()) + list(seqio.MixtureRegistry.names())
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else (
+        f"; registered: {', '.join(sorted(known)[:20])}" if known else
+        "; no tasks are registered (is MIXTURE_OR_TASK_MODULE imported?)")
+    raise ValueError(f"unknown SeqIO task or mixture {name!r}{hint}") from None
+
+
+def validate_feature_lengths(cfg: DatasetConfig) -> None:
+  """Raises ValueError for missing or non-positive feature lengths."""
+  for key in ("inputs", "targets"):
+    length = cfg.task_feature_lengths.get(key)
+    if length is None:
+      raise ValueError(f"{cfg.mixture_or_task_name}: task_feature_lengths lacks {key!r}")
+    if int(length) <= 0:
+      raise ValueError(f"{cfg.mixture_or_task_name}: sequence length {key}={length} must be > 0")
+
+
+def _per_process_batch_size(cfg: DatasetConfig) -> int:
+  count = jax.process_count()
+  if cfg.batch_size % count:
+    raise ValueError(f"global batch_size {cfg.batch_size} of {cfg.mixture_or_task_name} is not "
+                     f"divisible by the {count} processes")
+  return cfg.batch_size // count
+
+
+def add_data_ids(ds: tf.data.Dataset, feature: str, task_name: str) -> tf.data.Dataset:
+  """Copies the per-example integer `feature` onto each target token as `data_ids` [targets_len]."""
+  if feature not in ds.element_spec:
+    raise ValueError(f"task {task_name} has no feature {feature!r} for data weights; it has "
+                     f"{sorted(ds.element_spec)}")
+
+  def add(ex):
+    ex = dict(ex)
+    ex[DATA_IDS_FEATURE] = tf.fill(tf.shape(ex["targets"]), tf.cast(ex[feature], tf.int32))
+    return ex
+
+  return ds.map(add, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def get_dataset(cfg: DatasetConfig, shard_id: int | None = None,
+                num_shards: int | None = None) -> tf.data.Dataset:
+  """This process's batched, feature-converted `tf.data.Dataset` for `cfg`.
+
+  Returns batches of `cfg.batch_size / process_count` examples with the model features of the
+  encoder-decoder converter, each `[batch, length]` int32.
+  """
+  if cfg.module:
+    import importlib
+    importlib.import_module(cfg.module)
+  validate_feature_lengths(cfg)
+  task = get_mixture_or_task(cfg.mixture_or_task_name)
+  shard_info = seqio.ShardInfo(index=jax.process_index() if shard_id is None else shard_id,
+                               num_shards=jax.process_count() if num_shards is None else num_shards)
+  lengths = dict(cfg.task_feature_lengths)
+  ds = task.get_dataset(sequence_length=lengths, split=cfg.split, use_cached=cfg.use_cached,
+                        shuffle=cfg.shuffle, seed=cfg.seed, shard_info=shard_info,
+                        num_epochs=cfg.num_epochs)
+  if cfg.data_id_feature:
+    ds = add_data_ids(ds, cfg.data_id_feature, cfg.mixture_or_task_name)
+    lengths[DATA_IDS_FEATURE] = lengths["targets"]
+    converter = EncDecWithDataIdsFeatureConverter(pack=cfg.pack)
+  else:
+    converter = seqio.EncDecFeatureConverter(pack=cfg.pack)
+  ds = converter(ds, lengths)
+  drop_remainder = cfg.num_epochs is None
+  ds = ds.batch(_per_process_batch_size(cfg), drop_remainder=drop_remainder)
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def global_batch(local_batch: Mapping[str, np.ndarray], sharding: Any) -> dict[str, jax.Array]:
+  """Assembles this process's numpy batch into global arrays sharded over the `data` axis."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_batch.items()}
+
+
+def pad_batch(batch: Mapping[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+  """Pads a short final batch with all-zero rows (zero loss weight) up to `batch_size` rows."""
+  rows = len(next(iter(batch.values())))
+  if rows == batch_size:
+    return dict(batch)
+  return {k: np.concatenate([v, np.zeros((batch_size - rows,) + v.shape[1:], v.dtype)])
+          for k, v in batch.items()}
+
+
+class BatchIterator:
+  """Infinite (or single-pass) iterator of global batches with a consumed-batch counter.
+
+  `position` counts batches handed out since the start of the pipeline, so a restored run can
+  rebuild the same iterator and `skip` to it for an exact resume.
+  """
+
+  def __init__(self, cfg: DatasetConfig, sharding: Any, start_position: int = 0,
+               check_fn: Callable[[Mapping[str, np.ndarray]], None] | None = None):
+    self.cfg = cfg
+    self._check_fn = check_fn
+    self._sharding = sharding
+    self._local_batch_size = _per_process_batch_size(cfg)
+    ds = get_dataset(cfg)
+    if start_position:
+      ds = ds.skip(start_position)
+    self._it = ds.as_numpy_iterator()
+    self.position = start_position
+
+  def __iter__(self) -> Iterator[dict[str, jax.Array]]:
+    return self
+
+  def __next__(self) -> dict[str, jax.Array]:
+    local = pad_batch(next(self._it), self._local_batch_size)
+    if self._check_fn is not None:
+      self._check_fn(local)
+    self.position += 1
+    return global_batch(local, self._sharding)
+
+
+def first_batch_or_error(cfg: DatasetConfig) -> dict[str, np.ndarray]:
+  """Reads one local batch, raising ValueError when the split yields no examples."""
+  ds = get_dataset(dataclasses.replace(cfg, num_epochs=1))
+  for batch in ds.take(1).as_numpy_iterator():
+    return batch
+  raise ValueError(f"task {cfg.mixture_or_task_name} split {cfg.split!r} yields no examples "
+                   f"(batch_size {cfg.batch_size})")

@@ -1,0 +1,251 @@
+"""The `train` entry function (T5X's `train.py:train`), configured by gin through `__main__`.
+
+Order of work, chosen so that a failed start never touches an existing run: validate the
+configuration (tasks, lengths, vocabulary vs model), build the mesh and the abstract train state,
+restore the latest checkpoint if `model_dir` has one (refusing a checkpoint of another shape), and
+only then write `config.gin`, train, evaluate, checkpoint and plot. Must be driven by gin only
+through its arguments (no gin import here).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import numpy as np
+
+from gbt_t5x.train import checkpoints as checkpoints_lib
+from gbt_t5x.train import data as data_lib
+from gbt_t5x.train import summaries
+from gbt_t5x.train import train_state as train_state_lib
+from gbt_t5x.train.partitioning import PjitPartitioner
+
+
+@dataclasses.dataclass(frozen=True)
+class SaveCheckpointConfig:
+  """How often to save (steps) and how many checkpoints to keep (None: all)."""
+  period: int = 1000
+  keep: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoreCheckpointConfig:
+  """Where to initialise params from when `model_dir` has no checkpoint of its own.
+
+  Attributes:
+    path: a model dir (its latest checkpoint is used) or None for random init.
+    reset_optimizer: keep only params from `path` (fresh optimizer state and step 0).
+  """
+  path: str | None = None
+  reset_optimizer: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  save: SaveCheckpointConfig | None = SaveCheckpointConfig()
+  restore: RestoreCheckpointConfig | None = None
+
+
+def _input_shapes(cfg: data_lib.DatasetConfig) -> dict[str, tuple[int, int]]:
+  lengths = cfg.task_feature_lengths
+  return {"encoder_input_tokens": (1, int(lengths["inputs"])),
+          "decoder_input_tokens": (1, int(lengths["targets"])),
+          "decoder_target_tokens": (1, int(lengths["targets"]))}
+
+
+def check_vocabularies(model: Any, cfg: data_lib.DatasetConfig) -> None:
+  """Raises ValueError when a task's vocabulary does not fit the model's embedding table."""
+  task = data_lib.get_mixture_or_task(cfg.mixture_or_task_name)
+  model_vocab = int(model.module.config.vocab_size)
+  for name in ("inputs", "targets"):
+    feature = task.output_features.get(name)
+    if feature is None:
+      continue
+    size = int(feature.vocabulary.vocab_size)
+    if size > model_vocab:
+      raise ValueError(f"task {cfg.mixture_or_task_name} {name} vocabulary has {size} ids but the "
+                       f"model's vocab_size is {model_vocab}")
+  if int(model.output_vocabulary.vocab_size) > model_vocab:
+    raise ValueError(f"the model's output vocabulary has {model.output_vocabulary.vocab_size} ids "
+                     f"but its vocab_size is {model_vocab}")
+
+
+def initial_train_state(model: Any, input_shapes: Mapping[str, tuple[int, ...]],
+                        partitioner: PjitPartitioner, rng: jax.Array) -> tuple[Any, Any]:
+  """A freshly initialised `TrainState` placed on the mesh, and its `TrainState` of shardings.
+
+  Args:
+    model: an `EncoderDecoderModel` with `optimizer_def`.
+    input_shapes: feature name -> shape used to trace the init (batch 1 is enough).
+    partitioner: the mesh partitioner.
+    rng: PRNG key for params init.
+  """
+  init_fn = train_state_lib.init_fn_for(model, model.optimizer_def, dict(input_shapes))
+  abstract_boxed = jax.eval_shape(
+      lambda r: model.get_initial_variables(r, dict(input_shapes))["params"], rng)
+  abstract_state = jax.eval_shape(init_fn, rng)
+  axes = train_state_lib.train_state_shardings(abstract_boxed, abstract_state, partitioner)
+  state = partitioner.partition(init_fn, in_shardings=None, out_shardings=axes)(rng)
+  return state, axes
+
+
+def shape_fingerprint(params: Any) -> dict[str, list[int]]:
+  """{param path: shape} — stored with each checkpoint to name mismatches on restore."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  return {jax.tree_util.keystr(path): list(leaf.shape) for path, leaf in flat}
+
+
+def _restore_params_from(path: str, state: Any, axes: Any) -> Any:
+  """Loads params (only) of the latest checkpoint in another model dir into `state`."""
+  ckpt = checkpoints_lib.Checkpointer(os.path.join(path, "checkpoints"))
+  step = ckpt.latest_step()
+  if step is None:
+    raise ValueError(f"restore path {path} holds no checkpoint")
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          state, axes)
+  restored, _ = ckpt.restore(step, abstract)
+  return state.replace(params=restored.params)
+
+
+def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
+          train_eval_dataset_cfg: data_lib.DatasetConfig | None = None,
+          infer_eval_dataset_cfg: data_lib.DatasetConfig | None = None,
+          checkpoint_cfg: CheckpointConfig = CheckpointConfig(),
+          partitioner: PjitPartitioner | None = None,
+          trainer_cls: Callable[..., Any] | None = None,
+          model_dir: str, total_steps: int, eval_steps: int | None = None,
+          eval_period: int | None = None, random_seed: int = 0,
+          log_every: int = 50, summarize_config_fn: Callable[[str], None] | None = None,
+          print_fn: Callable[[str], None] = print) -> tuple[int, Any]:
+  """Trains `model` on `train_dataset_cfg` until `total_steps`, resuming from `model_dir`.
+
+  Args:
+    model: an `EncoderDecoderModel` (with `optimizer_def`).
+    train_dataset_cfg: the training data (global batch size).
+    train_eval_dataset_cfg: data for periodic eval loss (e.g. the validation split), or None.
+    infer_eval_dataset_cfg: accepted for T5X compatibility; decoding eval comes later.
+    checkpoint_cfg: save period / keep, optional params source.
+    partitioner: the mesh partitioner (default: all devices data-parallel).
+    trainer_cls: `Trainer` or `GuidedTrainer` (partially bound by gin).
+    model_dir: run directory: checkpoints/, TensorBoard events, metrics.jsonl, config.gin, PNGs.
+    total_steps: train until this global step.
+    eval_steps: batches per eval (None: the whole split once).
+    eval_period: steps between evals and checkpoint opportunities (default: save period).
+    random_seed: seeds params init and dropout.
+    log_every: steps between progress lines.
+    summarize_config_fn: called with the operative gin config text (to write config.gin).
+
+  Returns:
+    (final step, final TrainState).
+  """
+  del infer_eval_dataset_cfg  # Decoding-based evaluation is added with the decoding issue.
+  from gbt_t5x.train import trainer as trainer_lib
+  if total_steps <= 0:
+    raise ValueError(f"total_steps must be > 0, got {total_steps}")
+  partitioner = partitioner or PjitPartitioner()
+  trainer_cls = trainer_cls or trainer_lib.Trainer
+  data_lib.validate_feature_lengths(train_dataset_cfg)
+  data_lib.get_mixture_or_task(train_dataset_cfg.mixture_or_task_name)
+  check_vocabularies(model, train_dataset_cfg)
+  if train_eval_dataset_cfg is not None:
+    data_lib.validate_feature_lengths(train_eval_dataset_cfg)
+    data_lib.get_mixture_or_task(train_eval_dataset_cfg.mixture_or_task_name)
+
+  # Fresh state (the trainer adds its own parts, e.g. the guided state), then restore over it.
+  init_rng, trainer_rng = jax.random.split(jax.random.PRNGKey(random_seed))
+  state, axes = initial_train_state(model, _input_shapes(train_dataset_cfg), partitioner,
+                                    init_rng)
+  trainer = trainer_cls(model=model, train_state=state, partitioner=partitioner,
+                        eval_names=["train_eval"] if train_eval_dataset_cfg else [],
+                        summary_dir=model_dir, train_state_axes=axes, rng=trainer_rng,
+                        log_every=log_every, total_steps=total_steps, print_fn=print_fn)
+
+  # Restore (validating shapes) before anything is written to model_dir.
+  ckpt_dir = os.path.join(model_dir, "checkpoints")
+  keep = checkpoint_cfg.save.keep if checkpoint_cfg.save else None
+  checkpointer = checkpoints_lib.Checkpointer(ckpt_dir, keep=keep)
+  latest = checkpointer.latest_step()
+  data_positions: dict[str, int] = {}
+  if latest is not None:
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            trainer.train_state, trainer.train_state_axes)
+    trainer.train_state, metadata = checkpointer.restore(latest, abstract)
+    data_positions = dict(metadata.get("data_positions", {}))
+    print_fn(f"restored checkpoint step {latest} from {ckpt_dir}")
+  elif checkpoint_cfg.restore is not None and checkpoint_cfg.restore.path:
+    trainer.train_state = _restore_params_from(checkpoint_cfg.restore.path, trainer.train_state,
+                                               trainer.train_state_axes)
+    print_fn(f"initialised params from {checkpoint_cfg.restore.path}")
+
+  os.makedirs(model_dir, exist_ok=True)
+  if summarize_config_fn is not None and jax.process_index() == 0:
+    summarize_config_fn(model_dir)
+  if hasattr(trainer, "restore_data_positions"):
+    trainer.restore_data_positions(data_positions)
+  state = trainer.train_state
+  step = int(jax.device_get(state.step))
+  train_iter = data_lib.BatchIterator(train_dataset_cfg, partitioner.data_sharding,
+                                      start_position=data_positions.get("train", step),
+                                      check_fn=getattr(trainer, "check_train_batch", None))
+  save_period = checkpoint_cfg.save.period if checkpoint_cfg.save else None
+  eval_period = eval_period or save_period or total_steps
+  n_params = train_state_lib.param_count(state.params)
+  print_fn(f"model: {n_params / 1e6:.2f}M params; mesh {dict(partitioner.mesh.shape)}; "
+           f"training steps {step} -> {total_steps}")
+
+  def save(current_step: int) -> None:
+    if checkpoint_cfg.save is None:
+      return
+    positions = {"train": train_iter.position}
+    if hasattr(trainer, "data_positions"):
+      positions.update(trainer.data_positions())
+    checkpointer.save(current_step, trainer.train_state,
+                      {"data_positions": positions,
+                       "param_shapes": shape_fingerprint(trainer.train_state.params)})
+
+  def run_eval() -> None:
+    if train_eval_dataset_cfg is None:
+      return
+    eval_cfg = dataclasses.replace(train_eval_dataset_cfg, num_epochs=1, shuffle=False)
+    batches = data_lib.BatchIterator(eval_cfg, partitioner.data_sharding)
+    if eval_steps:
+      batches = (b for _, b in zip(range(eval_steps), batches))
+    results = trainer.eval({"train_eval": batches})
+    r = results["train_eval"]
+    print_fn(f"eval step {int(jax.device_get(trainer.train_state.step))}: "
+             f"loss {r.get('loss', float('nan')):.4f} accuracy {r.get('accuracy', float('nan')):.4f}")
+
+  while step < total_steps:
+    next_stop = min(total_steps, (step // eval_period + 1) * eval_period)
+    trainer.train(train_iter, next_stop - step, start_step=step)
+    step = next_stop
+    if save_period and (step % save_period == 0 or step == total_steps):
+      save(step)
+    run_eval()
+    if jax.process_index() == 0:
+      write_plots(model_dir, trainer)
+  checkpointer.wait_until_finished()
+  trainer.close()
+  return step, trainer.train_state
+
+
+def write_plots(model_dir: str, trainer: Any) -> None:
+  """Loss curves (train and eval) as PNG, plus the trainer's own plots (hyper-parameters)."""
+  records = summaries.read_metrics_log(os.path.join(model_dir, "metrics.jsonl"))
+  keys = [k for k in ("train/loss", "train_eval/loss", "train/accuracy", "train_eval/accuracy")
+          if any(k in r for r in records)]
+  if records and keys:
+    summaries.plot_curves(records, keys, os.path.join(model_dir, "loss_curves.png"),
+                          title=os.path.basename(os.path.normpath(model_dir)))
+  if hasattr(trainer, "write_plots"):
+    trainer.write_plots(records, model_dir)
+
+
+def write_config_gin(model_dir: str) -> None:
+  """T5X's summarize_config_fn: writes the operative gin config to MODEL_DIR/config.gin."""
+  from gbt_t5x import gin_utils
+  with open(os.path.join(model_dir, "config.gin"), "w") as f:
+    f.write(gin_utils.config_str())
