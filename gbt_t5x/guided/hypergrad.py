@@ -33,9 +33,17 @@ Total: plain step (3F + U) + guide forward/backward + elementwise VJP of U, plus
 loss-side hyper-parameters are guided.
 
 Choice of a): `jax.linearize` + `jax.linear_transpose` was timed against `jax.vjp` on a 0.55M
-parameter MLP (jit, CPU): the same time within noise (11-20 ms both, identical gradients), which is
-expected since `jax.vjp` is itself linearize + transpose. It is kept because it gives `lin` for e)
-for free; the fallback `jax.vjp` + `jax.jvp` would re-run the primal forward inside the JVP.
+parameter MLP (batch 512, jit, 2 shared CPU cores): 10.5-11 ms against 10.7-11.3 ms (best of 5),
+bit-identical gradients, as expected since `jax.vjp` is itself linearize + transpose. It is kept
+because it hands `lin` to e) for free, where the fallback `jax.vjp` + `jax.jvp` would re-run the
+primal forward. On that MLP with AdamW, guided / (plain + guide forward/backward) measured
+~1.1-1.2 with optimizer-side values only (the VJP of U is elementwise work proportional to the
+parameter count, so the ratio falls as the batch grows) and ~1.45 with label smoothing guided
+(the extra tangent forward of e)). A forward-mode alternative for d) (one JVP of U per scalar)
+was slower than the VJP.
+
+Memory: when loss-side values are guided, a)'s residuals stay alive until e), i.e. across the
+guide forward/backward; otherwise they die after the transpose as in a plain step.
 
 Imports only jax, optax and `gbt_t5x.guided`; must not import gin, seqio, tensorflow, or anything
 from `gbt_t5x.models` / `gbt_t5x.train`.
@@ -132,7 +140,11 @@ def optimizer_update(optimizer: optax.GradientTransformation, grads: PyTree, opt
     if key in scheduled:
       raise ValueError(f"optimizer hyper-parameter {key!r} is a schedule inside the optimizer; "
                        "give it a plain number so the guided value can be injected")
-    hp[key] = jnp.asarray(value).astype(jnp.asarray(hyperparams[key]).dtype)
+    dtype = jnp.asarray(hyperparams[key]).dtype
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise ValueError(f"optimizer hyper-parameter {key!r} is {dtype}, not a float; it cannot "
+                       "be guided")
+    hp[key] = jnp.asarray(value).astype(dtype)
 
   if specs_lib.LEARNING_RATE not in hyperparams:
     raise ValueError(f"optimizer has no injectable 'learning_rate'; its hyper-parameters are "
@@ -198,6 +210,60 @@ def plain_step(params: PyTree, opt_state: Any, guided_state: meta_lib.GuidedStat
   return optax.apply_updates(params, updates), new_opt_state, _metrics(aux, loss, values)
 
 
+def lookahead_hypergradient(
+    params: PyTree, opt_state: Any, raw: Mapping[str, jax.Array], batch: Batch,
+    guide_batch: Batch, rng: jax.Array, base_lr: jax.Array, *,
+    specs: Sequence[specs_lib.GuidedHParam], optimizer: optax.GradientTransformation,
+    forward_fn: ForwardFn, loss_from_outputs: LossFromOutputs, guide_loss_fn: GuideLossFn,
+    lr_group_ids: PyTree | None = None
+) -> tuple[PyTree, Any, dict[str, jax.Array], dict[str, jax.Array]]:
+  """The model step and the exact gradient of L_hyper w.r.t. the raw values (steps a-f above).
+
+  Args: as `guided_step`, with `raw` (name -> raw value) in place of the guided state.
+
+  Returns:
+    (new_params, new_opt_state, hypergrads, metrics): hypergrads is name -> dL_hyper/d raw
+    (shapes of `raw`, may be non-finite); metrics as `guided_step` without `skipped`.
+  """
+  values, act_vjp = jax.vjp(lambda r: specs_lib.effective(specs, r), dict(raw))
+  h_opt, h_loss = specs_lib.split_effective(specs, values)
+
+  # a) forward with a linearisation, loss head gradient, ordinary backward by transposition.
+  outputs, lin = jax.linearize(lambda p: forward_fn(p, batch, rng), params)
+  (loss, aux), d_out = jax.value_and_grad(loss_from_outputs, has_aux=True)(outputs, batch, h_loss)
+  (grads,) = jax.linear_transpose(lin, params)(d_out)
+
+  # b) the model step, with the VJP of the optimizer update kept.
+  def update(g, hopt):
+    return optimizer_update(optimizer, g, opt_state, params, hopt, base_lr, lr_group_ids)
+
+  updates, update_vjp, new_opt_state = jax.vjp(update, grads, h_opt, has_aux=True)
+  new_params = optax.apply_updates(params, updates)
+
+  # c) guide loss at the lookahead (= model step) params; d) back through the update.
+  guide_loss, v = jax.value_and_grad(guide_loss_fn)(new_params, guide_batch)
+  d_grads, d_h_opt = update_vjp(v)
+  d_values = dict(d_h_opt)
+
+  # e) loss-side: mixed second derivative through the loss head only.
+  if h_loss:
+    tangent = lin(d_grads)
+
+    def head_grad(hl):
+      return jax.grad(lambda o: loss_from_outputs(o, batch, hl)[0])(outputs)
+
+    d_values.update(jax.grad(lambda hl: _tree_vdot(head_grad(hl), tangent))(h_loss))
+
+  # f) effective -> raw.
+  d_values = {k: d_values[k].astype(values[k].dtype) for k in values}
+  (hypergrads,) = act_vjp(d_values)
+  metrics = _metrics(aux, loss, values)
+  metrics["guide_loss"] = guide_loss
+  for name, g in hypergrads.items():
+    metrics[f"hypergrad_norm/{name}"] = jnp.sqrt(jnp.sum(jnp.square(g)))
+  return new_params, new_opt_state, hypergrads, metrics
+
+
 def guided_step(params: PyTree, opt_state: Any, guided_state: meta_lib.GuidedState,
                 batch: Batch, guide_batch: Batch, rng: jax.Array, base_lr: jax.Array, *,
                 specs: Sequence[specs_lib.GuidedHParam],
@@ -228,45 +294,13 @@ def guided_step(params: PyTree, opt_state: Any, guided_state: meta_lib.GuidedSta
     metrics, `train_loss`, `guide_loss` (at new_params), `hypergrad_norm/NAME` (raw units),
     `hp/NAME` (values used), `skipped` (1.0 if the meta update was skipped).
   """
-  values, act_vjp = jax.vjp(lambda raw: specs_lib.effective(specs, raw), guided_state.raw)
-  h_opt, h_loss = specs_lib.split_effective(specs, values)
-
-  # a) forward with a linearisation, loss head gradient, ordinary backward by transposition.
-  outputs, lin = jax.linearize(lambda p: forward_fn(p, batch, rng), params)
-  (loss, aux), d_out = jax.value_and_grad(loss_from_outputs, has_aux=True)(outputs, batch, h_loss)
-  (grads,) = jax.linear_transpose(lin, params)(d_out)
-
-  # b) the model step, with the VJP of the optimizer update kept.
-  def update(g, hopt):
-    return optimizer_update(optimizer, g, opt_state, params, hopt, base_lr, lr_group_ids)
-
-  updates, update_vjp, new_opt_state = jax.vjp(update, grads, h_opt, has_aux=True)
-  new_params = optax.apply_updates(params, updates)
-
-  # c) guide loss at the lookahead (= model step) params; d) back through the update.
-  guide_loss, v = jax.value_and_grad(guide_loss_fn)(new_params, guide_batch)
-  d_grads, d_h_opt = update_vjp(v)
-  d_values = dict(d_h_opt)
-
-  # e) loss-side: mixed second derivative through the loss head only.
-  if h_loss:
-    tangent = lin(d_grads)
-
-    def head_grad(hl):
-      return jax.grad(lambda o: loss_from_outputs(o, batch, hl)[0])(outputs)
-
-    d_values.update(jax.grad(lambda hl: _tree_vdot(head_grad(hl), tangent))(h_loss))
-
-  # f) effective -> raw, meta update.
-  d_values = {k: d_values[k].astype(values[k].dtype) for k in values}
-  (hypergrads,) = act_vjp(d_values)
+  new_params, new_opt_state, hypergrads, metrics = lookahead_hypergradient(
+      params, opt_state, guided_state.raw, batch, guide_batch, rng, base_lr, specs=specs,
+      optimizer=optimizer, forward_fn=forward_fn, loss_from_outputs=loss_from_outputs,
+      guide_loss_fn=guide_loss_fn, lr_group_ids=lr_group_ids)
   new_guided, skipped = meta_lib.apply_hypergradient(guided_state, hypergrads, specs,
                                                      meta_optimizer)
-  metrics = _metrics(aux, loss, values)
-  metrics["guide_loss"] = guide_loss
   metrics["skipped"] = skipped.astype(jnp.float32)
-  for name, g in hypergrads.items():
-    metrics[f"hypergrad_norm/{name}"] = jnp.sqrt(jnp.sum(jnp.square(g)))
   return new_params, new_opt_state, new_guided, metrics
 
 

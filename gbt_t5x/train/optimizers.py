@@ -1,0 +1,206 @@
+"""Model optimizers whose float hyper-parameters are arrays in the optimizer state.
+
+Every optimizer here is built with `optax.inject_hyperparams`, so each float hyper-parameter
+(learning rate, betas, epsilons, decay rates, ...) lives in `opt_state.hyperparams` as a float32
+array that the trainer overwrites (`set_hyperparams`) and the guided step differentiates through.
+Integers, booleans, masks and dtypes are static (`static_args`), never arrays. The learning rate is
+a placeholder (0.0): the trainer sets `hyperparams['learning_rate']` every step from its schedule.
+
+`adafactor` is T5X's Adafactor configuration expressed with `optax.adafactor` (which follows the
+same algorithm): per step t (counted from 0)
+
+    β2_t = 1 - (t + 1)^(-decay_rate)                        # decay_rate 0.8
+    v    = β2_t v + (1 - β2_t) (g² + eps)                   # factored into row/col means for
+                                                            # params with two dims >= 128
+    u    = g / sqrt(v̂);  u /= max(1, rms(u) / clipping_threshold)
+    u   *= learning_rate * max(rms(param), 1e-3)            # multiply_by_parameter_scale, ε2
+    m    = momentum m + (1 - momentum) u  (only if momentum is not None; no debiasing)
+    Δθ   = -(u or m) - weight_decay_rate θ                  # decay not scaled by the lr (T5X)
+
+Must not import gin, seqio, tensorflow or anything from `gbt_t5x.models`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+# A weight-decay mask: a pytree of bools like the params (or a prefix), or params -> such a tree.
+Mask = Any | Callable[[Any], Any] | None
+
+HYPERPARAM_DTYPE = jnp.float32
+
+
+def _adamw_inner(learning_rate: float, b1: float, b2: float, eps: float, eps_root: float,
+                 weight_decay: float, mask: Mask = None) -> optax.GradientTransformation:
+  return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
+                     weight_decay=weight_decay, mask=mask)
+
+
+def _adam_inner(learning_rate: float, b1: float, b2: float, eps: float,
+                eps_root: float) -> optax.GradientTransformation:
+  return optax.adam(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root)
+
+
+def _adafactor_inner(learning_rate: float, decay_rate: float, clipping_threshold: float | None,
+                     momentum: float | None, weight_decay_rate: float | None, eps: float,
+                     multiply_by_parameter_scale: bool, min_dim_size_to_factor: int,
+                     factored: bool, weight_decay_mask: Mask = None
+                     ) -> optax.GradientTransformation:
+  return optax.adafactor(
+      learning_rate, min_dim_size_to_factor=min_dim_size_to_factor, decay_rate=decay_rate,
+      decay_offset=0, multiply_by_parameter_scale=multiply_by_parameter_scale,
+      clipping_threshold=clipping_threshold, momentum=momentum, dtype_momentum=jnp.float32,
+      weight_decay_rate=weight_decay_rate, eps=eps, factored=factored,
+      weight_decay_mask=weight_decay_mask)
+
+
+def _check_range(name: str, value: float | None, low: float, high: float,
+                 high_open: bool = True) -> None:
+  if value is None:
+    return
+  bad = value < low or (value >= high if high_open else value > high)
+  if bad:
+    bracket = ")" if high_open else "]"
+    raise ValueError(f"{name} must be in [{low}, {high}{bracket}, got {value}")
+
+
+def adamw(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+          mask: Mask = None, eps_root: float = 0.0) -> optax.GradientTransformation:
+  """optax AdamW with injectable hyper-parameters.
+
+  Hyper-parameters (float32 scalars in `opt_state.hyperparams`): `learning_rate` (placeholder
+  0.0, set by the trainer every step), `b1`, `b2`, `eps`, `eps_root`, `weight_decay` (decoupled,
+  multiplied by the learning rate as in optax/Loshchilov & Hutter).
+
+  Args:
+    b1, b2: moment decay rates in [0, 1).
+    eps: added to sqrt(v̂) in the denominator (> 0 recommended).
+    weight_decay: decoupled decay coefficient (per unit learning rate).
+    mask: optional pytree of bools (or params -> pytree) selecting the params to decay.
+    eps_root: added to v̂ inside the square root (optax's knob; 0 by default).
+  """
+  _check_range("b1", b1, 0.0, 1.0)
+  _check_range("b2", b2, 0.0, 1.0)
+  _check_range("eps", eps, 0.0, float("inf"))
+  _check_range("weight_decay", weight_decay, 0.0, float("inf"))
+  return optax.inject_hyperparams(_adamw_inner, static_args=("mask",),
+                                  hyperparam_dtype=HYPERPARAM_DTYPE)(
+      learning_rate=0.0, b1=float(b1), b2=float(b2), eps=float(eps), eps_root=float(eps_root),
+      weight_decay=float(weight_decay), mask=mask)
+
+
+def adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+         eps_root: float = 0.0) -> optax.GradientTransformation:
+  """optax Adam (no weight decay) with injectable `learning_rate`, `b1`, `b2`, `eps`, `eps_root`.
+
+  See `adamw` for the meaning of the arguments; `learning_rate` is a 0.0 placeholder.
+  """
+  _check_range("b1", b1, 0.0, 1.0)
+  _check_range("b2", b2, 0.0, 1.0)
+  _check_range("eps", eps, 0.0, float("inf"))
+  return optax.inject_hyperparams(_adam_inner, hyperparam_dtype=HYPERPARAM_DTYPE)(
+      learning_rate=0.0, b1=float(b1), b2=float(b2), eps=float(eps), eps_root=float(eps_root))
+
+
+def adafactor(decay_rate: float = 0.8, momentum: float | None = None,
+              clipping_threshold: float | None = 1.0, weight_decay_rate: float | None = None,
+              multiply_by_parameter_scale: bool = True, min_dim_size_to_factor: int = 128,
+              eps: float = 1e-30, factored: bool = True,
+              weight_decay_mask: Mask = None) -> optax.GradientTransformation:
+  """Adafactor as T5X configures it, with injectable float hyper-parameters.
+
+  Hyper-parameters in `opt_state.hyperparams` (float32 scalars): `learning_rate` (placeholder
+  0.0), `decay_rate`, `eps` (ε1, added to g²), and — only when not None — `clipping_threshold`,
+  `momentum` (β1 of an un-debiased EMA of the scaled updates) and `weight_decay_rate` (per step,
+  not multiplied by the learning rate, as in T5X). Static: `multiply_by_parameter_scale` (scale
+  the step by max(rms(param), 1e-3)), `min_dim_size_to_factor` (factor the second moment over the
+  two largest dims when the second largest is >= this), `factored`, `weight_decay_mask`.
+
+  Args:
+    decay_rate: exponent of the second-moment decay β2_t = 1 - (t+1)^-decay_rate (> 0).
+    momentum: None (T5X default: no first moment, no state) or a rate in [0, 1).
+    clipping_threshold: update-RMS clipping threshold (>= 1) or None for no clipping.
+    weight_decay_rate: None or a per-step decay coefficient >= 0.
+    multiply_by_parameter_scale: relative step size (T5X default True).
+    min_dim_size_to_factor: see above (int, T5X default 128).
+    eps: ε1 regulariser added to squared gradients (T5X default 1e-30).
+    factored: use factored second moments for eligible params.
+    weight_decay_mask: optional pytree of bools (or params -> pytree) selecting params to decay.
+  """
+  if decay_rate <= 0:
+    raise ValueError(f"decay_rate must be > 0, got {decay_rate}")
+  _check_range("momentum", momentum, 0.0, 1.0)
+  if clipping_threshold is not None and clipping_threshold < 1.0:
+    raise ValueError(f"clipping_threshold must be >= 1 or None, got {clipping_threshold}")
+  _check_range("weight_decay_rate", weight_decay_rate, 0.0, float("inf"))
+  if int(min_dim_size_to_factor) != min_dim_size_to_factor or min_dim_size_to_factor < 1:
+    raise ValueError(f"min_dim_size_to_factor must be a positive int, got "
+                     f"{min_dim_size_to_factor}")
+  as_float = lambda v: None if v is None else float(v)  # noqa: E731
+  return optax.inject_hyperparams(
+      _adafactor_inner,
+      static_args=("multiply_by_parameter_scale", "min_dim_size_to_factor", "factored",
+                   "weight_decay_mask"),
+      hyperparam_dtype=HYPERPARAM_DTYPE)(
+          learning_rate=0.0, decay_rate=float(decay_rate),
+          clipping_threshold=as_float(clipping_threshold), momentum=as_float(momentum),
+          weight_decay_rate=as_float(weight_decay_rate), eps=float(eps),
+          multiply_by_parameter_scale=bool(multiply_by_parameter_scale),
+          min_dim_size_to_factor=int(min_dim_size_to_factor), factored=bool(factored),
+          weight_decay_mask=weight_decay_mask)
+
+
+def hyperparam_names(optimizer: optax.GradientTransformation, params: Any) -> tuple[str, ...]:
+  """Sorted names of the optimizer's injectable hyper-parameters.
+
+  Args:
+    optimizer: an `optax.inject_hyperparams` transformation (e.g. from `adamw`, `adafactor`).
+    params: the params pytree (arrays or `jax.ShapeDtypeStruct`s); only shapes are used
+      (`jax.eval_shape`, nothing is allocated).
+  """
+  state = jax.eval_shape(optimizer.init, params)
+  hyperparams = getattr(state, "hyperparams", None)
+  if not isinstance(hyperparams, Mapping):
+    raise ValueError("optimizer state has no `hyperparams` dict: build the optimizer with "
+                     "optax.inject_hyperparams")
+  return tuple(sorted(hyperparams))
+
+
+def set_hyperparams(opt_state: Any, values: Mapping[str, Any]) -> Any:
+  """A copy of an `inject_hyperparams` state with some hyper-parameter values replaced.
+
+  Works inside jit and under autodiff (values may be tracers); each new value is cast to the
+  dtype of the entry it replaces and must have its shape (scalars: shape ()).
+
+  Args:
+    opt_state: an `optax.InjectHyperparamsState` / `InjectStatefulHyperparamsState`.
+    values: name -> new value (Python number or array).
+
+  Raises:
+    ValueError: unknown names (the message lists the known ones), a scheduled (non-overridable)
+      entry, a shape mismatch, or a state without `hyperparams`.
+  """
+  hyperparams = getattr(opt_state, "hyperparams", None)
+  if not isinstance(hyperparams, Mapping) or not hasattr(opt_state, "_replace"):
+    raise ValueError("optimizer state has no `hyperparams` dict: build the optimizer with "
+                     "optax.inject_hyperparams")
+  unknown = sorted(set(values) - set(hyperparams))
+  if unknown:
+    raise ValueError(f"unknown optimizer hyper-parameter(s) {unknown}; known: "
+                     f"{sorted(hyperparams)}")
+  scheduled = sorted(set(values) & set(getattr(opt_state, "hyperparams_states", None) or {}))
+  if scheduled:
+    raise ValueError(f"optimizer hyper-parameter(s) {scheduled} follow an optax schedule and "
+                     f"cannot be overwritten")
+  new = dict(hyperparams)
+  for name, value in values.items():
+    old = jnp.asarray(hyperparams[name])
+    value = jnp.asarray(value)
+    if value.shape != old.shape:
+      raise ValueError(f"hyper-parameter {name!r} has shape {old.shape}, got a value of shape "
+                       f"{value.shape}")
+    new[name] = value.astype(old.dtype)
+  return opt_state._replace(hyperparams=new)
