@@ -8,6 +8,7 @@ repository's `gin/` folder), `--gin_bindings` / `--gin.NAME=VALUE` (rewritten to
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import pathlib
 import sys
@@ -63,9 +64,17 @@ def _resolve_gin_file(name: str, search_paths: Sequence[str]) -> str:
   raise ValueError(f"gin file {name!r} not found (searched: . {' '.join(search_paths)})")
 
 
+class _HideGinSearchMisses(logging.Filter):
+  """gin logs 'Path not found' for every search path it tries before the one that has the file."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.getMessage()).startswith("Path not found:")
+
+
 def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
               gin_search_paths: Sequence[str] = ()) -> None:
   """Parses gin files then bindings; raises a one-line ValueError on any gin problem."""
+  logging.getLogger().addFilter(_HideGinSearchMisses())
   paths = [p for group in gin_search_paths for p in group.split(",") if p]
   paths.append(str(REPO_GIN_DIR))
   for path in paths:

@@ -215,9 +215,17 @@ class GuidedTrainer(Trainer):
           metrics[f"hp/{name}_{i}"] = flat[i]
     metrics["learning_rate"] = base_lr * (values["learning_rate"] if "learning_rate" in values
                                           and jnp.ndim(values["learning_rate"]) == 0 else 1.0)
-    metrics["hp/num_skipped"] = guided.num_skipped.astype(jnp.float32)
     # Keep only scalar metrics (the trainer sums them over steps).
     return {k: v for k, v in metrics.items() if jnp.ndim(v) == 0}
+
+  def progress_view(self, report: Mapping[str, float]) -> dict[str, float]:
+    """Losses, effective values (the LR multiplier as `lr_mult`) and the skipped fraction."""
+    view = {}
+    for key, value in super().progress_view(report).items():
+      if key.startswith("hypergrad_norm/") or (key == "skipped" and value == 0):
+        continue
+      view["lr_mult" if key == "hp/learning_rate" else key] = value
+    return view
 
   # ---------------------------------------------------------------- loop hooks
   def _run_one_step(self, batch_iter: Iterator[Batch]) -> Metrics:

@@ -33,6 +33,13 @@ Mask = Any | Callable[[Any], Any] | None
 HYPERPARAM_DTYPE = jnp.float32
 
 
+# optax's default eps_root is 0, which makes the *derivative* of the Adam update infinite
+# (sqrt'(0)) wherever a gradient is exactly 0 and v is 0 -- e.g. embedding rows of tokens that have
+# not appeared yet -- so every hypergradient through the update (b1, b2, label smoothing, data
+# weights) would be NaN and guided steps skipped. 1e-30 keeps it finite and changes no update
+# measurably (it matters only where v < 1e-24).
+EPS_ROOT = 1e-30
+
 def _adamw_inner(learning_rate: float, b1: float, b2: float, eps: float, eps_root: float,
                  weight_decay: float, mask: Mask = None) -> optax.GradientTransformation:
   return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
@@ -68,7 +75,7 @@ def _check_range(name: str, value: float | None, low: float, high: float,
 
 
 def adamw(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
-          mask: Mask = None, eps_root: float = 0.0) -> optax.GradientTransformation:
+          mask: Mask = None, eps_root: float = EPS_ROOT) -> optax.GradientTransformation:
   """optax AdamW with injectable hyper-parameters.
 
   Hyper-parameters (float32 scalars in `opt_state.hyperparams`): `learning_rate` (placeholder
@@ -80,7 +87,7 @@ def adamw(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: f
     eps: added to sqrt(v̂) in the denominator (> 0 recommended).
     weight_decay: decoupled decay coefficient (per unit learning rate).
     mask: optional pytree of bools (or params -> pytree) selecting the params to decay.
-    eps_root: added to v̂ inside the square root (optax's knob; 0 by default).
+    eps_root: added to v̂ inside the square root (default `EPS_ROOT`, see there).
   """
   _check_range("b1", b1, 0.0, 1.0)
   _check_range("b2", b2, 0.0, 1.0)
@@ -93,7 +100,7 @@ def adamw(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: f
 
 
 def adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-         eps_root: float = 0.0) -> optax.GradientTransformation:
+         eps_root: float = EPS_ROOT) -> optax.GradientTransformation:
   """optax Adam (no weight decay) with injectable `learning_rate`, `b1`, `b2`, `eps`, `eps_root`.
 
   See `adamw` for the meaning of the arguments; `learning_rate` is a 0.0 placeholder.

@@ -252,8 +252,13 @@ class Trainer:
       self._print(f"warning: non-finite train loss at step {last_step}")
     self._writer("train").scalars(last_step, report)
     self._metrics_log.log(last_step, {f"train/{k}": v for k, v in report.items()})
-    shown = {k: v for k, v in report.items() if k not in ("num_tokens", "num_examples")}
-    self._progress.update(last_step, shown, int(chunk_sums.get("num_tokens", 0)))
+    self._progress.update(last_step, self.progress_view(report),
+                          int(chunk_sums.get("num_tokens", 0)))
+
+  def progress_view(self, report: Mapping[str, float]) -> dict[str, float]:
+    """The subset of a report shown on the progress line (everything goes to TensorBoard)."""
+    hidden = ("num_tokens", "num_examples", "train_loss", "cross_ent_loss", "z_loss")
+    return {k: v for k, v in report.items() if k not in hidden}
 
   def eval(self, batch_iters: Mapping[str, Iterable[Batch]]) -> dict[str, dict[str, float]]:
     """Evaluates the current params on each named dataset (one full pass each).
