@@ -44,6 +44,17 @@ def data_weight_tokens(table: jax.Array, batch: Batch) -> jax.Array:
   return raw * (jnp.sum(mask) / jnp.maximum(jnp.sum(raw), 1e-12))
 
 
+def flatten_trajectory_row(row: Mapping[str, Any]) -> dict[str, float]:
+  """A trajectory row with vector values spread into `NAME_i` keys (for plotting)."""
+  flat = {k: v for k, v in row.items() if k != "values"}
+  for name, value in row.get("values", {}).items():
+    if isinstance(value, list):
+      flat.update({f"{name}_{i}": v for i, v in enumerate(value)})
+    else:
+      flat[name] = value
+  return flat
+
+
 class GuidedTrainer(Trainer):
   """A `Trainer` whose hyper-parameters follow the hypergradient of a held-out guide loss.
 
@@ -242,11 +253,23 @@ class GuidedTrainer(Trainer):
     return metrics
 
   def record_steps(self, steps: list[int], host_metrics: list[dict[str, Any]]) -> None:
-    """Appends every step's effective values (and guide loss) to guided_trajectory.jsonl."""
+    """Appends one row per step to guided_trajectory.jsonl.
+
+    Row: {"step": model step after the update, "applied_learning_rate": the LR applied,
+    "values": {spec name: effective value used (float, or list for vectors)},
+    "guide_loss_per_token"/"skipped" on guided steps}.
+    """
     with open(os.path.join(self.summary_dir, "guided_trajectory.jsonl"), "a") as f:
       for step, metrics in zip(steps, host_metrics):
-        row = {"step": step, "learning_rate": float(metrics["learning_rate"])}
-        row.update({k[3:]: float(v) for k, v in metrics.items() if k.startswith("hp/")})
+        values = {}
+        for spec in self.specs:
+          if f"hp/{spec.name}" in metrics:
+            values[spec.name] = float(metrics[f"hp/{spec.name}"])
+          else:
+            size = int(np.prod(spec.shape))
+            values[spec.name] = [float(metrics[f"hp/{spec.name}_{i}"]) for i in range(size)]
+        row = {"step": step, "applied_learning_rate": float(metrics["learning_rate"]),
+               "values": values}
         for key in ("guide_loss_per_token", "skipped"):
           if key in metrics:
             row[key] = float(metrics[key])
@@ -255,7 +278,8 @@ class GuidedTrainer(Trainer):
   def write_plots(self, records: list[dict], model_dir: str) -> None:
     """`hparams.png`: every effective hyper-parameter value against the step."""
     path = os.path.join(model_dir, "guided_trajectory.jsonl")
-    rows = summaries.read_metrics_log(path) if os.path.exists(path) else []
+    rows = [flatten_trajectory_row(r)
+            for r in (summaries.read_metrics_log(path) if os.path.exists(path) else [])]
     keys = sorted({k for r in rows for k in r if k not in ("step", "skipped")})
     if rows and keys:
       summaries.plot_curves(rows, keys, os.path.join(model_dir, "hparams.png"),

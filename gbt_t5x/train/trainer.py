@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gbt_t5x.train import data_weights as data_weights_lib
 from gbt_t5x.train import optimizers as optimizers_lib
 from gbt_t5x.train import summaries
 from gbt_t5x.train.partitioning import PjitPartitioner
@@ -93,16 +94,48 @@ def apply_grads(optimizer: optax.GradientTransformation, state: TrainState, grad
                        opt_state=opt_state)
 
 
+LOSS_SIDE_SCHEDULES = ("label_smoothing", "data_weights")
+
+
+def scheduled_values(schedules: Mapping[str, Callable[[jax.Array], jax.Array]] | None,
+                     step: jax.Array, batch: Batch
+                     ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
+  """Evaluates replayed hyper-parameter schedules at `step`.
+
+  Returns:
+    (learning-rate multiplier, optimizer hyper-parameter values, `model.loss_fn` kwargs).
+    `learning_rate` is a multiplier on the model's schedule (as when it was guided);
+    `label_smoothing` and `data_weights` (a per-id table) go to the loss; any other name is an
+    optimizer hyper-parameter of the `inject_hyperparams` state.
+  """
+  schedules = dict(schedules or {})
+  multiplier = schedules.pop("learning_rate", lambda _: jnp.float32(1.0))(step)
+  loss_kwargs = {}
+  if "label_smoothing" in schedules:
+    loss_kwargs["label_smoothing"] = schedules.pop("label_smoothing")(step)
+  if "data_weights" in schedules:
+    table = schedules.pop("data_weights")(step)
+    loss_kwargs["token_weights"] = data_weights_lib.data_weight_tokens(table, batch)
+  return multiplier, {k: fn(step) for k, fn in schedules.items()}, loss_kwargs
+
+
 def train_step(model: Any, optimizer: optax.GradientTransformation, state: TrainState,
                batch: Batch, rng: jax.Array, learning_rate_fn: Callable[[jax.Array], jax.Array],
-               num_microbatches: int | None) -> tuple[TrainState, Metrics]:
-  """The plain model step: gradients, then the optimizer update at `learning_rate_fn(step)`."""
+               num_microbatches: int | None,
+               hyperparam_schedules: Mapping[str, Callable[[jax.Array], jax.Array]] | None = None
+               ) -> tuple[TrainState, Metrics]:
+  """The plain model step: gradients, then the optimizer update at `learning_rate_fn(step)`
+  (times a replayed multiplier, with replayed optimizer / loss values if schedules are given)."""
   dropout_rng = jax.random.fold_in(rng, state.step)
+  multiplier, opt_values, loss_kwargs = scheduled_values(hyperparam_schedules, state.step, batch)
   grads, metrics = accumulate_grads_microbatched(model, state.params, batch, dropout_rng,
-                                                 num_microbatches)
-  learning_rate = learning_rate_fn(state.step)
-  new_state = apply_grads(optimizer, state, grads, learning_rate)
+                                                 num_microbatches, loss_kwargs)
+  learning_rate = learning_rate_fn(state.step) * multiplier
+  new_state = apply_grads(optimizer, state, grads, learning_rate, opt_values)
   metrics = dict(metrics, learning_rate=learning_rate)
+  metrics.update({f"hp/{k}": v for k, v in opt_values.items()})
+  if "label_smoothing" in loss_kwargs:
+    metrics["hp/label_smoothing"] = loss_kwargs["label_smoothing"]
   return new_state, metrics
 
 
@@ -145,13 +178,17 @@ class Trainer:
     num_microbatches: gradient-accumulation microbatches per step (None/1: none).
     log_every: steps between progress lines and summaries.
     total_steps: for the progress line's ETA.
+    hyperparam_schedules: replayed fixed schedules {name: step -> value} (see
+      `gbt_t5x.guided.export`): `learning_rate` multiplies `learning_rate_fn`, `label_smoothing`
+      and `data_weights` go to the loss, other names are optimizer hyper-parameters.
   """
 
   def __init__(self, model: Any, train_state: TrainState, partitioner: PjitPartitioner,
                eval_names: Iterable[str], summary_dir: str | None, train_state_axes: TrainState,
                rng: jax.Array, learning_rate_fn: Callable[[jax.Array], jax.Array],
                num_microbatches: int | None = None, log_every: int = 50,
-               total_steps: int | None = None, print_fn: Callable[[str], None] = print):
+               total_steps: int | None = None, print_fn: Callable[[str], None] = print,
+               hyperparam_schedules: Mapping[str, Callable[[jax.Array], jax.Array]] | None = None):
     self.model = model
     self.optimizer = model.optimizer_def
     self.train_state = train_state
@@ -161,6 +198,7 @@ class Trainer:
     self.train_state_axes = train_state_axes
     self._rng = rng
     self._learning_rate_fn = learning_rate_fn
+    self.hyperparam_schedules = dict(hyperparam_schedules or {})
     self._num_microbatches = num_microbatches
     self.log_every = max(1, int(log_every))
     self.total_steps = total_steps
@@ -187,7 +225,8 @@ class Trainer:
     """The jitted plain train step `(state, batch) -> (state, metric sums)`; overridable."""
     def step(state, batch):
       return train_step(self.model, self.optimizer, state, batch, self._rng,
-                        self._learning_rate_fn, self._num_microbatches)
+                        self._learning_rate_fn, self._num_microbatches,
+                        self.hyperparam_schedules)
     return self._partitioner.partition(
         step, in_shardings=(self.train_state_axes, self._partitioner.data_sharding),
         out_shardings=(self.train_state_axes, self._partitioner.replicated),

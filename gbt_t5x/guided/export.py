@@ -1,0 +1,111 @@
+"""Export a learned hyper-parameter trajectory as a gin-loadable fixed schedule.
+
+    python -m gbt_t5x.guided.export MODEL_DIR [--num_knots 50] [--out FILE]
+
+Reads `MODEL_DIR/guided_trajectory.jsonl` (one row per model step, written by GuidedTrainer) and
+writes `MODEL_DIR/learned_schedule.gin` (or `--out`): a plain run that includes it follows the
+learned values through `trainer.Trainer.hyperparam_schedules`, each a piecewise-linear
+`schedule.piecewise_linear(steps, values)` over window means of the trajectory. This is how
+"learned schedules beat constant tuning" is checked: replay vs the best constant.
+
+The gin text is written as plain strings; this module must not import gin, seqio or other
+`gbt_t5x` packages than `gbt_t5x.guided`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+from gbt_t5x.guided import schedule as schedule_lib
+
+TRAJECTORY_FILE = "guided_trajectory.jsonl"
+SCHEDULE_FILE = "learned_schedule.gin"
+
+
+def read_trajectory(model_dir: str) -> list[dict[str, Any]]:
+  """Rows of MODEL_DIR/guided_trajectory.jsonl, de-duplicated by step (a resumed run may repeat
+  steps; the last row for a step wins) and sorted by step."""
+  path = os.path.join(model_dir, TRAJECTORY_FILE)
+  if not os.path.exists(path):
+    raise ValueError(f"{path} not found: is {model_dir} the model dir of a guided run?")
+  by_step: dict[int, dict[str, Any]] = {}
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if not line:
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # a torn last line from a killed run
+      by_step[int(row["step"])] = row
+  if not by_step:
+    raise ValueError(f"{path} holds no trajectory rows")
+  return [by_step[s] for s in sorted(by_step)]
+
+
+def trajectory_knots(rows: Sequence[dict[str, Any]], num_knots: int
+                     ) -> dict[str, tuple[list[float], list]]:
+  """{hyper-parameter name: (knot steps, knot values)} from trajectory rows.
+
+  Knot steps are the model steps at which the values were used (`row['step'] - 1`, i.e. the
+  train state's step before the update), so `schedule(state.step)` replays them.
+  """
+  names = list(rows[0]["values"])
+  steps = [int(r["step"]) - 1 for r in rows]
+  return {name: schedule_lib.knots_from_trajectory(
+      steps, np.array([r["values"][name] for r in rows], np.float64), num_knots)
+          for name in names}
+
+
+def _gin_list(values: Sequence[Any]) -> str:
+  return "[" + ", ".join(repr(v) if not isinstance(v, list) else _gin_list(v) for v in values) + "]"
+
+
+def schedule_gin_text(knots: dict[str, tuple[list[float], list]], source: str) -> str:
+  """The gin file replaying `knots` in a plain run (Trainer.hyperparam_schedules)."""
+  lines = [f"# Learned hyper-parameter schedule exported from {source}.",
+           "# Include it after the run's gin files; it binds trainer.Trainer.hyperparam_schedules.",
+           "from __gin__ import dynamic_registration", "",
+           "from gbt_t5x.guided import schedule", "from gbt_t5x.train import trainer", ""]
+  entries = ", ".join(f"'{name}': @{name}/schedule.piecewise_linear()" for name in knots)
+  lines.append(f"trainer.Trainer.hyperparam_schedules = {{{entries}}}")
+  for name, (steps, values) in knots.items():
+    lines.append(f"{name}/schedule.piecewise_linear.steps = {_gin_list(steps)}")
+    lines.append(f"{name}/schedule.piecewise_linear.values = {_gin_list(values)}")
+  return "\n".join(lines) + "\n"
+
+
+def export(model_dir: str, num_knots: int = 50, out: str | None = None) -> str:
+  """Writes the learned schedule gin file for `model_dir`; returns its path."""
+  if num_knots < 1:
+    raise ValueError(f"num_knots must be >= 1, got {num_knots}")
+  knots = trajectory_knots(read_trajectory(model_dir), num_knots)
+  path = out or os.path.join(model_dir, SCHEDULE_FILE)
+  with open(path, "w") as f:
+    f.write(schedule_gin_text(knots, os.path.abspath(model_dir)))
+  return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("model_dir")
+  parser.add_argument("--num_knots", type=int, default=50)
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args(argv)
+  try:
+    path = export(args.model_dir, args.num_knots, args.out)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"wrote {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,41 @@
+"""Replaying fixed hyper-parameter schedules in a plain Trainer equals the same constants."""
+import jax
+import numpy as np
+
+from gbt_t5x.guided import schedule
+from gbt_t5x.train import data, optimizers, train_lib, trainer as trainer_lib
+from gbt_t5x.train.partitioning import PjitPartitioner
+from tests.train import tiny
+
+
+def _run(optimizer, lr, schedules=None, steps=2):
+  p = PjitPartitioner(devices=jax.devices()[:1])
+  model = tiny.tiny_model(optimizer=optimizer)
+  state, axes = train_lib.initial_train_state(model, tiny.INPUT_SHAPES, p, jax.random.PRNGKey(0))
+  t = trainer_lib.Trainer(model=model, train_state=state, partitioner=p, eval_names=[],
+                          summary_dir=None, train_state_axes=axes, rng=jax.random.PRNGKey(1),
+                          learning_rate_fn=lambda step: lr, log_every=1000,
+                          print_fn=lambda s: None, hyperparam_schedules=schedules)
+  batches = (data.global_batch(tiny.random_batch(i, with_data_ids=3), p.data_sharding)
+             for i in range(steps))
+  metrics = t.train(batches, steps)
+  return t.train_state.params, metrics
+
+
+def test_replayed_lr_multiplier_and_b1_equal_constants():
+  reference, _ = _run(optimizers.adamw(b1=0.8), 2e-3)
+  replayed, metrics = _run(optimizers.adamw(b1=0.9), 1e-3, {
+      "learning_rate": schedule.piecewise_linear([0], [2.0]),
+      "b1": schedule.piecewise_linear([0, 10], [0.8, 0.8])})
+  assert tiny.params_close(reference, replayed, atol=1e-6)
+  assert abs(metrics["learning_rate"] - 2e-3) < 1e-9 and abs(metrics["hp/b1"] - 0.8) < 1e-6
+
+
+def test_replayed_uniform_data_weights_change_nothing_and_skewed_ones_do():
+  base, _ = _run(optimizers.adamw(), 1e-3)
+  uniform, _ = _run(optimizers.adamw(), 1e-3,
+                    {"data_weights": schedule.piecewise_linear([0], [[2.0, 2.0, 2.0]])})
+  skewed, _ = _run(optimizers.adamw(), 1e-3,
+                   {"data_weights": schedule.piecewise_linear([0], [[1.0, 0.1, 3.0]])})
+  assert tiny.params_close(base, uniform, atol=1e-6)
+  assert not tiny.params_close(base, skewed, atol=1e-6)
