@@ -155,6 +155,34 @@ class Checkpointer:
                        f"the target: {jax.tree_util.tree_structure(state)}")
     return state, dict(restored[_METADATA] or {})
 
+  def restore_params(self, step: int, params_target: Any) -> Any:
+    """Reads only the `params` of checkpoint `step` (for eval, inference and finetuning).
+
+    Args:
+      step: an existing checkpoint step.
+      params_target: pytree of `jax.ShapeDtypeStruct` (with `.sharding`) matching the saved
+        params' structure and shapes; the optimizer and guided state are not read.
+
+    Returns:
+      The params pytree, placed on the target shardings.
+    """
+    step = int(step)
+    manager = self._require_step(step)
+    saved = {k[len(".params"):]: v for k, v in self._read_manifest(manager, step).items()
+             if k.startswith(".params")}
+    wanted = {k.replace("['params']", "", 1): v
+              for k, v in leaf_shapes({"params": params_target}).items()}
+    mismatch = first_mismatch(saved, wanted)
+    if mismatch is not None:
+      raise ValueError(f"checkpoint step {step} in {self.directory} does not fit the model: "
+                       f"{mismatch}")
+    item = {"params": params_target}
+    restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), item)
+    restored = ocp.PyTreeCheckpointer().restore(
+        os.path.join(self.directory, str(step), _STATE),
+        args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
+    return restored["params"]
+
   def wait_until_finished(self) -> None:
     """Blocks until any pending save is complete (saves here are already synchronous)."""
     if self._manager is not None:

@@ -49,7 +49,7 @@ class CheckpointConfig:
   restore: RestoreCheckpointConfig | None = None
 
 
-def _input_shapes(cfg: data_lib.DatasetConfig) -> dict[str, tuple[int, int]]:
+def input_shapes(cfg: data_lib.DatasetConfig) -> dict[str, tuple[int, int]]:
   lengths = cfg.task_feature_lengths
   return {"encoder_input_tokens": (1, int(lengths["inputs"])),
           "decoder_input_tokens": (1, int(lengths["targets"])),
@@ -99,15 +99,29 @@ def shape_fingerprint(params: Any) -> dict[str, list[int]]:
 
 
 def _restore_params_from(path: str, state: Any, axes: Any) -> Any:
-  """Loads params (only) of the latest checkpoint in another model dir into `state`."""
-  ckpt = checkpoints_lib.Checkpointer(os.path.join(path, "checkpoints"))
-  step = ckpt.latest_step()
+  """Loads the params (only) of the latest checkpoint in another model dir into `state`."""
+  return state.replace(params=load_params(path, state.params, axes.params))
+
+
+def load_params(model_dir: str, params: Any, param_axes: Any, step: int | None = None) -> Any:
+  """The params of checkpoint `step` (default: latest) in `model_dir`, on `param_axes` shardings.
+
+  Args:
+    model_dir: a run directory (holding checkpoints/) or a checkpoints directory itself.
+    params: pytree with the model's param shapes/dtypes (arrays or ShapeDtypeStructs).
+    param_axes: matching pytree of shardings.
+    step: checkpoint step, or None for the latest.
+  """
+  ckpt_dir = os.path.join(model_dir, "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    ckpt_dir = model_dir
+  ckpt = checkpoints_lib.Checkpointer(ckpt_dir)
+  step = ckpt.latest_step() if step is None else step
   if step is None:
-    raise ValueError(f"restore path {path} holds no checkpoint")
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          state, axes)
-  restored, _ = ckpt.restore(step, abstract)
-  return state.replace(params=restored.params)
+    raise ValueError(f"{model_dir} holds no checkpoint")
+  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        params, param_axes)
+  return ckpt.restore_params(step, target)
 
 
 def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
@@ -156,7 +170,7 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
 
   # Fresh state (the trainer adds its own parts, e.g. the guided state), then restore over it.
   init_rng, trainer_rng = jax.random.split(jax.random.PRNGKey(random_seed))
-  state, axes = initial_train_state(model, _input_shapes(train_dataset_cfg), partitioner,
+  state, axes = initial_train_state(model, input_shapes(train_dataset_cfg), partitioner,
                                     init_rng)
   trainer = trainer_cls(model=model, train_state=state, partitioner=partitioner,
                         eval_names=["train_eval"] if train_eval_dataset_cfg else [],

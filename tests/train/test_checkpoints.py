@@ -184,3 +184,19 @@ def test_missing_directory_is_not_created_and_tmp_dirs_are_ignored(tmp_path):
 def test_bad_keep_raises(tmp_path):
   with pytest.raises(ValueError, match="keep"):
     checkpoints.Checkpointer(str(tmp_path), keep=0)
+
+
+def test_restore_params_reads_only_params_and_checks_shapes(tmp_path):
+  import jax.numpy as jnp
+  from gbt_t5x.train.train_state import TrainState
+  state = TrainState(step=jnp.int32(3), params={"enc": {"w": jnp.arange(6.0).reshape(2, 3)}},
+                     opt_state=(jnp.zeros(4),), guided={"x": jnp.ones(())})
+  ckpt = checkpoints.Checkpointer(str(tmp_path / "c"))
+  ckpt.save(3, state, {})
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = {"enc": {"w": jax.ShapeDtypeStruct((2, 3), jnp.float32, sharding=sharding)}}
+  params = ckpt.restore_params(3, target)
+  np.testing.assert_array_equal(np.asarray(params["enc"]["w"]), np.arange(6.0).reshape(2, 3))
+  bad = {"enc": {"w": jax.ShapeDtypeStruct((3, 3), jnp.float32, sharding=sharding)}}
+  with pytest.raises(ValueError, match=r"\['enc'\]\['w'\]: checkpoint shape \(2, 3\) != target"):
+    ckpt.restore_params(3, bad)
