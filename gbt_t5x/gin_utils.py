@@ -11,10 +11,14 @@ import argparse
 import logging
 import os
 import pathlib
+import re
 import sys
+import tokenize
 from typing import Callable, Sequence
 
 import gin
+
+from gbt_t5x import errors
 
 REPO_GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin"
 
@@ -84,16 +88,36 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
     try:
       gin.parse_config_file(f)
     except Exception as e:  # gin raises several types, with multi-line messages.
-      raise ValueError(f"gin file {f}: {_first_line(e)}") from None
+      raise ValueError(f"gin file {f}: {_gin_error_text(e)}") from None
   for binding in gin_bindings:
     try:
-      gin.parse_config(binding)
+      gin.parse_config(_strip_train_script_alias(binding))
     except Exception as e:
-      raise ValueError(f"gin binding {binding!r}: {_first_line(e)}") from None
+      raise ValueError(f"gin binding {binding!r}: {_gin_error_text(e)}") from None
   try:
     gin.finalize()
   except Exception as e:
     raise ValueError(f"gin config: {_first_line(e)}") from None
+
+
+# `train_script.train.x = ...` as written in gin files (after `import __main__ as train_script`).
+# A command-line binding is parsed on its own, without the files' imports, so the alias is unknown
+# there; the configurable itself is registered as `...train_lib.train` and matches plain `train`.
+_TRAIN_SCRIPT_ALIAS = re.compile(r"^(\s*(?:[\w.]+/)*)train_script\.")
+
+
+def _strip_train_script_alias(binding: str) -> str:
+  return _TRAIN_SCRIPT_ALIAS.sub(r"\1", binding, count=1)
+
+
+def _gin_error_text(e: BaseException) -> str:
+  """One line for a gin parse error; syntax errors say so (gin's tokenizer errors are tuples)."""
+  if isinstance(e, tokenize.TokenError):
+    msg = e.args[0] if e.args else "tokenizer error"
+    return f"syntax error: {msg} (unbalanced brackets or quotes?)"
+  if isinstance(e, SyntaxError):
+    return f"syntax error: {_first_line(e)}"
+  return _first_line(e)
 
 
 def _first_line(e: BaseException) -> str:
@@ -116,7 +140,7 @@ def run(main: Callable[[argparse.Namespace], int | None], description: str,
       seqio.set_tfds_data_dir_override(args.tfds_data_dir)
     parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
     return int(main(args) or 0)
-  except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+  except (ValueError, FileNotFoundError, NotADirectoryError, errors.TrainingStopped) as e:
     print(f"error: {_first_line(e)}", file=sys.stderr)
     return 2
 

@@ -25,18 +25,21 @@ class TrainState:
     params: pytree of float arrays (unboxed).
     opt_state: the optax state of an `optax.inject_hyperparams` optimizer.
     guided: the guided hyper-parameter state (`gbt_t5x.guided.meta.GuidedState`) or None.
+    num_nonfinite: int32 scalar, steps whose update was skipped for a non-finite loss/gradient.
   """
   step: jax.Array
   params: Any
   opt_state: Any
   guided: Any = None
+  num_nonfinite: Any = None
 
 
 def create_train_state(params: Any, optimizer: optax.GradientTransformation,
                        guided: Any = None) -> TrainState:
   """A step-0 state for `params` (unboxed) with a freshly initialised optimizer state."""
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=optimizer.init(params), guided=guided)
+                    opt_state=optimizer.init(params), guided=guided,
+                    num_nonfinite=jnp.zeros((), jnp.int32))
 
 
 def train_state_shardings(abstract_boxed_params: Any, abstract_state: TrainState,
@@ -74,7 +77,25 @@ def train_state_shardings(abstract_boxed_params: Any, abstract_state: TrainState
       params=param_shardings,
       opt_state=jax.tree.map(opt_leaf_sharding, abstract_state.opt_state),
       guided=jax.tree.map(lambda _: partitioner.replicated, abstract_state.guided),
+      num_nonfinite=jax.tree.map(lambda _: partitioner.replicated, abstract_state.num_nonfinite),
   )
+
+
+def keep_finite_update(old: TrainState, new: TrainState, loss: jax.Array
+                       ) -> tuple[TrainState, jax.Array]:
+  """Guards a step: if the loss or any new param is non-finite, keep `old`'s params, optimizer
+  and guided state (the step counter still advances, so the data moves on) and count the skip.
+
+  Returns:
+    (guarded state, skipped: float32 scalar 1.0 if the update was dropped).
+  """
+  ok = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(new.params))
+  pick = lambda n, o: jnp.where(ok, n, o)  # noqa: E731
+  guarded = new.replace(params=jax.tree.map(pick, new.params, old.params),
+                        opt_state=jax.tree.map(pick, new.opt_state, old.opt_state),
+                        guided=jax.tree.map(pick, new.guided, old.guided),
+                        num_nonfinite=old.num_nonfinite + (~ok).astype(jnp.int32))
+  return guarded, (~ok).astype(jnp.float32)
 
 
 def param_count(params: Any) -> int:

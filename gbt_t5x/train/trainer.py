@@ -19,10 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gbt_t5x import errors
 from gbt_t5x.train import data_weights as data_weights_lib
 from gbt_t5x.train import optimizers as optimizers_lib
 from gbt_t5x.train import summaries
 from gbt_t5x.train.partitioning import PjitPartitioner
+from gbt_t5x.train import train_state as train_state_lib
 from gbt_t5x.train.train_state import TrainState
 
 Batch = Mapping[str, jax.Array]
@@ -119,6 +121,11 @@ def scheduled_values(schedules: Mapping[str, Callable[[jax.Array], jax.Array]] |
   return multiplier, {k: fn(step) for k, fn in schedules.items()}, loss_kwargs
 
 
+def drop_if_skipped(metrics: Metrics, skipped: jax.Array) -> Metrics:
+  """Zeroes a skipped step's metric sums so that one NaN does not poison the window's means."""
+  return {k: jnp.where(skipped > 0, jnp.zeros_like(v), v) for k, v in metrics.items()}
+
+
 def train_step(model: Any, optimizer: optax.GradientTransformation, state: TrainState,
                batch: Batch, rng: jax.Array, learning_rate_fn: Callable[[jax.Array], jax.Array],
                num_microbatches: int | None,
@@ -132,7 +139,9 @@ def train_step(model: Any, optimizer: optax.GradientTransformation, state: Train
                                                  num_microbatches, loss_kwargs)
   learning_rate = learning_rate_fn(state.step) * multiplier
   new_state = apply_grads(optimizer, state, grads, learning_rate, opt_values)
-  metrics = dict(metrics, learning_rate=learning_rate)
+  new_state, skipped = train_state_lib.keep_finite_update(state, new_state, metrics["loss"])
+  metrics = drop_if_skipped(metrics, skipped)
+  metrics = dict(metrics, learning_rate=learning_rate, nonfinite_skipped=skipped)
   metrics.update({f"hp/{k}": v for k, v in opt_values.items()})
   if "label_smoothing" in loss_kwargs:
     metrics["hp/label_smoothing"] = loss_kwargs["label_smoothing"]
@@ -178,6 +187,9 @@ class Trainer:
     num_microbatches: gradient-accumulation microbatches per step (None/1: none).
     log_every: steps between progress lines and summaries.
     total_steps: for the progress line's ETA.
+    max_nonfinite_steps: stop (raising `TrainingStopped`) once more than this many steps had a
+      non-finite loss or gradient; each such step is skipped (params unchanged), counted and
+      logged.
     hyperparam_schedules: replayed fixed schedules {name: step -> value} (see
       `gbt_t5x.guided.export`): `learning_rate` multiplies `learning_rate_fn`, `label_smoothing`
       and `data_weights` go to the loss, other names are optimizer hyper-parameters.
@@ -188,7 +200,8 @@ class Trainer:
                rng: jax.Array, learning_rate_fn: Callable[[jax.Array], jax.Array],
                num_microbatches: int | None = None, log_every: int = 50,
                total_steps: int | None = None, print_fn: Callable[[str], None] = print,
-               hyperparam_schedules: Mapping[str, Callable[[jax.Array], jax.Array]] | None = None):
+               hyperparam_schedules: Mapping[str, Callable[[jax.Array], jax.Array]] | None = None,
+               max_nonfinite_steps: int = 100):
     self.model = model
     self.optimizer = model.optimizer_def
     self.train_state = train_state
@@ -199,6 +212,7 @@ class Trainer:
     self._rng = rng
     self._learning_rate_fn = learning_rate_fn
     self.hyperparam_schedules = dict(hyperparam_schedules or {})
+    self.max_nonfinite_steps = int(max_nonfinite_steps)
     self._num_microbatches = num_microbatches
     self.log_every = max(1, int(log_every))
     self.total_steps = total_steps
@@ -287,8 +301,16 @@ class Trainer:
     last_step = pending[-1][0]
     report = finalize_metrics(chunk_sums, len(pending))
     report.update(self.step_summaries(report))
-    if not np.isfinite(report.get("loss", 0.0)):
-      self._print(f"warning: non-finite train loss at step {last_step}")
+    skipped = int(round(chunk_sums.get("nonfinite_skipped", 0.0)))
+    if skipped:
+      total = int(jax.device_get(self.train_state.num_nonfinite))
+      self._print(f"warning: {skipped} step(s) up to step {last_step} had a non-finite loss or "
+                  f"gradient and were skipped ({total} in this run so far)")
+      if total > self.max_nonfinite_steps:
+        raise errors.TrainingStopped(
+            f"stopping at step {last_step}: {total} steps had a non-finite loss or gradient "
+            f"(limit max_nonfinite_steps={self.max_nonfinite_steps}); the last checkpoint is "
+            "intact")
     self._writer("train").scalars(last_step, report)
     self._metrics_log.log(last_step, {f"train/{k}": v for k, v in report.items()})
     self._progress.update(last_step, self.progress_view(report),

@@ -85,3 +85,29 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path, one_device_run):
   assert int(t2.train_state.step) == 3
   for a, b in zip(jax.tree.leaves(t2.train_state.params), jax.tree.leaves(state_full.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_nonfinite_step_is_skipped_counted_and_limited():
+  from gbt_t5x import errors
+  p = PjitPartitioner(devices=jax.devices()[:1])
+  model = tiny.tiny_model()
+  state, axes = train_lib.initial_train_state(model, tiny.INPUT_SHAPES, p, jax.random.PRNGKey(0))
+  lr = lambda step: jax.numpy.where(step == 1, jax.numpy.nan, 1e-2)  # noqa: E731
+  printed = []
+  t = trainer_lib.Trainer(model=model, train_state=state, partitioner=p, eval_names=[],
+                          summary_dir=None, train_state_axes=axes, rng=jax.random.PRNGKey(1),
+                          learning_rate_fn=lr, log_every=1, print_fn=printed.append,
+                          max_nonfinite_steps=1)
+  t.train(_batches(p, 1), 1)
+  after_step0 = jax.tree.map(np.asarray, t.train_state.params)
+  metrics = t.train(_batches(p, 1, start=1), 1)  # NaN learning rate: update dropped
+  assert int(t.train_state.num_nonfinite) == 1 and int(t.train_state.step) == 2
+  assert tiny.params_close(t.train_state.params, after_step0, atol=0, rtol=0)
+  assert metrics["nonfinite_skipped"] == 1.0 and any("non-finite" in line for line in printed)
+  t.train(_batches(p, 1, start=2), 1)  # training goes on with finite params
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(t.train_state.params))
+  assert not tiny.params_close(t.train_state.params, after_step0, atol=0, rtol=0)
+  t._learning_rate_fn = lambda step: jax.numpy.nan
+  t.__dict__.pop("_partitioned_train_step")  # recompile with the new schedule
+  with pytest.raises(errors.TrainingStopped, match="max_nonfinite_steps=1"):
+    t.train(_batches(p, 1, start=3), 1)
