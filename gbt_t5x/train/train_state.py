@@ -89,7 +89,7 @@ def keep_finite_update(old: TrainState, new: TrainState, loss: jax.Array
   Returns:
     (guarded state, skipped: float32 scalar 1.0 if the update was dropped).
   """
-  ok = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(new.params))
+  ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(new.params))
   pick = lambda n, o: jnp.where(ok, n, o)  # noqa: E731
   guarded = new.replace(params=jax.tree.map(pick, new.params, old.params),
                         opt_state=jax.tree.map(pick, new.opt_state, old.opt_state),
