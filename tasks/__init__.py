@@ -3,4 +3,6 @@ MIXTURE_OR_TASK_MODULE may name this package or one of its modules).
 
 Importing registers the tasks; it must stay cheap (no data is read or generated at import).
 """
-from gbt_t5x_tasks import demo  # noqa: F401  (registers demo_nmt, demo_nmt_guide)
+from gbt_t5x_tasks import c4  # noqa: F401  (c4_span_corruption[_guide], c4_v220_span_corruption)
+from gbt_t5x_tasks import demo  # noqa: F401  (demo_nmt, demo_nmt_guide)
+from gbt_t5x_tasks import demo_pretrain  # noqa: F401  (demo_span_corruption[_guide])

@@ -1,0 +1,395 @@
+"""Benchmark: cost of the fused guided step against the plain step, T5 v1.1 tiny/small + AdamW.
+
+Measured side by side in one run on one device (dropout off, synthetic full-length batches):
+
+  plain     the jitted plain `Trainer._partitioned_train_step` (AdamW).
+  guide     jitted `value_and_grad(model.guide_loss_fn)` on a guide batch (full, and 1/4 size).
+  floor     plain + guide (full): what a guided step cannot beat without changing the method.
+  guided    `GuidedTrainer._partitioned_guided_step` (the fused `hypergrad.guided_step`, jitted
+            and donating exactly as the trainer does), one per configuration below;
+  plain_g   `GuidedTrainer._partitioned_train_step` (the plain step at guided values, used on the
+            steps without a hyper step).
+
+Configurations and targets:
+  (a) LR multiplier + b1 + b2, every step, guide batch = train batch: guided / floor <= 1.1,
+      memory guided / plain <= 1.3.
+  (b) as (a) with a 1/4-size guide batch: guided / plain <= 1.4.
+  (c) as (a) every 10 steps: (9 plain_g + 1 guided) / (10 plain) <= 1.15 (composed from the
+      measured step times).
+  (d) LR + b1 + label smoothing + data weights (4 ids), every step, equal batches:
+      guided / floor <= 1.3, memory guided / plain <= 1.6.
+  (e) LR alone: the reverse-mode guided step (as (a), LR only) against a forward-mode variant.
+      AdamW's update is linear in the learning rate, u(m) = m * u(1), so for the multiplier m
+      dL_guide(theta + m u(1))/dm = JVP of the guide loss at theta' along u / m: one `jax.jvp` of
+      the guide loss (no guide backward, no VJP of the update). Reported: forward / reverse time
+      and the relative difference of the two hypergradients (d raw, same state and batches).
+
+Timing: every function of a size is compiled first (`jit(...).lower(...).compile()`), then all are
+timed round-robin (one call of each per round, after warm-up rounds), each call ended by
+`jax.block_until_ready`; the median over rounds is reported. Round-robin spreads a shared machine's
+load drift evenly over the compared functions. Memory is `compiled.memory_analysis()` argument +
+output + temp − alias bytes (donated state aliases its output): deterministic, from XLA's buffer
+assignment, not a measured RSS.
+
+Where a target is missed (or with --profile), a breakdown is printed: train forward+backward,
+optimizer update alone and update + its VJP, guide forward+backward, network forward alone and a
+forward JVP (primal + tangent; tangent forward ~ JVP − forward, what loss-side kinds add), and the
+guide-loss JVP of (e).
+
+Usage:
+  .venv/bin/python scripts/bench_guided.py --quick          # tiny only, small shapes, < 1 min
+  .venv/bin/python scripts/bench_guided.py                  # tiny (B32, 64/40), small (B8, 64/32)
+  .venv/bin/python scripts/bench_guided.py --sizes small --iters 3 --small_shape 8,128,64
+
+Not a test; prints a table and a final `ratio:` line.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any, Callable
+
+import bench_common as bc  # first: sets XLA_FLAGS before jax starts
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gbt_t5x.guided import hypergrad
+from gbt_t5x.guided import meta as meta_lib
+from gbt_t5x.guided import specs as specs_lib
+from gbt_t5x.guided.specs import GuidedHParam
+from gbt_t5x.train import guided_trainer as guided_trainer_lib
+from gbt_t5x.train import trainer as trainer_lib
+
+NUM_DATA_IDS = 4
+BASE_LR = 1e-3
+GUIDED_DEFAULT_SHAPES = {"tiny": (32, 64, 40), "small": (8, 64, 32)}
+
+LR = GuidedHParam("learning_rate", 1.0, "exp", lower=0.01, upper=100.0)
+B1 = GuidedHParam("b1", 0.9, "sigmoid", lower=0.0, upper=0.9999)
+B2 = GuidedHParam("b2", 0.999, "sigmoid", lower=0.5, upper=0.99999)
+LS = GuidedHParam("label_smoothing", 0.1, "sigmoid", lower=0.0, upper=0.5)
+DW = GuidedHParam("data_weights", 1.0, "exp", shape=(NUM_DATA_IDS,))
+
+
+class BenchGuidedTrainer(guided_trainer_lib.GuidedTrainer):
+  """`GuidedTrainer` without a SeqIO guide task: the benchmark feeds guide batches itself."""
+
+  def _check_guide_data(self) -> None:
+    pass
+
+
+def copy_state(state: Any) -> Any:
+  """A fresh copy (the steps donate their state argument)."""
+  return jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, state)
+
+
+# ----------------------------------------------------------------------------- timing
+def time_round_robin(fns: dict[str, Callable[[], Any]], iters: int, warmup: int = 1
+                     ) -> dict[str, float]:
+  """Median seconds per call of each fn, timed in interleaved rounds (see module docstring)."""
+  for _ in range(warmup):
+    for fn in fns.values():
+      jax.block_until_ready(fn())
+  samples: dict[str, list[float]] = {k: [] for k in fns}
+  for _ in range(iters):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      samples[name].append(time.perf_counter() - start)
+  return {k: float(np.median(v)) for k, v in samples.items()}
+
+
+# ----------------------------------------------------------------------------- forward mode (e)
+def forward_mode_lr_step(trainer: BenchGuidedTrainer) -> Callable:
+  """(state, batch, guide_batch) -> (state, metrics, hypergrads): LR-only guided step, forward mode.
+
+  Model step exactly as `plain_step`; the hypergradient of the scalar LR multiplier m is
+  JVP_theta' L_guide along u / m (AdamW's update is linear in the learning rate), chained to
+  the raw value through the activation, then the same meta update as the reverse-mode step.
+  """
+  (spec,) = trainer.specs
+  assert spec.name == specs_lib.LEARNING_RATE and spec.shape == ()
+  kwargs = trainer._step_kwargs()
+
+  def step(state, batch, guide_batch):
+    rng = jax.random.fold_in(trainer._rng, state.step)
+    base_lr = trainer._learning_rate_fn(state.step)
+    raw = state.guided.raw
+    values, act_vjp = jax.vjp(lambda r: specs_lib.effective(trainer.specs, r), dict(raw))
+    h_opt, h_loss = specs_lib.split_effective(trainer.specs, values)
+
+    def train_loss(p):
+      return kwargs["loss_from_outputs"](kwargs["forward_fn"](p, batch, rng), batch, h_loss)
+
+    (loss, _), grads = jax.value_and_grad(train_loss, has_aux=True)(state.params)
+    updates, opt_state = hypergrad.optimizer_update(trainer.optimizer, grads, state.opt_state,
+                                                    state.params, h_opt, base_lr)
+    params = optax.apply_updates(state.params, updates)
+    m = values[specs_lib.LEARNING_RATE]
+    direction = jax.tree.map(lambda u: u / m.astype(u.dtype), updates)
+    guide_loss, d_m = jax.jvp(lambda p: trainer._guide_loss(p, guide_batch), (params,),
+                              (direction,))
+    (hypergrads,) = act_vjp({specs_lib.LEARNING_RATE: d_m.astype(m.dtype)})
+    guided, skipped = meta_lib.apply_hypergradient(state.guided, hypergrads, trainer.specs,
+                                                   trainer.meta_optimizer)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              guided=guided)
+    return new_state, {"loss": loss, "guide_loss": guide_loss,
+                       "skipped": skipped.astype(jnp.float32)}, hypergrads
+
+  data = trainer._partitioner.data_sharding
+  replicated = trainer._partitioner.replicated
+  return trainer._partitioner.partition(
+      step, in_shardings=(trainer.train_state_axes, data, data),
+      out_shardings=(trainer.train_state_axes, replicated, replicated), donate_argnums=(0,))
+
+
+def reverse_lr_hypergrads(trainer: BenchGuidedTrainer, state: Any, batch, guide_batch):
+  """The reverse-mode (library) hypergradient d L_hyper / d raw for the same state and batches."""
+  def fn(state, batch, guide_batch):
+    rng = jax.random.fold_in(trainer._rng, state.step)
+    base_lr = trainer._learning_rate_fn(state.step)
+    _, _, hg, _ = hypergrad.lookahead_hypergradient(
+        state.params, state.opt_state, state.guided.raw, batch, guide_batch, rng, base_lr,
+        guide_loss_fn=trainer._guide_loss, **trainer._step_kwargs())
+    return hg
+  with trainer._partitioner.context():
+    return jax.jit(fn)(state, batch, guide_batch)
+
+
+# ----------------------------------------------------------------------------- profile
+def profile_parts(model, state, batch, guide_batch, guide_batch_q, specs, iters: int
+                  ) -> dict[str, float]:
+  """Seconds of the separate pieces of a guided step (each jitted on its own)."""
+  params, opt_state = state.params, state.opt_state
+  optimizer = model.optimizer_def
+  values = specs_lib.effective(specs, specs_lib.init_raw(specs))
+  h_opt, _ = specs_lib.split_effective(specs, values)
+  base_lr = jnp.float32(BASE_LR)
+
+  train_fb = jax.jit(jax.value_and_grad(lambda p, b: model.loss_fn(p, b, None)[0]))
+
+  @jax.jit
+  def train_fb_linearize(p, b):
+    # The guided step's scheme a): linearize the forward, loss-head gradient, transpose.
+    outputs, lin = jax.linearize(lambda q: model.logits_fn(q, b), p)
+    loss, d_out = jax.value_and_grad(lambda o: model.loss_from_logits(o, b)[0])(outputs)
+    return loss, jax.linear_transpose(lin, p)(d_out)[0]
+  guide_fb = jax.jit(jax.value_and_grad(model.guide_loss_fn))
+  grads = train_fb(params, batch)[1]
+
+  @jax.jit
+  def update(g, hopt):
+    return hypergrad.optimizer_update(optimizer, g, opt_state, params, hopt, base_lr)
+
+  @jax.jit
+  def update_and_vjp(g, hopt, cot):
+    u, vjp, _ = jax.vjp(lambda g_, h_: hypergrad.optimizer_update(
+        optimizer, g_, opt_state, params, h_, base_lr), g, hopt, has_aux=True)
+    return u, vjp(cot)
+
+  forward = jax.jit(lambda p, b: model.logits_fn(p, b))
+  forward_jvp = jax.jit(lambda p, t, b: jax.jvp(lambda q: model.logits_fn(q, b), (p,), (t,)))
+  guide_jvp = jax.jit(lambda p, t, b: jax.jvp(lambda q: model.guide_loss_fn(q, b), (p,), (t,)))
+  fns = {
+      "train fwd+bwd": lambda: train_fb(params, batch),
+      "train fwd+bwd, linearize+transpose": lambda: train_fb_linearize(params, batch),
+      "optimizer update": lambda: update(grads, h_opt),
+      "update + its VJP": lambda: update_and_vjp(grads, h_opt, grads),
+      "guide fwd+bwd (full)": lambda: guide_fb(params, guide_batch),
+      "guide fwd+bwd (1/4)": lambda: guide_fb(params, guide_batch_q),
+      "network forward": lambda: forward(params, batch),
+      "forward JVP (primal+tangent)": lambda: forward_jvp(params, grads, batch),
+      "guide-loss JVP (full)": lambda: guide_jvp(params, grads, guide_batch),
+  }
+  return time_round_robin(fns, iters, warmup=1)
+
+
+# ----------------------------------------------------------------------------- one size
+def timed_compile(log: dict, name: str, jitted: Any, *args: Any):
+  start = time.perf_counter()
+  out = bc.compiled(jitted, *args)
+  log[name] = time.perf_counter() - start
+  return out
+
+
+def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
+               profile: str, layers: int | None = None) -> dict:
+  batch_size, le, ld = shape
+  quarter = max(1, batch_size // 4)
+  model = bc.make_model(size, dtype, layers=layers)
+  vocab = model.module.config.vocab_size
+  partitioner = bc.one_device_partitioner()
+  state0, axes = bc.initial_state(model, partitioner, le, ld)
+  data = partitioner.data_sharding
+  batch = bc.synthetic_batch(0, batch_size, le, ld, vocab, sharding=data)
+  batch_dw = bc.synthetic_batch(0, batch_size, le, ld, vocab, NUM_DATA_IDS, sharding=data)
+  guide = bc.synthetic_batch(1, batch_size, le, ld, vocab, sharding=data)
+  guide_q = bc.synthetic_batch(2, quarter, le, ld, vocab, sharding=data)
+  lr_fn = lambda step: jnp.float32(BASE_LR)
+  common = dict(partitioner=partitioner, eval_names=[], summary_dir=None, train_state_axes=axes,
+                rng=jax.random.PRNGKey(1), learning_rate_fn=lr_fn, log_every=10**9,
+                print_fn=lambda s: None)
+
+  def guided_trainer(specs):
+    return BenchGuidedTrainer(model=model, train_state=copy_state(state0),
+                              guided_hparams=specs, guide_dataset_cfg=object(),
+                              hyper_step_every=1, meta_learning_rate=3e-3, **common)
+
+  t_compile = time.perf_counter()
+  clog: dict[str, float] = {}
+  plain_tr = trainer_lib.Trainer(model=model, train_state=copy_state(state0), **common)
+  plain_c = timed_compile(clog, "plain_c", plain_tr._partitioned_train_step,
+                          plain_tr.train_state, batch)
+  guide_fb = jax.jit(jax.value_and_grad(model.guide_loss_fn))
+  guide_c = timed_compile(clog, "guide_c", guide_fb, state0.params, guide)
+  guide_q_c = timed_compile(clog, "guide_q_c", guide_fb, state0.params, guide_q)
+
+  tr_a = guided_trainer((LR, B1, B2))
+  tr_b = guided_trainer((LR, B1, B2))
+  tr_d = guided_trainer((LR, B1, LS, DW))
+  tr_e = guided_trainer((LR,))
+  tr_e_fwd = guided_trainer((LR,))
+  a_c = timed_compile(clog, "a_c", tr_a._partitioned_guided_step, tr_a.train_state, batch, guide)
+  a_plain_c = timed_compile(clog, "a_plain_c", tr_a._partitioned_train_step,
+                            tr_a.train_state, batch)
+  b_c = timed_compile(clog, "b_c", tr_b._partitioned_guided_step, tr_b.train_state, batch, guide_q)
+  d_c = timed_compile(clog, "d_c", tr_d._partitioned_guided_step, tr_d.train_state, batch_dw, guide)
+  e_c = timed_compile(clog, "e_c", tr_e._partitioned_guided_step, tr_e.train_state, batch, guide)
+  fwd_step = forward_mode_lr_step(tr_e_fwd)
+  e_fwd_c = timed_compile(clog, "e_fwd_c", fwd_step, tr_e_fwd.train_state, batch, guide)
+  compile_s = time.perf_counter() - t_compile
+
+  # Hypergradient check for (e) on identical state and batches (before any step).
+  state_e = copy_state(tr_e_fwd.train_state)
+  rev = reverse_lr_hypergrads(tr_e_fwd, state_e, batch, guide)[specs_lib.LEARNING_RATE]
+  _, _, fwd = e_fwd_c(copy_state(state_e), batch, guide)
+  fwd = fwd[specs_lib.LEARNING_RATE]
+  rel_diff = float(jnp.abs(fwd - rev) / jnp.maximum(jnp.abs(rev), 1e-30))
+
+  steppers = {
+      "plain": bc.Stepper(plain_c, plain_tr.train_state, batch),
+      "guide fwd+bwd": lambda: guide_c(state0.params, guide),
+      "guide fwd+bwd 1/4": lambda: guide_q_c(state0.params, guide_q),
+      "guided (a)": bc.Stepper(a_c, tr_a.train_state, batch, guide),
+      "plain_g (a)": bc.Stepper(a_plain_c, copy_state(tr_a.train_state), batch),
+      "guided (b)": bc.Stepper(b_c, tr_b.train_state, batch, guide_q),
+      "guided (d)": bc.Stepper(d_c, tr_d.train_state, batch_dw, guide),
+      "guided (e) reverse": bc.Stepper(e_c, tr_e.train_state, batch, guide),
+      "guided (e) forward": _DropThird(e_fwd_c, tr_e_fwd.train_state, batch, guide),
+  }
+  times = time_round_robin(steppers, iters, warmup=1)
+
+  mem = {"plain": bc.memory_bytes(plain_c), "a": bc.memory_bytes(a_c),
+         "d": bc.memory_bytes(d_c), "e_rev": bc.memory_bytes(e_c),
+         "e_fwd": bc.memory_bytes(e_fwd_c)}
+  t = times
+  floor = t["plain"] + t["guide fwd+bwd"]
+  mem_ratio = lambda k: (mem[k] / mem["plain"]) if mem[k] and mem["plain"] else float("nan")
+  rows = [
+      dict(cfg="(a) lr+b1+b2 every step", metric="guided / (plain + guide fb)",
+           value=t["guided (a)"] / floor, target=1.1),
+      dict(cfg="(a) memory", metric="guided / plain (compiled bytes)", value=mem_ratio("a"),
+           target=1.3),
+      dict(cfg="(b) 1/4 guide batch", metric="guided / plain", value=t["guided (b)"] / t["plain"],
+           target=1.4),
+      dict(cfg="(c) every 10 steps", metric="(9 plain_g + guided) / 10 plain",
+           value=(9 * t["plain_g (a)"] + t["guided (a)"]) / (10 * t["plain"]), target=1.15),
+      dict(cfg="(d) lr+b1+ls+dw every step", metric="guided / (plain + guide fb)",
+           value=t["guided (d)"] / floor, target=1.3),
+      dict(cfg="(d) memory", metric="guided / plain (compiled bytes)", value=mem_ratio("d"),
+           target=1.6),
+      dict(cfg="(e) lr, forward mode", metric="forward / reverse guided step",
+           value=t["guided (e) forward"] / t["guided (e) reverse"], target=None),
+      dict(cfg="(e) hypergradient", metric="|fwd - rev| / |rev|", value=rel_diff, target=None),
+  ]
+  for r in rows:
+    r["met"] = None if r["target"] is None or np.isnan(r["value"]) else r["value"] <= r["target"]
+  missed = any(r["met"] is False for r in rows)
+  parts = None
+  if profile == "always" or (profile == "auto" and missed):
+    parts = profile_parts(model, state0, batch, guide, guide_q, (LR, B1, B2), iters)
+  return dict(size=size, shape=shape, quarter=quarter, times=times, mem=mem, rows=rows,
+              parts=parts, compile_s=compile_s, clog=clog, params=bc.count_params(state0.params),
+              rev=float(rev), fwd=float(fwd))
+
+
+class _DropThird(bc.Stepper):
+  """Stepper for steps returning (state, metrics, extra)."""
+
+  def __call__(self):
+    self.state, metrics, extra = self.step(self.state, *self.args)
+    return self.state, metrics, extra
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true",
+                      help="tiny only, small shapes, few iterations (< 1 minute)")
+  parser.add_argument("--sizes", default=None, help="comma-separated: tiny,small")
+  parser.add_argument("--iters", type=int, default=None, help="timed rounds (median)")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--tiny_shape", default=None, help="B,Le,Ld (default 32,64,40)")
+  parser.add_argument("--small_shape", default=None, help="B,Le,Ld (default 8,64,32)")
+  parser.add_argument("--profile", default=None, choices=("auto", "always", "never"),
+                      help="breakdown: when a target is missed (auto, the default), always or "
+                      "never (the default with --quick)")
+  parser.add_argument("--layers", type=int, default=None,
+                      help="override both stack depths (default: the size's; 1 with --quick)")
+  args = parser.parse_args()
+
+  sizes = bc.parse_sizes(args.sizes or ("tiny" if args.quick else "tiny,small"))
+  defaults = bc.QUICK_SHAPES if args.quick else GUIDED_DEFAULT_SHAPES
+  shapes = {}
+  for size in ("tiny", "small"):
+    text = getattr(args, f"{size}_shape")
+    shapes[size] = tuple(int(x) for x in text.split(",")) if text else defaults[size]
+  iters = args.iters or (2 if args.quick else 7)
+  layers = args.layers or (1 if args.quick else None)
+  profile = args.profile or ("never" if args.quick else "auto")
+  if layers:
+    print(f"note: {layers} encoder + {layers} decoder layer(s) instead of the size's depth")
+  print(bc.device_line())
+  print(f"dtype {args.dtype}; AdamW; base LR {BASE_LR}; round-robin timing, 1 warm-up round, "
+        f"median of {iters} rounds")
+
+  results = []
+  for size in sizes:
+    r = bench_size(size, shapes[size], iters, args.dtype, profile, layers)
+    results.append(r)
+    b, le, ld = r["shape"]
+    print(f"\n== {size}: {r['params'] / 1e6:.2f}M params, train batch {b}, guide batch {b} "
+          f"(1/4: {r['quarter']}), lengths {le}/{ld}; compile {r['compile_s']:.0f} s")
+    bc.print_table(["step", "ms"], [[k, v * 1e3] for k, v in r["times"].items()])
+    print("compile s: " + ", ".join(f"{k} {v:.1f}" for k, v in r["clog"].items()))
+    print()
+    bc.print_table(["step", "compiled MiB"],
+                   [[k, (v or float("nan")) / 2**20] for k, v in r["mem"].items()])
+    print()
+    bc.print_table(["configuration", "measure", "value", "target", "met"],
+                   [[x["cfg"], x["metric"], x["value"],
+                     "-" if x["target"] is None else f"<= {x['target']}",
+                     "-" if x["met"] is None else ("yes" if x["met"] else "NO")]
+                    for x in r["rows"]])
+    print(f"(e) hypergradient d/d raw lr: forward {r['fwd']:.6g}, reverse {r['rev']:.6g}")
+    if r["parts"]:
+      print("\nprofile breakdown (each piece jitted alone; tangent forward ~ JVP - forward):")
+      bc.print_table(["piece", "ms"], [[k, v * 1e3] for k, v in r["parts"].items()])
+
+  print()
+  def short(r):
+    v = {x["cfg"]: x["value"] for x in r["rows"]}
+    return (f"{r['size']} a {v['(a) lr+b1+b2 every step']:.2f} "
+            f"b {v['(b) 1/4 guide batch']:.2f} c {v['(c) every 10 steps']:.2f} "
+            f"d {v['(d) lr+b1+ls+dw every step']:.2f} "
+            f"mem a {v['(a) memory']:.2f} d {v['(d) memory']:.2f} "
+            f"e fwd/rev {v['(e) lr, forward mode']:.2f}")
+  print("ratio: guided cost (a: /floor, b: /plain, c: 1-in-10 /plain, d: /floor, memory /plain) = "
+        + "; ".join(short(r) for r in results))
+
+
+if __name__ == "__main__":
+  main()

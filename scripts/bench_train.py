@@ -1,0 +1,130 @@
+"""Benchmark: tokens/s and model FLOP/s of the plain train step vs this machine's matmul rate.
+
+For each T5 v1.1 size, times the jitted `Trainer._partitioned_train_step` (AdamW, 1 device,
+dropout off, synthetic full-length batches) and reports its step time, tokens/s
+(B * (inputs + targets) real tokens per step), the model FLOP/s and that rate as a fraction of the
+machine's float32 matmul rate, measured in the same run with a jitted 2048 x 2048 `jnp.dot`
+(median of several). This "MFU" is relative to measured matmul throughput, not a datasheet peak.
+
+Model FLOPs per step (forward + backward; the optimizer update is not counted), see
+`bench_common.train_step_flops`:
+
+    F = 6 * B * (Le * (P_enc + P_cross_kv) + Ld * P_dec)
+      + 12 * B * H * dk * (Ne * Le^2 + Nd * (Ld^2 + Ld * Le))
+
+P_enc: matmul params per encoder token (self-attention q,k,v,o + gated MLP, all encoder layers);
+P_cross_kv: cross-attention k,v of all decoder layers (they act on encoder tokens); P_dec: per
+decoder token (self-attention, cross-attention q,o, MLP, output projection). XLA's own count,
+`jit(step).lower(...).compile().cost_analysis()['flops']`, is printed beside it (it includes the
+optimizer and the elementwise work, and on CPU may count some ops differently).
+
+Usage:
+  .venv/bin/python scripts/bench_train.py --quick           # tiny only, tiny shapes, < 1 min
+  .venv/bin/python scripts/bench_train.py                   # tiny (B32, 64/40), small (B8, 128/64)
+  .venv/bin/python scripts/bench_train.py --sizes small --iters 3 --dtype bfloat16
+
+Not a test; prints a table and a final `ratio:` line.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import bench_common as bc  # first: sets XLA_FLAGS before jax starts
+
+import jax
+
+from gbt_t5x.train import trainer as trainer_lib
+
+
+def parse_shape(text: str | None, default: tuple[int, int, int]) -> tuple[int, int, int]:
+  if not text:
+    return default
+  b, le, ld = (int(x) for x in text.split(","))
+  return b, le, ld
+
+
+def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str) -> dict:
+  batch_size, le, ld = shape
+  model = bc.make_model(size, dtype)
+  partitioner = bc.one_device_partitioner()
+  state, axes = bc.initial_state(model, partitioner, le, ld)
+  trainer = trainer_lib.Trainer(model=model, train_state=state, partitioner=partitioner,
+                                eval_names=[], summary_dir=None, train_state_axes=axes,
+                                rng=jax.random.PRNGKey(1), learning_rate_fn=lambda step: 1e-3,
+                                log_every=10**9, print_fn=lambda s: None)
+  batch = bc.synthetic_batch(0, batch_size, le, ld, model.module.config.vocab_size,
+                             sharding=partitioner.data_sharding)
+  step = trainer._partitioned_train_step
+  t0 = time.perf_counter()
+  compiled = bc.compiled(step, trainer.train_state, batch)
+  compile_s = time.perf_counter() - t0
+  stepper = bc.Stepper(compiled, trainer.train_state, batch)
+  seconds = bc.time_fn(stepper, iters, warmup=1)
+  flops = bc.train_step_flops(model.module.config, batch_size, le, ld)
+  return dict(size=size, params=bc.count_params(stepper.state.params), batch=batch_size,
+              lengths=f"{le}/{ld}", seconds=seconds, tokens=batch_size * (le + ld),
+              flops=flops, xla_flops=bc.xla_flops(compiled), compile_s=compile_s)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true",
+                      help="tiny only, small shapes, few iterations (< 1 minute)")
+  parser.add_argument("--sizes", default=None, help="comma-separated: tiny,small")
+  parser.add_argument("--iters", type=int, default=None, help="timed steps per size (median)")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="activation dtype (params are float32); gin's small uses bfloat16")
+  parser.add_argument("--tiny_shape", default=None, help="B,Le,Ld (default 32,64,40)")
+  parser.add_argument("--small_shape", default=None, help="B,Le,Ld (default 8,128,64)")
+  parser.add_argument("--matmul_n", type=int, default=2048)
+  args = parser.parse_args()
+
+  sizes = bc.parse_sizes(args.sizes or ("tiny" if args.quick else "tiny,small"))
+  shapes = bc.QUICK_SHAPES if args.quick else bc.DEFAULT_SHAPES
+  shapes = {"tiny": parse_shape(args.tiny_shape, shapes["tiny"]),
+            "small": parse_shape(args.small_shape, shapes["small"])}
+  iters = args.iters or (3 if args.quick else 5)
+  print(bc.device_line())
+  print(f"dtype {args.dtype}; timing: 1 warm-up step, median of {iters} steps; "
+        "tokens = B * (inputs + targets), all real (no padding)")
+
+  matmul_n = 1024 if args.quick else args.matmul_n
+  matmul_rate = bc.matmul_flops_per_s(matmul_n, iters=max(iters, 5))
+  print(f"matmul: jitted {matmul_n}x{matmul_n} float32 jnp.dot: {matmul_rate / 1e9:.1f} GFLOP/s "
+        "(measured again after the models; the larger is used)")
+
+  results = [bench_size(size, shapes[size], iters, args.dtype) for size in sizes]
+  # Re-measure the matmul rate after the models, to show drift on a shared machine.
+  matmul_after = bc.matmul_flops_per_s(matmul_n, iters=max(iters, 5))
+  if abs(matmul_after / matmul_rate - 1) > 0.1:
+    print(f"note: matmul rate drifted to {matmul_after / 1e9:.1f} GFLOP/s by the end "
+          "(noisy machine?)")
+  # The machine's capability: the better of the two measurements (load only slows it down).
+  matmul_rate = max(matmul_rate, matmul_after)
+
+  rows = []
+  for r in results:
+    model_rate = r["flops"] / r["seconds"]
+    rows.append([r["size"], f"{r['params'] / 1e6:.2f}M", r["batch"], r["lengths"],
+                 r["seconds"] * 1e3, r["tokens"] / r["seconds"], r["flops"] / 1e9,
+                 (r["xla_flops"] or float("nan")) / 1e9, model_rate / 1e9, matmul_rate / 1e9,
+                 model_rate / matmul_rate])
+    r["mfu"] = model_rate / matmul_rate
+  print()
+  bc.print_table(["size", "params", "batch", "in/tgt", "step ms", "tokens/s", "GFLOP/step",
+                  "XLA GFLOP/step", "model GFLOP/s", "matmul GFLOP/s", "MFU frac"], rows)
+  for r in results:
+    if r["xla_flops"]:
+      diff = r["xla_flops"] / r["flops"] - 1
+      if abs(diff) > 0.05:
+        print(f"note: {r['size']}: XLA cost_analysis flops differ from the analytic count by "
+              f"{diff:+.0%} (XLA counts the optimizer/elementwise work too)")
+    print(f"{r['size']}: compile {r['compile_s']:.1f} s")
+  print()
+  print("ratio: model FLOP/s / matmul FLOP/s = "
+        + ", ".join(f"{r['size']} {r['mfu']:.2f}" for r in results))
+
+
+if __name__ == "__main__":
+  main()
