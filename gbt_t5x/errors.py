@@ -3,3 +3,12 @@
 
 class TrainingStopped(RuntimeError):
   """Training cannot safely continue (e.g. too many non-finite losses); checkpoints are intact."""
+
+
+class Preempted(Exception):
+  """The run stopped at a step boundary on SIGTERM/SIGINT after saving a checkpoint."""
+
+  def __init__(self, step: int, signal_name: str | None):
+    super().__init__(f"stopped by {signal_name or 'a signal'} at step {step} after saving a "
+                     "checkpoint; rerun the same command to continue")
+    self.step = step

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import gin
 
-from gbt_t5x import errors
+from gbt_t5x import distributed, errors
 
 REPO_GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin"
 
@@ -56,6 +56,15 @@ def make_parser(description: str) -> argparse.ArgumentParser:
                       help="a gin binding 'NAME = VALUE' (repeatable); --gin.NAME=VALUE also works")
   parser.add_argument("--gin_search_paths", action="append", default=[],
                       help="comma-separated folders to search for gin files and their includes")
+  parser.add_argument("--coordinator_address", default=None,
+                      help="host:port of process 0 for a multi-process run (or env "
+                      "GBT_T5X_COORDINATOR_ADDRESS)")
+  parser.add_argument("--process_count", type=int, default=None,
+                      help="number of JAX processes (or env GBT_T5X_NUM_PROCESSES)")
+  parser.add_argument("--process_index", type=int, default=None,
+                      help="this process's id (or env GBT_T5X_PROCESS_ID)")
+  parser.add_argument("--multiprocess", action="store_true",
+                      help="let jax.distributed auto-detect the cluster (TPU pods, SLURM, ...)")
   parser.add_argument("--tfds_data_dir", default=None, help="TFDS data dir (seqio.set_tfds_data_dir_override)")
   return parser
 
@@ -135,11 +144,18 @@ def run(main: Callable[[argparse.Namespace], int | None], description: str,
   parser = make_parser(description)
   try:
     args = parser.parse_args(rewrite_gin_args(sys.argv[1:] if argv is None else argv))
+    distributed.maybe_initialize(
+        distributed.spec_from(args.coordinator_address, args.process_count, args.process_index),
+        auto=args.multiprocess)
     if args.tfds_data_dir:
       import seqio
       seqio.set_tfds_data_dir_override(args.tfds_data_dir)
     parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
     return int(main(args) or 0)
+  except errors.Preempted as e:
+    print(f"preempted: {_first_line(e)}", file=sys.stderr)
+    from gbt_t5x.train.preemption import PREEMPTED_EXIT_CODE
+    return PREEMPTED_EXIT_CODE
   except (ValueError, FileNotFoundError, NotADirectoryError, errors.TrainingStopped) as e:
     print(f"error: {_first_line(e)}", file=sys.stderr)
     return 2

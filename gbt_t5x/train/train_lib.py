@@ -17,7 +17,9 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
+from gbt_t5x import errors
 from gbt_t5x.train import checkpoints as checkpoints_lib
+from gbt_t5x.train import preemption
 from gbt_t5x.train import data as data_lib
 from gbt_t5x.train import summaries
 from gbt_t5x.train import train_state as train_state_lib
@@ -232,15 +234,21 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
     print_fn(f"eval step {int(jax.device_get(trainer.train_state.step))}: "
              f"loss {r.get('loss', float('nan')):.4f} accuracy {r.get('accuracy', float('nan')):.4f}")
 
-  while step < total_steps:
-    next_stop = min(total_steps, (step // eval_period + 1) * eval_period)
-    trainer.train(train_iter, next_stop - step, start_step=step)
-    step = next_stop
-    if save_period and (step % save_period == 0 or step == total_steps):
-      save(step)
-    run_eval()
-    if jax.process_index() == 0:
-      write_plots(model_dir, trainer)
+  with preemption.PreemptionGuard(sync_every=log_every) as guard:
+    while step < total_steps:
+      next_stop = min(total_steps, (step // eval_period + 1) * eval_period)
+      trainer.train(train_iter, next_stop - step, start_step=step, stop_fn=guard.should_stop)
+      step = int(jax.device_get(trainer.train_state.step))
+      if guard.requested:
+        save(step)
+        checkpointer.wait_until_finished()
+        print_fn(f"preempted ({guard.signal_name}) at step {step}: checkpoint saved")
+        raise errors.Preempted(step, guard.signal_name)
+      if save_period and (step % save_period == 0 or step == total_steps):
+        save(step)
+      run_eval()
+      if jax.process_index() == 0:
+        write_plots(model_dir, trainer)
   checkpointer.wait_until_finished()
   trainer.close()
   return step, trainer.train_state

@@ -265,11 +265,13 @@ class Trainer:
     return {}
 
   def train(self, batch_iter: Iterator[Batch], num_steps: int,
-            start_step: int | None = None) -> dict[str, float]:
+            start_step: int | None = None,
+            stop_fn: Callable[[], bool] | None = None) -> dict[str, float]:
     """Runs `num_steps` train steps; returns the window's finalized mean metrics.
 
     Per-step metric sums stay on device and are fetched every `log_every` steps, when a progress
-    line, TensorBoard scalars and a metrics-log line are written.
+    line, TensorBoard scalars and a metrics-log line are written. `stop_fn` is polled after every
+    step; when it returns True the loop ends early (e.g. on preemption) after flushing metrics.
     """
     start = int(start_step if start_step is not None else jax.device_get(self.train_state.step))
     if not hasattr(self, "_progress"):
@@ -277,13 +279,18 @@ class Trainer:
                                               self.log_every, print_fn=self._print)
     pending: list[tuple[int, Metrics]] = []
     window_sums: dict[str, float] = {}
+    steps_run = 0
     for i in range(num_steps):
       step = start + i
       pending.append((step + 1, self._run_one_step(batch_iter)))
-      if (step + 1) % self.log_every == 0 or i == num_steps - 1:
+      steps_run += 1
+      stop = stop_fn is not None and stop_fn()
+      if (step + 1) % self.log_every == 0 or i == num_steps - 1 or stop:
         self._flush(pending, window_sums)
         pending = []
-    return finalize_metrics(window_sums, num_steps)
+      if stop:
+        break
+    return finalize_metrics(window_sums, steps_run)
 
   def record_steps(self, steps: list[int], host_metrics: list[dict[str, Any]]) -> None:
     """Hook receiving every step's fetched metrics (GuidedTrainer writes its trajectory)."""
@@ -319,7 +326,8 @@ class Trainer:
   def progress_view(self, report: Mapping[str, float]) -> dict[str, float]:
     """The subset of a report shown on the progress line (everything goes to TensorBoard)."""
     hidden = ("num_tokens", "num_examples", "train_loss", "cross_ent_loss", "z_loss")
-    return {k: v for k, v in report.items() if k not in hidden}
+    return {k: v for k, v in report.items()
+            if k not in hidden and not (k == "nonfinite_skipped" and v == 0)}
 
   def eval(self, batch_iters: Mapping[str, Iterable[Batch]]) -> dict[str, dict[str, float]]:
     """Evaluates the current params on each named dataset (one full pass each).
