@@ -8,7 +8,9 @@ divided by sqrt(head_dim) instead.
 
 Conventions: token id 0 is padding (masked as attention key and query); packed rows carry segment
 ids (0 = padding) that block cross-segment attention, and optional positions (restarting at 0 per
-segment) that feed the relative position buckets. Every parameter is created float32 and boxed
+segment) that feed the relative position buckets. `Transformer.decode(..., decode=True)` runs the
+decoder one token at a time over a key/value cache in the flax `cache` collection (T5X's
+`cached_key` / `cached_value` / `cache_index`). Every parameter is created float32 and boxed
 with `nn.with_logical_partitioning` under T5X's logical axis names; activations are constrained
 with `nn.with_logical_constraint` (a no-op outside a mesh with logical axis rules).
 
@@ -227,7 +229,15 @@ class RelativePositionBiases(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-  """Multi-head dot-product attention without logit scaling (the query init carries 1/sqrt(d))."""
+  """Multi-head dot-product attention without logit scaling (the query init carries 1/sqrt(d)).
+
+  With `decode=True` it is causal self-attention over a key/value cache kept in the flax `cache`
+  collection, as in T5X: `cached_key`, `cached_value` `[B, L, heads, head_dim]` (activation dtype)
+  and `cache_index` (int32 scalar, the next position to write). The first call (cache not yet
+  created, `mutable=['cache']`) only sizes the cache from its full-length `[B, L, E]` inputs and
+  attends causally; every later call takes one token `[B, 1, E]`, writes its key/value at
+  `cache_index`, attends to positions `<= cache_index` and increments the index.
+  """
   num_heads: int
   head_dim: int
   dropout_rate: float = 0.0
@@ -235,13 +245,16 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Array | None = None, *,
-               deterministic: bool) -> Array:
+               deterministic: bool, decode: bool = False) -> Array:
     """Attends `inputs_q [B, Q, E]` to `inputs_kv [B, K, E]`.
 
     Args:
       bias: additive attention bias broadcastable to `[B, heads, Q, K]` (masks as -1e10 plus
-        relative position biases).
+        relative position biases). In cached decoding steps it must cover the whole cache,
+        `[1 or B, heads, L, L]`; the row of the current position is sliced out.
       deterministic: disables attention-weight dropout.
+      decode: cached causal self-attention (see the class docstring); `inputs_kv` must be
+        `inputs_q`.
 
     Returns:
       `[B, Q, E]` in `dtype`.
@@ -260,6 +273,8 @@ class MultiHeadAttention(nn.Module):
     query = project("query", inputs_q, query_init)
     key = project("key", inputs_kv, _attention_kernel_init)
     value = project("value", inputs_kv, _attention_kernel_init)
+    if decode:
+      key, value, bias = self._use_cache(key, value, bias)
 
     logits = jnp.einsum("bqhd,bkhd->bhqk", query.astype(jnp.float32), key.astype(jnp.float32))
     if bias is not None:
@@ -275,6 +290,41 @@ class MultiHeadAttention(nn.Module):
     out = out.reshape(out.shape[:-2] + (joined,))
     return Dense(inputs_q.shape[-1], ("joined_kv", "embed"), _attention_kernel_init, self.dtype,
                  name="out")(out)
+
+  def _use_cache(self, key: Array, value: Array, bias: Array | None
+                 ) -> tuple[Array, Array, Array]:
+    """Cache bookkeeping of one decode call: new `[B, L, H, D]` keys/values and the bias.
+
+    On the sizing call (no cache yet) it creates the cache and returns the inputs with a causal
+    mask added to `bias`. On a step it returns the updated cache contents and `bias [.., H, 1, L]`
+    = the current row of the given bias plus -1e10 on not-yet-written positions.
+    """
+    initialized = self.has_variable("cache", "cached_key")
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+    cache_index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+    if not initialized:
+      causal = _mask_to_bias(make_causal_mask(key.shape[1]), jnp.float32)
+      return key, value, causal if bias is None else bias + causal
+    batch, length, heads, head_dim = cached_key.value.shape
+    if key.shape != (batch, 1, heads, head_dim):
+      raise ValueError(f"a cached decoding step takes one token per row: expected keys "
+                       f"{(batch, 1, heads, head_dim)}, got {tuple(key.shape)}")
+    index = cache_index.value
+    constrain = lambda x: nn.with_logical_constraint(x, ("batch", "length", "heads", "kv"))
+    cached_key.value = constrain(jax.lax.dynamic_update_slice(
+        cached_key.value, key.astype(cached_key.value.dtype), (0, index, 0, 0)))
+    cached_value.value = constrain(jax.lax.dynamic_update_slice(
+        cached_value.value, value.astype(cached_value.value.dtype), (0, index, 0, 0)))
+    cache_index.value = index + 1
+    step_bias = _mask_to_bias((jnp.arange(length) <= index)[None, None, None, :], jnp.float32)
+    if bias is not None:
+      if bias.ndim != 4 or bias.shape[-2:] != (length, length):
+        raise ValueError(f"cached decoding needs the self-attention bias for the whole cache "
+                         f"[.., heads, {length}, {length}], got {tuple(bias.shape)}")
+      row = jax.lax.dynamic_slice_in_dim(bias, index, 1, axis=-2)
+      step_bias = step_bias + row.astype(jnp.float32)
+    return cached_key.value, cached_value.value, step_bias
 
 
 class MlpBlock(nn.Module):
@@ -327,13 +377,15 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, encoded: Array, self_bias: Array, cross_bias: Array, *,
-               deterministic: bool) -> Array:
+               deterministic: bool, decode: bool = False) -> Array:
+    """`x [B, T, E]`, `encoded [B, S, E]`; `decode` caches the self-attention keys/values."""
     cfg = self.config
     dtype = cfg.jnp_dtype
     drop = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     y = RMSNorm(dtype=dtype, name="pre_self_attention_layer_norm")(x)
     y = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
-                           name="self_attention")(y, y, self_bias, deterministic=deterministic)
+                           name="self_attention")(y, y, self_bias, deterministic=deterministic,
+                                                  decode=decode)
     x = _constrain(x + drop(y, deterministic=deterministic))
     y = RMSNorm(dtype=dtype, name="pre_cross_attention_layer_norm")(x)
     y = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
@@ -376,28 +428,39 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-  """Embeds decoder inputs, runs causal decoder layers with cross-attention, returns logits."""
+  """Embeds decoder inputs, runs causal decoder layers with cross-attention, returns logits.
+
+  With `decode=True` the self-attention layers use their key/value caches (see
+  `MultiHeadAttention`); the relative position bias is then built for the whole cache length
+  `max_decode_length` (default: the input length, right for the cache-sizing call) and each
+  layer slices out the current position's row.
+  """
   config: T5Config
   shared_embedding: nn.Module
 
   @nn.compact
-  def __call__(self, encoded: Array, tokens: Array, self_mask: Array, cross_mask: Array,
-               positions: Array | None, *, deterministic: bool) -> Array:
+  def __call__(self, encoded: Array, tokens: Array, self_mask: Array | None,
+               cross_mask: Array, positions: Array | None, *, deterministic: bool,
+               decode: bool = False, max_decode_length: int | None = None) -> Array:
     cfg = self.config
     dtype = cfg.jnp_dtype
     length = tokens.shape[1]
+    if decode:
+      length = max_decode_length or length
     pos = _positions_or_arange(positions, length)
     relpos = RelativePositionBiases(cfg.relative_attention_num_buckets,
                                     cfg.relative_attention_max_distance, cfg.num_heads,
                                     jnp.float32, name="relpos_bias")
-    self_bias = relpos(pos, pos, bidirectional=False) + _mask_to_bias(self_mask, jnp.float32)
+    self_bias = relpos(pos, pos, bidirectional=False)
+    if self_mask is not None:
+      self_bias = self_bias + _mask_to_bias(self_mask, jnp.float32)
     cross_bias = _mask_to_bias(cross_mask, jnp.float32)
     drop = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     y = drop(self.shared_embedding(tokens), deterministic=deterministic)
     y = _constrain(y.astype(dtype))
     for i in range(cfg.num_decoder_layers):
       y = DecoderLayer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias,
-                                                 deterministic=deterministic)
+                                                 deterministic=deterministic, decode=decode)
     y = RMSNorm(dtype=dtype, name="decoder_norm")(y)
     y = _constrain(drop(y, deterministic=deterministic))
     if cfg.logits_via_embedding:
@@ -447,17 +510,23 @@ class Transformer(nn.Module):
   def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
              decoder_target_tokens: Array, encoder_segment_ids: Array | None = None,
              decoder_segment_ids: Array | None = None, decoder_positions: Array | None = None,
-             *, enable_dropout: bool = True, decode: bool = False) -> Array:
+             *, enable_dropout: bool = True, decode: bool = False,
+             max_decode_length: int | None = None) -> Array:
     """Decoder logits `[B, T, vocab]` float32 given encoder outputs `encoded [B, S, E]`.
 
     `decoder_input_tokens [B, T]` are the shifted targets (BOS = 0); `decoder_target_tokens
     [B, T]` only supply the padding mask (target 0 = padding). The causal mask, the encoder
     padding mask (`encoder_input_tokens > 0`) and, when packed, the segment masks are combined.
-    `decode=True` is reserved for single-step decoding with a key/value cache (not implemented).
+
+    Cached decoding (T5X's protocol), `decode=True` with `mutable=['cache']`:
+      1. size the cache with a call on full-length inputs `[B, L]` (any tokens, e.g. ones);
+         only the returned `cache` collection matters;
+      2. then call once per position with `decoder_input_tokens [B, 1]` (the previous token, BOS
+         first), `decoder_target_tokens` nonzero `[B, 1]` and `max_decode_length=L`, passing
+         the cache back in each time. Each step returns `[B, 1, vocab]` logits equal to the
+         uncached pass's logits at that position.
+    In decode mode the decoder has no self-attention padding mask and packed inputs are rejected.
     """
-    if decode:
-      raise NotImplementedError("cached single-step decoding is not implemented yet; "
-                                "re-run decode on the whole prefix")
     _check_2d("decoder_input_tokens", decoder_input_tokens)
     _check_2d("decoder_target_tokens", decoder_target_tokens, decoder_input_tokens)
     _check_2d("decoder_segment_ids", decoder_segment_ids, decoder_input_tokens)
@@ -467,17 +536,26 @@ class Transformer(nn.Module):
                        f"encoder_input_tokens {tuple(encoder_input_tokens.shape)}")
     if (encoder_segment_ids is None) != (decoder_segment_ids is None):
       raise ValueError("give both encoder_segment_ids and decoder_segment_ids, or neither")
+    if decode and (decoder_segment_ids is not None or decoder_positions is not None):
+      raise ValueError("cached decoding (decode=True) does not support packed inputs")
+    if max_decode_length is not None and (not decode or max_decode_length < 1):
+      raise ValueError(f"max_decode_length ({max_decode_length!r}) is for decode=True only "
+                       "and must be positive")
     dec_valid = decoder_target_tokens > 0
-    self_mask = make_attention_mask(dec_valid, dec_valid) & make_causal_mask(
-        decoder_input_tokens.shape[1])
     cross_mask = make_attention_mask(dec_valid, encoder_input_tokens > 0)
+    if decode:
+      self_mask = None  # the cache applies causality; decoded rows have no padding
+    else:
+      self_mask = make_attention_mask(dec_valid, dec_valid) & make_causal_mask(
+          decoder_input_tokens.shape[1])
     if decoder_segment_ids is not None:
       self_mask = self_mask & make_attention_mask(decoder_segment_ids, decoder_segment_ids,
                                                   jnp.equal)
       cross_mask = cross_mask & make_attention_mask(decoder_segment_ids, encoder_segment_ids,
                                                     jnp.equal)
     return self.decoder(encoded, decoder_input_tokens, self_mask, cross_mask, decoder_positions,
-                        deterministic=not enable_dropout)
+                        deterministic=not enable_dropout, decode=decode,
+                        max_decode_length=max_decode_length)
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Array, encoder_segment_ids: Array | None = None,
