@@ -1,0 +1,468 @@
+"""GuidedTrainer on a tiny T5: hypergradients against central finite differences (float64), a 4x2
+mesh against one device, NaN skips, hyper_step_every, exact resume, one-line errors, and the
+trajectory file / plot.
+
+Guide batches come from a synthetic deterministic stream (`SyntheticGuideTrainer`), so no SeqIO
+task is needed except for the empty-guide-task error test.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import types
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+
+from gbt_t5x.guided import hypergrad
+from gbt_t5x.guided import specs as specs_lib
+from gbt_t5x.guided.specs import GuidedHParam
+from gbt_t5x.models import encoder_decoder, losses, network
+from gbt_t5x.train import checkpoints, data, guided_trainer, optimizers, train_lib
+from gbt_t5x.train.partitioning import PjitPartitioner
+from tests.train import tiny
+
+NUM_IDS = 3
+BATCH = 8
+BASE_LR = 1e-2
+GUIDE_SEED = 10_000
+GUIDE_CFG = data.DatasetConfig("synthetic_guide_unused", {"inputs": tiny.LENGTH,
+                                                         "targets": tiny.LENGTH},
+                               "train", BATCH, shuffle=False)
+
+
+class SyntheticGuideTrainer(guided_trainer.GuidedTrainer):
+  """GuidedTrainer whose guide batches are `tiny.random_batch(GUIDE_SEED + position)`.
+
+  The position is the trainer's own `_guide_position`, so `data_positions` /
+  `restore_data_positions` work as with the SeqIO pipeline. `poison` (a set of guide positions)
+  makes those guide batches carry a NaN scale that `_guide_loss` multiplies in.
+  """
+  poison: frozenset = frozenset()
+  guide_calls: list
+
+  def _check_guide_data(self) -> None:
+    self.guide_calls = []
+
+  def _next_guide_batch(self):
+    self.guide_calls.append(self._host_step)
+    batch = tiny.random_batch(GUIDE_SEED + self._guide_position, batch_size=BATCH)
+    if self.poison is not None:
+      bad = self._guide_position in self.poison
+      batch["poison"] = np.full((BATCH,), np.nan if bad else 0.0, np.float32)
+    self._guide_position += 1
+    return data.global_batch(batch, self._partitioner.data_sharding)
+
+  def _guide_loss(self, params, guide_batch):
+    loss = super()._guide_loss(params, guide_batch)
+    if "poison" in guide_batch:
+      loss = loss * (1.0 + jnp.sum(guide_batch["poison"]))
+    return loss
+
+
+def make_trainer(specs, partitioner=None, optimizer=None, seed=0, trainer_cls=None,
+                 summary_dir=None, **kwargs):
+  partitioner = partitioner or PjitPartitioner(devices=jax.devices()[:1])
+  model = tiny.tiny_model(optimizer or optimizers.adamw())
+  state, axes = train_lib.initial_train_state(model, tiny.INPUT_SHAPES, partitioner,
+                                              jax.random.PRNGKey(seed))
+  cls = trainer_cls or SyntheticGuideTrainer
+  return cls(model=model, train_state=state, partitioner=partitioner, eval_names=[],
+             summary_dir=summary_dir, train_state_axes=axes, rng=jax.random.PRNGKey(1),
+             learning_rate_fn=lambda step: BASE_LR, log_every=1000, print_fn=lambda s: None,
+             guided_hparams=tuple(specs), guide_dataset_cfg=GUIDE_CFG, **kwargs)
+
+
+def train_batches(partitioner, start, n, data_ids=NUM_IDS):
+  for i in range(start, start + n):
+    yield data.global_batch(tiny.random_batch(i, batch_size=BATCH, with_data_ids=data_ids),
+                            partitioner.data_sharding)
+
+
+def host(tree):
+  return jax.tree.map(lambda x: np.array(x), jax.device_get(tree))
+
+
+# ============================================================================ 1. finite differences
+# The model code computes in float32 by construction (params, activations and losses are cast to
+# float32 explicitly). For a float64 finite-difference check, the tests swap `jnp` in those
+# modules for a view of jax.numpy in which float32 means float64, and build the optimizer with
+# float64 hyper-parameters; the code paths are otherwise exactly the trainer's.
+class _Float64Numpy(types.ModuleType):
+  def __init__(self):
+    super().__init__("jnp_float64_view")
+    self.float32 = jnp.float64
+
+  def __getattr__(self, name):
+    return getattr(jnp, name)
+
+  def dtype(self, x, *args, **kwargs):
+    d = jnp.dtype(x, *args, **kwargs)
+    return jnp.dtype(jnp.float64) if d == jnp.float32 else d
+
+
+@contextlib.contextmanager
+def float64_model():
+  view = _Float64Numpy()
+  with jax.enable_x64(True), pytest.MonkeyPatch.context() as mp:
+    for module in (network, losses, encoder_decoder, optimizers, guided_trainer):
+      mp.setattr(module, "jnp", view)
+    mp.setattr(optimizers, "HYPERPARAM_DTYPE", jnp.float64)
+    mp.setattr(network, "_DTYPES", network._DTYPES + ("float64",))
+    yield
+
+
+FD_STEP = 1e-5
+FD_RTOL = 1e-4
+LR_GROUPS = ("token_embedder", "encoder/", "decoder/layers_0/(self|encoder_decoder)_attention",
+             "decoder/")
+FD_CONFIGS = {
+    "adamw": (lambda: optimizers.adamw(b1=0.9, b2=0.99, eps=1e-3, weight_decay=0.0), (
+        GuidedHParam("learning_rate", 1.0, "exp", lower=0.01, upper=100.0),
+        GuidedHParam("b1", 0.8, "sigmoid", lower=0.0, upper=0.999),
+        GuidedHParam("b2", 0.99, "sigmoid", lower=0.5, upper=0.9999),
+        GuidedHParam("eps", 1e-3, "exp"),
+        GuidedHParam("weight_decay", 0.05, "linear", lower=0.0, upper=1.0),
+        GuidedHParam("label_smoothing", 0.1, "sigmoid", lower=0.0, upper=0.5),
+        GuidedHParam("data_weights", (1.0, 0.5, 2.0), "exp", shape=(NUM_IDS,)))),
+    "adamw_lr_groups": (lambda: optimizers.adamw(b1=0.9, b2=0.99, eps=1e-3), (
+        GuidedHParam("learning_rate", (1.0, 2.0, 0.5, 1.5), "exp", shape=(len(LR_GROUPS),),
+                     groups=LR_GROUPS),
+        GuidedHParam("label_smoothing", 0.05, "linear", lower=0.0, upper=0.5))),
+    "adafactor": (lambda: optimizers.adafactor(momentum=0.5, weight_decay_rate=0.0,
+                                               min_dim_size_to_factor=8), (
+        GuidedHParam("learning_rate", 1.0, "exp"),
+        GuidedHParam("decay_rate", 0.8, "sigmoid", lower=0.1, upper=1.0),
+        GuidedHParam("momentum", 0.5, "sigmoid", lower=0.0, upper=0.99),
+        GuidedHParam("clipping_threshold", 0.5, "exp"),
+        GuidedHParam("weight_decay", 0.01, "linear", lower=0.0),
+        GuidedHParam("data_weights", (1.0, 0.5, 2.0), "softplus", shape=(NUM_IDS,)))),
+}
+
+
+@dataclasses.dataclass
+class FDSetup:
+  trainer: Any
+  state: Any
+  batch: dict
+  guide_batch: dict
+  rng: jax.Array
+  hypergrads: dict
+  hyper_loss: Any
+
+
+@pytest.fixture(scope="module")
+def fd_setups():
+  """config -> FDSetup after two plain warm-up steps (float64; x64 and the float64 view are on
+  only while building and inside each test, never for the other tests of this module)."""
+  out = {}
+  with float64_model():
+    for name, (make_opt, specs) in FD_CONFIGS.items():
+      trainer = make_trainer(specs, optimizer=make_opt())
+      p = trainer._partitioner
+      assert jax.tree.leaves(trainer.train_state.params)[0].dtype == jnp.float64
+      kwargs = dict(guide_loss_fn=trainer._guide_loss, **trainer._step_kwargs())
+      lookahead = jax.jit(functools.partial(hypergrad.lookahead_hypergradient,
+                                            base_lr=jnp.asarray(BASE_LR), **kwargs))
+      hyper_loss = jax.jit(functools.partial(hypergrad.hyper_loss, base_lr=jnp.asarray(BASE_LR),
+                                             **kwargs))
+      state = trainer.train_state
+      raw = host(state.guided.raw)  # numpy everywhere: one jit cache entry for every FD call
+      guide = data.global_batch(tiny.random_batch(GUIDE_SEED, batch_size=BATCH),
+                                p.data_sharding)
+      rng = jax.random.PRNGKey(5)
+      # Two plain warm-up steps (the lookahead's model step is the plain step) for non-trivial
+      # moments and step counts, then the hypergradient at the third.
+      for i, batch in enumerate(train_batches(p, 0, 3)):
+        params, opt_state, hypergrads, _ = lookahead(state.params, state.opt_state, raw, batch,
+                                                     guide, jax.random.fold_in(rng, i))
+        if i < 2:
+          state = state.replace(params=params, opt_state=opt_state)
+      rng = jax.random.fold_in(rng, 2)
+      hyper_loss(raw, state.params, state.opt_state, batch, guide, rng)  # compile here
+      state = state.replace(guided=state.guided.replace(raw=raw))
+      out[name] = FDSetup(trainer, state, batch, guide, rng, host(hypergrads), hyper_loss)
+  return out
+
+
+def _central_difference(s: FDSetup, name: str) -> np.ndarray:
+  raw = s.state.guided.raw
+  base = np.asarray(raw[name], np.float64)
+  fd = np.zeros(base.shape)
+  for idx in np.ndindex(base.shape):
+    values = []
+    for sign in (1.0, -1.0):
+      shifted = base.copy()
+      shifted[idx] += sign * FD_STEP
+      new_raw = dict(raw, **{name: shifted})
+      values.append(float(s.hyper_loss(new_raw, s.state.params, s.state.opt_state, s.batch,
+                                        s.guide_batch, s.rng)))
+    fd[idx] = (values[0] - values[1]) / (2 * FD_STEP)
+  return fd
+
+
+FD_CASES = [(c, spec.name) for c, (_, specs) in FD_CONFIGS.items() for spec in specs]
+
+
+@pytest.mark.parametrize("config,name", FD_CASES, ids=[f"{c}-{n}" for c, n in FD_CASES])
+def test_t5_hypergradient_matches_central_differences(fd_setups, config, name):
+  s = fd_setups[config]
+  with float64_model():
+    fd = _central_difference(s, name)
+  got = s.hypergrads[name]
+  assert got.dtype == np.float64
+  assert np.linalg.norm(fd) > 1e-6, f"{config}/{name}: hypergradient too small to test: {fd}"
+  assert np.all(np.abs(fd) > 1e-9), f"{config}/{name}: a component has no effect: {fd}"
+  assert np.linalg.norm(got - fd) <= FD_RTOL * np.linalg.norm(fd), (config, name, got, fd)
+
+
+# ============================================================================ 2.-3. trainer runs
+# LR multiplier, Adam b1, label smoothing and data weights, float32 (the default precision).
+SPECS = (GuidedHParam("learning_rate", 1.0, "exp", lower=0.01, upper=100.0),
+         GuidedHParam("b1", 0.9, "sigmoid", lower=0.0, upper=0.999),
+         GuidedHParam("label_smoothing", 0.1, "sigmoid", lower=0.0, upper=0.5),
+         GuidedHParam("data_weights", (1.0, 0.5, 2.0), "exp", shape=(NUM_IDS,)))
+META_LR = 0.05
+
+
+@pytest.fixture(scope="module")
+def init_1dev():
+  """(model, fresh state, axes, partitioner) on one device; trainers get copies of the state."""
+  p = PjitPartitioner(devices=jax.devices()[:1])
+  model = tiny.tiny_model(optimizers.adamw())
+  state, axes = train_lib.initial_train_state(model, tiny.INPUT_SHAPES, p, jax.random.PRNGKey(0))
+  return model, state, axes, p
+
+
+def trainer_1dev(init, specs=SPECS, trainer_cls=SyntheticGuideTrainer, state=None, **kwargs):
+  model, fresh, axes, p = init
+  state = jax.tree.map(jnp.copy, fresh) if state is None else state
+  kwargs.setdefault("meta_learning_rate", META_LR)
+  kwargs.setdefault("guide_dataset_cfg", GUIDE_CFG)
+  return trainer_cls(model=model, train_state=state, partitioner=p, eval_names=[],
+                     summary_dir=kwargs.pop("summary_dir", None), train_state_axes=axes,
+                     rng=jax.random.PRNGKey(1), learning_rate_fn=lambda step: BASE_LR,
+                     log_every=1000, print_fn=lambda s: None, guided_hparams=tuple(specs),
+                     **kwargs)
+
+
+def warm_start(trainer):
+  """One plain model step on train batch 0 (so that Adam's b1 matters at the first guided step:
+  on the optimizer's first step bias correction cancels it and its hypergradient is ~0)."""
+  batch = next(train_batches(trainer._partitioner, 0, 1))
+  trainer.train_state, _ = trainer._partitioned_train_step(trainer.train_state, batch)
+
+
+def run_steps(trainer, start, n):
+  """Trains `n` steps one at a time; returns host snapshots of the state after each."""
+  p = trainer._partitioner
+  snaps = []
+  for batch in train_batches(p, start, n):
+    trainer.train(iter([batch]), 1)
+    snaps.append(host(trainer.train_state))
+  return snaps
+
+
+@pytest.fixture(scope="module")
+def reference_run(init_1dev, tmp_path_factory):
+  """A plain step, then 4 guided steps (one per step) on one device; checkpoint after step 3."""
+  trainer = trainer_1dev(init_1dev)
+  warm_start(trainer)
+  snaps = run_steps(trainer, 1, 2)
+  ckpt_dir = str(tmp_path_factory.mktemp("ckpt"))
+  ckpt = checkpoints.Checkpointer(ckpt_dir)
+  ckpt.save(3, trainer.train_state, {"data_positions": {"train": 3, **trainer.data_positions()}})
+  ckpt.wait_until_finished()
+  snaps += run_steps(trainer, 3, 2)
+  return snaps, ckpt_dir
+
+
+def assert_trees_equal(a, b):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert jax.tree.structure(a) == jax.tree.structure(b) and len(la) == len(lb)
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(x, y)
+
+
+def assert_trees_close(a, b, rtol):
+  for path, x in jax.tree_util.tree_flatten_with_path(a)[0]:
+    y = functools.reduce(lambda t, k: t[k.key] if hasattr(k, "key") else (
+        getattr(t, k.name) if hasattr(k, "name") else t[k.idx]), path, b)
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    assert np.linalg.norm(x - y) <= rtol * np.linalg.norm(y) + 1e-12, (
+        jax.tree_util.keystr(path), x, y)
+
+
+def test_reference_run_moves_every_value(reference_run):
+  snaps, _ = reference_run
+  assert [int(s.step) for s in snaps] == [2, 3, 4, 5]
+  assert [int(s.guided.num_hyper_steps) for s in snaps] == [1, 2, 3, 4]
+  assert int(snaps[-1].guided.num_skipped) == 0
+  init = specs_lib.init_raw(SPECS)
+  for name, value in snaps[0].guided.raw.items():
+    # Adam's first meta step moves every raw entry by ~ the meta learning rate.
+    np.testing.assert_allclose(np.abs(value - np.asarray(init[name])), META_LR, rtol=0.01,
+                               err_msg=name)
+
+
+def test_mesh_4x2_guided_step_equals_one_device(reference_run):
+  snaps, _ = reference_run
+  p = PjitPartitioner(num_partitions=2)
+  assert dict(p.mesh.shape) == {"data": 4, "model": 2}
+  trainer = make_trainer(SPECS, partitioner=p, meta_learning_rate=META_LR)
+  warm_start(trainer)
+  mesh_snaps = []
+  for batch in train_batches(p, 1, 2):
+    guide = trainer._next_guide_batch()
+    trainer.train_state, metrics = trainer._partitioned_guided_step(trainer.train_state, batch,
+                                                                    guide)
+    mesh_snaps.append(host(trainer.train_state))
+  # Params are sharded over the model axis on the mesh (not silently replicated).
+  wi = [x for path, x in jax.tree_util.tree_flatten_with_path(trainer.train_state.params)[0]
+        if "wi_0" in jax.tree_util.keystr(path)]
+  assert wi and all(tuple(x.sharding.spec) == (None, "model") for x in wi)
+  for i in range(2):
+    # The meta Adam moments hold the hypergradients themselves (mu = sum of (1-b1) b1^k g).
+    assert_trees_close(mesh_snaps[i].guided.meta_opt_state, snaps[i].guided.meta_opt_state,
+                       rtol=1e-4)
+    assert_trees_close(mesh_snaps[i].guided.raw, snaps[i].guided.raw, rtol=1e-4)
+    assert_trees_close(mesh_snaps[i].params, snaps[i].params, rtol=1e-4)
+
+
+def test_resume_equals_uninterrupted_run(init_1dev, reference_run):
+  snaps, ckpt_dir = reference_run
+  ckpt = checkpoints.Checkpointer(ckpt_dir)
+  # A fresh trainer from another random init, as after a restart, restores step 2.
+  model, _, axes, p = init_1dev
+  other, _ = train_lib.initial_train_state(model, tiny.INPUT_SHAPES, p, jax.random.PRNGKey(7))
+  trainer = trainer_1dev(init_1dev, state=other)
+  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        trainer.train_state, trainer.train_state_axes)
+  trainer.train_state, meta = ckpt.restore(ckpt.latest_step(), target)
+  trainer.restore_data_positions(meta["data_positions"])
+  assert meta["data_positions"] == {"train": 3, "guide": 2}
+  resumed = run_steps(trainer, meta["data_positions"]["train"], 2)
+  assert trainer.guide_calls == [3, 4]
+  for got, want in zip(resumed, snaps[2:]):
+    assert_trees_equal(got.guided, want.guided)  # raw values, meta state, counters
+    assert_trees_equal(got.params, want.params)
+    assert_trees_equal(got.opt_state, want.opt_state)
+
+
+def test_nan_guide_loss_skips_meta_update_and_training_goes_on(init_1dev, reference_run):
+  snaps, _ = reference_run
+
+  class Poisoned(SyntheticGuideTrainer):
+    poison = frozenset({1})
+
+  trainer = trainer_1dev(init_1dev, trainer_cls=Poisoned)
+  p = trainer._partitioner
+  warm_start(trainer)
+  got = []
+  for batch in train_batches(p, 1, 3):
+    metrics = trainer.train(iter([batch]), 1)
+    got.append((host(trainer.train_state), metrics))
+  (s0, m0), (s1, m1), (s2, m2) = got
+  assert m0["skipped"] == 0 and m1["skipped"] == 1 and m2["skipped"] == 0
+  assert not np.isfinite(m1["guide_loss_per_token"])
+  assert int(s1.guided.num_skipped) == 1 and int(s2.guided.num_skipped) == 1
+  assert int(s2.guided.num_hyper_steps) == 3
+  # Step 0 is the reference's; the skipped step leaves raw values and meta state as they were.
+  assert_trees_equal(s0.guided, snaps[0].guided)
+  assert_trees_equal(s1.guided.raw, s0.guided.raw)
+  assert_trees_equal(s1.guided.meta_opt_state, s0.guided.meta_opt_state)
+  # The model step is taken anyway, and is the reference's (same values, same batch).
+  assert not tiny.params_close(s1.params, s0.params, atol=0, rtol=0)
+  assert_trees_equal(s1.params, snaps[1].params)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(s1.params))
+  # Training goes on: the next guided step updates the raw values again.
+  assert not tiny.params_close(s2.guided.raw, s1.guided.raw, atol=0, rtol=0)
+
+
+def test_hyper_step_every_3_and_trajectory_file(init_1dev, tmp_path):
+  trainer = trainer_1dev(init_1dev, hyper_step_every=3, summary_dir=str(tmp_path))
+  p = trainer._partitioner
+  trainer.log_every = 4
+  trainer.train(train_batches(p, 0, 7), 7)
+  assert trainer.guide_calls == [0, 3, 6]
+  assert int(trainer.train_state.guided.num_hyper_steps) == 3
+  assert int(trainer.train_state.step) == 7
+  rows = [json.loads(line) for line in open(tmp_path / "guided_trajectory.jsonl")]
+  assert [r["step"] for r in rows] == list(range(1, 8))
+  for row in rows:
+    assert set(row["values"]) == {s.name for s in SPECS}, row
+    assert len(row["values"]["data_weights"]) == NUM_IDS
+    flat = guided_trainer.flatten_trajectory_row(row)
+    assert all(np.isfinite(v) for k, v in flat.items() if k != "step")
+  # Guided steps report a guide loss; the plain steps in between do not.
+  assert [i for i, r in enumerate(rows) if "guide_loss_per_token" in r] == [0, 3, 6]
+  # Each row holds the values used by its step: the init, then what the guided steps at
+  # 0 and 3 made of them.
+  values = [json.dumps(r["values"], sort_keys=True) for r in rows]
+  assert rows[0]["values"]["data_weights"] == pytest.approx([1.0, 0.5, 2.0])
+  assert values[0] != values[1] and values[1] == values[2] == values[3]
+  assert values[3] != values[4] and values[4] == values[5] == values[6]
+  for row in rows:
+    assert row["applied_learning_rate"] == pytest.approx(
+        BASE_LR * row["values"]["learning_rate"], rel=1e-6)
+  trainer.write_plots([], str(tmp_path))
+  png = tmp_path / "hparams.png"
+  assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ============================================================================ errors
+def _one_line_error(fn, match):
+  with pytest.raises(ValueError, match=match) as info:
+    fn()
+  assert "\n" not in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("spec,match", [
+    (GuidedHParam("learning_rat", 1.0), r"unknown guided hyper-parameter 'learning_rat'"),
+    (GuidedHParam("b1", 0.9995, "sigmoid", lower=0.0, upper=0.999), r"outside \[lower, upper\]"),
+    (GuidedHParam("decay_rate", 0.8, "sigmoid", lower=0.1, upper=1.0),
+     r"'decay_rate' is not a hyper-parameter of the chosen optimizer"),
+], ids=["unknown-name", "init-out-of-bounds", "decay_rate-with-adamw"])
+def test_bad_spec_fails_before_any_step(init_1dev, spec, match):
+  _one_line_error(lambda: trainer_1dev(init_1dev, specs=(spec,)), match)
+
+
+def test_data_id_beyond_table_fails(init_1dev):
+  trainer = trainer_1dev(init_1dev)
+  ok = tiny.random_batch(0, with_data_ids=NUM_IDS)
+  trainer.check_train_batch(ok)
+  bad = dict(ok, decoder_data_ids=np.full_like(ok["decoder_data_ids"], NUM_IDS))
+  _one_line_error(lambda: trainer.check_train_batch(bad),
+                  rf"train data id {NUM_IDS} is beyond the data_weights table of size {NUM_IDS}")
+  missing = {k: v for k, v in ok.items() if k != "decoder_data_ids"}
+  _one_line_error(lambda: trainer.check_train_batch(missing), r"data_id_feature")
+  assert int(trainer.train_state.step) == 0
+
+
+def _empty_source(split, shuffle_files, seed=None):
+  del split, shuffle_files, seed
+  empty = tf.zeros([0, 4], tf.int32)
+  return tf.data.Dataset.from_tensor_slices({"inputs": empty, "targets": empty})
+
+
+def test_empty_guide_task_fails_in_constructor(init_1dev):
+  name = "gbt_t5x_test_empty_guide"
+  if name not in seqio.TaskRegistry.names():
+    vocab = seqio.PassThroughVocabulary(size=tiny.VOCAB)
+    seqio.TaskRegistry.add(
+        name, source=seqio.FunctionDataSource(_empty_source, splits=("train",)),
+        preprocessors=[],
+        output_features={"inputs": seqio.Feature(vocab, add_eos=False),
+                         "targets": seqio.Feature(vocab, add_eos=False)})
+  cfg = dataclasses.replace(GUIDE_CFG, mixture_or_task_name=name)
+  _one_line_error(lambda: trainer_1dev(init_1dev, trainer_cls=guided_trainer.GuidedTrainer,
+                                       guide_dataset_cfg=cfg),
+                  rf"task {name} split 'train' yields no examples")
