@@ -25,23 +25,11 @@ from gbt_t5x.guided import hypergrad
 from gbt_t5x.guided import meta as meta_lib
 from gbt_t5x.guided import specs as specs_lib
 from gbt_t5x.train import data as data_lib
+from gbt_t5x.train.data_weights import DATA_IDS, data_weight_tokens
 from gbt_t5x.train import optimizers as optimizers_lib
 from gbt_t5x.train import summaries
 from gbt_t5x.train.trainer import Batch, Metrics, Trainer
 
-DATA_IDS = "decoder_data_ids"
-
-
-def data_weight_tokens(table: jax.Array, batch: Batch) -> jax.Array:
-  """Per-token loss weights [B, T] from a per-id table, normalised to mean 1 over real tokens.
-
-  Args:
-    table: [num_ids] positive weights (effective values).
-    batch: must hold `decoder_data_ids` [B, T] and `decoder_loss_weights` [B, T].
-  """
-  mask = batch["decoder_loss_weights"].astype(jnp.float32)
-  raw = jnp.take(table, batch[DATA_IDS], mode="clip") * mask
-  return raw * (jnp.sum(mask) / jnp.maximum(jnp.sum(raw), 1e-12))
 
 
 def flatten_trajectory_row(row: Mapping[str, Any]) -> dict[str, float]:
