@@ -29,6 +29,10 @@ e) only when loss-side hyper-parameters are guided (decided statically): g = J^T
    second derivative touches only the loss head: `grad_hl vdot(dL/do(o, hl), t)`.
 f) effective -> raw by the VJP of the activations, then `meta.apply_hypergradient`.
 
+With `recompute_tangent=True`, e) re-runs the forward with `jax.jvp` (~2F instead of ~F) so that
+a)'s residuals are freed before c): less peak memory for one more forward (an option for large
+models; the default keeps the linearisation).
+
 Total: plain step (3F + U) + guide forward/backward + elementwise VJP of U, plus ~F when
 loss-side hyper-parameters are guided.
 
@@ -215,7 +219,7 @@ def lookahead_hypergradient(
     guide_batch: Batch, rng: jax.Array, base_lr: jax.Array, *,
     specs: Sequence[specs_lib.GuidedHParam], optimizer: optax.GradientTransformation,
     forward_fn: ForwardFn, loss_from_outputs: LossFromOutputs, guide_loss_fn: GuideLossFn,
-    lr_group_ids: PyTree | None = None
+    lr_group_ids: PyTree | None = None, recompute_tangent: bool = False
 ) -> tuple[PyTree, Any, dict[str, jax.Array], dict[str, jax.Array]]:
   """The model step and the exact gradient of L_hyper w.r.t. the raw values (steps a-f above).
 
@@ -229,9 +233,14 @@ def lookahead_hypergradient(
   h_opt, h_loss = specs_lib.split_effective(specs, values)
 
   # a) forward with a linearisation, loss head gradient, ordinary backward by transposition.
-  outputs, lin = jax.linearize(lambda p: forward_fn(p, batch, rng), params)
+  forward = lambda p: forward_fn(p, batch, rng)  # noqa: E731
+  if h_loss and not recompute_tangent:
+    outputs, lin = jax.linearize(forward, params)
+    backward = jax.linear_transpose(lin, params)
+  else:
+    outputs, backward = jax.vjp(forward, params)
   (loss, aux), d_out = jax.value_and_grad(loss_from_outputs, has_aux=True)(outputs, batch, h_loss)
-  (grads,) = jax.linear_transpose(lin, params)(d_out)
+  (grads,) = backward(d_out)
 
   # b) the model step, with the VJP of the optimizer update kept.
   def update(g, hopt):
@@ -247,7 +256,10 @@ def lookahead_hypergradient(
 
   # e) loss-side: mixed second derivative through the loss head only.
   if h_loss:
-    tangent = lin(d_grads)
+    if recompute_tangent:  # Memory for time: re-run the forward instead of keeping residuals.
+      _, tangent = jax.jvp(forward, (params,), (d_grads,))
+    else:
+      tangent = lin(d_grads)
 
     def head_grad(hl):
       return jax.grad(lambda o: loss_from_outputs(o, batch, hl)[0])(outputs)
@@ -270,7 +282,7 @@ def guided_step(params: PyTree, opt_state: Any, guided_state: meta_lib.GuidedSta
                 optimizer: optax.GradientTransformation,
                 meta_optimizer: optax.GradientTransformation, forward_fn: ForwardFn,
                 loss_from_outputs: LossFromOutputs, guide_loss_fn: GuideLossFn,
-                lr_group_ids: PyTree | None = None
+                lr_group_ids: PyTree | None = None, recompute_tangent: bool = False
                 ) -> tuple[PyTree, Any, meta_lib.GuidedState, dict[str, jax.Array]]:
   """The fused model step + exact one-step-lookahead hypergradient + meta update.
 
@@ -287,6 +299,9 @@ def guided_step(params: PyTree, opt_state: Any, guided_state: meta_lib.GuidedSta
       `data_weights` [num_ids]) and nothing else.
     guide_loss_fn: (params, guide_batch) -> scalar, deterministic.
     lr_group_ids: from `param_group_ids`, when the learning-rate multiplier is a vector.
+    recompute_tangent: for loss-side hyper-parameters, recompute the train forward for the
+      tangent (e) instead of keeping its linearisation alive through the guide pass: less peak
+      memory (the train activations are freed before the guide forward), one more forward.
 
   Returns:
     (new_params, new_opt_state, new_guided_state, metrics). new_params/new_opt_state are the
@@ -297,7 +312,8 @@ def guided_step(params: PyTree, opt_state: Any, guided_state: meta_lib.GuidedSta
   new_params, new_opt_state, hypergrads, metrics = lookahead_hypergradient(
       params, opt_state, guided_state.raw, batch, guide_batch, rng, base_lr, specs=specs,
       optimizer=optimizer, forward_fn=forward_fn, loss_from_outputs=loss_from_outputs,
-      guide_loss_fn=guide_loss_fn, lr_group_ids=lr_group_ids)
+      guide_loss_fn=guide_loss_fn, lr_group_ids=lr_group_ids,
+      recompute_tangent=recompute_tangent)
   new_guided, skipped = meta_lib.apply_hypergradient(guided_state, hypergrads, specs,
                                                      meta_optimizer)
   metrics["skipped"] = skipped.astype(jnp.float32)

@@ -54,6 +54,8 @@ class GuidedTrainer(Trainer):
     meta_clip_norm: optional global-norm clip of hypergradients.
     fixed_guide_batch: reuse one guide batch for the whole run (the reference implementation's
       behaviour, for parity); default rotates through the repeated guide set.
+    recompute_tangent: with loss-side hyper-parameters (label smoothing, data weights), trade one
+      extra train forward for lower peak memory (see `hypergrad.guided_step`).
   """
 
   def __init__(self, model: Any, train_state: Any, partitioner: Any, eval_names: Sequence[str],
@@ -64,7 +66,7 @@ class GuidedTrainer(Trainer):
                guide_dataset_cfg: data_lib.DatasetConfig | None = None,
                hyper_step_every: int = 1, meta_learning_rate: float = 3e-3,
                meta_clip_norm: float | None = None, fixed_guide_batch: bool = False,
-               **kwargs: Any):
+               recompute_tangent: bool = False, **kwargs: Any):
     super().__init__(model, train_state, partitioner, eval_names, summary_dir, train_state_axes,
                      rng, learning_rate_fn, num_microbatches, **kwargs)
     if not guided_hparams:
@@ -84,6 +86,7 @@ class GuidedTrainer(Trainer):
     self.hyper_step_every = int(hyper_step_every)
     self.guide_dataset_cfg = guide_dataset_cfg
     self.fixed_guide_batch = fixed_guide_batch
+    self.recompute_tangent = recompute_tangent
     self.meta_optimizer = meta_lib.make_meta_optimizer(meta_learning_rate, self.specs,
                                                        clip_norm=meta_clip_norm)
     self._lr_group_ids = None
@@ -188,7 +191,7 @@ class GuidedTrainer(Trainer):
       params, opt_state, guided, metrics = hypergrad.guided_step(
           state.params, state.opt_state, state.guided, batch, guide_batch, rng, base_lr,
           meta_optimizer=self.meta_optimizer, guide_loss_fn=self._guide_loss,
-          **self._step_kwargs())
+          recompute_tangent=self.recompute_tangent, **self._step_kwargs())
       metrics = dict(metrics)
       guide_tokens = jnp.sum(guide_batch["decoder_loss_weights"].astype(jnp.float32))
       if "guide_loss" in metrics:

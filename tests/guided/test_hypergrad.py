@@ -421,3 +421,15 @@ def test_integer_optimizer_hyperparameter_cannot_be_guided(x64):
   with pytest.raises(ValueError, match="'decay_offset' is int.*, not a float"):
     hypergrad.optimizer_update(opt, params, opt.init(params), params,
                                {"decay_offset": jnp.asarray(1.0)}, 0.1)
+
+
+@pytest.mark.parametrize("config", EXP_DATA_WEIGHTS)
+def test_recomputed_tangent_gives_the_same_hypergradient(setups, lookahead_results, config):
+  s = get_setup(setups, config)
+  guide_fn = mlp_guide if s.kwargs["forward_fn"] is mlp_forward else quad_guide
+  recomputed = jax.jit(lambda p, st, raw, b, z, r: hypergrad.lookahead_hypergradient(
+      p, st, raw, b, z, r, jnp.asarray(BASE_LR), guide_loss_fn=guide_fn,
+      recompute_tangent=True, **s.kwargs))(s.params, s.opt_state, s.guided.raw, s.batch,
+                                           s.guide_batch, s.rng)
+  for name, value in lookahead_results[config][2].items():
+    np.testing.assert_allclose(recomputed[2][name], value, rtol=1e-10, atol=1e-14, err_msg=name)
