@@ -234,10 +234,11 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
                 rng=jax.random.PRNGKey(1), learning_rate_fn=lr_fn, log_every=10**9,
                 print_fn=lambda s: None)
 
-  def guided_trainer(specs):
+  def guided_trainer(specs, recompute_tangent=False):
     return BenchGuidedTrainer(model=model, train_state=copy_state(state0),
                               guided_hparams=specs, guide_dataset_cfg=object(),
-                              hyper_step_every=1, meta_learning_rate=3e-3, **common)
+                              hyper_step_every=1, meta_learning_rate=3e-3,
+                              recompute_tangent=recompute_tangent, **common)
 
   t_compile = time.perf_counter()
   clog: dict[str, float] = {}
@@ -251,6 +252,7 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
   tr_a = guided_trainer((LR, B1, B2))
   tr_b = guided_trainer((LR, B1, B2))
   tr_d = guided_trainer((LR, B1, LS, DW))
+  tr_dr = guided_trainer((LR, B1, LS, DW), recompute_tangent=True)
   tr_e = guided_trainer((LR,))
   tr_e_fwd = guided_trainer((LR,))
   a_c = timed_compile(clog, "a_c", tr_a._partitioned_guided_step, tr_a.train_state, batch, guide)
@@ -258,6 +260,8 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
                             tr_a.train_state, batch)
   b_c = timed_compile(clog, "b_c", tr_b._partitioned_guided_step, tr_b.train_state, batch, guide_q)
   d_c = timed_compile(clog, "d_c", tr_d._partitioned_guided_step, tr_d.train_state, batch_dw, guide)
+  dr_c = timed_compile(clog, "dr_c", tr_dr._partitioned_guided_step, tr_dr.train_state, batch_dw,
+                       guide)
   e_c = timed_compile(clog, "e_c", tr_e._partitioned_guided_step, tr_e.train_state, batch, guide)
   fwd_step = forward_mode_lr_step(tr_e_fwd)
   e_fwd_c = timed_compile(clog, "e_fwd_c", fwd_step, tr_e_fwd.train_state, batch, guide)
@@ -278,13 +282,14 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
       "plain_g (a)": bc.Stepper(a_plain_c, copy_state(tr_a.train_state), batch),
       "guided (b)": bc.Stepper(b_c, tr_b.train_state, batch, guide_q),
       "guided (d)": bc.Stepper(d_c, tr_d.train_state, batch_dw, guide),
+      "guided (d) recompute": bc.Stepper(dr_c, tr_dr.train_state, batch_dw, guide),
       "guided (e) reverse": bc.Stepper(e_c, tr_e.train_state, batch, guide),
       "guided (e) forward": _DropThird(e_fwd_c, tr_e_fwd.train_state, batch, guide),
   }
   times = time_round_robin(steppers, iters, warmup=1)
 
   mem = {"plain": bc.memory_bytes(plain_c), "a": bc.memory_bytes(a_c),
-         "d": bc.memory_bytes(d_c), "e_rev": bc.memory_bytes(e_c),
+         "d": bc.memory_bytes(d_c), "dr": bc.memory_bytes(dr_c), "e_rev": bc.memory_bytes(e_c),
          "e_fwd": bc.memory_bytes(e_fwd_c)}
   t = times
   floor = t["plain"] + t["guide fwd+bwd"]
@@ -301,6 +306,10 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
       dict(cfg="(d) lr+b1+ls+dw every step", metric="guided / (plain + guide fb)",
            value=t["guided (d)"] / floor, target=1.3),
       dict(cfg="(d) memory", metric="guided / plain (compiled bytes)", value=mem_ratio("d"),
+           target=1.6),
+      dict(cfg="(d') (d), recompute_tangent", metric="guided / (plain + guide fb)",
+           value=t["guided (d) recompute"] / floor, target=1.3),
+      dict(cfg="(d') memory", metric="guided / plain (compiled bytes)", value=mem_ratio("dr"),
            target=1.6),
       dict(cfg="(e) lr, forward mode", metric="forward / reverse guided step",
            value=t["guided (e) forward"] / t["guided (e) reverse"], target=None),
