@@ -1,9 +1,13 @@
-"""`python -m gbt_t5x.eval --gin_file=runs/eval.gin ...`: score a checkpoint on a task split.
+"""`python -m gbt_t5x.eval --gin_file=runs/eval.gin ...`: score a checkpoint on a task or mixture.
 
 T5X's eval entry point surface: gin files `import __main__ as eval_script` and bind
-`eval_script.evaluate.*`. This version reports the teacher-forced metrics (per-token loss and
-accuracy, as the trainer's periodic eval) and writes them to `OUTPUT_DIR/metrics.json`;
-decoding-based metrics (BLEU, GLUE scores) arrive with the decoding issue.
+`eval_script.evaluate.*`. Two kinds of scores go into `OUTPUT_DIR/metrics.json`:
+  - teacher-forced per-token loss and accuracy (as the trainer's periodic `train_eval`);
+  - decoding metrics: the split is decoded (`decoder_params`: greedy by default, or beam search
+    / sampling) and scored with each task's SeqIO metric fns (`train.infer_eval`), the decodes
+    going to `OUTPUT_DIR/predictions.jsonl` (one {task, input, target, prediction} per line).
+Everything is validated (tasks, lengths, vocabulary, metric fns, decoder options, checkpoint)
+before anything is written.
 """
 from __future__ import annotations
 
@@ -11,43 +15,29 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import gin
 import jax
 
 from gbt_t5x import gin_utils
 from gbt_t5x.train import data as data_lib
+from gbt_t5x.train import infer_eval
 from gbt_t5x.train import train_lib
 from gbt_t5x.train import trainer as trainer_lib
 from gbt_t5x.train.partitioning import PjitPartitioner
 
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.jsonl"
 
-def evaluate(*, model: Any, dataset_cfg: data_lib.DatasetConfig, checkpoint_path: str,
-             output_dir: str, partitioner: PjitPartitioner | None = None,
-             eval_steps: int | None = None, print_fn=print) -> dict[str, float]:
-  """Teacher-forced loss/accuracy of the checkpoint in `checkpoint_path` on `dataset_cfg`.
 
-  Args:
-    model: the `EncoderDecoderModel` the checkpoint was trained with.
-    dataset_cfg: task/split to score (one pass, no shuffling).
-    checkpoint_path: a model dir (its latest checkpoint) or its checkpoints/ dir.
-    output_dir: where metrics.json goes.
-    partitioner: mesh partitioner (default: all devices data-parallel).
-    eval_steps: batches to score (None: the whole split).
-
-  Returns:
-    {'loss': per-token CE + z-loss, 'accuracy': per-token, 'num_tokens', 'num_examples'}.
-  """
-  partitioner = partitioner or PjitPartitioner()
-  data_lib.validate_feature_lengths(dataset_cfg)
-  train_lib.check_vocabularies(model, dataset_cfg)
-  shapes = train_lib.input_shapes(dataset_cfg)
-  state, axes = train_lib.initial_train_state(model, shapes, partitioner, jax.random.PRNGKey(0))
-  params = train_lib.load_params(checkpoint_path, state.params, axes.params)
-  cfg = dataclasses.replace(dataset_cfg, num_epochs=1, shuffle=False)
+def teacher_forced_metrics(model: Any, params: Any, param_axes: Any,
+                           dataset_cfg: data_lib.DatasetConfig, partitioner: PjitPartitioner,
+                           eval_steps: int | None = None) -> dict[str, float]:
+  """Per-token `loss` (CE + z-loss), `accuracy`, `num_tokens`, `num_examples` on one pass."""
+  cfg = dataclasses.replace(dataset_cfg, num_epochs=1, shuffle=False, pack=False)
   step_fn = partitioner.partition(lambda p, b: trainer_lib.eval_step(model, p, b),
-                                  in_shardings=(axes.params, partitioner.data_sharding),
+                                  in_shardings=(param_axes, partitioner.data_sharding),
                                   out_shardings=partitioner.replicated)
   sums: dict[str, float] = {}
   for i, batch in enumerate(data_lib.BatchIterator(cfg, partitioner.data_sharding)):
@@ -57,14 +47,78 @@ def evaluate(*, model: Any, dataset_cfg: data_lib.DatasetConfig, checkpoint_path
       sums[key] = sums.get(key, 0.0) + float(value)
   if not sums:
     raise ValueError(f"task {cfg.mixture_or_task_name} split {cfg.split!r} yields no examples")
-  metrics = trainer_lib.finalize_metrics(sums, 1)
-  os.makedirs(output_dir, exist_ok=True)
-  with open(os.path.join(output_dir, "metrics.json"), "w") as f:
-    json.dump({"task": cfg.mixture_or_task_name, "split": cfg.split,
-               "checkpoint": os.path.abspath(checkpoint_path), **metrics}, f, indent=2)
-  print_fn(f"{cfg.mixture_or_task_name}/{cfg.split}: loss {metrics['loss']:.4f} "
-           f"accuracy {metrics['accuracy']:.4f} over {int(metrics['num_tokens'])} tokens")
-  return metrics
+  return trainer_lib.finalize_metrics(sums, 1)
+
+
+def checkpoint_step(checkpoint_path: str) -> int:
+  """The latest checkpoint step under a model dir (or its checkpoints/ dir); ValueError if none."""
+  from gbt_t5x.train import checkpoints as checkpoints_lib
+  ckpt_dir = os.path.join(checkpoint_path, "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    ckpt_dir = checkpoint_path
+  step = checkpoints_lib.Checkpointer(ckpt_dir).latest_step()
+  if step is None:
+    raise ValueError(f"{checkpoint_path} holds no checkpoint")
+  return step
+
+
+def evaluate(*, model: Any, dataset_cfg: data_lib.DatasetConfig, checkpoint_path: str,
+             output_dir: str, partitioner: PjitPartitioner | None = None,
+             eval_steps: int | None = None, decoder_params: Mapping[str, Any] | None = None,
+             num_examples: int | None = None, compute_decoding_metrics: bool = True,
+             print_fn: Callable[[str], None] = print) -> dict[str, Any]:
+  """Scores the latest checkpoint in `checkpoint_path` on `dataset_cfg`.
+
+  Args:
+    model: the `EncoderDecoderModel` the checkpoint was trained with.
+    dataset_cfg: task or mixture, split, lengths, global batch size (one pass, no shuffling).
+    checkpoint_path: a model dir (its latest checkpoint) or its checkpoints/ dir.
+    output_dir: where metrics.json and predictions.jsonl go.
+    partitioner: mesh partitioner (default: all devices data-parallel).
+    eval_steps: teacher-forced batches to score (None: the whole split).
+    decoder_params: decoding options overriding the model's (e.g. {'method': 'beam',
+      'beam_size': 4, 'alpha': 0.6}); None: the model's default (greedy).
+    num_examples: decode only the first N examples per task (None: all).
+    compute_decoding_metrics: decode and run the tasks' metric fns (needs tasks with metrics).
+
+  Returns:
+    The metrics.json content: `task`, `split`, `checkpoint`, `step`, the teacher-forced `loss`,
+    `accuracy`, `num_tokens`, `num_examples`, and `infer_eval` {task: {metric: value}}.
+  """
+  partitioner = partitioner or PjitPartitioner()
+  data_lib.validate_feature_lengths(dataset_cfg)
+  train_lib.check_vocabularies(model, dataset_cfg)
+  shapes = train_lib.input_shapes(dataset_cfg)
+  state, axes = train_lib.initial_train_state(model, shapes, partitioner, jax.random.PRNGKey(0))
+  evaluator = None
+  if compute_decoding_metrics:
+    evaluator = infer_eval.InferEvaluator(model, dataset_cfg, partitioner, axes.params,
+                                          decoder_params=decoder_params,
+                                          num_examples=num_examples, require_metrics=True)
+  step = checkpoint_step(checkpoint_path)
+  params = train_lib.load_params(checkpoint_path, state.params, axes.params, step=step)
+  metrics = teacher_forced_metrics(model, params, axes.params, dataset_cfg, partitioner,
+                                   eval_steps)
+  name, split = dataset_cfg.mixture_or_task_name, dataset_cfg.split
+  print_fn(f"{name}/{split}: loss {metrics['loss']:.4f} accuracy {metrics['accuracy']:.4f} "
+           f"over {int(metrics['num_tokens'])} tokens")
+  report: dict[str, Any] = {"task": name, "split": split,
+                            "checkpoint": os.path.abspath(checkpoint_path), "step": step,
+                            **metrics}
+  results = {}
+  if evaluator is not None:
+    results = evaluator.evaluate(params)
+    report["infer_eval"] = infer_eval.metrics_of(results)
+    report["decoder_params"] = {**model.default_decoder_params, **(decoder_params or {})}
+    print_fn(f"{name}/{split} decoding ({sum(len(r.rows) for r in results.values())} examples): "
+             f"{infer_eval.format_metrics(results)}")
+  if jax.process_index() == 0:
+    os.makedirs(output_dir, exist_ok=True)
+    if results:
+      infer_eval.write_predictions(os.path.join(output_dir, PREDICTIONS_FILE), results)
+    with open(os.path.join(output_dir, METRICS_FILE), "w") as f:
+      json.dump(report, f, indent=2)
+  return report
 
 
 _evaluate_using_gin = gin.configurable(evaluate)
@@ -78,4 +132,4 @@ def main(args) -> int:
 
 if __name__ == "__main__":
   gin_utils.quiet_tensorflow()
-  sys.exit(gin_utils.run(main, "Score a checkpoint on a SeqIO task split."))
+  sys.exit(gin_utils.run(main, "Score a checkpoint on a SeqIO task or mixture split."))

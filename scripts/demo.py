@@ -1,5 +1,6 @@
 """The built-in demo, end to end: generate the demo world, train tiny T5 on it (guided by default),
-then greedy-translate held-out dev sentences and report token accuracy, exact match and BLEU.
+then greedy-translate held-out dev sentences (gbt_t5x.train.infer_eval) and report token accuracy,
+exact match and BLEU.
 
     python scripts/demo.py [--model_dir runs/demo] [--plain] [--gin.TRAIN_STEPS=300 ...]
 
@@ -29,38 +30,42 @@ def demo_model(model=gin.REQUIRED):
   return model
 
 
-def decode_dev(model, params, num_examples: int, batch_size: int, lengths: dict) -> dict:
-  """Greedy-decodes `num_examples` dev sentences; returns metrics and example rows."""
+def decode_dev(model, params, num_examples: int, batch_size: int, lengths: dict,
+               decoder_params: dict | None = None) -> dict:
+  """Decodes the first `num_examples` dev sentences with `gbt_t5x.train.infer_eval` (greedy by
+  default) and scores them with the task's SeqIO BLEU; adds exact match and token accuracy.
+
+  Returns:
+    {'bleu' (0-100), 'exact_match', 'token_accuracy' (fractions), 'num_examples', 'examples':
+    [{'task', 'input', 'target', 'prediction'}]}.
+  """
   import jax
   import numpy as np
-  import sacrebleu
 
   from gbt_t5x.train import data as data_lib
+  from gbt_t5x.train import infer_eval
+  from gbt_t5x.train.partitioning import PjitPartitioner
   cfg = data_lib.DatasetConfig("demo_nmt", lengths, "validation", batch_size, shuffle=False,
                                num_epochs=1, module="gbt_t5x_tasks.demo")
-  vocab = model.output_vocabulary
-  predict = jax.jit(model.predict_batch)
-  rows, correct, total = [], 0, 0
-  for batch in data_lib.get_dataset(cfg).as_numpy_iterator():
-    if len(rows) >= num_examples:
-      break
-    batch = data_lib.pad_batch(batch, batch_size)
-    n_real = int((batch["decoder_loss_weights"].sum(axis=1) > 0).sum())
-    predictions = np.asarray(predict(params, {k: jax.numpy.asarray(v) for k, v in batch.items()}))
-    for i in range(n_real):
-      target = batch["decoder_target_tokens"][i]
-      pred = predictions[i]
+  partitioner = PjitPartitioner()  # the default training mesh: params keep their shardings
+  param_axes = jax.tree.map(lambda x: x.sharding, params)
+  evaluator = infer_eval.InferEvaluator(model, cfg, partitioner, param_axes,
+                                        decoder_params=decoder_params, num_examples=num_examples)
+  result = evaluator.evaluate(params)["demo_nmt"]
+  tokens = evaluator.predict_tokens(params, "demo_nmt")
+  correct = total = 0
+  for batch_index, batch in enumerate(data_lib.get_dataset(cfg).as_numpy_iterator()):
+    for i, target in enumerate(batch["decoder_target_tokens"]):
+      row = batch_index * batch_size + i
+      if row >= len(tokens):
+        break
       n = int((target > 0).sum())
-      correct += int((pred[:n] == target[:n]).sum())
+      correct += int((tokens[row][:n] == target[:n]).sum())
       total += n
-      rows.append({"input": vocab.decode(batch["encoder_input_tokens"][i].tolist()),
-                   "target": vocab.decode(target.tolist()),
-                   "prediction": vocab.decode(pred.tolist())})
-  rows = rows[:num_examples]
-  bleu = sacrebleu.corpus_bleu([r["prediction"] for r in rows], [[r["target"] for r in rows]])
+  rows = [{"task": "demo_nmt", **r} for r in result.rows]
   exact = float(np.mean([r["prediction"] == r["target"] for r in rows]))
   return {"token_accuracy": correct / max(total, 1), "exact_match": exact,
-          "bleu": bleu.score, "num_examples": len(rows), "examples": rows}
+          "bleu": result.metrics["bleu"], "num_examples": len(rows), "examples": rows}
 
 
 def main(argv: list[str]) -> int:

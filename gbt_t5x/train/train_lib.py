@@ -39,7 +39,9 @@ class RestoreCheckpointConfig:
 
   Attributes:
     path: a model dir (its latest checkpoint is used) or None for random init.
-    reset_optimizer: keep only params from `path` (fresh optimizer state and step 0).
+    reset_optimizer: keep only params from `path` (fresh optimizer state and step 0); False also
+      restores the optimizer state and the step (the optimizer must be the same kind, so that
+      the state's shapes match; the guided state, if any, starts fresh either way).
   """
   path: str | None = None
   reset_optimizer: bool = True
@@ -105,6 +107,37 @@ def _restore_params_from(path: str, state: Any, axes: Any) -> Any:
   return state.replace(params=load_params(path, state.params, axes.params))
 
 
+def _restore_params_and_optimizer_from(path: str, state: Any, axes: Any) -> Any:
+  """Loads step, params and optimizer state of the latest checkpoint in another model dir.
+
+  Raises a one-line ValueError naming the first leaf whose shape (or presence) differs.
+  """
+  import orbax.checkpoint as ocp
+  ckpt_dir = os.path.join(path, "checkpoints")
+  ckpt = checkpoints_lib.Checkpointer(ckpt_dir if os.path.isdir(ckpt_dir) else path)
+  step = ckpt.latest_step()
+  if step is None:
+    raise ValueError(f"{path} holds no checkpoint")
+  item = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+  item_axes = {"step": axes.step, "params": axes.params, "opt_state": axes.opt_state}
+  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        item, item_axes)
+  saved = ckpt._read_manifest(ckpt._require_step(step), step)  # pylint: disable=protected-access
+  prefixes = tuple(f".{k}" for k in item)
+  saved = {k: v for k, v in saved.items() if k.startswith(prefixes)}
+  wanted = {k.replace("['", ".", 1).replace("']", "", 1): v
+            for k, v in checkpoints_lib.leaf_shapes(target).items()}
+  mismatch = checkpoints_lib.first_mismatch(saved, wanted)
+  if mismatch is not None:
+    raise ValueError(f"cannot restore params and optimizer state (reset_optimizer=False) from "
+                     f"checkpoint step {step} in {ckpt.directory}: {mismatch}")
+  restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), target)
+  restored = ocp.PyTreeCheckpointer().restore(
+      os.path.join(ckpt.directory, str(step), "state"),
+      args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True))
+  return state.replace(**restored)
+
+
 def load_params(model_dir: str, params: Any, param_axes: Any, step: int | None = None) -> Any:
   """The params of checkpoint `step` (default: latest) in `model_dir`, on `param_axes` shardings.
 
@@ -135,14 +168,18 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
           model_dir: str, total_steps: int, eval_steps: int | None = None,
           eval_period: int | None = None, random_seed: int = 0,
           log_every: int = 50, summarize_config_fn: Callable[[str], None] | None = None,
-          print_fn: Callable[[str], None] = print) -> tuple[int, Any]:
+          print_fn: Callable[[str], None] = print,
+          inference_evaluator_cls: Callable[..., Any] | None = None,
+          best_checkpoint_metric: str | None = None,
+          best_checkpoint_mode: str = "max") -> tuple[int, Any]:
   """Trains `model` on `train_dataset_cfg` until `total_steps`, resuming from `model_dir`.
 
   Args:
     model: an `EncoderDecoderModel` (with `optimizer_def`).
     train_dataset_cfg: the training data (global batch size).
     train_eval_dataset_cfg: data for periodic eval loss (e.g. the validation split), or None.
-    infer_eval_dataset_cfg: accepted for T5X compatibility; decoding eval comes later.
+    infer_eval_dataset_cfg: task/mixture decoded every `eval_period` steps and scored with its
+      SeqIO metric fns (TensorBoard `infer_eval/`, metrics.jsonl, progress line), or None.
     checkpoint_cfg: save period / keep, optional params source.
     partitioner: the mesh partitioner (default: all devices data-parallel).
     trainer_cls: `Trainer` or `GuidedTrainer` (partially bound by gin).
@@ -153,11 +190,15 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
     random_seed: seeds params init and dropout.
     log_every: steps between progress lines.
     summarize_config_fn: called with the operative gin config text (to write config.gin).
+    inference_evaluator_cls: builds the infer-eval evaluator (T5X's name; default
+      `infer_eval.InferEvaluator`, whose `num_examples` caps the decoded examples).
+    best_checkpoint_metric: keep the train state of the best evaluation under MODEL_DIR/best/
+      by this metric ('infer_eval/TASK/METRIC' or 'train_eval/NAME'), or None.
+    best_checkpoint_mode: 'max' or 'min' for `best_checkpoint_metric`.
 
   Returns:
     (final step, final TrainState).
   """
-  del infer_eval_dataset_cfg  # Decoding-based evaluation is added with the decoding issue.
   from gbt_t5x.train import trainer as trainer_lib
   if total_steps <= 0:
     raise ValueError(f"total_steps must be > 0, got {total_steps}")
@@ -166,6 +207,8 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
   data_lib.validate_feature_lengths(train_dataset_cfg)
   data_lib.get_mixture_or_task(train_dataset_cfg.mixture_or_task_name)
   check_vocabularies(model, train_dataset_cfg)
+  # Empty or unparsable train data fails here, before model_dir is touched.
+  data_lib.first_batch_or_error(train_dataset_cfg)
   if train_eval_dataset_cfg is not None:
     data_lib.validate_feature_lengths(train_eval_dataset_cfg)
     data_lib.get_mixture_or_task(train_eval_dataset_cfg.mixture_or_task_name)
@@ -174,6 +217,9 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
   init_rng, trainer_rng = jax.random.split(jax.random.PRNGKey(random_seed))
   state, axes = initial_train_state(model, input_shapes(train_dataset_cfg), partitioner,
                                     init_rng)
+  infer_evaluator, best_keeper = _infer_eval_and_best(
+      model, infer_eval_dataset_cfg, inference_evaluator_cls, partitioner, axes, model_dir,
+      best_checkpoint_metric, best_checkpoint_mode, train_eval_dataset_cfg is not None, print_fn)
   trainer = trainer_cls(model=model, train_state=state, partitioner=partitioner,
                         eval_names=["train_eval"] if train_eval_dataset_cfg else [],
                         summary_dir=model_dir, train_state_axes=axes, rng=trainer_rng,
@@ -192,9 +238,17 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
     data_positions = dict(metadata.get("data_positions", {}))
     print_fn(f"restored checkpoint step {latest} from {ckpt_dir}")
   elif checkpoint_cfg.restore is not None and checkpoint_cfg.restore.path:
-    trainer.train_state = _restore_params_from(checkpoint_cfg.restore.path, trainer.train_state,
-                                               trainer.train_state_axes)
-    print_fn(f"initialised params from {checkpoint_cfg.restore.path}")
+    if checkpoint_cfg.restore.reset_optimizer:
+      trainer.train_state = _restore_params_from(checkpoint_cfg.restore.path,
+                                                 trainer.train_state, trainer.train_state_axes)
+      print_fn(f"initialised params from {checkpoint_cfg.restore.path}")
+    else:
+      trainer.train_state = _restore_params_and_optimizer_from(
+          checkpoint_cfg.restore.path, trainer.train_state, trainer.train_state_axes)
+      data_positions = {"train": 0}  # A new task: read it from its start, not at the step.
+      print_fn(f"initialised params, optimizer state and step "
+               f"{int(jax.device_get(trainer.train_state.step))} from "
+               f"{checkpoint_cfg.restore.path}")
 
   os.makedirs(model_dir, exist_ok=True)
   if summarize_config_fn is not None and jax.process_index() == 0:
@@ -222,9 +276,9 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
                       {"data_positions": positions,
                        "param_shapes": shape_fingerprint(trainer.train_state.params)})
 
-  def run_eval() -> None:
+  def run_eval() -> dict[str, float]:
     if train_eval_dataset_cfg is None:
-      return
+      return {}
     eval_cfg = dataclasses.replace(train_eval_dataset_cfg, num_epochs=1, shuffle=False)
     batches = data_lib.BatchIterator(eval_cfg, partitioner.data_sharding)
     if eval_steps:
@@ -233,6 +287,7 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
     r = results["train_eval"]
     print_fn(f"eval step {int(jax.device_get(trainer.train_state.step))}: "
              f"loss {r.get('loss', float('nan')):.4f} accuracy {r.get('accuracy', float('nan')):.4f}")
+    return {f"train_eval/{k}": v for k, v in r.items()}
 
   with preemption.PreemptionGuard(sync_every=log_every) as guard:
     while step < total_steps:
@@ -246,12 +301,46 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
         raise errors.Preempted(step, guard.signal_name)
       if save_period and (step % save_period == 0 or step == total_steps):
         save(step)
-      run_eval()
+      eval_metrics = run_eval()
+      if infer_evaluator is not None:
+        eval_metrics.update(infer_evaluator(step, trainer.train_state.params))
+      if best_keeper is not None and best_keeper.update(
+          step, eval_metrics, trainer.train_state,
+          {"param_shapes": shape_fingerprint(trainer.train_state.params)}):
+        print_fn(f"best {best_keeper.metric} {best_keeper.best['value']:.4f} at step {step}: "
+                 f"saved to {best_keeper.directory}")
       if jax.process_index() == 0:
         write_plots(model_dir, trainer)
   checkpointer.wait_until_finished()
   trainer.close()
+  if infer_evaluator is not None:
+    infer_evaluator.close()
   return step, trainer.train_state
+
+
+def _infer_eval_and_best(model: Any, cfg: data_lib.DatasetConfig | None,
+                         evaluator_cls: Callable[..., Any] | None, partitioner: PjitPartitioner,
+                         axes: Any, model_dir: str, best_metric: str | None, best_mode: str,
+                         has_train_eval: bool, print_fn: Callable[[str], None]
+                         ) -> tuple[Any, Any]:
+  """The periodic infer-eval hook and the best-checkpoint keeper (either may be None).
+
+  Validates everything (tasks, metric fns, decoder options, the best metric's name) and reads the
+  infer-eval examples before anything is written to `model_dir`.
+  """
+  from gbt_t5x.train import eval_hooks
+  from gbt_t5x.train import infer_eval
+  hook = None
+  if cfg is not None:
+    evaluator = (evaluator_cls or infer_eval.InferEvaluator)(
+        model=model, dataset_cfg=cfg, partitioner=partitioner, param_axes=axes.params)
+    evaluator.prepare()
+    hook = eval_hooks.PeriodicInferEval(evaluator, model_dir, print_fn)
+  if best_metric is None:
+    return hook, None
+  tasks = [t.name for t in hook.evaluator.tasks] if hook is not None else None
+  eval_hooks.check_best_metric(best_metric, best_mode, has_train_eval, tasks)
+  return hook, eval_hooks.BestCheckpointKeeper(model_dir, best_metric, best_mode)
 
 
 def write_plots(model_dir: str, trainer: Any) -> None:
