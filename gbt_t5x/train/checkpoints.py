@@ -8,6 +8,8 @@ Each step directory `<directory>/<step>/` holds three orbax items:
   - `manifest`: {leaf path: shape} of the saved state, used to refuse (with one line naming the
     first mismatching leaf) a restore target of another structure or shape *before* orbax reads
     anything.
+A listed checkpoint that cannot be read (truncated or corrupted files, a missing item, bad JSON)
+raises a one-line ValueError naming the step and directory, never orbax's own exception types.
 Saves are synchronous and atomic (orbax writes `<step>.orbax-checkpoint-tmp*` and renames it), so
 a checkpoint listed by `all_steps` is complete. Saving a step that exists is a no-op; restoring
 never writes or deletes anything. Must not import gin, seqio or anything from `gbt_t5x.models`.
@@ -105,6 +107,16 @@ class Checkpointer:
     manager.wait_until_finished()
     return bool(saved)
 
+  def _unreadable(self, step: int, e: BaseException) -> ValueError:
+    """One-line error for a checkpoint that exists but cannot be read (corrupt or cut short)."""
+    detail = " ".join(str(e).split()) or type(e).__name__
+    if len(detail) > 160:
+      detail = detail[:157] + "..."
+    others = [s for s in self.all_steps() if s != step]
+    hint = (f"; move it out of the way to resume from step {others[-1]}" if others else "")
+    return ValueError(f"checkpoint step {step} in {self.directory} is unreadable (corrupt or "
+                      f"incomplete: {type(e).__name__}: {detail}){hint}")
+
   def _require_step(self, step: int) -> ocp.CheckpointManager:
     steps = self.all_steps()
     if int(step) not in steps:
@@ -114,14 +126,23 @@ class Checkpointer:
   def read_metadata(self, step: int) -> dict[str, Any]:
     """The JSON metadata dict saved with checkpoint `step`."""
     manager = self._require_step(step)
-    restored = manager.restore(int(step), args=ocp.args.Composite(
-        **{_METADATA: ocp.args.JsonRestore()}))
+    try:
+      restored = manager.restore(int(step), args=ocp.args.Composite(
+          **{_METADATA: ocp.args.JsonRestore()}))
+    except Exception as e:  # orbax/tensorstore/json raise many types; report one line.
+      raise self._unreadable(int(step), e) from None
     return dict(restored[_METADATA] or {})
 
   def _read_manifest(self, manager: ocp.CheckpointManager, step: int) -> dict[str, list[int]]:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        **{_MANIFEST: ocp.args.JsonRestore()}))
-    return dict(restored[_MANIFEST] or {})
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          **{_MANIFEST: ocp.args.JsonRestore()}))
+      manifest = restored[_MANIFEST]
+    except Exception as e:
+      raise self._unreadable(step, e) from None
+    if not isinstance(manifest, dict):
+      raise self._unreadable(step, TypeError(f"manifest is {type(manifest).__name__}, not a dict"))
+    return dict(manifest)
 
   def restore(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
     """Reads checkpoint `step` into the structure, dtypes and shardings of `target`.
@@ -145,15 +166,19 @@ class Checkpointer:
     if mismatch is not None:
       raise ValueError(f"checkpoint step {step} in {self.directory} does not fit the target: "
                        f"{mismatch}")
-    restored = manager.restore(step, args=ocp.args.Composite(**{
-        _STATE: ocp.args.StandardRestore(target),
-        _METADATA: ocp.args.JsonRestore(),
-    }))
-    state = restored[_STATE]
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(**{
+          _STATE: ocp.args.StandardRestore(target),
+          _METADATA: ocp.args.JsonRestore(),
+      }))
+      state = restored[_STATE]
+      metadata = restored[_METADATA]
+    except Exception as e:  # Truncated/corrupt array files, missing items, bad JSON.
+      raise self._unreadable(step, e) from None
     if jax.tree_util.tree_structure(state) != jax.tree_util.tree_structure(target):
       raise ValueError(f"orbax restored checkpoint step {step} with another tree structure than "
                        f"the target: {jax.tree_util.tree_structure(state)}")
-    return state, dict(restored[_METADATA] or {})
+    return state, dict(metadata or {})
 
   def restore_params(self, step: int, params_target: Any) -> Any:
     """Reads only the `params` of checkpoint `step` (for eval, inference and finetuning).
@@ -178,9 +203,13 @@ class Checkpointer:
                        f"{mismatch}")
     item = {"params": params_target}
     restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), item)
-    restored = ocp.PyTreeCheckpointer().restore(
-        os.path.join(self.directory, str(step), _STATE),
-        args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
+    try:
+      restored = ocp.PyTreeCheckpointer().restore(
+          os.path.join(self.directory, str(step), _STATE),
+          args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
+                                      partial_restore=True))
+    except Exception as e:
+      raise self._unreadable(step, e) from None
     return restored["params"]
 
   def wait_until_finished(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from typing import Any, Callable, Iterator, Mapping
 
 import jax
@@ -193,17 +194,45 @@ class BatchIterator:
     return self
 
   def __next__(self) -> dict[str, jax.Array]:
-    local = pad_batch(next(self._it), self._local_batch_size)
+    try:
+      local = next(self._it)
+    except StopIteration:
+      if self.cfg.num_epochs is None:  # A repeated pipeline only ends when it is empty.
+        raise ValueError(_no_examples_message(self.cfg)) from None
+      raise
+    except tf.errors.OpError as e:  # Malformed input data (e.g. a TSV line with missing fields).
+      raise ValueError(_bad_data_message(self.cfg, e, self.position)) from None
+    local = pad_batch(local, self._local_batch_size)
     if self._check_fn is not None:
       self._check_fn(local)
     self.position += 1
     return global_batch(local, self._sharding)
 
 
+def _no_examples_message(cfg: DatasetConfig) -> str:
+  return (f"task {cfg.mixture_or_task_name} split {cfg.split!r} yields no examples "
+          f"(batch_size {cfg.batch_size}, process {jax.process_index()} of "
+          f"{jax.process_count()})")
+
+
+def _bad_data_message(cfg: DatasetConfig, e: BaseException, position: int) -> str:
+  # TF op errors start with `{{function_node ...}}` and a chain of "...: ..." contexts; the
+  # cause (e.g. "Expect 4 fields but have 2 in record 0") is the last part of the first line.
+  lines = [l for l in str(getattr(e, "message", e)).splitlines() if l.strip()] or [repr(e)]
+  detail = re.sub(r"\{\{.*?\}\}", "", lines[0]).strip().rsplit(": ", 1)[-1].strip()
+  if len(detail) > 200:
+    detail = detail[:197] + "..."
+  return (f"task {cfg.mixture_or_task_name} split {cfg.split!r}: malformed input data near "
+          f"batch {position}: {type(e).__name__}: {detail}")
+
+
 def first_batch_or_error(cfg: DatasetConfig) -> dict[str, np.ndarray]:
-  """Reads one local batch, raising ValueError when the split yields no examples."""
+  """Reads one local batch, raising a one-line ValueError when the split yields no examples or
+  its first batch cannot be parsed (e.g. a truncated TSV line)."""
   ds = get_dataset(dataclasses.replace(cfg, num_epochs=1))
-  for batch in ds.take(1).as_numpy_iterator():
-    return batch
-  raise ValueError(f"task {cfg.mixture_or_task_name} split {cfg.split!r} yields no examples "
-                   f"(batch_size {cfg.batch_size})")
+  try:
+    for batch in ds.take(1).as_numpy_iterator():
+      return batch
+  except tf.errors.OpError as e:
+    raise ValueError(_bad_data_message(cfg, e, 0)) from None
+  raise ValueError(_no_examples_message(cfg))
