@@ -84,10 +84,35 @@ class _HideGinSearchMisses(logging.Filter):
     return not str(record.getMessage()).startswith("Path not found:")
 
 
+def _tolerate_namespace_packages() -> None:
+  """Makes gin's file-existence checks answer False instead of raising TypeError.
+
+  gin resolves an include such as 'runs/pretrain.gin' also as a *package resource* when the
+  first path component is importable; a plain folder named like it in the working directory (e.g.
+  the demo's model dir `runs/`) is an importable namespace package without a file, and gin's
+  resource reader then crashes on `os.path.dirname(None)`. gin has no public hook for this, so the
+  registered checks in `gin.config._FILE_READERS` are wrapped once.
+  """
+  readers = gin.config._FILE_READERS  # pylint: disable=protected-access
+  for i, (reader, check) in enumerate(readers):
+    if getattr(check, "_gbt_safe", False):
+      continue
+
+    def safe(path, check=check):
+      try:
+        return check(path)
+      except TypeError:
+        return False
+
+    safe._gbt_safe = True
+    readers[i] = (reader, safe)
+
+
 def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
               gin_search_paths: Sequence[str] = ()) -> None:
   """Parses gin files then bindings; raises a one-line ValueError on any gin problem."""
   logging.getLogger().addFilter(_HideGinSearchMisses())
+  _tolerate_namespace_packages()
   paths = [p for group in gin_search_paths for p in group.split(",") if p]
   paths.append(str(REPO_GIN_DIR))
   for path in paths:

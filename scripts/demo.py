@@ -16,16 +16,10 @@ import os
 import sys
 import time
 
-# Running a file from scripts/ puts scripts/ first on sys.path, which makes scripts/experiments an
-# importable namespace package; gin's resource reader would then try to resolve the include
-# 'experiments/demo_nmt.gin' inside it and fail. Nothing here is imported from scripts/.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(
-    os.path.abspath(__file__))]
+import gin
 
-import gin  # noqa: E402
-
-from gbt_t5x import gin_utils  # noqa: E402
-from gbt_t5x.train.train_lib import train, write_config_gin  # noqa: F401,E402 (gin: __main__.train)
+from gbt_t5x import gin_utils
+from gbt_t5x.train.train_lib import train, write_config_gin  # noqa: F401 (gin binds __main__.train)
 
 train_using_gin = gin.configurable(train)
 
