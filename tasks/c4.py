@@ -36,7 +36,7 @@ from gbt_t5x.data import span_corruption
 from gbt_t5x.data import tfds_source
 from gbt_t5x.data import vocabularies
 
-T5_VOCABULARY_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
+from gbt_t5x.data.vocabularies import T5_VOCABULARY_PATH  # noqa: E402  (re-exported)
 EXTRA_IDS = 100
 C4_TFDS_NAME = "c4/en:3.1.0"
 C4_V220_TFDS_NAME = "c4/en:2.2.0"

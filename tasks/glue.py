@@ -44,7 +44,7 @@ from gbt_t5x.data import guide_split
 from gbt_t5x.data import metrics
 from gbt_t5x.data import vocabularies
 
-T5_VOCABULARY_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
+from gbt_t5x.data.vocabularies import T5_VOCABULARY_PATH  # noqa: E402  (re-exported)
 GUIDE_PERCENT = 1.0
 GUIDE_SUFFIX = "_guide"
 GLUE_VERSION = "2.0.0"

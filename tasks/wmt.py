@@ -40,7 +40,7 @@ from gbt_t5x.data import guide_split
 from gbt_t5x.data import translation
 from gbt_t5x.data import vocabularies
 
-T5_VOCABULARY_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
+from gbt_t5x.data.vocabularies import T5_VOCABULARY_PATH  # noqa: E402  (re-exported)
 EXTRA_IDS = 100
 GUIDE_PERCENT = 1.0
 GUIDE_SOURCES = ("train_hash", "validation")

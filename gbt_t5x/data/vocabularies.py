@@ -45,3 +45,8 @@ def check_vocab_fits_model(vocabulary: seqio.Vocabulary, model_vocab_size: int) 
     raise ValueError(
         f"vocabulary {vocabulary} has {n} ids but the model's vocab_size is {model_vocab_size}; "
         f"set the model's vocab_size to at least {n} (e.g. {padded_vocab_size(n)})")
+
+
+# T5's public SentencePiece vocabulary (32000 pieces; the model adds 100 sentinels → 32128 rows):
+# the default of every real task family (C4, WMT, GLUE/SuperGLUE).
+T5_VOCABULARY_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
