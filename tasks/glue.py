@@ -41,6 +41,7 @@ import tensorflow as tf
 
 from gbt_t5x.data import glue as fmt
 from gbt_t5x.data import guide_split
+from gbt_t5x.data import tfds_source
 from gbt_t5x.data import metrics
 from gbt_t5x.data import vocabularies
 
@@ -158,44 +159,16 @@ def super_glue_task_name(name: str, suffix: str = "") -> str:
   return f"super_glue_{name}_v102{suffix}"
 
 
-class GuideSlicedTfdsSource(seqio.TfdsDataSource):
-  """A `seqio.TfdsDataSource` whose listed splits keep only (or drop) the guide slice.
-
-  `guide_splits` maps a seqio split name to True (keep only guide examples) or False (drop
-  them); membership is `guide_split.in_guide_split(gbt_t5x.data.glue.guide_key(ex), percent)`
-  on the raw TFDS example, before any preprocessing. Filtered splits report no example count."""
-
-  def __init__(self, tfds_name: str, splits: Mapping[str, str],
-               guide_splits: Mapping[str, bool], percent: float = GUIDE_PERCENT):
-    unknown = set(guide_splits) - set(splits)
-    if unknown:
-      raise ValueError(f"guide_splits {sorted(unknown)} are not splits of {tfds_name} "
-                       f"({sorted(splits)})")
-    super().__init__(tfds_name=tfds_name, splits=dict(splits))
-    self._guide_splits = dict(guide_splits)
-    self._percent = percent
-    self._key_name = tfds_name.split(":")[0]
-
-  def get_dataset(self, split: Optional[str] = None, shuffle: bool = True,
-                  seed: Optional[int] = None, shard_info: Optional[seqio.ShardInfo] = None,
-                  **kwargs) -> tf.data.Dataset:
-    """The TFDS split (see `seqio.TfdsDataSource`), filtered for the guide splits."""
-    ds = super().get_dataset(split, shuffle, seed, shard_info, **kwargs)
-    if split in self._guide_splits:
-      ds = guide_split.filter_guide(
-          ds, functools.partial(fmt.guide_key, dataset_name=self._key_name),
-          percent=self._percent, keep_guide=self._guide_splits[split])
-    return ds
-
-  def num_input_examples(self, split: str) -> Optional[int]:
-    """TFDS's count of the split; None for filtered splits and when TFDS has no split sizes
-    (a mocked dataset, or one whose metadata is missing)."""
-    if split in self._guide_splits:
-      return None
-    try:
-      return super().num_input_examples(split)
-    except KeyError:
-      return None
+def _source(tfds_name: str, splits: Mapping[str, str], guide_splits: Mapping[str, bool],
+            percent: float, tfds_data_dir: Optional[str]) -> seqio.DataSource:
+  """A source over prepared TFDS data (never downloads; an unprepared dataset names its `tfds
+  build`) whose `guide_splits` keep only (True) or drop (False) the guide slice, decided by
+  `gbt_t5x.data.glue.guide_key` of the raw example."""
+  key_fn = functools.partial(fmt.guide_key, dataset_name=tfds_name.split(":")[0])
+  return tfds_source.PreparedTfdsDataSource(
+      tfds_name, splits, tfds_data_dir=tfds_data_dir,
+      split_filters={split: guide_split.guide_filter(key_fn, percent, keep)
+                     for split, keep in guide_splits.items()})
 
 
 def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
@@ -227,21 +200,21 @@ def _add_mixture(name: str, tasks: Sequence[tuple[str, float]]) -> None:
 
 def _register_family(specs: Sequence[BenchmarkTask], task_name: Callable[[str, str], str],
                      mixture_names: Sequence[str], features: Mapping[str, seqio.Feature],
-                     suffix: str, percent: float) -> list[str]:
+                     suffix: str, percent: float, tfds_data_dir: Optional[str]) -> list[str]:
   names, mixed, guides = [], [], []
   for spec in specs:
     name = task_name(spec.name, suffix)
     has_train = "train" in spec.splits
     guide_splits = {"train": False} if has_train else {}
-    _add_task(name, GuideSlicedTfdsSource(spec.tfds_name, spec.splits, guide_splits, percent),
+    _add_task(name, _source(spec.tfds_name, spec.splits, guide_splits, percent, tfds_data_dir),
               spec, features)
     names.append(name)
     if spec.in_mixture:
       mixed.append((name, spec.weight))
     if has_train:
       guide_name = name + GUIDE_SUFFIX
-      source = GuideSlicedTfdsSource(spec.tfds_name, {"train": "train", "validation": "train"},
-                                     {"train": True, "validation": True}, percent)
+      source = _source(spec.tfds_name, {"train": "train", "validation": "train"},
+                       {"train": True, "validation": True}, percent, tfds_data_dir)
       _add_task(guide_name, source, spec, features)
       names.append(guide_name)
       if spec.in_mixture:
@@ -254,9 +227,13 @@ def _register_family(specs: Sequence[BenchmarkTask], task_name: Callable[[str, s
 
 
 def register_tasks(vocabulary: seqio.Vocabulary, suffix: str = "",
-                   guide_percent: float = GUIDE_PERCENT) -> list[str]:
+                   guide_percent: float = GUIDE_PERCENT,
+                   tfds_data_dir: Optional[str] = None) -> list[str]:
   """Registers every GLUE and SuperGLUE task, guide task and mixture with `vocabulary`, under
   T5's names followed by `suffix`; returns the registered names (tasks, then mixtures).
+
+  `tfds_data_dir` fixes where the prepared TFDS data live (None: seqio's override, i.e.
+  `--tfds_data_dir`, then TFDS's default); nothing is ever downloaded.
 
   Registering again with the same suffix replaces the earlier registrations."""
   if not isinstance(suffix, str) or (suffix and not suffix.replace("_", "").isalnum()):
@@ -267,10 +244,10 @@ def register_tasks(vocabulary: seqio.Vocabulary, suffix: str = "",
   features = output_features(vocabulary)
   return (_register_family(GLUE_TASKS, glue_task_name,
                            ("glue_v002_proportional", "glue_v2_proportional"), features, suffix,
-                           guide_percent)
+                           guide_percent, tfds_data_dir)
           + _register_family(SUPER_GLUE_TASKS, super_glue_task_name,
                              ("super_glue_v102_proportional", "super_glue_v2_proportional"),
-                             features, suffix, guide_percent))
+                             features, suffix, guide_percent, tfds_data_dir))
 
 
 T5_VOCABULARY = vocabularies.sentencepiece_vocabulary(T5_VOCABULARY_PATH, extra_ids=100)

@@ -37,6 +37,7 @@ import seqio
 import tensorflow as tf
 
 from gbt_t5x.data import guide_split
+from gbt_t5x.data import tfds_source
 from gbt_t5x.data import translation
 from gbt_t5x.data import vocabularies
 
@@ -91,51 +92,6 @@ def guide_task_name(config: WmtConfig, source: str, target: str, name_suffix: st
   return task_name(config, source, target, name_suffix) + GUIDE_SUFFIX
 
 
-class HashSplitTfdsDataSource(seqio.TfdsDataSource):
-  """A `seqio.TfdsDataSource` whose chosen splits keep only (or drop) a hash-split guide slice.
-
-  `split_filters` maps a canonical split to `keep_guide`: True keeps the `percent` % slice
-  decided by `key_fn(raw example) -> scalar tf.string` (`guide_split.filter_guide`), False keeps
-  its complement. Splits not in `split_filters` are read unfiltered. Membership depends only on
-  the example's content, so it is the same under any shuffle, seed or shard."""
-
-  def __init__(self, tfds_name: str, *, splits: Mapping[str, str],
-               split_filters: Mapping[str, bool],
-               key_fn: Callable[[Mapping[str, tf.Tensor]], tf.Tensor],
-               percent: float = GUIDE_PERCENT, tfds_data_dir: Optional[str] = None):
-    unknown = sorted(set(split_filters) - set(splits))
-    if unknown:
-      raise ValueError(f"split_filters names splits {unknown} that are not in {sorted(splits)}")
-    if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not (
-        0.0 < percent < 100.0):
-      raise ValueError(f"guide percent must be a number in (0, 100), got {percent!r}")
-    super().__init__(tfds_name, tfds_data_dir=tfds_data_dir, splits=dict(splits))
-    self._split_filters = dict(split_filters)
-    self._key_fn = key_fn
-    self._percent = float(percent)
-
-  def get_dataset(self, split: Optional[str] = None, shuffle: bool = True,
-                  seed: Optional[int] = None, shard_info: Optional[seqio.ShardInfo] = None,
-                  **kwargs) -> tf.data.Dataset:
-    """The TFDS split's raw examples, hash-filtered when `split` is in `split_filters`."""
-    ds = super().get_dataset(split, shuffle=shuffle, seed=seed, shard_info=shard_info, **kwargs)
-    split = split or "train"
-    if split in self._split_filters:
-      ds = guide_split.filter_guide(ds, self._key_fn, self._percent,
-                                    keep_guide=self._split_filters[split])
-    return ds
-
-  def num_input_examples(self, split: str) -> Optional[int]:
-    """TFDS's count for unfiltered splits; None (unknown before a pass) for filtered splits and
-    where TFDS has no split info (e.g. mocked or partially prepared data)."""
-    if split in self._split_filters:
-      return None
-    try:
-      return super().num_input_examples(split)
-    except KeyError:
-      return None
-
-
 def default_vocabulary() -> seqio.Vocabulary:
   """T5's SentencePiece vocabulary (32000 pieces + 100 extra ids; read lazily from GCS)."""
   return vocabularies.sentencepiece_vocabulary(T5_VOCABULARY_PATH, extra_ids=EXTRA_IDS)
@@ -155,22 +111,31 @@ def _preprocessors(source: str, target: str) -> list:
           seqio.preprocessors.append_eos_after_trim]
 
 
+def _check_guide_percent(percent: float) -> None:
+  if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not (
+      0.0 < percent < 100.0):
+    raise ValueError(f"guide percent must be a number in (0, 100), got {percent!r}")
+
+
 def _sources(config: WmtConfig, guide_source: str, guide_percent: float,
              tfds_data_dir: Optional[str]) -> tuple[seqio.DataSource, seqio.DataSource]:
-  """(main task source, guide task source) for one TFDS config."""
+  """(main task source, guide task source) for one TFDS config; both read prepared TFDS data
+  only (an unprepared dataset names its `tfds build` command)."""
+  _check_guide_percent(guide_percent)
+  key_fn = translation.pair_key_fn(*config.pair)
+  keep = functools.partial(guide_split.guide_filter, key_fn, guide_percent)
   if guide_source == "validation":
-    main_filters: dict[str, bool] = {}
+    main_filters = {}
     guide_splits = {"train": "validation", "validation": "validation"}
-    guide_filters: dict[str, bool] = {}
+    guide_filters = {}
   else:  # "train_hash": the guide is the hash slice of train, the main train its complement.
-    main_filters = {"train": False}
+    main_filters = {"train": keep(keep_guide=False)}
     guide_splits = {"train": "train", "validation": "train"}
-    guide_filters = {"train": True, "validation": True}
-  make = functools.partial(HashSplitTfdsDataSource, config.tfds_name,
-                           key_fn=translation.pair_key_fn(*config.pair), percent=guide_percent,
+    guide_filters = {"train": keep(keep_guide=True), "validation": keep(keep_guide=True)}
+  make = functools.partial(tfds_source.PreparedTfdsDataSource, config.tfds_name,
                            tfds_data_dir=tfds_data_dir)
-  return (make(splits={s: s for s in config.splits}, split_filters=main_filters),
-          make(splits=guide_splits, split_filters=guide_filters))
+  return (make({s: s for s in config.splits}, split_filters=main_filters),
+          make(guide_splits, split_filters=guide_filters))
 
 
 def _add_task(name: str, source: seqio.DataSource, src: str, tgt: str,

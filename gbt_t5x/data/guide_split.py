@@ -95,3 +95,14 @@ def filter_guide(ds: tf.data.Dataset,
     return member if keep_guide else tf.logical_not(member)
 
   return ds.filter(predicate)
+
+
+def guide_filter(key_fn: Callable[[Any], tf.Tensor], percent: float = 1.0,
+                 keep_guide: bool = True, salt: str = DEFAULT_SALT
+                 ) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
+  """`ds -> filter_guide(ds, key_fn, percent, keep_guide, salt)`, checked now: the per-split
+  filter a `tfds_source.PreparedTfdsDataSource` applies to carve out (or drop) a guide slice."""
+  _check_percent(percent)
+  if not isinstance(keep_guide, bool):
+    raise ValueError(f"keep_guide must be a bool, got {keep_guide!r}")
+  return lambda ds: filter_guide(ds, key_fn, percent, keep_guide, salt)

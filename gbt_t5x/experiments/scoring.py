@@ -116,3 +116,29 @@ def score_run(model: Any, params: Any, spec: ScoreSpec, lengths: Mapping[str, in
   return {"dev_loss": dev["loss"], "dev_accuracy": dev["accuracy"], "guide_loss": guide["loss"],
           "bleu": decoded["bleu"], "exact_match": decoded["exact_match"],
           "token_accuracy": decoded["token_accuracy"]}
+
+
+def task_metrics(model: Any, params: Any, mixture_or_task: str, split: str,
+                 lengths: Mapping[str, int], batch_size: int, num_examples: int | None,
+                 module: str | None = None) -> dict[str, float]:
+  """Greedy-decodes the first `num_examples` of `split` of every task of `mixture_or_task` and
+  runs each task's postprocessor and SeqIO metric fns (as the trainer's infer-eval does).
+
+  Returns:
+    {'<task>/<metric>': value} (e.g. 'demo_cola/matthews_corrcoef', on the metric's own scale),
+    plus 'average': the mean over tasks of each task's mean metric (GLUE's averaged score).
+  """
+  from gbt_t5x.train import infer_eval
+  from gbt_t5x.train.partitioning import PjitPartitioner
+  cfg = _config(mixture_or_task, split, lengths, batch_size, module)
+  param_shardings = jax.tree.map(lambda x: x.sharding, params)
+  evaluator = infer_eval.InferEvaluator(model, cfg, PjitPartitioner(), param_shardings,
+                                        num_examples=num_examples, require_metrics=True)
+  out: dict[str, float] = {}
+  per_task = []
+  for task_name, result in evaluator.evaluate(params).items():
+    for key, value in result.metrics.items():
+      out[f"{task_name}/{key}"] = float(value)
+    per_task.append(float(np.mean(list(result.metrics.values()))))
+  out["average"] = float(np.mean(per_task))
+  return out

@@ -290,9 +290,19 @@ def test_bad_input_raises_value_error():
     glue.register_tasks(VOCAB, "bad-suffix")
   with pytest.raises(ValueError, match="guide_percent"):
     glue.register_tasks(VOCAB, SUFFIX, guide_percent=0)
-  with pytest.raises(ValueError, match="not splits of"):
-    glue.GuideSlicedTfdsSource("glue/cola:2.0.0", {"train": "train"}, {"dev": True})
   with pytest.raises(ValueError, match="label_names"):
     fmt.string_label_to_class_id([])
   with pytest.raises(ValueError, match="idx/question"):
     fmt.multirc_postprocess("True", example={"idx/paragraph": 1}, is_target=True)
+
+
+def test_unprepared_tfds_dataset_says_how_to_build(tmp_path):
+  """No mock: an empty data dir must name the `tfds build` command, not try to download."""
+  names = glue.register_tasks(VOCAB, "_empty_dir", tfds_data_dir=str(tmp_path))
+  for name, build in (("glue_cola_v002_empty_dir", "tfds build glue --config cola"),
+                      ("super_glue_boolq_v102_empty_dir_guide",
+                       "tfds build super_glue --config boolq")):
+    assert name in names
+    with pytest.raises(ValueError, match=f"{build}.*--tfds_data_dir"):
+      seqio.get_mixture_or_task(name).get_dataset(
+          {"inputs": 32, "targets": 8}, split="train", shuffle=False)

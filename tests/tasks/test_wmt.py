@@ -250,3 +250,14 @@ def test_chinese_targets_use_sacrebleus_zh_tokenizer():
   # 13a sees each sentence as one token (no match); zh splits characters (partial credit).
   assert sacrebleu.corpus_bleu(predictions, [targets]).score == 0.0 < expected
   assert not math.isclose(expected, 100.0)
+
+
+def test_unprepared_tfds_dataset_says_how_to_build(tmp_path):
+  """No mock: an empty data dir must name the `tfds build` command, not try to download."""
+  config = next(c for c in wmt.WMT_CONFIGS if c.tfds_name.startswith("wmt19_translate/lt-en"))
+  names = wmt.register_wmt_tasks(BYTES, configs=[config], name_suffix="_empty_dir",
+                                 tfds_data_dir=str(tmp_path))
+  for name in names:
+    with pytest.raises(ValueError, match="tfds build wmt19_translate --config lt-en"):
+      seqio.get_mixture_or_task(name).get_dataset(
+          {"inputs": 32, "targets": 32}, split="train", shuffle=False)
