@@ -38,6 +38,10 @@ from gbt_t5x.data import metrics
 from gbt_t5x_tasks import demo
 
 GUIDE_PERCENT = 5.0
+# Feature lengths that hold every demo_* example untruncated: MRPC inputs are two sentences (up
+# to ~113 tokens), and the label words are spelled in up to 12 pieces of the demo vocabulary
+# ("not equivalent"), + EOS.
+DEFAULT_SEQUENCE_LENGTH = {"inputs": 120, "targets": 16}
 GUIDE_SUFFIX = "_guide"
 MIXTURE = "demo_glue_proportional"
 BENCHMARKS = {"cola": "demo cola", "mrpc": "demo mrpc", "sst2": "demo sst"}

@@ -173,3 +173,11 @@ def train_and_score(label: str, seed: int, gin_files: Sequence[str], bindings: S
 def save_records(path: str, records: Sequence[RunRecord]) -> None:
   with open(path, "w") as f:
     json.dump([r.to_json() for r in records], f, indent=1)
+
+
+def load_records(path: str) -> list[RunRecord]:
+  """The records `save_records` wrote (ValueError if the file is missing)."""
+  if not os.path.exists(path):
+    raise ValueError(f"no records at {path}: run the experiment first (without --report_only)")
+  with open(path) as f:
+    return [RunRecord(**d) for d in json.load(f)]

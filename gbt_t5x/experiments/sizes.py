@@ -25,7 +25,9 @@ class Size:
     name: 'quick' or 'default'.
     world: `DemoWorldConfig` fields of the demo world (`GBT_T5X_DEMO_CONFIG`).
     num_layers: encoder and decoder layers of tiny T5 (each).
-    train_steps: model steps of every run (pretraining and finetuning too).
+    train_steps: model steps of every translation run (bo_vs_gbt, schedule_vs_constant).
+    pretrain_steps: steps of each span-corruption pretraining run (pretrain_downstream).
+    finetune_steps: steps of each downstream finetuning run (pretrain_downstream).
     batch_size: train (and guide) batch size, examples.
     lengths: task feature lengths of the translation task (tokens).
     eval_batches: batches of the teacher-forced dev / guide evaluations.
@@ -40,6 +42,8 @@ class Size:
   world: Mapping[str, Any]
   num_layers: int
   train_steps: int
+  pretrain_steps: int
+  finetune_steps: int
   batch_size: int
   lengths: Mapping[str, int]
   eval_batches: int
@@ -62,7 +66,7 @@ QUICK = Size(
     name="quick",
     world={"num_train": 3000, "num_guide": 300, "num_dev": 200, "num_test": 200,
            "num_mono": 600},
-    num_layers=1, train_steps=10, batch_size=8, lengths={"inputs": 32, "targets": 24},
+    num_layers=1, train_steps=10, pretrain_steps=10, finetune_steps=10, batch_size=8, lengths={"inputs": 32, "targets": 24},
     eval_batches=1, decode_examples=8, seeds=(0, 1), bo_trials=2,
     grid_lr_multipliers=(1.0, 10.0), grid_b1=(0.5,), curve_points=1)
 
@@ -70,7 +74,7 @@ DEFAULT = Size(
     name="default",
     world={"num_train": 6000, "num_guide": 300, "num_dev": 200, "num_test": 200,
            "num_mono": 4000},
-    num_layers=2, train_steps=200, batch_size=16, lengths={"inputs": 64, "targets": 40},
+    num_layers=2, train_steps=200, pretrain_steps=1000, finetune_steps=500, batch_size=16, lengths={"inputs": 64, "targets": 40},
     eval_batches=8, decode_examples=100, seeds=(0, 1, 2), bo_trials=8,
     grid_lr_multipliers=(1.0, 10.0, 30.0), grid_b1=(0.5, 0.9), curve_points=3)
 
@@ -79,9 +83,11 @@ def get_size(quick: bool) -> Size:
   return QUICK if quick else DEFAULT
 
 
-def common_bindings(size: Size, seed: int, model_dir: str) -> list[str]:
-  """Gin bindings shared by every run of an experiment (model size, steps, batch, seed)."""
-  steps = size.train_steps
+def common_bindings(size: Size, seed: int, model_dir: str, steps: int | None = None
+                    ) -> list[str]:
+  """Gin bindings shared by every run of an experiment (model size, steps, batch, seed);
+  `steps` overrides `size.train_steps`."""
+  steps = size.train_steps if steps is None else int(steps)
   return [
       f"MODEL_DIR = {model_dir!r}",
       f"TRAIN_STEPS = {steps}",
@@ -90,6 +96,7 @@ def common_bindings(size: Size, seed: int, model_dir: str) -> list[str]:
       f"EVAL_STEPS = {size.eval_batches}",
       f"LOG_EVERY = {max(1, steps // 4)}",
       f"RANDOM_SEED = {seed}",
+      "PACK = False",  # One example per row, whatever the base gin file says.
       f"DATA_SEED = {seed}",
       f"network.T5Config.num_encoder_layers = {size.num_layers}",
       f"network.T5Config.num_decoder_layers = {size.num_layers}",
@@ -102,5 +109,7 @@ def common_bindings(size: Size, seed: int, model_dir: str) -> list[str]:
 
 
 def nmt_bindings(size: Size) -> list[str]:
-  """The translation task's lengths at this size."""
-  return [f"TASK_FEATURE_LENGTHS = {dict(size.lengths)!r}"]
+  """The translation task's lengths at this size, and a constant LR after warmup (the experiments
+  compare learned schedules with constants, whatever decay the demo's gin file uses)."""
+  return [f"TASK_FEATURE_LENGTHS = {dict(size.lengths)!r}",
+          "learning_rate.create_learning_rate_scheduler.factors = 'constant * linear_warmup'"]

@@ -73,6 +73,9 @@ def test_prefixes_and_labels_survive_the_demo_vocabulary(demo_glue):
   for w in words:
     ids = vocab.encode(w)
     assert vocab.unk_id not in ids and vocab.decode(ids) == w
+  # Every label + EOS fits the default targets length (a truncated label can never be scored).
+  for name in [n for names in dd.LABEL_NAMES.values() for n in names]:
+    assert len(vocab.encode(name)) + 1 <= module.DEFAULT_SEQUENCE_LENGTH["targets"], name
 
 
 def test_mixture_covers_the_tasks(demo_glue):
