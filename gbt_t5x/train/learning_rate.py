@@ -12,13 +12,17 @@ warmup_steps=10000)` is T5X's pretraining schedule. With `s = max(0, step - step
                              p = max(0, (s - warmup_steps) / steps_per_cycle)
     linear_decay             clip((total_steps - s) / (total_steps - warmup_steps), 0, 1)
                              (1 during warmup, reaching 0 at `total_steps`; this project's
-                             definition, not T5X's rarely used `linear_decay`)
+                             definition, not T5X's rarely used `linear_decay`). A run shorter
+                             than its warmup (total_steps <= warmup_steps, e.g. a smoke test
+                             with --gin.TRAIN_STEPS=10) decays over all of it instead,
+                             clip((total_steps - s) / total_steps, 0, 1), with a logged warning
 
 and the product is floored at `min_learning_rate`. Must not import gin, seqio, tensorflow or
 anything from `gbt_t5x.models`.
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import jax
@@ -77,9 +81,14 @@ def create_learning_rate_scheduler(
   if "linear_decay" in names:
     if total_steps is None:
       raise ValueError("factor 'linear_decay' needs total_steps (the step where the rate hits 0)")
-    if total_steps <= warmup_steps:
-      raise ValueError(f"linear_decay needs total_steps > warmup_steps, got total_steps="
-                       f"{total_steps}, warmup_steps={warmup_steps}")
+    if total_steps < 1:
+      raise ValueError(f"linear_decay needs total_steps >= 1, got {total_steps}")
+  decay_start = warmup_steps
+  if "linear_decay" in names and total_steps <= warmup_steps:
+    logging.warning("linear_decay: total_steps %d <= warmup_steps %d, so warmup never ends; "
+                    "decaying linearly over all %d steps instead", total_steps, warmup_steps,
+                    total_steps)
+    decay_start = 0
 
   def step_fn(step: jax.Array) -> jax.Array:
     s = jnp.maximum(0.0, jnp.asarray(step, jnp.float32) - step_offset)
@@ -99,7 +108,7 @@ def create_learning_rate_scheduler(
         progress = jnp.maximum(0.0, (s - warmup_steps) / float(steps_per_cycle))
         ret = ret * jnp.maximum(0.0, 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.mod(progress, 1.0))))
       elif name == "linear_decay":
-        ret = ret * jnp.clip((total_steps - s) / float(total_steps - warmup_steps), 0.0, 1.0)
+        ret = ret * jnp.clip((total_steps - s) / float(total_steps - decay_start), 0.0, 1.0)
     return jnp.maximum(ret, min_learning_rate).astype(jnp.float32)
 
   return step_fn

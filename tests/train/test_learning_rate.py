@@ -77,13 +77,20 @@ def test_unknown_factor_lists_valid_ones():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"factors": "constant * linear_decay"}, "total_steps"),
-    ({"factors": "constant * linear_decay", "total_steps": 500, "warmup_steps": 500},
-     "total_steps > warmup_steps"),
+    ({"factors": "constant * linear_decay", "total_steps": 0}, "total_steps >= 1"),
     ({"factors": "constant * linear_warmup", "warmup_steps": 0}, "warmup_steps"),
 ])
 def test_bad_configuration_raises(kwargs, message):
   with pytest.raises(ValueError, match=message):
     create_learning_rate_scheduler(**kwargs)
+
+
+def test_linear_decay_of_a_run_shorter_than_its_warmup_spans_the_whole_run(caplog):
+  with caplog.at_level("WARNING"):
+    fn = create_learning_rate_scheduler("constant * linear_decay", base_learning_rate=1e-3,
+                                        warmup_steps=100, total_steps=10)
+  assert "warmup never ends" in caplog.text
+  np.testing.assert_allclose(_values(fn, [0, 5, 10, 20]), [1e-3, 5e-4, 0.0, 0.0], atol=1e-7)
 
 
 def test_constant_needs_no_warmup():
