@@ -33,15 +33,18 @@ def demo_model(model=gin.REQUIRED):
 def decode_dev(model, params, num_examples: int, batch_size: int, lengths: dict,
                decoder_params: dict | None = None) -> dict:
   """Decodes the first `num_examples` dev sentences with `gbt_t5x.train.infer_eval` (greedy by
-  default) and scores them with the task's SeqIO BLEU; adds exact match and token accuracy.
+  default) and scores them with the task's SeqIO BLEU; adds exact match, position-wise token
+  accuracy and SQuAD-style word F1.
 
   Returns:
-    {'bleu' (0-100), 'exact_match', 'token_accuracy' (fractions), 'num_examples', 'examples':
+    {'bleu' (0-100), 'exact_match', 'token_accuracy', 'word_f1' (fractions), 'num_examples',
+    'examples':
     [{'task', 'input', 'target', 'prediction'}]}.
   """
   import jax
   import numpy as np
 
+  from gbt_t5x.data import metrics
   from gbt_t5x.train import data as data_lib
   from gbt_t5x.train import infer_eval
   from gbt_t5x.train.partitioning import PjitPartitioner
@@ -64,7 +67,11 @@ def decode_dev(model, params, num_examples: int, batch_size: int, lengths: dict,
       total += n
   rows = [{"task": "demo_nmt", **r} for r in result.rows]
   exact = float(np.mean([r["prediction"] == r["target"] for r in rows]))
-  return {"token_accuracy": correct / max(total, 1), "exact_match": exact,
+  # SQuAD's token F1 (bag of words, lower-cased, without articles and punctuation): how many of
+  # a sentence's words are right, wherever they stand.
+  word_f1 = metrics.squad_em_f1([[r["target"]] for r in rows],
+                                [r["prediction"] for r in rows])["f1"] / 100.0
+  return {"token_accuracy": correct / max(total, 1), "exact_match": exact, "word_f1": word_f1,
           "bleu": result.metrics["bleu"], "num_examples": len(rows), "examples": rows}
 
 
@@ -96,7 +103,8 @@ def main(argv: list[str]) -> int:
   with open(os.path.join(args.model_dir, "demo_report.json"), "w") as f:
     json.dump(report, f, indent=2)
   print(f"\ndev greedy decoding on {report['num_examples']} sentences: token accuracy "
-        f"{report['token_accuracy']:.3f}, exact match {report['exact_match']:.3f}, "
+        f"{report['token_accuracy']:.3f}, word F1 {report['word_f1']:.3f}, exact match "
+        f"{report['exact_match']:.3f}, "
         f"BLEU {report['bleu']:.1f} (training took {train_seconds / 60:.1f} min)")
   for row in examples[:5]:
     print(f"  source:     {row['input']}\n  reference:  {row['target']}\n"
