@@ -27,8 +27,13 @@ from tests.train.test_preemption import (REPO, cli_argv, demo_env, describe, fin
                                          saved_state, trajectory)
 
 STEPS = 2
+# The demo's LR decays to 0 at TRAIN_STEPS; runs here are extended by raising TRAIN_STEPS, so the
+# decay end is pinned to keep one schedule across a resume. Unpacked rows: each process packs its
+# own examples, so packed rows (and per-batch data weights) differ between 1 and 2 processes.
+# A guided step at every step, so every step's trajectory row carries a guide loss to compare.
 FLAGS = ("--gin.SHUFFLE_TRAIN_EXAMPLES=False", "--gin.guide/data.DatasetConfig.shuffle=False",
-         "--gin.EVAL_PERIOD=2")
+         "--gin.EVAL_PERIOD=2", "--gin.PACK=False", "--gin.HYPER_STEP_EVERY=1",
+         "--gin.learning_rate.create_learning_rate_scheduler.total_steps=1000")
 TIMEOUT = 300
 
 
