@@ -117,9 +117,7 @@ def register_demo_glue_tasks(vocabulary: Optional[seqio.Vocabulary] = None, *, s
                              guide_percent: float = GUIDE_PERCENT) -> list[str]:
   """Registers demo_{cola,mrpc,sst2}, their `_guide` tasks and the two mixtures (names + suffix)
   with `vocabulary` (None: the demo vocabulary); returns the names, tasks first."""
-  if isinstance(guide_percent, bool) or not isinstance(guide_percent, (int, float)) or not (
-      0.0 < float(guide_percent) < 100.0):
-    raise ValueError(f"guide_percent must be a number in (0, 100), got {guide_percent!r}")
+  guide_split.check_task_guide_percent(guide_percent, "guide_percent")
   vocabulary = vocabulary if vocabulary is not None else demo.VOCABULARY
   features = {"inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True, required=True),
               "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True)}

@@ -238,9 +238,7 @@ def register_tasks(vocabulary: seqio.Vocabulary, suffix: str = "",
   Registering again with the same suffix replaces the earlier registrations."""
   if not isinstance(suffix, str) or (suffix and not suffix.replace("_", "").isalnum()):
     raise ValueError(f"suffix must be a string of letters, digits and '_', got {suffix!r}")
-  if isinstance(guide_percent, bool) or not isinstance(guide_percent, (int, float)) or not (
-      0.0 < float(guide_percent) < 100.0):
-    raise ValueError(f"guide_percent must be a number in (0, 100), got {guide_percent!r}")
+  guide_split.check_task_guide_percent(guide_percent, "guide_percent")
   features = output_features(vocabulary)
   return (_register_family(GLUE_TASKS, glue_task_name,
                            ("glue_v002_proportional", "glue_v2_proportional"), features, suffix,

@@ -111,17 +111,11 @@ def _preprocessors(source: str, target: str) -> list:
           seqio.preprocessors.append_eos_after_trim]
 
 
-def _check_guide_percent(percent: float) -> None:
-  if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not (
-      0.0 < percent < 100.0):
-    raise ValueError(f"guide percent must be a number in (0, 100), got {percent!r}")
-
-
 def _sources(config: WmtConfig, guide_source: str, guide_percent: float,
              tfds_data_dir: Optional[str]) -> tuple[seqio.DataSource, seqio.DataSource]:
   """(main task source, guide task source) for one TFDS config; both read prepared TFDS data
   only (an unprepared dataset names its `tfds build` command)."""
-  _check_guide_percent(guide_percent)
+  guide_split.check_task_guide_percent(guide_percent)
   key_fn = translation.pair_key_fn(*config.pair)
   keep = functools.partial(guide_split.guide_filter, key_fn, guide_percent)
   if guide_source == "validation":

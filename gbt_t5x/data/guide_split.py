@@ -46,6 +46,14 @@ def _mix(z: tf.Tensor) -> tf.Tensor:
   return tf.bitwise.bitwise_xor(z, shr(z, _u64(31)))
 
 
+def check_task_guide_percent(percent: float, name: str = "guide percent") -> None:
+  """ValueError unless `percent` is a number in the open range (0, 100): a task's guide slice
+  must leave both the guide and the rest non-empty. `name` is how the message calls it."""
+  if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not (
+      0.0 < float(percent) < 100.0):
+    raise ValueError(f"{name} must be a number in (0, 100), got {percent!r}")
+
+
 def _check_percent(percent: float) -> None:
   if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not (
       0.0 <= float(percent) <= 100.0):

@@ -153,8 +153,10 @@ class RunRecord:
 
 def train_and_score(label: str, seed: int, gin_files: Sequence[str], bindings: Sequence[str],
                     size: sizes_lib.Size, score_spec: Any, lengths: dict | None = None,
-                    fresh: bool = True, log: Callable[[str], None] = print) -> RunRecord:
-  """Trains (in process) then scores one run; `fresh` deletes an old run in MODEL_DIR first."""
+                    fresh: bool = True, log: Callable[[str], None] = print,
+                    score_fn: Callable[[Any, Any], dict[str, float]] | None = None) -> RunRecord:
+  """Trains (in process) then scores one run; `fresh` deletes an old run in MODEL_DIR first.
+  `score_fn(model, params) -> scores` replaces the default `scoring.score_run(score_spec)`."""
   from gbt_t5x.experiments import runner, scoring
   model_dir = next(b.split("=", 1)[1].strip().strip("'\"") for b in bindings
                    if b.strip().startswith("MODEL_DIR"))
@@ -162,8 +164,11 @@ def train_and_score(label: str, seed: int, gin_files: Sequence[str], bindings: S
     shutil.rmtree(model_dir, ignore_errors=True)
   result = runner.run_training(gin_files, bindings, print_fn=lambda _line: None)
   lengths = lengths or dict(runner.query_macro("TASK_FEATURE_LENGTHS"))
-  scores = scoring.score_run(result.model, result.params, score_spec, lengths, size.batch_size,
-                             size.eval_batches, size.decode_examples)
+  if score_fn is not None:
+    scores = score_fn(result.model, result.params)
+  else:
+    scores = scoring.score_run(result.model, result.params, score_spec, lengths, size.batch_size,
+                               size.eval_batches, size.decode_examples)
   record = RunRecord(label, seed, scores, result.train_steps, result.wall_seconds, model_dir)
   log(f"[{label} seed {seed}] {json.dumps({k: round(v, 4) for k, v in scores.items()})} "
       f"({result.train_steps} steps, {result.wall_seconds:.1f} s)")

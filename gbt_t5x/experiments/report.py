@@ -107,3 +107,16 @@ def write_report(path: str, text: str) -> None:
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   with open(path, "w") as f:
     f.write(text.rstrip() + "\n")
+
+
+def write_experiment_report(out: str, title: str, quick: bool, sections: Sequence[str],
+                            script: str, results_dir: str) -> str:
+  """Writes `out`/report.md: `title` as a heading, the quick-mode warning when `quick`, the
+  non-empty `sections`, then the command reproducing it; prints and returns the path."""
+  command = f"python scripts/experiments/{script}" + (" --quick" if quick else "")
+  text = "\n\n".join(filter(None, [f"# {title}", QUICK_NOTE if quick else "", *sections,
+                                     f"Reproduce: `{command} --results_dir {results_dir}`"]))
+  path = os.path.join(out, "report.md")
+  write_report(path, text)
+  print(f"wrote {path}")
+  return path

@@ -223,9 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   from gbt_t5x import search
   sampler = search.make_sampler(args.sampler, 0).__class__.__name__
 
-  text = "\n\n".join(filter(None, [
-      "# Claim 1: gradient-based tuning vs Bayesian optimisation",
-      report.QUICK_NOTE if size.quick else "",
+  report.write_experiment_report(
+      out, "Claim 1: gradient-based tuning vs Bayesian optimisation", size.quick, [
       verdict,
       f"Demo NMT pair, tiny T5 ({size.num_layers}+{size.num_layers} layers), {size.train_steps} "
       f"steps per run at batch {size.batch_size}, seeds {list(seeds)}. Every method starts from "
@@ -241,11 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       "compare wall seconds as well as steps.",
       "![best BLEU vs steps](best_bleu_vs_steps.png)\n\n"
       "![best BLEU vs seconds](best_bleu_vs_seconds.png)",
-      "Reproduce: `python scripts/experiments/bo_vs_gbt.py" + (" --quick" if size.quick else "")
-      + f" --results_dir {args.results_dir}`",
-  ]))
-  report.write_report(os.path.join(out, "report.md"), text)
-  print(f"wrote {os.path.join(out, 'report.md')}")
+      ], "bo_vs_gbt.py", args.results_dir)
   return 0
 
 

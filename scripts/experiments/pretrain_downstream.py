@@ -17,7 +17,6 @@ average (the mean over tasks of each task's mean metric).
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from typing import Sequence
 
@@ -56,24 +55,19 @@ def downstream_lengths(module: str, size: sizes_lib.Size) -> dict[str, int]:
   return dict(demo_glue.DEFAULT_SEQUENCE_LENGTH)
 
 
-def finetune_and_score(label: str, seed: int, gin_file: str, bindings: Sequence[str],
-                       size: sizes_lib.Size, task: str, module: str,
-                       lengths: dict[str, int]) -> common.RunRecord:
-  """Finetunes one run, then scores it on `task`'s validation split: teacher-forced dev loss /
+def downstream_scores(size: sizes_lib.Size, task: str, module: str, lengths: dict[str, int]):
+  """`(model, params) -> scores` on `task`'s validation split: teacher-forced dev loss /
   accuracy and every task's metrics on greedy decodes (`scoring.task_metrics`)."""
-  from gbt_t5x.experiments import runner, scoring
-  model_dir = next(b.split("=", 1)[1].strip().strip("'\"") for b in bindings
-                   if b.startswith("MODEL_DIR"))
-  shutil.rmtree(model_dir, ignore_errors=True)
-  result = runner.run_training([gin_file], bindings, print_fn=lambda _line: None)
-  dev = scoring.teacher_forced(result.model, result.params, task, "validation", lengths,
-                               size.batch_size, size.eval_batches, module)
-  scores = {"dev_loss": dev["loss"], "dev_accuracy": dev["accuracy"],
-            **scoring.task_metrics(result.model, result.params, task, "validation", lengths,
-                                   size.batch_size, size.decode_examples, module)}
-  print(f"[{label} seed {seed}] " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
-        + f" ({result.train_steps} steps, {result.wall_seconds:.1f} s)", flush=True)
-  return common.RunRecord(label, seed, scores, result.train_steps, result.wall_seconds, model_dir)
+  from gbt_t5x.experiments import scoring
+
+  def score(model, params) -> dict[str, float]:
+    dev = scoring.teacher_forced(model, params, task, "validation", lengths, size.batch_size,
+                                 size.eval_batches, module)
+    return {"dev_loss": dev["loss"], "dev_accuracy": dev["accuracy"],
+            **scoring.task_metrics(model, params, task, "validation", lengths, size.batch_size,
+                                   size.decode_examples, module)}
+
+  return score
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,8 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         bindings = (sizes_lib.common_bindings(size, seed, ft_dir, steps=size.finetune_steps)
                     + [f"TASK_FEATURE_LENGTHS = {lengths!r}",
                        f"INITIAL_CHECKPOINT_PATH = {os.path.abspath(pre_dir)!r}"])
-        records.setdefault((kind, task), []).append(finetune_and_score(
-            f"finetune {kind} -> {task}", seed, ft_gin, bindings, size, task, module, lengths))
+        records.setdefault((kind, task), []).append(common.train_and_score(
+            f"finetune {kind} -> {task}", seed, [ft_gin], bindings, size, None,
+            score_fn=downstream_scores(size, task, module, lengths)))
   common.save_records(os.path.join(out, "records.json"),
                       [r for rs in records.values() for r in rs])
 
@@ -143,9 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    [[r.scores["average"] for r in records[(k, t)]] for t in tasks
                     for k in ("plain", "guided")], "downstream average score (higher is better)",
                    "pretraining plain vs guided, then identical finetuning")
-  text = "\n\n".join(filter(None, [
-      "# Claim 3: hyper-parameters learned in pretraining help downstream",
-      report.QUICK_NOTE if size.quick else "",
+  report.write_experiment_report(
+      out, "Claim 3: hyper-parameters learned in pretraining help downstream", size.quick, [
       *verdicts,
       f"Tiny T5 ({size.num_layers}+{size.num_layers} layers) pretrained {size.pretrain_steps} steps "
       f"at batch {size.batch_size} on demo_span_corruption (lengths {pre_lengths}), plain "
@@ -156,11 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       pre_table,
       *tables,
       "![downstream](downstream.png)",
-      "Reproduce: `python scripts/experiments/pretrain_downstream.py"
-      + (" --quick" if size.quick else "") + f" --results_dir {args.results_dir}`",
-  ]))
-  report.write_report(os.path.join(out, "report.md"), text)
-  print(f"wrote {os.path.join(out, 'report.md')}")
+      ], "pretrain_downstream.py", args.results_dir)
   return 0
 
 

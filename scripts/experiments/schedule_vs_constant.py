@@ -104,9 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"best constant ({best_const}) dev loss {mean(best_const, 'dev_loss'):.3f}, BLEU "
              f"{mean(best_const, 'bleu'):.2f}. (Both lower dev loss and at least equal BLEU are "
              "required.)")
-  text = "\n\n".join(filter(None, [
-      "# Claim 2: learned schedule vs best constant",
-      report.QUICK_NOTE if size.quick else "",
+  report.write_experiment_report(
+      out, "Claim 2: learned schedule vs best constant", size.quick, [
       verdict,
       f"Demo NMT pair, tiny T5 ({size.num_layers}+{size.num_layers} layers), {size.train_steps} "
       f"steps per run at batch {size.batch_size}, seeds {list(seeds)}. The guided run starts at "
@@ -118,11 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       "the learned trajectory's mean held constant. Mean ± std over seeds.",
       table,
       "![BLEU](bleu.png)\n\n![dev loss](dev_loss.png)\n\n![schedules](schedules.png)",
-      "Reproduce: `python scripts/experiments/schedule_vs_constant.py"
-      + (" --quick" if size.quick else "") + f" --results_dir {args.results_dir}`",
-  ]))
-  report.write_report(os.path.join(out, "report.md"), text)
-  print(f"wrote {os.path.join(out, 'report.md')}")
+      ], "schedule_vs_constant.py", args.results_dir)
   return 0
 
 
