@@ -1,4 +1,10 @@
-"""Exceptions that the entry points turn into a one-line `error: ...` message (exit code 2)."""
+"""Exceptions that the entry points turn into a one-line `error: ...` message (exit code 2), and
+the entry points' exit codes. Imports nothing of gbt_t5x (every layer may import it).
+"""
+
+# Exit code of a run stopped by SIGTERM/SIGINT after saving a checkpoint (EX_TEMPFAIL: "try
+# again"; rerunning the same command resumes). User errors exit with 2.
+PREEMPTED_EXIT_CODE = 75
 
 
 class TrainingStopped(RuntimeError):

@@ -179,8 +179,7 @@ def run(main: Callable[[argparse.Namespace], int | None], description: str,
     return int(main(args) or 0)
   except errors.Preempted as e:
     print(f"preempted: {_first_line(e)}", file=sys.stderr)
-    from gbt_t5x.train.preemption import PREEMPTED_EXIT_CODE
-    return PREEMPTED_EXIT_CODE
+    return errors.PREEMPTED_EXIT_CODE
   except (ValueError, FileNotFoundError, NotADirectoryError, errors.TrainingStopped) as e:
     print(f"error: {_first_line(e)}", file=sys.stderr)
     return 2
@@ -189,6 +188,12 @@ def run(main: Callable[[argparse.Namespace], int | None], description: str,
 def config_str() -> str:
   """The operative gin config (what was actually used), for MODEL_DIR/config.gin."""
   return gin.operative_config_str()
+
+
+def write_config_gin(model_dir: str) -> None:
+  """T5X's summarize_config_fn: writes the operative gin config to MODEL_DIR/config.gin."""
+  with open(os.path.join(model_dir, "config.gin"), "w") as f:
+    f.write(config_str())
 
 
 def quiet_tensorflow() -> None:

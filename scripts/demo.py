@@ -19,7 +19,7 @@ import time
 import gin
 
 from gbt_t5x import gin_utils
-from gbt_t5x.train.train_lib import train, write_config_gin  # noqa: F401 (gin binds __main__.train)
+from gbt_t5x.train.train_lib import train  # noqa: F401 (gin binds __main__.train)
 
 train_using_gin = gin.configurable(train)
 
@@ -90,7 +90,7 @@ def main(argv: list[str]) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   start = time.time()
-  _, state = train_using_gin(summarize_config_fn=write_config_gin)
+  _, state = train_using_gin(summarize_config_fn=gin_utils.write_config_gin)
   train_seconds = time.time() - start
   lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")
   report = decode_dev(demo_model(), state.params, args.decode_examples, batch_size=32,

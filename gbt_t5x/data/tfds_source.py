@@ -85,6 +85,20 @@ class PreparedTfdsDataSource(seqio.TfdsDataSource):
       ds = self._split_filters[split](ds)
     return ds
 
+  def list_shards(self, split: str) -> list[str]:
+    """The TFDS files of `split`; [] when TFDS has no split metadata (the dataset is not
+    prepared, or it is mocked by `tfds.testing.mock_data`).
+
+    `seqio.Task.get_dataset` asks for the shards before reading, to decide whether to shard
+    files or examples; [] makes it read the whole split and shard its examples, so an unprepared
+    dataset reaches `get_dataset` and its one-line "run `tfds build ...`" error (instead of
+    TFDS's KeyError "`splits` is empty"), and mocked data load as in a test of a plain source.
+    """
+    try:
+      return list(super().list_shards(split))
+    except KeyError:
+      return []
+
   def num_input_examples(self, split: str) -> Optional[int]:
     """Examples in `split` before preprocessing; None when unknown (filtered split, or no split
     metadata: not prepared, or mocked by `tfds.testing.mock_data`)."""

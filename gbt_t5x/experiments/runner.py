@@ -91,7 +91,7 @@ def run_training(gin_files: Sequence[str], bindings: Sequence[str],
   model = experiment_model()
   start_step = _latest_step(model_dir)
   start = time.time()
-  final_step, state = _train_using_gin(summarize_config_fn=train_lib.write_config_gin,
+  final_step, state = _train_using_gin(summarize_config_fn=gin_utils.write_config_gin,
                                        print_fn=print_fn)
   return TrainResult(model=model, params=state.params, train_steps=final_step - start_step,
                      final_step=final_step, wall_seconds=time.time() - start, model_dir=model_dir)

@@ -9,14 +9,14 @@ import sys
 import gin
 
 from gbt_t5x import gin_utils
-from gbt_t5x.train.train_lib import train, write_config_gin
+from gbt_t5x.train.train_lib import train
 
 _train_using_gin = gin.configurable(train)
 
 
 def main(args) -> int:
   del args
-  _train_using_gin(summarize_config_fn=write_config_gin)
+  _train_using_gin(summarize_config_fn=gin_utils.write_config_gin)
   return 0
 
 

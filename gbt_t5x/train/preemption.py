@@ -4,7 +4,7 @@
 behaviour, so a stuck run can still be killed). The trainer polls `should_stop()` after every
 step; with several JAX processes the flag is OR-ed across processes every `sync_every` steps so
 that all of them stop at the same step. The entry point then saves a checkpoint and exits with
-`PREEMPTED_EXIT_CODE` (75, EX_TEMPFAIL: "try again"); rerunning the same command resumes.
+`errors.PREEMPTED_EXIT_CODE` (75, EX_TEMPFAIL: "try again"); rerunning the same command resumes.
 Must not import gin, seqio or `gbt_t5x.models`.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from types import FrameType
 import jax
 import numpy as np
 
-PREEMPTED_EXIT_CODE = 75
+from gbt_t5x.errors import PREEMPTED_EXIT_CODE  # noqa: F401  (re-exported)
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 

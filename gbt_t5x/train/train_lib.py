@@ -354,9 +354,3 @@ def write_plots(model_dir: str, trainer: Any) -> None:
   if hasattr(trainer, "write_plots"):
     trainer.write_plots(records, model_dir)
 
-
-def write_config_gin(model_dir: str) -> None:
-  """T5X's summarize_config_fn: writes the operative gin config to MODEL_DIR/config.gin."""
-  from gbt_t5x import gin_utils
-  with open(os.path.join(model_dir, "config.gin"), "w") as f:
-    f.write(gin_utils.config_str())
