@@ -163,6 +163,31 @@ def _first_line(e: BaseException) -> str:
   return f"{head} ({where})" if where else head
 
 
+def import_task_module() -> str | None:
+  """Imports the module named by the `MIXTURE_OR_TASK_MODULE` macro, if bound (T5X's habit).
+
+  Called after gin is parsed and before any task lookup, so that a module given only as a binding
+  (`--gin.MIXTURE_OR_TASK_MODULE="'gbt_t5x_tasks.wmt'"`) or only in a gin file registers its
+  tasks. Returns the module name (None when unbound or None); a module that cannot be imported is
+  a one-line ValueError naming it.
+  """
+  try:
+    name = gin.query_parameter("%MIXTURE_OR_TASK_MODULE")
+  except ValueError:  # Not bound by any file or binding.
+    return None
+  if name is None:
+    return None
+  if not isinstance(name, str) or not name:
+    raise ValueError(f"MIXTURE_OR_TASK_MODULE must be a module name (a string), got {name!r}")
+  import importlib
+  try:
+    importlib.import_module(name)
+  except ImportError as e:
+    raise ValueError(f"MIXTURE_OR_TASK_MODULE {name!r} cannot be imported: {_first_line(e)}"
+                     ) from None
+  return name
+
+
 def run(main: Callable[[argparse.Namespace], int | None], description: str,
         argv: Sequence[str] | None = None) -> int:
   """Parses flags and gin, runs `main`, and turns user errors into a one-line message (exit 2)."""
@@ -176,6 +201,7 @@ def run(main: Callable[[argparse.Namespace], int | None], description: str,
       import seqio
       seqio.set_tfds_data_dir_override(args.tfds_data_dir)
     parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
+    import_task_module()
     return int(main(args) or 0)
   except errors.Preempted as e:
     print(f"preempted: {_first_line(e)}", file=sys.stderr)

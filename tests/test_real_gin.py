@@ -1,10 +1,29 @@
-"""The README's "Running on real data" gin files parse, name registered SeqIO tasks (train and
-guide), configure T5.1.1 small and valid guided hyper-parameters. Nothing is trained: the real
-datasets cannot be prepared here (their loading is tested with mock data in tests/tasks/)."""
+"""Every shipped gin file under gin/experiments/ (with real/) and gin/runs/ runs.
+
+* Fast: the README's "Running on real data" files parse, name registered SeqIO tasks (train and
+  guide), configure T5.1.1 small and valid guided hyper-parameters.
+* Slow smoke runs, one per file (parametrized by the file's name): the entry point
+  (`gin_utils.run` with `train` / `eval` / `infer`'s `main`, in this process, as
+  `python -m gbt_t5x.train` calls it) trains 2 steps (guided files: every step guided) and
+  evaluates or decodes where the file does, on `tfds.testing.mock_data` for C4 / WMT19 / GLUE.
+  The model is shrunk by gin bindings of the network config only, and the vocabulary is the small
+  demo-world SentencePiece model: bound for the model, and the real task families re-registered
+  with it under their own names for this module (restored to T5's vocabulary afterwards).
+  Checkpoint-consuming files (finetune, eval, infer) use the checkpoints of the runs before them,
+  as the real pipeline does (C4 -> WMT / GLUE finetune -> GLUE eval).
+
+All runs share one process (the suite runs a file per worker) and one model size, lengths and
+batch size, so compiled eval and decode functions come from JAX's cache where shapes repeat.
+"""
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
+import json
+import pathlib
 import sys
+import time
 
 import gin
 import pytest
@@ -12,13 +31,14 @@ import seqio
 
 from gbt_t5x import gin_utils
 from gbt_t5x.guided import specs as specs_lib
-from gbt_t5x.models import network
 from gbt_t5x.train import train_lib
+from tests.train.test_cli import DEMO_CONFIG
 
+REPO_GIN = pathlib.Path(__file__).resolve().parents[1] / "gin"
 REQUIRED = ["MODEL_DIR = '/tmp/unused'", "INITIAL_CHECKPOINT_PATH = '/tmp/unused_ckpt'",
             "CHECKPOINT_PATH = '/tmp/unused_ckpt'", "EVAL_OUTPUT_DIR = '/tmp/unused_eval'"]
 # file -> (train / eval task, guide task or None)
-FILES = {
+REAL_FILES = {
     "experiments/real/c4_t5_small_guided.gin": ("c4_span_corruption",
                                                 "c4_span_corruption_guide"),
     "experiments/real/wmt19_lt_en_guided.gin": ("wmt19_translate_lt_en",
@@ -28,28 +48,36 @@ FILES = {
 }
 
 
-@pytest.fixture
-def parsed(monkeypatch):
-  """`parsed(file)`: parses `file` (+ the required paths) with `__main__.train` and
-  `__main__.evaluate` present, as the entry points provide them; clears gin afterwards."""
+def _entry_points(monkeypatch) -> None:
+  """`__main__.train/evaluate/infer` as the entry points provide them (gin files bind
+  `train_script.train`, `eval_script.evaluate`, `infer_script.infer` via `import __main__`)."""
   import gbt_t5x.eval as eval_main
+  import gbt_t5x.infer as infer_main
   monkeypatch.setattr(sys.modules["__main__"], "train", train_lib.train, raising=False)
   monkeypatch.setattr(sys.modules["__main__"], "evaluate", eval_main.evaluate, raising=False)
+  monkeypatch.setattr(sys.modules["__main__"], "infer", infer_main.infer, raising=False)
+
+
+@pytest.fixture
+def parsed(monkeypatch):
+  """`parsed(file)`: parses `file` (+ the required paths) and imports its task module (as the
+  entry points do); clears gin afterwards."""
+  _entry_points(monkeypatch)
 
   def parse(path: str) -> None:
     gin.clear_config()
     gin_utils.parse_gin([path], REQUIRED)  # Unused macros among REQUIRED are harmless.
+    gin_utils.import_task_module()
 
   yield parse
   gin.clear_config()
 
 
-@pytest.mark.parametrize("path", sorted(FILES))
+@pytest.mark.parametrize("path", sorted(REAL_FILES))
 def test_real_data_gin_file_parses_and_names_registered_tasks(parsed, path):
   parsed(path)
-  task, guide = FILES[path]
+  task, guide = REAL_FILES[path]
   assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == task
-  importlib.import_module(gin.query_parameter("%MIXTURE_OR_TASK_MODULE"))
   seqio.get_mixture_or_task(task)  # Raises if not registered.
   config = gin.query_parameter("network.Transformer.config").scoped_configurable_fn()
   assert (config.emb_dim, config.num_heads, config.head_dim, config.mlp_dim,
@@ -61,3 +89,198 @@ def test_real_data_gin_file_parses_and_names_registered_tasks(parsed, path):
   hparams = [ref.scoped_configurable_fn() for ref in gin.query_parameter("%GUIDED_HPARAMS")]
   assert all(isinstance(h, specs_lib.GuidedHParam) for h in hparams)
   assert "learning_rate" in {h.name for h in hparams}
+
+
+# ----------------------------------------------------------------------------------------------
+# Smoke runs of every shipped file.
+
+TINY_MODEL = ("emb_dim=32", "num_heads=2", "head_dim=16", "mlp_dim=64", "num_encoder_layers=1",
+              "num_decoder_layers=1", "dtype='float32'")
+LENGTHS = "{'inputs': 32, 'targets': 16}"
+# 8 examples: one per simulated CPU device (tests/conftest.py).
+COMMON = ("--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=8", "--gin.EVAL_PERIOD=2",
+          "--gin.EVAL_STEPS=1", "--gin.LOG_EVERY=1", f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}",
+          "--gin.NUM_EMBEDDINGS=512",  # The demo world's 400 pieces + 100 sentinels, padded.
+          *(f"--gin.network.T5Config.{b}" for b in TINY_MODEL))
+GUIDED = ("--gin.HYPER_STEP_EVERY=1", "--gin.GUIDE_BATCH_SIZE=8")
+MOCK_EXAMPLES = 16  # per TFDS split
+GUIDE_PERCENT = 25.0  # of 16 mock examples: a guide slice that is not empty
+
+
+class Runner:
+  """Runs entry points in this process and remembers each file's output dir (for its users)."""
+
+  def __init__(self, root: pathlib.Path, spm_model: str):
+    self.root = root
+    self.vocab_flag = f"--gin.seqio.SentencePieceVocabulary.sentencepiece_model_file={spm_model!r}"
+    self.dirs: dict[str, pathlib.Path] = {}
+    self.seconds: dict[str, float] = {}
+
+  def __call__(self, name: str, main_module: str, flags: list[str]) -> tuple[int, str, str]:
+    """Runs `main_module`'s main with `flags` (+ the shrinking ones); (rc, stdout, stderr)."""
+    import tensorflow_datasets as tfds
+    main = importlib.import_module(main_module).main
+    out, err = io.StringIO(), io.StringIO()
+    start = time.time()
+    gin.clear_config()
+    try:
+      with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES,
+                                  policy=tfds.testing.MockPolicy.USE_CODE), \
+          contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = gin_utils.run(main, "smoke", argv=[*flags, *COMMON, self.vocab_flag])
+    finally:
+      gin.clear_config()
+    self.seconds[name] = time.time() - start
+    return rc, out.getvalue(), err.getvalue()
+
+  def train(self, name: str, flags: list[str]) -> pathlib.Path:
+    """Trains (once per `name`); returns the model dir."""
+    if name not in self.dirs:
+      model_dir = self.root / name.replace("/", "_").replace(".gin", "")
+      rc, out, err = self(name, "gbt_t5x.train.__main__",
+                          [*flags, f"--gin.MODEL_DIR={str(model_dir)!r}"])
+      assert rc == 0, f"{name}: rc={rc}\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}"
+      assert "step 2/2" in out, out[-3000:]
+      self.dirs[name] = model_dir
+    return self.dirs[name]
+
+
+# How each training file is run: (its flags, the file whose checkpoint it starts from or None).
+TRAIN_RUNS = {
+    "experiments/demo_nmt.gin": (["--gin_file=experiments/demo_nmt.gin",
+                                  "--gin.INFER_EVAL_EXAMPLES=4"], None),
+    "experiments/demo_nmt_guided.gin": (["--gin_file=experiments/demo_nmt_guided.gin",
+                                         "--gin.INFER_EVAL_EXAMPLES=4", *GUIDED], None),
+    "experiments/demo_nmt_finetune.gin": (["--gin_file=experiments/demo_nmt.gin",
+                                           "--gin_file=experiments/demo_nmt_finetune.gin",
+                                           "--gin.INFER_EVAL_EXAMPLES=4"],
+                                          "experiments/demo_nmt.gin"),
+    # The run files with the tiny model gin on the demo task; the task module only as a binding.
+    "runs/pretrain.gin": (["--gin_file=models/t5_1_1_tiny.gin", "--gin_file=runs/pretrain.gin",
+                           "--gin.MIXTURE_OR_TASK_NAME='demo_nmt'",
+                           "--gin.MIXTURE_OR_TASK_MODULE='gbt_t5x_tasks.demo'"], None),
+    "runs/finetune.gin": (["--gin_file=models/t5_1_1_tiny.gin", "--gin_file=runs/finetune.gin",
+                           "--gin.MIXTURE_OR_TASK_NAME='demo_nmt'",
+                           "--gin.MIXTURE_OR_TASK_MODULE='gbt_t5x_tasks.demo'"],
+                          "runs/pretrain.gin"),
+    "experiments/real/c4_t5_small_guided.gin": (
+        ["--gin_file=experiments/real/c4_t5_small_guided.gin", *GUIDED], None),
+    "experiments/real/wmt19_lt_en_guided.gin": (
+        ["--gin_file=experiments/real/wmt19_lt_en_guided.gin", "--gin.INFER_EVAL_EXAMPLES=4",
+         *GUIDED], "experiments/real/c4_t5_small_guided.gin"),
+    "experiments/real/glue_finetune.gin": (
+        ["--gin_file=experiments/real/glue_finetune.gin", "--gin.INFER_EVAL_EXAMPLES=1"],
+        "experiments/real/c4_t5_small_guided.gin"),
+}
+# Eval / infer files: (entry point, flags, the training file whose checkpoint they read).
+SCORE_RUNS = {
+    "experiments/demo_nmt_eval.gin": ("gbt_t5x.eval", ["--gin_file=experiments/demo_nmt_eval.gin",
+                                                       "--gin.INFER_EVAL_EXAMPLES=4"],
+                                      "experiments/demo_nmt.gin"),
+    "experiments/demo_nmt_infer.gin": ("gbt_t5x.infer",
+                                       ["--gin_file=experiments/demo_nmt_infer.gin",
+                                        "--gin.INFER_EXAMPLES=4"], "experiments/demo_nmt.gin"),
+    "runs/eval.gin": ("gbt_t5x.eval", ["--gin_file=models/t5_1_1_tiny.gin",
+                                       "--gin_file=runs/eval.gin",
+                                       "--gin.MIXTURE_OR_TASK_NAME='demo_nmt'",
+                                       "--gin.MIXTURE_OR_TASK_MODULE='gbt_t5x_tasks.demo'",
+                                       "--gin.INFER_EVAL_EXAMPLES=4"], "runs/pretrain.gin"),
+    "runs/infer.gin": ("gbt_t5x.infer", ["--gin_file=models/t5_1_1_tiny.gin",
+                                         "--gin_file=runs/infer.gin",
+                                         "--gin.MIXTURE_OR_TASK_NAME='demo_nmt'",
+                                         "--gin.MIXTURE_OR_TASK_MODULE='gbt_t5x_tasks.demo'",
+                                         "--gin.INFER_EXAMPLES=4"], "runs/pretrain.gin"),
+    "experiments/real/glue_eval.gin": ("gbt_t5x.eval",
+                                       ["--gin_file=experiments/real/glue_eval.gin",
+                                        "--gin.INFER_EVAL_EXAMPLES=1"],
+                                       "experiments/real/glue_finetune.gin"),
+}
+GUIDED_FILES = {"experiments/demo_nmt_guided.gin", "experiments/real/c4_t5_small_guided.gin",
+                "experiments/real/wmt19_lt_en_guided.gin"}
+# Training files that decode and score (infer_eval) every EVAL_PERIOD steps.
+DECODING_FILES = {"experiments/demo_nmt.gin", "experiments/demo_nmt_guided.gin",
+                  "experiments/demo_nmt_finetune.gin", "experiments/real/wmt19_lt_en_guided.gin",
+                  "experiments/real/glue_finetune.gin"}
+# Files that are mixins or model definitions, run through the files above.
+NOT_RUN_ALONE = set()
+
+
+def test_every_shipped_run_and_experiment_file_has_a_smoke_run():
+  shipped = {str(p.relative_to(REPO_GIN)) for sub in ("experiments", "runs")
+             for p in (REPO_GIN / sub).rglob("*.gin")}
+  assert shipped == set(TRAIN_RUNS) | set(SCORE_RUNS) | NOT_RUN_ALONE
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory):
+  """One demo world (its SentencePiece model is the vocabulary of every run), the real task
+  families re-registered with it, and a `Runner`; T5's registrations are restored afterwards."""
+  from gbt_t5x.data import demo_world
+  from gbt_t5x_tasks import c4, glue, wmt
+  lt_en = [c for c in wmt.WMT_CONFIGS if c.family == "wmt19_translate" and c.pair == ("lt", "en")]
+  with pytest.MonkeyPatch.context() as mp:
+    world_dir = tmp_path_factory.mktemp("smoke_world")
+    mp.setenv("GBT_T5X_DEMO_DIR", str(world_dir))
+    mp.setenv("GBT_T5X_DEMO_CONFIG", json.dumps(DEMO_CONFIG))
+    for name in ("GBT_T5X_COORDINATOR_ADDRESS", "GBT_T5X_NUM_PROCESSES", "GBT_T5X_PROCESS_ID"):
+      mp.delenv(name, raising=False)
+    _entry_points(mp)
+    spm_model = str(demo_world.ensure_demo_world(str(world_dir), **DEMO_CONFIG) / "spm.model")
+    vocab = seqio.SentencePieceVocabulary(spm_model, extra_ids=100)
+    c4.register_c4_tasks(vocab, guide_percent=GUIDE_PERCENT)
+    wmt.register_wmt_tasks(vocab, configs=lt_en, guide_percent=GUIDE_PERCENT)
+    glue.register_tasks(vocab, guide_percent=GUIDE_PERCENT)
+    run = Runner(tmp_path_factory.mktemp("smoke_runs"), spm_model)
+    try:
+      yield run
+    finally:
+      c4.register_c4_tasks()
+      wmt.register_wmt_tasks(configs=lt_en)
+      glue.register_tasks(glue.T5_VOCABULARY)
+      print("smoke run seconds:", json.dumps({k: round(v, 1) for k, v in run.seconds.items()}))
+
+
+def _trained(runner: Runner, name: str) -> pathlib.Path:
+  flags, source = TRAIN_RUNS[name]
+  if source is not None:
+    flags = [*flags, f"--gin.INITIAL_CHECKPOINT_PATH={str(_trained(runner, source))!r}"]
+  return runner.train(name, flags)
+
+
+def _jsonl(path: pathlib.Path) -> list[dict]:
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(TRAIN_RUNS))
+def test_training_file_runs(runner, name):
+  model_dir = _trained(runner, name)
+  assert sorted(p.name for p in (model_dir / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
+  assert "TRAIN_STEPS = 2" in (model_dir / "config.gin").read_text()
+  records = _jsonl(model_dir / "metrics.jsonl")
+  assert sorted(r["step"] for r in records if "train/loss" in r) == [1, 2]
+  assert any("train_eval/loss" in r for r in records)
+  if name in GUIDED_FILES:
+    rows = _jsonl(model_dir / "guided_trajectory.jsonl")
+    # A guided step ran (it may have been skipped for a non-finite hyper-gradient: the run must
+    # still complete its steps).
+    assert [r["step"] for r in rows] == [1, 2] and "skipped" in rows[0], rows
+  if name in DECODING_FILES:
+    assert any(k.startswith("infer_eval/") for r in records for k in r), records
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SCORE_RUNS))
+def test_eval_and_infer_file_runs(runner, name, tmp_path):
+  main_module, flags, source = SCORE_RUNS[name]
+  checkpoint = _trained(runner, source)
+  out_dir = tmp_path / "out"
+  macro = "EVAL_OUTPUT_DIR" if main_module == "gbt_t5x.eval" else "INFER_OUTPUT_DIR"
+  rc, out, err = runner(name, main_module, [*flags, f"--gin.CHECKPOINT_PATH={str(checkpoint)!r}",
+                                            f"--gin.{macro}={str(out_dir)!r}"])
+  assert rc == 0, f"{name}: rc={rc}\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}"
+  predictions = _jsonl(out_dir / "predictions.jsonl")
+  assert predictions and {"task", "input", "target", "prediction"} <= set(predictions[0])
+  if main_module == "gbt_t5x.eval":
+    report = json.loads((out_dir / "metrics.json").read_text())
+    assert report["step"] == 2 and report["infer_eval"], report
