@@ -132,4 +132,5 @@ def main(args) -> int:
 
 if __name__ == "__main__":
   gin_utils.quiet_tensorflow()
-  sys.exit(gin_utils.run(main, "Score a checkpoint on a SeqIO task or mixture split."))
+  sys.exit(gin_utils.run(main, "Score a checkpoint on a SeqIO task or mixture split.",
+                         entry='eval'))

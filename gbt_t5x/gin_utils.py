@@ -8,6 +8,7 @@ repository's `gin/` folder), `--gin_bindings` / `--gin.NAME=VALUE` (rewritten to
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import pathlib
@@ -46,9 +47,122 @@ def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
   return out
 
 
-def make_parser(description: str) -> argparse.ArgumentParser:
-  """The common flags of every entry point."""
-  parser = argparse.ArgumentParser(description=description)
+_ANY = object()  # Marks a macro whose value is not type-checked.
+
+
+@dataclasses.dataclass(frozen=True)
+class Macro:
+  """A gin macro of the shipped gin files, for `--help` and the type check of its value.
+
+  Attributes:
+    name: the macro, e.g. 'TRAIN_STEPS' (set with --gin.TRAIN_STEPS=VALUE).
+    types: accepted Python types of its value (None in `types` allows None).
+    help: one line, with units.
+    entries: the entry points whose gin files use it ('train', 'eval', 'infer').
+  """
+  name: str
+  types: tuple
+  help: str
+  entries: tuple[str, ...] = ("train",)
+
+  def type_text(self) -> str:
+    names = {str: "a string", int: "an int", float: "a number", bool: "True/False",
+             dict: "a dict", list: "a list", type(None): "None"}
+    return " or ".join(names.get(t, t.__name__) for t in self.types)
+
+
+_TEI = ("train", "eval", "infer")
+_NONE = type(None)
+# The most used macros of gin/runs/*.gin, gin/guided/*.gin and gin/models/*.gin.
+MACROS: tuple[Macro, ...] = (
+    Macro("MODEL_DIR", (str,), "run directory: checkpoints/, config.gin, TensorBoard, plots"),
+    Macro("MIXTURE_OR_TASK_NAME", (str,), "SeqIO task or mixture to train / score / decode", _TEI),
+    Macro("MIXTURE_OR_TASK_MODULE", (str, _NONE), "module that registers the task (imported "
+          "first), e.g. 'gbt_t5x_tasks.wmt'", _TEI),
+    Macro("TASK_FEATURE_LENGTHS", (dict,), "{'inputs': tokens, 'targets': tokens}", _TEI),
+    Macro("TRAIN_STEPS", (int,), "train until this global step (steps)"),
+    Macro("BATCH_SIZE", (int,), "global batch size (examples per step, all processes)", _TEI),
+    Macro("EVAL_PERIOD", (int,), "steps between evaluations and checkpoints"),
+    Macro("EVAL_STEPS", (int, _NONE), "batches per teacher-forced eval (None: whole split)",
+          ("train", "eval")),
+    Macro("LOG_EVERY", (int,), "steps between progress lines"),
+    Macro("PACK", (bool,), "pack several examples per row (train data)"),
+    Macro("DROPOUT_RATE", (float, int), "dropout probability"),
+    Macro("RANDOM_SEED", (int,), "params init and dropout seed"),
+    Macro("INITIAL_CHECKPOINT_PATH", (str,), "finetuning: model dir whose latest checkpoint "
+          "initialises the params"),
+    Macro("INFER_EVAL_EXAMPLES", (int, _NONE), "decode only the first N examples per task "
+          "(None: all)", ("train", "eval")),
+    Macro("BEST_CHECKPOINT_METRIC", (str, _NONE), "keep MODEL_DIR/best/ by this metric, e.g. "
+          "'infer_eval/demo_nmt/bleu'"),
+    Macro("GUIDE_MIXTURE_OR_TASK_NAME", (str,), "guided runs: the guide (tuning) task"),
+    Macro("GUIDED_HPARAMS", (_ANY,), "guided runs: list of @NAME/specs.GuidedHParam()"),
+    Macro("GUIDE_BATCH_SIZE", (int,), "guided runs: guide examples per guided step"),
+    Macro("HYPER_STEP_EVERY", (int,), "guided runs: a guided step every k steps"),
+    Macro("META_LEARNING_RATE", (float, int), "guided runs: learning rate of the hyper-parameters"),
+    Macro("NUM_EMBEDDINGS", (int,), "model vocab_size (rows; >= the vocabulary's ids)", _TEI),
+    Macro("CHECKPOINT_PATH", (str,), "model dir (its latest checkpoint) to score / decode",
+          ("eval", "infer")),
+    Macro("EVAL_OUTPUT_DIR", (str,), "where metrics.json and predictions.jsonl go", ("eval",)),
+    Macro("EVAL_SPLIT", (str,), "split to score, e.g. 'validation'", ("eval",)),
+    Macro("INFER_OUTPUT_DIR", (str,), "where predictions.jsonl goes", ("infer",)),
+    Macro("INFER_SPLIT", (str,), "split to decode", ("infer",)),
+    Macro("INFER_EXAMPLES", (int, _NONE), "decode only the first N examples (None: all)",
+          ("infer",)),
+    Macro("DECODER_PARAMS", (dict, _NONE), "e.g. {'method': 'beam', 'beam_size': 4}",
+          ("eval", "infer")),
+)
+
+
+def macros_help(entry: str | None) -> str:
+  """The `--help` epilog: the macros of `entry` ('train', 'eval', 'infer'; None: all)."""
+  rows = [m for m in MACROS if entry is None or entry in m.entries]
+  width = max(len(m.name) for m in rows) + 2
+  lines = ["most used gin macros (set with --gin.NAME=VALUE, strings quoted: "
+           "--gin.MODEL_DIR=\"'/tmp/run'\"):"]
+  lines += [f"  {m.name.ljust(width)}{m.help}" for m in rows]
+  return "\n".join(lines)
+
+
+def check_macros(gin_bindings: Sequence[str] = ()) -> None:
+  """Raises a one-line ValueError for a bound macro of `MACROS` whose value has the wrong type,
+  naming the command-line binding that set it (else the macro, set in a gin file)."""
+  for macro in MACROS:
+    if _ANY in macro.types:
+      continue
+    try:
+      value = gin.query_parameter(f"%{macro.name}")
+    except ValueError:  # Not bound.
+      continue
+    if not isinstance(value, (str, int, float, bool, dict, list, tuple, _NONE)):
+      continue  # A reference (@fn(), %OTHER, REQUIRED): checked where it is used.
+    ok = any(isinstance(value, t) and not (isinstance(value, bool) and t in (int, float))
+             for t in macro.types)
+    if ok:
+      continue
+    binding = next((b for b in reversed(list(gin_bindings))
+                    if b.split("=", 1)[0].strip() == macro.name), None)
+    where = f"gin binding {binding!r}" if binding else f"gin macro {macro.name} (in a gin file)"
+    raise ValueError(f"{where}: {macro.name} must be {macro.type_text()} ({macro.help}), got "
+                     f"{type(value).__name__} {value!r}")
+
+
+def check_tfds_data_dir(path: str) -> None:
+  """Raises a one-line ValueError naming `--tfds_data_dir` when it is not a readable folder."""
+  import tensorflow as tf
+  try:
+    ok = tf.io.gfile.isdir(path)
+  except Exception as e:  # pylint: disable=broad-except  (GCS auth, unreachable host, ...)
+    raise ValueError(f"--tfds_data_dir {path} cannot be read: {_first_line(e)}") from None
+  if not ok:
+    raise ValueError(f"--tfds_data_dir {path} is not a folder (it should hold the datasets "
+                     "prepared with `tfds build ... --data_dir`)")
+
+
+def make_parser(description: str, entry: str | None = None) -> argparse.ArgumentParser:
+  """The common flags of every entry point; `--help` also lists `entry`'s most used macros."""
+  parser = argparse.ArgumentParser(description=description, epilog=macros_help(entry),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--gin_file", action="append", default=[],
                       help="gin config file (repeatable); relative paths are searched in "
                       "--gin_search_paths and the repository's gin/ folder")
@@ -189,18 +303,22 @@ def import_task_module() -> str | None:
 
 
 def run(main: Callable[[argparse.Namespace], int | None], description: str,
-        argv: Sequence[str] | None = None) -> int:
-  """Parses flags and gin, runs `main`, and turns user errors into a one-line message (exit 2)."""
-  parser = make_parser(description)
+        argv: Sequence[str] | None = None, entry: str | None = None) -> int:
+  """Parses flags and gin, runs `main`, and turns user errors into a one-line message (exit 2).
+
+  `entry` ('train', 'eval', 'infer') selects the macros that `--help` lists."""
+  parser = make_parser(description, entry)
   try:
     args = parser.parse_args(rewrite_gin_args(sys.argv[1:] if argv is None else argv))
     distributed.maybe_initialize(
         distributed.spec_from(args.coordinator_address, args.process_count, args.process_index),
         auto=args.multiprocess)
     if args.tfds_data_dir:
+      check_tfds_data_dir(args.tfds_data_dir)
       import seqio
       seqio.set_tfds_data_dir_override(args.tfds_data_dir)
     parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
+    check_macros(args.gin_bindings)
     import_task_module()
     return int(main(args) or 0)
   except errors.Preempted as e:

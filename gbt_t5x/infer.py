@@ -71,4 +71,5 @@ def main(args) -> int:
 
 if __name__ == "__main__":
   gin_utils.quiet_tensorflow()
-  sys.exit(gin_utils.run(main, "Decode a SeqIO task or mixture split with a checkpoint."))
+  sys.exit(gin_utils.run(main, "Decode a SeqIO task or mixture split with a checkpoint.",
+                         entry='infer'))

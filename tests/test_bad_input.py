@@ -332,3 +332,68 @@ def test_bad_data_files(case, cli, world, tmp_path):
   rc, err = cli(model_dir, *flags, world_dir=bad_world)
   assert_one_line_error(rc, err, *fragments)
   assert snapshot(model_dir) == before
+
+
+# ----------------------------------------------------------------------------------------------
+# T5X users' habits: the task module as a binding, unreadable vocabulary / data dir, wrong types.
+
+_MODULE_WITH_MIXTURE = '''
+import seqio
+from gbt_t5x_tasks import demo  # noqa: F401
+if "binding_only_mixture" not in seqio.MixtureRegistry.names():
+  seqio.MixtureRegistry.add("binding_only_mixture", [("demo_nmt", 1.0)])
+'''
+
+
+def _task_module(tmp, monkeypatch):
+  """A module, importable only by name, that registers `binding_only_mixture`."""
+  (tmp / "gbt_smoke_binding_module.py").write_text(_MODULE_WITH_MIXTURE)
+  monkeypatch.syspath_prepend(str(tmp))
+  return (["--gin.MIXTURE_OR_TASK_NAME='binding_only_mixture'",
+           "--gin.MIXTURE_OR_TASK_MODULE='gbt_smoke_binding_module'", "--gin.NUM_EMBEDDINGS=256"],
+          # Found (the module was imported before the lookup): fails at the vocabulary check.
+          ["task binding_only_mixture inputs vocabulary has 500 ids but the model's vocab_size "
+           "is 256"])
+
+
+HABIT_CASES = {
+    "task_module_only_as_a_binding": _task_module,
+    "task_module_not_importable": lambda tmp, mp: (
+        ["--gin.MIXTURE_OR_TASK_MODULE='no_such_tasks_module'"],
+        ["MIXTURE_OR_TASK_MODULE 'no_such_tasks_module' cannot be imported: No module named "
+         "'no_such_tasks_module'"]),
+    "vocabulary_file_missing": lambda tmp, mp: (
+        ["--gin.VOCABULARY=@seqio.SentencePieceVocabulary()",
+         f"--gin.seqio.SentencePieceVocabulary.sentencepiece_model_file='{tmp}/no/spm.model'"],
+        [f"the model's output vocabulary: cannot read the SentencePiece model {tmp}/no/spm.model "
+         "(NotFoundError"]),
+    "tfds_data_dir_missing": lambda tmp, mp: (
+        [f"--tfds_data_dir={tmp}/no_tfds"],
+        [f"--tfds_data_dir {tmp}/no_tfds is not a folder"]),
+    "train_steps_a_string": lambda tmp, mp: (
+        ["--gin.TRAIN_STEPS='abc'"],
+        ["gin binding \"TRAIN_STEPS = 'abc'\": TRAIN_STEPS must be an int (train until this "
+         "global step (steps)), got str 'abc'"]),
+    "pack_an_int": lambda tmp, mp: (
+        ["--gin.PACK=1"], ["gin binding 'PACK = 1': PACK must be True/False"]),
+    "batch_size_a_bool": lambda tmp, mp: (
+        ["--gin.BATCH_SIZE=True"], ["gin binding 'BATCH_SIZE = True': BATCH_SIZE must be an int"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HABIT_CASES))
+def test_t5x_habits(case, cli, tmp_path, monkeypatch):
+  flags, fragments = HABIT_CASES[case](tmp_path, monkeypatch)
+  model_dir = fresh_dir_with_file(tmp_path)
+  before = snapshot(model_dir)
+  rc, err = cli(model_dir, *flags)
+  assert_one_line_error(rc, err, *fragments)
+  assert snapshot(model_dir) == before
+
+
+def test_wrong_type_in_a_gin_file_names_the_macro(cli, tmp_path):
+  path = tmp_path / "typo.gin"
+  path.write_text("RANDOM_SEED = '0'\n")  # Parsed after experiments/demo_nmt.gin.
+  rc, err = cli(fresh_dir_with_file(tmp_path), f"--gin_file={path}")
+  assert_one_line_error(rc, err, "gin macro RANDOM_SEED (in a gin file): RANDOM_SEED must be an "
+                        "int (params init and dropout seed), got str '0'")

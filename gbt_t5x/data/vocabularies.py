@@ -37,6 +37,25 @@ def padded_vocab_size(n: int, multiple: int = 128) -> int:
   return -(-n // multiple) * multiple
 
 
+def readable_vocab_size(vocabulary: seqio.Vocabulary, what: str = "vocabulary") -> int:
+  """`vocabulary.vocab_size` (ids: pieces + extra ids), loading its model file if needed.
+
+  A SentencePiece model file that cannot be read (a missing local path, a gs:// path this machine
+  cannot reach) is a one-line ValueError naming `what` and the path, instead of TensorFlow's
+  multi-line NotFoundError / PermissionDeniedError."""
+  try:
+    return int(vocabulary.vocab_size)
+  except Exception as e:  # pylint: disable=broad-except  (tf.errors.*, OSError, sentencepiece)
+    path = getattr(vocabulary, "sentencepiece_model_file", None)
+    if path is None:
+      raise
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [""]
+    raise ValueError(
+        f"{what}: cannot read the SentencePiece model {path} ({type(e).__name__}: {lines[0]}); "
+        "bind seqio.SentencePieceVocabulary.sentencepiece_model_file (and the task's vocabulary) "
+        "to a readable copy") from None
+
+
 def check_vocab_fits_model(vocabulary: seqio.Vocabulary, model_vocab_size: int) -> None:
   """Raises ValueError if `vocabulary` has more ids (pieces + extra ids) than the model's
   embedding table rows `model_vocab_size`; a larger (padded) model table is fine."""

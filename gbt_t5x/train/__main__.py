@@ -22,4 +22,5 @@ def main(args) -> int:
 
 if __name__ == "__main__":
   gin_utils.quiet_tensorflow()
-  sys.exit(gin_utils.run(main, "Train a T5 model, optionally with guided hyper-parameters."))
+  sys.exit(gin_utils.run(main, "Train a T5 model, optionally with guided hyper-parameters.",
+                         entry='train'))

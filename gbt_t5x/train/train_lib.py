@@ -62,17 +62,19 @@ def input_shapes(cfg: data_lib.DatasetConfig) -> dict[str, tuple[int, int]]:
 
 def check_vocabularies(model: Any, cfg: data_lib.DatasetConfig) -> None:
   """Raises ValueError when a task's vocabulary does not fit the model's embedding table."""
+  from gbt_t5x.data.vocabularies import readable_vocab_size
   task = data_lib.get_mixture_or_task(cfg.mixture_or_task_name)
   model_vocab = int(model.module.config.vocab_size)
   for name in ("inputs", "targets"):
     feature = task.output_features.get(name)
     if feature is None:
       continue
-    size = int(feature.vocabulary.vocab_size)
+    size = readable_vocab_size(feature.vocabulary,
+                               f"task {cfg.mixture_or_task_name} {name} vocabulary")
     if size > model_vocab:
       raise ValueError(f"task {cfg.mixture_or_task_name} {name} vocabulary has {size} ids but the "
                        f"model's vocab_size is {model_vocab}")
-  if int(model.output_vocabulary.vocab_size) > model_vocab:
+  if readable_vocab_size(model.output_vocabulary, "the model's output vocabulary") > model_vocab:
     raise ValueError(f"the model's output vocabulary has {model.output_vocabulary.vocab_size} ids "
                      f"but its vocab_size is {model_vocab}")
 

@@ -102,6 +102,39 @@ def saved_state(model_dir: pathlib.Path, step: int) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------------------
+# --help (in-process: argparse prints and exits before anything heavy).
+
+@pytest.mark.parametrize("entry,macros", [
+    ("train", ["MODEL_DIR", "TRAIN_STEPS", "MIXTURE_OR_TASK_NAME", "MIXTURE_OR_TASK_MODULE",
+               "GUIDE_MIXTURE_OR_TASK_NAME", "BATCH_SIZE", "TASK_FEATURE_LENGTHS",
+               "INITIAL_CHECKPOINT_PATH", "HYPER_STEP_EVERY"]),
+    ("eval", ["CHECKPOINT_PATH", "EVAL_OUTPUT_DIR", "EVAL_SPLIT", "DECODER_PARAMS"]),
+    ("infer", ["CHECKPOINT_PATH", "INFER_OUTPUT_DIR", "INFER_SPLIT"]),
+])
+def test_help_lists_the_flags_and_the_most_used_macros(entry, macros, capsys):
+  from gbt_t5x import gin_utils
+  with pytest.raises(SystemExit) as info:
+    gin_utils.run(lambda args: 0, "test", argv=["--help"], entry=entry)
+  assert info.value.code == 0
+  out = capsys.readouterr().out
+  for flag in ("--gin_file", "--gin_bindings", "--gin_search_paths", "--tfds_data_dir",
+               "--gin.NAME=VALUE"):
+    assert flag in out, out
+  listed = [line.split()[0] for line in out.split("most used gin macros")[1].splitlines()[1:]
+            if line.strip()]
+  assert set(macros) <= set(listed), listed
+  if entry != "train":
+    assert "TRAIN_STEPS" not in listed and "MODEL_DIR" not in listed
+
+
+def test_every_listed_macro_is_used_by_a_shipped_gin_file():
+  from gbt_t5x import gin_utils
+  text = "\n".join(p.read_text() for p in (REPO / "gin").rglob("*.gin"))
+  for macro in gin_utils.MACROS:
+    assert f"%{macro.name}" in text, macro.name
+
+
+# ----------------------------------------------------------------------------------------------
 # Bad input: one-line errors, nothing written.
 
 BAD_STARTS = {
