@@ -261,3 +261,26 @@ def test_unprepared_tfds_dataset_says_how_to_build(tmp_path):
     with pytest.raises(ValueError, match="tfds build wmt19_translate --config lt-en"):
       seqio.get_mixture_or_task(name).get_dataset(
           {"inputs": 32, "targets": 32}, split="train", shuffle=False)
+
+
+def test_sharded_read_as_the_trainer_does_names_the_build_command_or_reads_mock_data(tmp_path):
+  """`seqio.Task.get_dataset` with a ShardInfo (as `gbt_t5x.train.data` calls it) first lists the
+  split's files: without split metadata that must still end in the one-line `tfds build` error
+  (not TFDS's KeyError), and mocked data must load."""
+  config = next(c for c in wmt.WMT_CONFIGS if c.tfds_name.startswith("wmt19_translate/lt-en"))
+  names = wmt.register_wmt_tasks(BYTES, configs=[config], name_suffix="_sharded",
+                                 tfds_data_dir=str(tmp_path))
+  try:
+    task = seqio.get_mixture_or_task(names[0])
+    shard = seqio.ShardInfo(index=0, num_shards=1)
+    assert task.source.list_shards("train") == []
+    with pytest.raises(ValueError, match=r"tfds build wmt19_translate --config lt-en.*"
+                                         r"--tfds_data_dir"):
+      task.get_dataset(LENGTHS, split="validation", shuffle=False, shard_info=shard)
+    with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
+      exs = list(task.get_dataset(LENGTHS, split="validation", shuffle=False,
+                                  shard_info=shard).as_numpy_iterator())
+    assert len(exs) == 4
+  finally:
+    for name in names:
+      seqio.TaskRegistry.remove(name)
