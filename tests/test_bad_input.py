@@ -397,3 +397,15 @@ def test_wrong_type_in_a_gin_file_names_the_macro(cli, tmp_path):
   rc, err = cli(fresh_dir_with_file(tmp_path), f"--gin_file={path}")
   assert_one_line_error(rc, err, "gin macro RANDOM_SEED (in a gin file): RANDOM_SEED must be an "
                         "int (params init and dropout seed), got str '0'")
+
+
+def test_unreadable_sentencepiece_model_is_one_line_naming_the_path(tmp_path):
+  from gbt_t5x.data import vocabularies
+  missing = tmp_path / "vocab" / "spm.model"
+  vocab = vocabularies.sentencepiece_vocabulary(missing)
+  with pytest.raises(ValueError) as info:
+    vocabularies.readable_vocab_size(vocab, "task wmt19_translate_lt_en inputs vocabulary")
+  message = str(info.value)
+  assert "\n" not in message, message
+  assert message.startswith("task wmt19_translate_lt_en inputs vocabulary: cannot read the "
+                            f"SentencePiece model {missing} (NotFoundError"), message

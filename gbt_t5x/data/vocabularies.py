@@ -52,8 +52,7 @@ def readable_vocab_size(vocabulary: seqio.Vocabulary, what: str = "vocabulary") 
     lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [""]
     raise ValueError(
         f"{what}: cannot read the SentencePiece model {path} ({type(e).__name__}: {lines[0]}); "
-        "bind seqio.SentencePieceVocabulary.sentencepiece_model_file (and the task's vocabulary) "
-        "to a readable copy") from None
+        "check the path and this machine's access to it") from None
 
 
 def check_vocab_fits_model(vocabulary: seqio.Vocabulary, model_vocab_size: int) -> None:
