@@ -56,7 +56,7 @@ class Macro:
 
   Attributes:
     name: the macro, e.g. 'TRAIN_STEPS' (set with --gin.TRAIN_STEPS=VALUE).
-    types: accepted Python types of its value (None in `types` allows None).
+    types: accepted Python types of its value (`type(None)` allows None; `_ANY`: unchecked).
     help: one line, with units.
     entries: the entry points whose gin files use it ('train', 'eval', 'infer').
   """
@@ -68,7 +68,8 @@ class Macro:
   def type_text(self) -> str:
     names = {str: "a string", int: "an int", float: "a number", bool: "True/False",
              dict: "a dict", list: "a list", type(None): "None"}
-    return " or ".join(names.get(t, t.__name__) for t in self.types)
+    shown = [t for t in self.types if not (t is int and float in self.types)]  # int is a number
+    return " or ".join(names.get(t, t.__name__) for t in shown)
 
 
 _TEI = ("train", "eval", "infer")
