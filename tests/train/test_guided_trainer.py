@@ -26,7 +26,7 @@ from gbt_t5x.guided import hypergrad
 from gbt_t5x.guided import specs as specs_lib
 from gbt_t5x.guided.specs import GuidedHParam
 from gbt_t5x.models import encoder_decoder, losses, network
-from gbt_t5x.train import checkpoints, data, guided_trainer, optimizers, train_lib
+from gbt_t5x.train import checkpoints, data, guided_trainer, optimizers, step, train_lib
 from gbt_t5x.train.partitioning import PjitPartitioner
 from tests.train import tiny
 
@@ -42,15 +42,22 @@ GUIDE_CFG = data.DatasetConfig("synthetic_guide_unused", {"inputs": tiny.LENGTH,
 class SyntheticGuideTrainer(guided_trainer.GuidedTrainer):
   """GuidedTrainer whose guide batches are `tiny.random_batch(GUIDE_SEED + position)`.
 
-  The position is the trainer's own `_guide_position`, so `data_positions` /
-  `restore_data_positions` work as with the SeqIO pipeline. `poison` (a set of guide positions)
-  makes those guide batches carry a NaN scale that `_guide_loss` multiplies in.
+  The position is kept here (`data_positions` / `restore_data_positions` play the training
+  loop's part of saving and restoring the guide iterator's position). `poison` (a set of guide
+  positions) makes those guide batches carry a NaN scale that `_guide_loss` multiplies in.
   """
   poison: frozenset = frozenset()
   guide_calls: list
 
   def _check_guide_data(self) -> None:
     self.guide_calls = []
+    self._guide_position = 0
+
+  def data_positions(self):
+    return {"guide": self._guide_position}
+
+  def restore_data_positions(self, positions):
+    self._guide_position = int(positions.get("guide", 0))
 
   def _next_guide_batch(self):
     self.guide_calls.append(self._host_step)
@@ -113,7 +120,7 @@ class _Float64Numpy(types.ModuleType):
 def float64_model():
   view = _Float64Numpy()
   with jax.enable_x64(True), pytest.MonkeyPatch.context() as mp:
-    for module in (network, losses, encoder_decoder, optimizers, guided_trainer):
+    for module in (network, losses, encoder_decoder, optimizers, step):
       mp.setattr(module, "jnp", view)
     mp.setattr(optimizers, "HYPERPARAM_DTYPE", jnp.float64)
     mp.setattr(network, "_DTYPES", network._DTYPES + ("float64",))
