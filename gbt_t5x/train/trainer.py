@@ -148,7 +148,7 @@ class Trainer:
     """The model-side keyword arguments of `hypergrad`'s step functions."""
     return self._step_fns.hypergrad_kwargs()
 
-  @functools.cached_property
+  @property
   def _step_fns(self) -> step_lib.StepFns:
     return step_lib.StepFns(
         optimizer=self.optimizer, forward_fn=self._forward,

@@ -473,3 +473,71 @@ def test_empty_guide_task_fails_in_constructor(init_1dev):
   _one_line_error(lambda: trainer_1dev(init_1dev, trainer_cls=guided_trainer.GuidedTrainer,
                                        guide_dataset_cfg=cfg),
                   rf"task {name} split 'train' yields no examples")
+
+
+# ============================================================================ Adafactor, float32
+def adafactor_gin_specs():
+  """The specs of gin/guided/adafactor.gin, as a run including that file gets them."""
+  import sys
+  import gin
+  from gbt_t5x import gin_utils
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(sys.modules["__main__"], "train", train_lib.train, raising=False)
+    gin.clear_config()
+    try:
+      gin_utils.parse_gin(["guided/adafactor.gin"], [
+          "BATCH_SIZE = 8", "TASK_FEATURE_LENGTHS = None", "USE_CACHED_TASKS = False",
+          "PACK = False", "MIXTURE_OR_TASK_MODULE = None", "GUIDE_MIXTURE_OR_TASK_NAME = 'x'"])
+      return tuple(r.scoped_configurable_fn() for r in gin.query_parameter("%GUIDED_HPARAMS"))
+    finally:
+      gin.clear_config()
+
+
+def _adafactor():
+  # T5X's Adafactor with a numeric momentum and weight decay (so that b1 and weight_decay can be
+  # guided); factored second moments for the tiny model's matrices.
+  return optimizers.adafactor(momentum=0.5, weight_decay_rate=0.0, min_dim_size_to_factor=8)
+
+
+@pytest.mark.slow
+def test_adafactor_gin_specs_float32_move_without_skips_and_match_float64():
+  specs = adafactor_gin_specs()
+  assert {s.name for s in specs} == {"decay_rate", "b1", "clipping_threshold", "weight_decay"}
+  trainer = make_trainer(specs, optimizer=_adafactor(), meta_learning_rate=META_LR)
+  p = trainer._partitioner
+  init = host(trainer.train_state.guided.raw)
+  trainer.train(train_batches(p, 0, 20), 20)
+  state = trainer.train_state
+  assert int(state.guided.num_hyper_steps) == 20
+  assert int(state.guided.num_skipped) == 0
+  assert {k: int(v) for k, v in state.guided.skips.items()} == {s.name: 0 for s in specs}
+  for name, value in host(state.guided.raw).items():
+    assert not np.allclose(value, init[name], rtol=0, atol=1e-4), name
+  # The setting that made float32 hypergradients NaN is present: second-moment entries that
+  # never saw a gradient, still at eps = 1e-30.
+  moments = [x for path, x in jax.tree_util.tree_flatten_with_path(host(state.opt_state))[0]
+             if any(getattr(k, "name", None) in ("v", "v_row", "v_col") for k in path)]
+  assert min(float(np.min(m)) for m in moments if m.size > 1) < 1e-25
+
+  # The hypergradient at the next step, float32 against float64 from the same state.
+  batch = next(train_batches(p, 20, 1))
+  guide = data.global_batch(tiny.random_batch(GUIDE_SEED, batch_size=BATCH), p.data_sharding)
+  rng = jax.random.PRNGKey(5)
+  kwargs = dict(guide_loss_fn=trainer._guide_loss, **trainer._step_kwargs())
+  *_, got32, _ = jax.jit(functools.partial(hypergrad.lookahead_hypergradient,
+                                           base_lr=jnp.asarray(BASE_LR), **kwargs))(
+      state.params, state.opt_state, state.guided.raw, batch, guide, rng)
+  got32 = host(got32)
+  with float64_model():
+    trainer64 = make_trainer(specs, optimizer=_adafactor(), meta_learning_rate=META_LR)
+    state64 = jax.tree.map(lambda x, t: jnp.asarray(np.asarray(x), t.dtype), host(state),
+                           trainer64.train_state)
+    kwargs64 = dict(guide_loss_fn=trainer64._guide_loss, **trainer64._step_kwargs())
+    *_, want, _ = jax.jit(functools.partial(hypergrad.lookahead_hypergradient,
+                                            base_lr=jnp.asarray(BASE_LR), **kwargs64))(
+        state64.params, state64.opt_state, state64.guided.raw, batch, guide, rng)
+    want = host(want)
+  for name in want:
+    assert want[name].dtype == np.float64 and np.all(np.isfinite(got32[name])), name
+    assert np.linalg.norm(got32[name] - want[name]) <= 1e-3 * np.linalg.norm(want[name]), (
+        name, got32[name], want[name])
