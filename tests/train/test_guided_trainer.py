@@ -74,6 +74,14 @@ class SyntheticGuideTrainer(guided_trainer.GuidedTrainer):
       loss = loss * (1.0 + jnp.sum(guide_batch["poison"]))
     return loss
 
+  def _loss_from_outputs(self, logits, batch, loss_inputs):
+    """A train batch with a `poison` feature scales its train loss (NaN: a non-finite loss)."""
+    loss, aux = super()._loss_from_outputs(logits, batch, loss_inputs)
+    if "poison" in batch:
+      scale = 1.0 + jnp.sum(batch["poison"])
+      loss, aux = loss * scale, dict(aux, loss=aux["loss"] * scale)
+    return loss, aux
+
 
 def make_trainer(specs, partitioner=None, optimizer=None, seed=0, trainer_cls=None,
                  summary_dir=None, **kwargs):
@@ -541,3 +549,102 @@ def test_adafactor_gin_specs_float32_move_without_skips_and_match_float64():
     assert want[name].dtype == np.float64 and np.all(np.isfinite(got32[name])), name
     assert np.linalg.norm(got32[name] - want[name]) <= 1e-3 * np.linalg.norm(want[name]), (
         name, got32[name], want[name])
+
+
+# ============================================================================ the one model step
+def test_nan_train_loss_in_a_guided_step_is_skipped_and_counted(init_1dev):
+  trainer = trainer_1dev(init_1dev)
+  p = trainer._partitioner
+  warm_start(trainer)
+  before = host(trainer.train_state)
+  batch = tiny.random_batch(1, batch_size=BATCH, with_data_ids=NUM_IDS)
+  batch["poison"] = np.full((BATCH,), np.nan, np.float32)
+  metrics = trainer.train(iter([data.global_batch(batch, p.data_sharding)]), 1)
+  after = host(trainer.train_state)
+  assert trainer.guide_calls == [1]  # It was a guided step.
+  assert metrics["nonfinite_skipped"] == 1.0
+  assert int(after.num_nonfinite) == 1 and int(after.step) == 2
+  assert_trees_equal(after.params, before.params)
+  assert_trees_equal(after.opt_state, before.opt_state)
+  assert_trees_equal(after.guided, before.guided)  # No meta step either.
+  # The run goes on: the next guided step moves params and values.
+  trainer.train(train_batches(p, 2, 1), 1)
+  assert not tiny.params_close(host(trainer.train_state.params), after.params, atol=0, rtol=0)
+  assert int(trainer.train_state.guided.num_hyper_steps) == 1
+
+
+def test_replayed_adafactor_b1_schedule_sets_momentum(init_1dev):
+  from gbt_t5x.train import trainer as trainer_lib
+  p = PjitPartitioner(devices=jax.devices()[:1])
+
+  def run(optimizer, schedules):
+    model = tiny.tiny_model(optimizer)
+    state, axes = train_lib.initial_train_state(model, tiny.INPUT_SHAPES, p,
+                                                jax.random.PRNGKey(0))
+    t = trainer_lib.Trainer(model=model, train_state=state, partitioner=p, eval_names=[],
+                            summary_dir=None, train_state_axes=axes, rng=jax.random.PRNGKey(1),
+                            learning_rate_fn=lambda step: BASE_LR, log_every=1000,
+                            print_fn=lambda s: None, hyperparam_schedules=schedules)
+    metrics = t.train(train_batches(p, 0, 3), 3)
+    return host(t.train_state), metrics
+
+  replayed, metrics = run(optimizers.adafactor(momentum=0.5),
+                          {"b1": lambda step: jnp.where(step < 2, 0.7, 0.2)})
+  assert metrics["hp/b1"] == pytest.approx((0.7 + 0.7 + 0.2) / 3, rel=1e-6)
+  assert float(replayed.opt_state.hyperparams["momentum"]) == pytest.approx(0.2)
+  constant, _ = run(optimizers.adafactor(momentum=0.5), {"b1": lambda step: 0.7})
+  reference, _ = run(optimizers.adafactor(momentum=0.7), {})
+  assert_trees_equal(constant.params, reference.params)  # b1 is the optimizer's momentum.
+  assert not tiny.params_close(replayed.params, reference.params, atol=0, rtol=0)
+
+
+@pytest.mark.slow
+def test_microbatched_guided_run_equals_one_pass(init_1dev):
+  whole = trainer_1dev(init_1dev)
+  split = trainer_1dev(init_1dev, num_microbatches=4)
+  for trainer in (whole, split):
+    warm_start(trainer)
+    trainer.train(train_batches(trainer._partitioner, 1, 3), 3)
+  a, b = host(split.train_state), host(whole.train_state)
+  assert int(a.guided.num_hyper_steps) == 3 and int(a.guided.num_skipped) == 0
+  assert_trees_close(a.params, b.params, rtol=1e-4)
+  assert_trees_close(a.guided.raw, b.guided.raw, rtol=1e-4)
+  assert_trees_close(a.guided.meta_opt_state, b.guided.meta_opt_state, rtol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def fd_setup_microbatched():
+  """As `fd_setups['adamw']`, with the batch split into 4 microbatches (float64)."""
+  make_opt, specs = FD_CONFIGS["adamw"]
+  with float64_model():
+    trainer = make_trainer(specs, optimizer=make_opt(), num_microbatches=4)
+    kwargs = dict(guide_loss_fn=trainer._guide_loss, **trainer._step_kwargs())
+    assert kwargs["num_microbatches"] == 4
+    lookahead = jax.jit(functools.partial(hypergrad.lookahead_hypergradient,
+                                          base_lr=jnp.asarray(BASE_LR), **kwargs))
+    hyper_loss = jax.jit(functools.partial(hypergrad.hyper_loss, base_lr=jnp.asarray(BASE_LR),
+                                           **kwargs))
+    p = trainer._partitioner
+    state = trainer.train_state
+    raw = host(state.guided.raw)
+    guide = data.global_batch(tiny.random_batch(GUIDE_SEED, batch_size=BATCH), p.data_sharding)
+    rng = jax.random.PRNGKey(5)
+    for i, batch in enumerate(train_batches(p, 0, 3)):
+      params, opt_state, hypergrads, _ = lookahead(state.params, state.opt_state, raw, batch,
+                                                   guide, jax.random.fold_in(rng, i))
+      if i < 2:
+        state = state.replace(params=params, opt_state=opt_state)
+    rng = jax.random.fold_in(rng, 2)
+    state = state.replace(guided=state.guided.replace(raw=raw))
+    return FDSetup(trainer, state, batch, guide, rng, host(hypergrads), hyper_loss)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [s.name for s in FD_CONFIGS["adamw"][1]])
+def test_microbatched_hypergradient_matches_central_differences(fd_setup_microbatched, name):
+  s = fd_setup_microbatched
+  with float64_model():
+    fd = _central_difference(s, name)
+  got = s.hypergrads[name]
+  assert got.dtype == np.float64 and np.linalg.norm(fd) > 1e-6
+  assert np.linalg.norm(got - fd) <= FD_RTOL * np.linalg.norm(fd), (name, got, fd)
