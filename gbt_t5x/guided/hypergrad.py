@@ -123,17 +123,64 @@ def _tree_vdot(a: PyTree, b: PyTree) -> jax.Array:
   return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+def set_hyperparams(opt_state: Any, values: Mapping[str, Any]) -> Any:
+  """The one injection of hyper-parameter values into an `inject_hyperparams` optimizer state.
+
+  Works inside jit and under autodiff (values may be tracers). Names are resolved against the
+  optimizer's own (`specs.resolve_optimizer_name`: Adafactor's `b1` is `momentum`,
+  `weight_decay` is `weight_decay_rate`); each value is cast to the dtype of the entry it
+  replaces and must have its shape (scalars: shape ()).
+
+  Args:
+    opt_state: an `optax.InjectHyperparamsState` / `InjectStatefulHyperparamsState`.
+    values: name -> new value (Python number or array); `learning_rate` is the absolute rate.
+
+  Returns:
+    A copy of `opt_state` with the values replaced (the input is not modified).
+
+  Raises:
+    ValueError (one line): a state without `hyperparams`, unknown names (the message lists the
+      known ones), an entry that follows an optax schedule, a non-float entry, a shape mismatch.
+  """
+  hyperparams = getattr(opt_state, "hyperparams", None)
+  if not isinstance(hyperparams, Mapping) or not hasattr(opt_state, "_replace"):
+    raise ValueError("optimizer state has no `hyperparams` dict: build the optimizer with "
+                     "optax.inject_hyperparams")
+  resolved = {name: specs_lib.resolve_optimizer_name(name, hyperparams) for name in values}
+  unknown = sorted(name for name, key in resolved.items() if key is None)
+  if unknown:
+    raise ValueError(f"unknown optimizer hyper-parameter(s) {unknown}; known: "
+                     f"{sorted(hyperparams)}")
+  scheduled = set(getattr(opt_state, "hyperparams_states", None) or {})
+  new = dict(hyperparams)
+  for name, value in values.items():
+    key = resolved[name]
+    if key in scheduled:
+      raise ValueError(f"optimizer hyper-parameter {key!r} is a schedule inside the optimizer; "
+                       "give it a plain number so the value can be injected")
+    old = jnp.asarray(hyperparams[key])
+    if not jnp.issubdtype(old.dtype, jnp.floating):
+      raise ValueError(f"optimizer hyper-parameter {key!r} is {old.dtype}, not a float; it "
+                       "cannot be set")
+    value = jnp.asarray(value)
+    if value.shape != old.shape:
+      raise ValueError(f"optimizer hyper-parameter {key!r} has shape {old.shape}, got a value "
+                       f"of shape {value.shape}")
+    new[key] = value.astype(old.dtype)
+  return opt_state._replace(hyperparams=new)
+
+
 def optimizer_update(optimizer: optax.GradientTransformation, grads: PyTree, opt_state: Any,
                      params: PyTree, opt_hparams: Mapping[str, jax.Array], base_lr: jax.Array,
                      lr_group_ids: PyTree | None = None) -> tuple[PyTree, Any]:
-  """The optimizer update with guided optimizer-side values injected.
+  """The optimizer update with optimizer-side values injected (`set_hyperparams`).
 
   Args:
     optimizer: an `optax.inject_hyperparams` transformation (its state has `hyperparams`).
     grads: gradients, structure of `params`.
     opt_state: its state.
     params: current parameters.
-    opt_hparams: effective optimizer-side values keyed by spec name: `learning_rate` (multiplier,
+    opt_hparams: effective optimizer-side values keyed by name: `learning_rate` (multiplier,
       scalar or [num_groups]) and/or optimizer names (aliases allowed, e.g. Adafactor `b1`).
     base_lr: scalar, the model schedule's learning rate at this step.
     lr_group_ids: from `param_group_ids`; required iff the multiplier is a vector.
@@ -144,38 +191,15 @@ def optimizer_update(optimizer: optax.GradientTransformation, grads: PyTree, opt
     whole update, after the optimizer, by its group's entry).
   """
   hyperparams = getattr(opt_state, "hyperparams", None)
-  if not isinstance(hyperparams, Mapping):
-    raise ValueError("optimizer state has no `hyperparams` dict: build the model optimizer with "
-                     "optax.inject_hyperparams")
-  scheduled = set(getattr(opt_state, "hyperparams_states", {}) or {})
-  hp = dict(hyperparams)
-
-  def put(key: str, value: jax.Array) -> None:
-    if key in scheduled:
-      raise ValueError(f"optimizer hyper-parameter {key!r} is a schedule inside the optimizer; "
-                       "give it a plain number so the guided value can be injected")
-    dtype = jnp.asarray(hyperparams[key]).dtype
-    if not jnp.issubdtype(dtype, jnp.floating):
-      raise ValueError(f"optimizer hyper-parameter {key!r} is {dtype}, not a float; it cannot "
-                       "be guided")
-    hp[key] = jnp.asarray(value).astype(dtype)
-
-  if specs_lib.LEARNING_RATE not in hyperparams:
+  if isinstance(hyperparams, Mapping) and specs_lib.LEARNING_RATE not in hyperparams:
     raise ValueError(f"optimizer has no injectable 'learning_rate'; its hyper-parameters are "
                      f"{sorted(hyperparams)}")
   multiplier = opt_hparams.get(specs_lib.LEARNING_RATE)
   vector_lr = multiplier is not None and jnp.ndim(multiplier) > 0
   lr = base_lr if multiplier is None or vector_lr else base_lr * multiplier
-  put(specs_lib.LEARNING_RATE, lr)
-  for name, value in opt_hparams.items():
-    if name == specs_lib.LEARNING_RATE:
-      continue
-    key = specs_lib.resolve_optimizer_name(name, hyperparams)
-    if key is None:
-      raise ValueError(f"optimizer has no hyper-parameter {name!r}; its hyper-parameters are "
-                       f"{sorted(hyperparams)}")
-    put(key, value)
-  updates, new_opt_state = optimizer.update(grads, opt_state._replace(hyperparams=hp), params)
+  values = {k: v for k, v in opt_hparams.items() if k != specs_lib.LEARNING_RATE}
+  opt_state = set_hyperparams(opt_state, {specs_lib.LEARNING_RATE: lr, **values})
+  updates, new_opt_state = optimizer.update(grads, opt_state, params)
   if vector_lr:
     if lr_group_ids is None:
       raise ValueError("a per-group learning_rate multiplier needs lr_group_ids "
@@ -183,7 +207,6 @@ def optimizer_update(optimizer: optax.GradientTransformation, grads: PyTree, opt
     updates = jax.tree.map(lambda u, gid: u * multiplier[gid].astype(u.dtype), updates,
                            lr_group_ids)
   return updates, new_opt_state
-
 
 
 # --------------------------------------------------------------------------- values, microbatches

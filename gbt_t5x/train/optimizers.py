@@ -2,7 +2,8 @@
 
 Every optimizer here is built with `optax.inject_hyperparams`, so each float hyper-parameter
 (learning rate, betas, epsilons, decay rates, ...) lives in `opt_state.hyperparams` as a float32
-array that the trainer overwrites (`set_hyperparams`) and the guided step differentiates through.
+array that the model step overwrites (`gbt_t5x.guided.hypergrad.set_hyperparams`) and the guided
+step differentiates through.
 Integers, booleans, masks and dtypes are static (`static_args`), never arrays. The learning rate is
 a placeholder (0.0): the trainer sets `hyperparams['learning_rate']` every step from its schedule.
 
@@ -273,40 +274,3 @@ def hyperparam_names(optimizer: optax.GradientTransformation, params: Any) -> tu
     raise ValueError("optimizer state has no `hyperparams` dict: build the optimizer with "
                      "optax.inject_hyperparams")
   return tuple(sorted(hyperparams))
-
-
-def set_hyperparams(opt_state: Any, values: Mapping[str, Any]) -> Any:
-  """A copy of an `inject_hyperparams` state with some hyper-parameter values replaced.
-
-  Works inside jit and under autodiff (values may be tracers); each new value is cast to the
-  dtype of the entry it replaces and must have its shape (scalars: shape ()).
-
-  Args:
-    opt_state: an `optax.InjectHyperparamsState` / `InjectStatefulHyperparamsState`.
-    values: name -> new value (Python number or array).
-
-  Raises:
-    ValueError: unknown names (the message lists the known ones), a scheduled (non-overridable)
-      entry, a shape mismatch, or a state without `hyperparams`.
-  """
-  hyperparams = getattr(opt_state, "hyperparams", None)
-  if not isinstance(hyperparams, Mapping) or not hasattr(opt_state, "_replace"):
-    raise ValueError("optimizer state has no `hyperparams` dict: build the optimizer with "
-                     "optax.inject_hyperparams")
-  unknown = sorted(set(values) - set(hyperparams))
-  if unknown:
-    raise ValueError(f"unknown optimizer hyper-parameter(s) {unknown}; known: "
-                     f"{sorted(hyperparams)}")
-  scheduled = sorted(set(values) & set(getattr(opt_state, "hyperparams_states", None) or {}))
-  if scheduled:
-    raise ValueError(f"optimizer hyper-parameter(s) {scheduled} follow an optax schedule and "
-                     f"cannot be overwritten")
-  new = dict(hyperparams)
-  for name, value in values.items():
-    old = jnp.asarray(hyperparams[name])
-    value = jnp.asarray(value)
-    if value.shape != old.shape:
-      raise ValueError(f"hyper-parameter {name!r} has shape {old.shape}, got a value of shape "
-                       f"{value.shape}")
-    new[name] = value.astype(old.dtype)
-  return opt_state._replace(hyperparams=new)
