@@ -122,7 +122,8 @@ def forward_mode_lr_step(trainer: BenchGuidedTrainer) -> Callable:
     h_opt, h_loss = specs_lib.split_effective(trainer.specs, values)
 
     def train_loss(p):
-      return kwargs["loss_from_outputs"](kwargs["forward_fn"](p, batch, rng), batch, h_loss)
+      return kwargs["loss_from_outputs"](kwargs["forward_fn"](p, batch, rng), batch,
+                                         kwargs["loss_inputs_fn"](h_loss, batch))
 
     (loss, _), grads = jax.value_and_grad(train_loss, has_aux=True)(state.params)
     updates, opt_state = hypergrad.optimizer_update(trainer.optimizer, grads, state.opt_state,

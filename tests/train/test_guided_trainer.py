@@ -648,3 +648,23 @@ def test_microbatched_hypergradient_matches_central_differences(fd_setup_microba
   got = s.hypergrads[name]
   assert got.dtype == np.float64 and np.linalg.norm(fd) > 1e-6
   assert np.linalg.norm(got - fd) <= FD_RTOL * np.linalg.norm(fd), (name, got, fd)
+
+
+@pytest.mark.slow
+def test_adafactor_gin_specs_bfloat16_activations_do_not_skip():
+  """bfloat16 activations (float32 params and optimizer state): finite hypergradients too."""
+  specs = adafactor_gin_specs()
+  p = PjitPartitioner(devices=jax.devices()[:1])
+  model = tiny.tiny_model(_adafactor(), dtype="bfloat16")
+  state, axes = train_lib.initial_train_state(model, tiny.INPUT_SHAPES, p, jax.random.PRNGKey(0))
+  trainer = SyntheticGuideTrainer(
+      model=model, train_state=state, partitioner=p, eval_names=[], summary_dir=None,
+      train_state_axes=axes, rng=jax.random.PRNGKey(1), learning_rate_fn=lambda step: BASE_LR,
+      log_every=1000, print_fn=lambda s: None, guided_hparams=specs,
+      guide_dataset_cfg=GUIDE_CFG, meta_learning_rate=META_LR)
+  init = host(trainer.train_state.guided.raw)
+  trainer.train(train_batches(p, 0, 8), 8)
+  guided = host(trainer.train_state.guided)
+  assert int(guided.num_hyper_steps) == 8 and int(guided.num_skipped) == 0
+  for name, value in guided.raw.items():
+    assert not np.allclose(value, init[name], rtol=0, atol=1e-4), name
