@@ -1,8 +1,8 @@
 """The fused model step + hypergradient step (one-step lookahead), generic over callables.
 
-Notation (DESIGN.md section 1): theta params, s optimizer state, phi raw guided values,
-h = act(phi) effective values split into h_opt (optimizer side) and h_loss (loss side), x a train
-batch, z a guide batch. The guided step computes the ordinary model step
+Notation (docs/DESIGN.md, section 1 "The method"): theta params, s optimizer state, phi raw
+guided values, h = act(phi) effective values split into h_opt (optimizer side) and h_loss (loss
+side), x a train batch, z a guide batch. The guided step computes the ordinary model step
 
     g = grad_theta L_train(theta; x, h_loss);  u, s' = U(g, s, theta; h_opt);  theta' = theta + u
 
