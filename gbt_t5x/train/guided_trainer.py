@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import jax
 import numpy as np
 
+from gbt_t5x.guided import forward as forward_lib
 from gbt_t5x.guided import hypergrad
 from gbt_t5x.guided import meta as meta_lib
 from gbt_t5x.guided import specs as specs_lib
@@ -57,6 +58,10 @@ class GuidedTrainer(Trainer):
       behaviour, for parity); default rotates through the repeated guide set.
     recompute_tangent: with loss-side hyper-parameters (label smoothing, data weights), trade one
       extra train forward for lower peak memory (see `hypergrad.guided_step`).
+    horizon: 'greedy' (the one-step lookahead) or 'forward' (long-horizon: tangents of the whole
+      trajectory, one params-and-optimizer-state-sized tangent per guided scalar, carried in
+      the train state and updated at every model step; see `gbt_t5x.guided.forward`).
+    mu: damping of the carried tangent with the 'forward' horizon, in [0, 1] (0 = greedy).
   """
 
   def __init__(self, model: Any, train_state: Any, partitioner: Any, eval_names: Sequence[str],
@@ -67,7 +72,8 @@ class GuidedTrainer(Trainer):
                guide_dataset_cfg: data_lib.DatasetConfig | None = None,
                hyper_step_every: int = 1, meta_learning_rate: float = 3e-3,
                meta_clip_norm: float | None = None, fixed_guide_batch: bool = False,
-               recompute_tangent: bool = False, **kwargs: Any):
+               recompute_tangent: bool = False, horizon: str = "greedy", mu: float = 1.0,
+               **kwargs: Any):
     super().__init__(model, train_state, partitioner, eval_names, summary_dir, train_state_axes,
                      rng, learning_rate_fn, num_microbatches, **kwargs)
     if not guided_hparams:
@@ -78,6 +84,8 @@ class GuidedTrainer(Trainer):
                        "= @guide/data.DatasetConfig() and GUIDE_MIXTURE_OR_TASK_NAME")
     if hyper_step_every < 1:
       raise ValueError(f"hyper_step_every must be >= 1, got {hyper_step_every}")
+    forward_lib.check_horizon(horizon, mu, num_microbatches)
+    self.horizon, self.mu = horizon, float(mu)
     self.specs = tuple(guided_hparams)
     optimizer_names = optimizers_lib.hyperparam_names(self.optimizer, train_state.params)
     specs_lib.validate_specs(self.specs, optimizer_names)
@@ -98,9 +106,27 @@ class GuidedTrainer(Trainer):
       self.train_state = train_state.replace(guided=guided)
     self.train_state_axes = train_state_axes.replace(
         guided=jax.tree.map(lambda _: replicated, self.train_state.guided))
+    if self.horizon == "forward":
+      self._init_tangents()
     self._fixed_batch: Batch | None = None
     self._host_step: int | None = None
     self._check_guide_data()
+
+  def _init_tangents(self) -> None:
+    """Zero tangents (sharded like the params and optimizer-state leaves they mirror)."""
+    axes = self.train_state_axes
+    opt_axes = [a for a, x in zip(jax.tree.leaves(axes.opt_state),
+                                  jax.tree.leaves(self.train_state.opt_state))
+                if jax.numpy.issubdtype(x.dtype, jax.numpy.floating)]
+    tangent_axes = tuple((axes.params, list(opt_axes))
+                         for _ in forward_lib.scalar_index(self.specs))
+    self.train_state_axes = axes.replace(tangents=tangent_axes)
+    if self.train_state.tangents is None:
+      init = functools.partial(forward_lib.init_tangents, self.specs)
+      tangents = self._partitioner.partition(
+          init, in_shardings=(axes.params, axes.opt_state), out_shardings=tangent_axes)(
+              self.train_state.params, self.train_state.opt_state)
+      self.train_state = self.train_state.replace(tangents=tangents)
 
   # ---------------------------------------------------------------- data
   def _check_guide_data(self) -> None:
@@ -142,7 +168,12 @@ class GuidedTrainer(Trainer):
 
   @functools.cached_property
   def _guidance(self) -> step_lib.Guidance:
-    return step_lib.Guidance(self.specs, self.meta_optimizer, self.recompute_tangent)
+    return step_lib.Guidance(self.specs, self.meta_optimizer, self.recompute_tangent,
+                             self.horizon, self.mu)
+
+  def _plain_step_guidance(self) -> step_lib.Guidance | None:
+    """The forward horizon carries its tangents through plain steps too."""
+    return self._guidance if self.horizon == "forward" else None
 
   @functools.cached_property
   def _partitioned_guided_step(self) -> Callable[[Any, Batch, Batch], tuple[Any, Metrics]]:

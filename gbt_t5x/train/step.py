@@ -13,6 +13,9 @@ happens here once:
 - loss-side values become the loss head's inputs (`StepFns.loss_inputs_fn`: label smoothing and
   per-token data weights of the whole batch);
 - gradients are accumulated over microbatches (`hypergrad.train_loss_and_grads`);
+- with the long ('forward') hypergradient horizon, every step also carries the tangents
+  d(params, optimizer state)/d(raw values) in `TrainState.tangents` (`guided.forward`), and a
+  guided step contracts them with the guide gradient instead of differentiating one step;
 - the non-finite guard: a step whose train loss or new params are not finite keeps the old
   params, optimizer and guided state, advances the step counter and counts it in
   `TrainState.num_nonfinite` (the trainer stops past `max_nonfinite_steps`).
@@ -28,7 +31,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gbt_t5x.guided import forward as forward_lib
 from gbt_t5x.guided import hypergrad
+from gbt_t5x.guided import meta as meta_lib
 from gbt_t5x.guided import specs as specs_lib
 from gbt_t5x.train import train_state as train_state_lib
 from gbt_t5x.train.train_state import TrainState
@@ -74,10 +79,21 @@ class StepFns:
 
 @dataclasses.dataclass(frozen=True)
 class Guidance:
-  """What a guided step adds: the specs, the meta optimizer and the memory option."""
+  """What guiding adds to the model step.
+
+  Attributes:
+    specs: the guided hyper-parameters.
+    meta_optimizer: moves the raw values (`meta.make_meta_optimizer`).
+    recompute_tangent: greedy horizon: the memory option of `hypergrad.guided_step`.
+    horizon: 'greedy' (one-step lookahead) or 'forward' (tangents carried along the trajectory
+      in `TrainState.tangents`, updated at every model step; `gbt_t5x.guided.forward`).
+    mu: the forward horizon's damping in [0, 1] (0: greedy).
+  """
   specs: tuple[specs_lib.GuidedHParam, ...]
   meta_optimizer: optax.GradientTransformation
   recompute_tangent: bool = False
+  horizon: str = "greedy"
+  mu: float = 1.0
 
 
 # ------------------------------------------------------------------------------ value providers
@@ -132,7 +148,8 @@ def model_step(state: TrainState, batch: Batch, *, fns: StepFns, values_fn: Valu
     values_fn: where this step's hyper-parameter values come from (ignored on guided steps,
       whose values are the guided state's).
     guide_batch: a guide batch for a guided step, else None.
-    guidance: required with `guide_batch`.
+    guidance: required with `guide_batch`; with the 'forward' horizon, given on every step of
+      the run (the tangents move with every model step).
 
   Returns:
     (new state, scalar metrics): the loss head's sums (`loss`, `accuracy`, `num_tokens`, ...;
@@ -143,7 +160,24 @@ def model_step(state: TrainState, batch: Batch, *, fns: StepFns, values_fn: Valu
   """
   rng = jax.random.fold_in(fns.rng, state.step)
   base_lr = fns.learning_rate_fn(state.step)
-  if guide_batch is None:
+  tangents = state.tangents
+  if guidance is not None and guidance.horizon == "forward":
+    values = specs_lib.effective(guidance.specs, state.guided.raw)
+    params, opt_state, tangents, metrics = forward_lib.forward_step(
+        state.params, state.opt_state, state.guided.raw, state.tangents, batch, rng, base_lr,
+        mu=guidance.mu, specs=guidance.specs, **fns.hypergrad_kwargs())
+    metrics = dict(metrics)
+    guided = state.guided
+    if guide_batch is not None:
+      guide_loss, hypergrads = forward_lib.hypergradient(
+          params, tangents, state.guided.raw, guide_batch, specs=guidance.specs,
+          guide_loss_fn=fns.guide_loss_fn)
+      guided, _ = meta_lib.apply_hypergradient(state.guided, hypergrads, guidance.specs,
+                                               guidance.meta_optimizer)
+      metrics["guide_loss"] = guide_loss
+      for name, g in hypergrads.items():
+        metrics[f"hypergrad_norm/{name}"] = jnp.sqrt(jnp.sum(jnp.square(g)))
+  elif guide_batch is None:
     values = values_fn(state)
     params, opt_state, metrics = hypergrad.plain_step(
         state.params, state.opt_state, values, batch, rng, base_lr, **fns.hypergrad_kwargs())
@@ -158,10 +192,11 @@ def model_step(state: TrainState, batch: Batch, *, fns: StepFns, values_fn: Valu
         guide_loss_fn=fns.guide_loss_fn, recompute_tangent=guidance.recompute_tangent,
         **fns.hypergrad_kwargs())
     metrics = dict(metrics)
+  if guide_batch is not None:
     guide_tokens = jnp.sum(guide_batch["decoder_loss_weights"].astype(jnp.float32))
     metrics["guide_loss_per_token"] = metrics.pop("guide_loss") / jnp.maximum(guide_tokens, 1)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                            guided=guided)
+                            guided=guided, tangents=tangents)
   new_state, nonfinite = train_state_lib.keep_finite_update(state, new_state, metrics["loss"])
   if guide_batch is not None:  # Skips as counted in the (guarded) state.
     new_guided, old_guided = new_state.guided, state.guided

@@ -234,7 +234,15 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
   if latest is not None:
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             trainer.train_state, trainer.train_state_axes)
-    trainer.train_state, metadata = checkpointer.restore(latest, abstract)
+    try:
+      trainer.train_state, metadata = checkpointer.restore(latest, abstract)
+    except ValueError as e:
+      if trainer.train_state.tangents is not None and ".tangents" in str(e):
+        raise ValueError(
+            f"checkpoint step {latest} in {ckpt_dir} holds no long-horizon tangents (its run "
+            "used HYPERGRAD_HORIZON='greedy'); resume it with the greedy horizon, or start "
+            "HYPERGRAD_HORIZON='forward' in a new MODEL_DIR") from None
+      raise
     data_positions = dict(metadata.get("data_positions", {}))
     print_fn(f"restored checkpoint step {latest} from {ckpt_dir}")
   elif checkpoint_cfg.restore is not None and checkpoint_cfg.restore.path:

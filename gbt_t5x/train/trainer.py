@@ -162,12 +162,17 @@ class Trainer:
       return step_lib.schedule_values(self.hyperparam_schedules)(state)
     return step_lib.no_values(state)
 
+  def _plain_step_guidance(self) -> step_lib.Guidance | None:
+    """What guiding adds to a step without a guide batch (GuidedTrainer's long horizon)."""
+    return None
+
   # ---------------------------------------------------------------- compiled functions
   @functools.cached_property
   def _partitioned_train_step(self) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """The jitted model step `(state, batch) -> (state, metric sums)`; overridable."""
     def train_step(state, batch):
-      return step_lib.model_step(state, batch, fns=self._step_fns, values_fn=self._values_fn)
+      return step_lib.model_step(state, batch, fns=self._step_fns, values_fn=self._values_fn,
+                                 guidance=self._plain_step_guidance())
     return self._partitioner.partition(
         train_step, in_shardings=(self.train_state_axes, self._partitioner.data_sharding),
         out_shardings=(self.train_state_axes, self._partitioner.replicated),

@@ -18,11 +18,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import seqio
 import tensorflow as tf
 
-from gbt_t5x.guided import hypergrad
+from gbt_t5x.guided import forward, hypergrad
 from gbt_t5x.guided import specs as specs_lib
 from gbt_t5x.guided.specs import GuidedHParam
 from gbt_t5x.models import encoder_decoder, losses, network
@@ -668,3 +669,101 @@ def test_adafactor_gin_specs_bfloat16_activations_do_not_skip():
   assert int(guided.num_hyper_steps) == 8 and int(guided.num_skipped) == 0
   for name, value in guided.raw.items():
     assert not np.allclose(value, init[name], rtol=0, atol=1e-4), name
+
+
+# ============================================================================ long horizon
+FORWARD_SPECS = (GuidedHParam("learning_rate", 1.0, "exp", lower=0.01, upper=100.0),
+                 GuidedHParam("b1", 0.8, "sigmoid", lower=0.0, upper=0.999),
+                 GuidedHParam("label_smoothing", 0.1, "sigmoid", lower=0.0, upper=0.5))
+
+
+@pytest.mark.slow
+def test_forward_horizon_with_hyper_step_every_matches_finite_differences():
+  """Tangents carried by the trainer over k = 3 model steps (2 plain, then a guided one) give
+  the central finite difference of the guide loss after those 3 steps (float64, mu = 1)."""
+  k = 3
+  with float64_model():
+    trainer = make_trainer(FORWARD_SPECS, optimizer=FD_CONFIGS["adamw"][0](), horizon="forward",
+                           mu=1.0, hyper_step_every=k, meta_learning_rate=META_LR)
+    p = trainer._partitioner
+    warm_start(trainer)  # Step 0 (guided with k = 3 when run by `train`; here a plain step).
+    fresh = forward.init_tangents(FORWARD_SPECS, trainer.train_state.params,
+                                  trainer.train_state.opt_state)
+    trainer.train_state = trainer.train_state.replace(tangents=fresh)
+    start = host(trainer.train_state)
+    trainer.train(train_batches(p, 1, k), k)
+    assert trainer.guide_calls == [3] and int(trainer.train_state.guided.num_hyper_steps) == 1
+    # After one meta Adam step its first moment is (1 - b1) * hypergradient.
+    adam = next(x for x in jax.tree.leaves(
+        trainer.train_state.guided.meta_opt_state,
+        is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+                if isinstance(x, optax.ScaleByAdamState))
+    got = {n: np.asarray(v) / 0.1 for n, v in host(adam.mu).items()}
+
+    kwargs = {n: v for n, v in trainer._step_kwargs().items() if n != "specs"}
+    batches = list(train_batches(p, 1, k))
+    guide = data.global_batch(tiny.random_batch(GUIDE_SEED, batch_size=BATCH), p.data_sharding)
+    guide = dict(guide, poison=jnp.zeros((BATCH,)))
+
+    @jax.jit
+    def composed(raw):
+      params, opt_state = start.params, start.opt_state
+      for i, batch in enumerate(batches):
+        rng = jax.random.fold_in(jax.random.PRNGKey(1), 1 + i)
+        params, opt_state, _ = hypergrad.plain_step(
+            params, opt_state, specs_lib.effective(FORWARD_SPECS, raw), batch, rng,
+            jnp.asarray(BASE_LR), **kwargs)
+      return trainer._guide_loss(params, guide)
+
+    raw = host(start.guided.raw)
+    for name in raw:
+      fd = []
+      for sign in (1.0, -1.0):
+        shifted = dict(raw, **{name: raw[name] + sign * FD_STEP})
+        fd.append(float(composed(shifted)))
+      fd = (fd[0] - fd[1]) / (2 * FD_STEP)
+      assert abs(fd) > 1e-6, (name, fd)
+      assert abs(got[name] - fd) <= FD_RTOL * abs(fd), (name, got[name], fd)
+
+
+def test_forward_horizon_bad_settings_fail_before_any_step(init_1dev):
+  _one_line_error(lambda: trainer_1dev(init_1dev, horizon="forward", mu=1.5), r"mu must be in")
+  _one_line_error(lambda: trainer_1dev(init_1dev, horizon="forward", num_microbatches=2),
+                  r"does not support num_microbatches")
+  _one_line_error(lambda: trainer_1dev(init_1dev, horizon="long"), r"horizon must be one of")
+
+
+@pytest.mark.slow
+def test_forward_horizon_resume_equals_uninterrupted_run(init_1dev, tmp_path):
+  def fresh():
+    return trainer_1dev(init_1dev, specs=FORWARD_SPECS, horizon="forward", mu=0.9,
+                        hyper_step_every=2)
+
+  full = fresh()
+  full.train(train_batches(full._partitioner, 0, 4), 4)
+  half = fresh()
+  half.train(train_batches(half._partitioner, 0, 2), 2)
+  ckpt = checkpoints.Checkpointer(str(tmp_path / "ckpt"))
+  ckpt.save(2, half.train_state, {"data_positions": {"train": 2, **half.data_positions()}})
+  ckpt.wait_until_finished()
+  resumed = fresh()
+  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        resumed.train_state, resumed.train_state_axes)
+  resumed.train_state, meta = ckpt.restore(2, target)
+  resumed.restore_data_positions(meta["data_positions"])
+  resumed.train(train_batches(resumed._partitioner, 2, 2), 2)
+  a, b = host(resumed.train_state), host(full.train_state)
+  assert_trees_equal(a.tangents, b.tangents)
+  assert_trees_equal(a.params, b.params)
+  assert_trees_equal(a.guided, b.guided)
+  assert int(a.guided.num_hyper_steps) == 2
+
+  # A checkpoint of a greedy run cannot silently start a long-horizon run mid-way.
+  greedy = trainer_1dev(init_1dev, specs=FORWARD_SPECS)
+  greedy.train(train_batches(greedy._partitioner, 0, 1), 1)
+  ckpt2 = checkpoints.Checkpointer(str(tmp_path / "greedy"))
+  ckpt2.save(1, greedy.train_state, {"data_positions": {"train": 1}})
+  ckpt2.wait_until_finished()
+  with pytest.raises(ValueError) as info:
+    ckpt2.restore(1, target)
+  assert "\n" not in str(info.value) and "tangents" in str(info.value)
