@@ -1,8 +1,8 @@
 """Installs gbt_t5x: `pip install -e .` (add `[test]` for the test tools).
 
 Packages: `gbt_t5x` (library and entry points) and `gbt_t5x_tasks` (the SeqIO task
-registrations, kept in the top-level `tasks/` folder as DESIGN.md lays out, installed under a
-name that cannot clash with other projects' `tasks` modules).
+registrations, kept in the top-level `tasks/` folder as docs/DESIGN.md (section 3, Architecture)
+lays out, installed under a name that cannot clash with other projects' `tasks` modules).
 """
 import pathlib
 

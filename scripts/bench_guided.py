@@ -18,6 +18,9 @@ Configurations and targets:
       measured step times).
   (d) LR + b1 + label smoothing + data weights (4 ids), every step, equal batches:
       guided / floor <= 1.3, memory guided / plain <= 1.6.
+  (f1), (f3) the long ('forward') hypergradient horizon (mu 0.99) for the LR alone and for
+      LR + b1 + b2: guided step against the greedy one and the floor, the plain step that carries
+      the tangents against the plain step, compiled memory against plain (no targets).
   (e) LR alone: the reverse-mode guided step (as (a), LR only) against a forward-mode variant.
       AdamW's update is linear in the learning rate, u(m) = m * u(1), so for the multiplier m
       dL_guide(theta + m u(1))/dm = JVP of the guide loss at theta' along u / m: one `jax.jvp` of
@@ -122,7 +125,8 @@ def forward_mode_lr_step(trainer: BenchGuidedTrainer) -> Callable:
     h_opt, h_loss = specs_lib.split_effective(trainer.specs, values)
 
     def train_loss(p):
-      return kwargs["loss_from_outputs"](kwargs["forward_fn"](p, batch, rng), batch, h_loss)
+      return kwargs["loss_from_outputs"](kwargs["forward_fn"](p, batch, rng), batch,
+                                         kwargs["loss_inputs_fn"](h_loss, batch))
 
     (loss, _), grads = jax.value_and_grad(train_loss, has_aux=True)(state.params)
     updates, opt_state = hypergrad.optimizer_update(trainer.optimizer, grads, state.opt_state,
@@ -234,11 +238,11 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
                 rng=jax.random.PRNGKey(1), learning_rate_fn=lr_fn, log_every=10**9,
                 print_fn=lambda s: None)
 
-  def guided_trainer(specs, recompute_tangent=False):
+  def guided_trainer(specs, recompute_tangent=False, **horizon):
     return BenchGuidedTrainer(model=model, train_state=copy_state(state0),
                               guided_hparams=specs, guide_dataset_cfg=object(),
                               hyper_step_every=1, meta_learning_rate=3e-3,
-                              recompute_tangent=recompute_tangent, **common)
+                              recompute_tangent=recompute_tangent, **horizon, **common)
 
   t_compile = time.perf_counter()
   clog: dict[str, float] = {}
@@ -263,6 +267,12 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
   dr_c = timed_compile(clog, "dr_c", tr_dr._partitioned_guided_step, tr_dr.train_state, batch_dw,
                        guide)
   e_c = timed_compile(clog, "e_c", tr_e._partitioned_guided_step, tr_e.train_state, batch, guide)
+  forward_trainers = {k: guided_trainer(specs, horizon="forward", mu=0.99)
+                      for k, specs in (("f1", (LR,)), ("f3", (LR, B1, B2)))}
+  f_c = {k: timed_compile(clog, f"{k}_c", tr._partitioned_guided_step, tr.train_state, batch,
+                          guide) for k, tr in forward_trainers.items()}
+  f_plain_c = {k: timed_compile(clog, f"{k}_plain_c", tr._partitioned_train_step,
+                                tr.train_state, batch) for k, tr in forward_trainers.items()}
   fwd_step = forward_mode_lr_step(tr_e_fwd)
   e_fwd_c = timed_compile(clog, "e_fwd_c", fwd_step, tr_e_fwd.train_state, batch, guide)
   compile_s = time.perf_counter() - t_compile
@@ -285,12 +295,17 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
       "guided (d) recompute": bc.Stepper(dr_c, tr_dr.train_state, batch_dw, guide),
       "guided (e) reverse": bc.Stepper(e_c, tr_e.train_state, batch, guide),
       "guided (e) forward": _DropThird(e_fwd_c, tr_e_fwd.train_state, batch, guide),
+      **{f"guided ({k}) horizon": bc.Stepper(f_c[k], tr.train_state, batch, guide)
+         for k, tr in forward_trainers.items()},
+      **{f"plain_g ({k}) horizon": bc.Stepper(f_plain_c[k], copy_state(tr.train_state), batch)
+         for k, tr in forward_trainers.items()},
   }
   times = time_round_robin(steppers, iters, warmup=1)
 
   mem = {"plain": bc.memory_bytes(plain_c), "a": bc.memory_bytes(a_c),
          "d": bc.memory_bytes(d_c), "dr": bc.memory_bytes(dr_c), "e_rev": bc.memory_bytes(e_c),
-         "e_fwd": bc.memory_bytes(e_fwd_c)}
+         "e_fwd": bc.memory_bytes(e_fwd_c),
+         **{k: bc.memory_bytes(c) for k, c in f_c.items()}}
   t = times
   floor = t["plain"] + t["guide fwd+bwd"]
   mem_ratio = lambda k: (mem[k] / mem["plain"]) if mem[k] and mem["plain"] else float("nan")
@@ -315,6 +330,18 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
            value=t["guided (e) forward"] / t["guided (e) reverse"], target=None),
       dict(cfg="(e) hypergradient", metric="|fwd - rev| / |rev|", value=rel_diff, target=None),
   ]
+  for k, label in (("f1", "lr"), ("f3", "lr+b1+b2")):
+    rows += [
+        dict(cfg=f"({k}) forward horizon, {label}", metric="guided / greedy guided",
+             value=t[f"guided ({k}) horizon"] / t["guided (e) reverse" if k == "f1"
+                                                    else "guided (a)"], target=None),
+        dict(cfg=f"({k}) forward horizon, {label}", metric="guided / (plain + guide fb)",
+             value=t[f"guided ({k}) horizon"] / floor, target=None),
+        dict(cfg=f"({k}) forward horizon, {label}", metric="plain step with tangents / plain",
+             value=t[f"plain_g ({k}) horizon"] / t["plain"], target=None),
+        dict(cfg=f"({k}) memory", metric="guided / plain (compiled bytes)", value=mem_ratio(k),
+             target=None),
+    ]
   for r in rows:
     r["met"] = None if r["target"] is None or np.isnan(r["value"]) else r["value"] <= r["target"]
   missed = any(r["met"] is False for r in rows)
@@ -391,11 +418,15 @@ def main() -> None:
   print()
   def short(r):
     v = {x["cfg"]: x["value"] for x in r["rows"]}
+    rv = {(x["cfg"], x["metric"]): x["value"] for x in r["rows"]}
     return (f"{r['size']} a {v['(a) lr+b1+b2 every step']:.2f} "
             f"b {v['(b) 1/4 guide batch']:.2f} c {v['(c) every 10 steps']:.2f} "
             f"d {v['(d) lr+b1+ls+dw every step']:.2f} "
             f"mem a {v['(a) memory']:.2f} d {v['(d) memory']:.2f} "
-            f"e fwd/rev {v['(e) lr, forward mode']:.2f}")
+            f"e fwd/rev {v['(e) lr, forward mode']:.2f} "
+            f"horizon f1 /greedy {rv[('(f1) forward horizon, lr', 'guided / greedy guided')]:.2f} "
+            f"f3 /greedy {rv[('(f3) forward horizon, lr+b1+b2', 'guided / greedy guided')]:.2f} "
+            f"f3 mem {v['(f3) memory']:.2f}")
   print("ratio: guided cost (a: /floor, b: /plain, c: 1-in-10 /plain, d: /floor, memory /plain) = "
         + "; ".join(short(r) for r in results))
 

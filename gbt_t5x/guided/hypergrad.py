@@ -1,8 +1,8 @@
 """The fused model step + hypergradient step (one-step lookahead), generic over callables.
 
-Notation (DESIGN.md section 1): theta params, s optimizer state, phi raw guided values,
-h = act(phi) effective values split into h_opt (optimizer side) and h_loss (loss side), x a train
-batch, z a guide batch. The guided step computes the ordinary model step
+Notation (docs/DESIGN.md, section 1 "The method"): theta params, s optimizer state, phi raw
+guided values, h = act(phi) effective values split into h_opt (optimizer side) and h_loss (loss
+side), x a train batch, z a guide batch. The guided step computes the ordinary model step
 
     g = grad_theta L_train(theta; x, h_loss);  u, s' = U(g, s, theta; h_opt);  theta' = theta + u
 
@@ -70,6 +70,16 @@ ForwardFn = Callable[[PyTree, Batch, jax.Array], PyTree]
 LossFromOutputs = Callable[[PyTree, Batch, Mapping[str, jax.Array]],
                            tuple[jax.Array, Mapping[str, jax.Array]]]
 GuideLossFn = Callable[[PyTree, Batch], jax.Array]
+# (loss-side effective values, whole batch) -> the loss head's inputs for that batch, e.g.
+# {'label_smoothing': scalar, 'token_weights': [B, T]}. Computed once per batch, so that
+# microbatches see slices of whole-batch quantities (data weights are normalised per batch).
+LossInputsFn = Callable[[Mapping[str, jax.Array], Batch], Mapping[str, jax.Array]]
+
+
+def _identity_loss_inputs(h_loss: Mapping[str, jax.Array], batch: Batch
+                          ) -> Mapping[str, jax.Array]:
+  del batch
+  return h_loss
 
 
 # --------------------------------------------------------------------------- parameter groups
@@ -113,17 +123,64 @@ def _tree_vdot(a: PyTree, b: PyTree) -> jax.Array:
   return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+def set_hyperparams(opt_state: Any, values: Mapping[str, Any]) -> Any:
+  """The one injection of hyper-parameter values into an `inject_hyperparams` optimizer state.
+
+  Works inside jit and under autodiff (values may be tracers). Names are resolved against the
+  optimizer's own (`specs.resolve_optimizer_name`: Adafactor's `b1` is `momentum`,
+  `weight_decay` is `weight_decay_rate`); each value is cast to the dtype of the entry it
+  replaces and must have its shape (scalars: shape ()).
+
+  Args:
+    opt_state: an `optax.InjectHyperparamsState` / `InjectStatefulHyperparamsState`.
+    values: name -> new value (Python number or array); `learning_rate` is the absolute rate.
+
+  Returns:
+    A copy of `opt_state` with the values replaced (the input is not modified).
+
+  Raises:
+    ValueError (one line): a state without `hyperparams`, unknown names (the message lists the
+      known ones), an entry that follows an optax schedule, a non-float entry, a shape mismatch.
+  """
+  hyperparams = getattr(opt_state, "hyperparams", None)
+  if not isinstance(hyperparams, Mapping) or not hasattr(opt_state, "_replace"):
+    raise ValueError("optimizer state has no `hyperparams` dict: build the optimizer with "
+                     "optax.inject_hyperparams")
+  resolved = {name: specs_lib.resolve_optimizer_name(name, hyperparams) for name in values}
+  unknown = sorted(name for name, key in resolved.items() if key is None)
+  if unknown:
+    raise ValueError(f"unknown optimizer hyper-parameter(s) {unknown}; known: "
+                     f"{sorted(hyperparams)}")
+  scheduled = set(getattr(opt_state, "hyperparams_states", None) or {})
+  new = dict(hyperparams)
+  for name, value in values.items():
+    key = resolved[name]
+    if key in scheduled:
+      raise ValueError(f"optimizer hyper-parameter {key!r} is a schedule inside the optimizer; "
+                       "give it a plain number so the value can be injected")
+    old = jnp.asarray(hyperparams[key])
+    if not jnp.issubdtype(old.dtype, jnp.floating):
+      raise ValueError(f"optimizer hyper-parameter {key!r} is {old.dtype}, not a float; it "
+                       "cannot be set")
+    value = jnp.asarray(value)
+    if value.shape != old.shape:
+      raise ValueError(f"optimizer hyper-parameter {key!r} has shape {old.shape}, got a value "
+                       f"of shape {value.shape}")
+    new[key] = value.astype(old.dtype)
+  return opt_state._replace(hyperparams=new)
+
+
 def optimizer_update(optimizer: optax.GradientTransformation, grads: PyTree, opt_state: Any,
                      params: PyTree, opt_hparams: Mapping[str, jax.Array], base_lr: jax.Array,
                      lr_group_ids: PyTree | None = None) -> tuple[PyTree, Any]:
-  """The optimizer update with guided optimizer-side values injected.
+  """The optimizer update with optimizer-side values injected (`set_hyperparams`).
 
   Args:
     optimizer: an `optax.inject_hyperparams` transformation (its state has `hyperparams`).
     grads: gradients, structure of `params`.
     opt_state: its state.
     params: current parameters.
-    opt_hparams: effective optimizer-side values keyed by spec name: `learning_rate` (multiplier,
+    opt_hparams: effective optimizer-side values keyed by name: `learning_rate` (multiplier,
       scalar or [num_groups]) and/or optimizer names (aliases allowed, e.g. Adafactor `b1`).
     base_lr: scalar, the model schedule's learning rate at this step.
     lr_group_ids: from `param_group_ids`; required iff the multiplier is a vector.
@@ -134,38 +191,15 @@ def optimizer_update(optimizer: optax.GradientTransformation, grads: PyTree, opt
     whole update, after the optimizer, by its group's entry).
   """
   hyperparams = getattr(opt_state, "hyperparams", None)
-  if not isinstance(hyperparams, Mapping):
-    raise ValueError("optimizer state has no `hyperparams` dict: build the model optimizer with "
-                     "optax.inject_hyperparams")
-  scheduled = set(getattr(opt_state, "hyperparams_states", {}) or {})
-  hp = dict(hyperparams)
-
-  def put(key: str, value: jax.Array) -> None:
-    if key in scheduled:
-      raise ValueError(f"optimizer hyper-parameter {key!r} is a schedule inside the optimizer; "
-                       "give it a plain number so the guided value can be injected")
-    dtype = jnp.asarray(hyperparams[key]).dtype
-    if not jnp.issubdtype(dtype, jnp.floating):
-      raise ValueError(f"optimizer hyper-parameter {key!r} is {dtype}, not a float; it cannot "
-                       "be guided")
-    hp[key] = jnp.asarray(value).astype(dtype)
-
-  if specs_lib.LEARNING_RATE not in hyperparams:
+  if isinstance(hyperparams, Mapping) and specs_lib.LEARNING_RATE not in hyperparams:
     raise ValueError(f"optimizer has no injectable 'learning_rate'; its hyper-parameters are "
                      f"{sorted(hyperparams)}")
   multiplier = opt_hparams.get(specs_lib.LEARNING_RATE)
   vector_lr = multiplier is not None and jnp.ndim(multiplier) > 0
   lr = base_lr if multiplier is None or vector_lr else base_lr * multiplier
-  put(specs_lib.LEARNING_RATE, lr)
-  for name, value in opt_hparams.items():
-    if name == specs_lib.LEARNING_RATE:
-      continue
-    key = specs_lib.resolve_optimizer_name(name, hyperparams)
-    if key is None:
-      raise ValueError(f"optimizer has no hyper-parameter {name!r}; its hyper-parameters are "
-                       f"{sorted(hyperparams)}")
-    put(key, value)
-  updates, new_opt_state = optimizer.update(grads, opt_state._replace(hyperparams=hp), params)
+  values = {k: v for k, v in opt_hparams.items() if k != specs_lib.LEARNING_RATE}
+  opt_state = set_hyperparams(opt_state, {specs_lib.LEARNING_RATE: lr, **values})
+  updates, new_opt_state = optimizer.update(grads, opt_state, params)
   if vector_lr:
     if lr_group_ids is None:
       raise ValueError("a per-group learning_rate multiplier needs lr_group_ids "
@@ -173,6 +207,86 @@ def optimizer_update(optimizer: optax.GradientTransformation, grads: PyTree, opt
     updates = jax.tree.map(lambda u, gid: u * multiplier[gid].astype(u.dtype), updates,
                            lr_group_ids)
   return updates, new_opt_state
+
+
+# --------------------------------------------------------------------------- values, microbatches
+def split_values(values: Mapping[str, jax.Array]
+                 ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+  """Splits effective values by name into (optimizer side, loss side).
+
+  Loss-side names are `specs.LOSS_NAMES` (label smoothing, data weights); every other name (the
+  learning-rate multiplier included) is optimizer side. Used for guided, replayed and constant
+  values alike.
+  """
+  h_opt = {k: v for k, v in values.items() if k not in specs_lib.LOSS_NAMES}
+  h_loss = {k: v for k, v in values.items() if k in specs_lib.LOSS_NAMES}
+  return h_opt, h_loss
+
+
+def microbatch(tree: Mapping[str, Any], num_microbatches: int, index: jax.Array
+               ) -> dict[str, Any]:
+  """Rows `index, index + M, index + 2M, ...` of every array with a batch axis.
+
+  Arrays of rank >= 1 whose leading dim is the batch size B become `[B / M, ...]`; scalars (e.g.
+  a label smoothing value) pass through unchanged.
+  """
+  def take(x):
+    if jnp.ndim(x) == 0:
+      return x
+    x = x.reshape((x.shape[0] // num_microbatches, num_microbatches) + x.shape[1:])
+    return jax.lax.dynamic_index_in_dim(x, index, axis=1, keepdims=False)
+  return {k: take(v) for k, v in tree.items()}
+
+
+def _check_microbatches(batch: Batch, num_microbatches: int) -> None:
+  batch_size = next(iter(batch.values())).shape[0]
+  if batch_size % num_microbatches:
+    raise ValueError(f"batch size {batch_size} is not divisible by num_microbatches "
+                     f"{num_microbatches}")
+
+
+def train_loss_and_grads(params: PyTree, batch: Batch, rng: jax.Array,
+                         loss_inputs: Mapping[str, jax.Array], *, forward_fn: ForwardFn,
+                         loss_from_outputs: LossFromOutputs,
+                         num_microbatches: int | None = None
+                         ) -> tuple[jax.Array, dict[str, jax.Array], PyTree]:
+  """The summed training loss, its aux metric sums and its gradient, over microbatches.
+
+  Args:
+    params: parameters.
+    batch: the global batch, features `[B, ...]`.
+    rng: dropout rng; microbatch i uses `fold_in(rng, i)`.
+    loss_inputs: from the `LossInputsFn` on the whole batch (per-token arrays `[B, T]` are
+      sliced like the batch).
+    forward_fn, loss_from_outputs: see `guided_step`.
+    num_microbatches: None/1 for one pass, else M dividing B (gradients summed by `lax.scan`).
+
+  Returns:
+    (loss scalar, aux metric sums, grads with the structure of `params`).
+  """
+  def loss_fn(p, b, r, inputs):
+    return loss_from_outputs(forward_fn(p, b, r), b, inputs)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if not num_microbatches or num_microbatches <= 1:
+    (loss, aux), grads = grad_fn(params, batch, rng, loss_inputs)
+    return loss, dict(aux), grads
+  _check_microbatches(batch, num_microbatches)
+
+  def body(carry, index):
+    mb = microbatch(batch, num_microbatches, index)
+    mb_inputs = microbatch(loss_inputs, num_microbatches, index)
+    (loss, aux), grads = grad_fn(params, mb, jax.random.fold_in(rng, index), mb_inputs)
+    return jax.tree.map(jnp.add, carry, (loss, dict(aux), grads)), None
+
+  mb0 = microbatch(batch, num_microbatches, jnp.int32(0))
+  inputs0 = microbatch(loss_inputs, num_microbatches, jnp.int32(0))
+  shapes = jax.eval_shape(lambda: grad_fn(params, mb0, rng, inputs0))
+  (loss_shape, aux_shape), grads_shape = shapes
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                       (loss_shape, dict(aux_shape), grads_shape))
+  (loss, aux, grads), _ = jax.lax.scan(body, zeros, jnp.arange(num_microbatches))
+  return loss, aux, grads
 
 
 # --------------------------------------------------------------------------- steps
@@ -185,30 +299,32 @@ def _metrics(aux: Mapping[str, jax.Array], loss: jax.Array,
   return metrics
 
 
-def plain_step(params: PyTree, opt_state: Any, guided_state: meta_lib.GuidedState, batch: Batch,
-               rng: jax.Array, base_lr: jax.Array, *, specs: Sequence[specs_lib.GuidedHParam],
-               optimizer: optax.GradientTransformation, forward_fn: ForwardFn,
-               loss_from_outputs: LossFromOutputs, lr_group_ids: PyTree | None = None
+def plain_step(params: PyTree, opt_state: Any, values: Mapping[str, jax.Array], batch: Batch,
+               rng: jax.Array, base_lr: jax.Array, *, optimizer: optax.GradientTransformation,
+               forward_fn: ForwardFn, loss_from_outputs: LossFromOutputs,
+               loss_inputs_fn: LossInputsFn | None = None, lr_group_ids: PyTree | None = None,
+               num_microbatches: int | None = None
                ) -> tuple[PyTree, Any, dict[str, jax.Array]]:
-  """A model step at the current effective values (no hypergradient).
+  """A model step at given effective values (no hypergradient).
 
   Args:
     params, opt_state: model parameters and optimizer state.
-    guided_state: supplies the raw guided values.
+    values: effective values by name (guided, replayed or constant; may be empty): the
+      learning-rate multiplier, optimizer names (aliases allowed) and loss-side names.
     batch: train batch; rng: dropout rng for `forward_fn`; base_lr: schedule value (scalar).
-    specs, optimizer, forward_fn, loss_from_outputs, lr_group_ids: see `guided_step`.
+    optimizer, forward_fn, loss_from_outputs, loss_inputs_fn, lr_group_ids: see `guided_step`.
+    num_microbatches: gradient accumulation over M microbatches (None/1: one pass).
 
   Returns:
     (new_params, new_opt_state, metrics): metrics are the loss head's aux metrics plus
     `train_loss` and `hp/NAME` (effective values used).
   """
-  values = specs_lib.effective(specs, guided_state.raw)
-  h_opt, h_loss = specs_lib.split_effective(specs, values)
-
-  def train_loss(p):
-    return loss_from_outputs(forward_fn(p, batch, rng), batch, h_loss)
-
-  (loss, aux), grads = jax.value_and_grad(train_loss, has_aux=True)(params)
+  h_opt, h_loss = split_values(values)
+  loss_inputs = (loss_inputs_fn or _identity_loss_inputs)(h_loss, batch)
+  loss, aux, grads = train_loss_and_grads(params, batch, rng, loss_inputs,
+                                          forward_fn=forward_fn,
+                                          loss_from_outputs=loss_from_outputs,
+                                          num_microbatches=num_microbatches)
   updates, new_opt_state = optimizer_update(optimizer, grads, opt_state, params, h_opt, base_lr,
                                             lr_group_ids)
   return optax.apply_updates(params, updates), new_opt_state, _metrics(aux, loss, values)
@@ -219,7 +335,8 @@ def lookahead_hypergradient(
     guide_batch: Batch, rng: jax.Array, base_lr: jax.Array, *,
     specs: Sequence[specs_lib.GuidedHParam], optimizer: optax.GradientTransformation,
     forward_fn: ForwardFn, loss_from_outputs: LossFromOutputs, guide_loss_fn: GuideLossFn,
-    lr_group_ids: PyTree | None = None, recompute_tangent: bool = False
+    loss_inputs_fn: LossInputsFn | None = None, lr_group_ids: PyTree | None = None,
+    recompute_tangent: bool = False, num_microbatches: int | None = None
 ) -> tuple[PyTree, Any, dict[str, jax.Array], dict[str, jax.Array]]:
   """The model step and the exact gradient of L_hyper w.r.t. the raw values (steps a-f above).
 
@@ -229,18 +346,28 @@ def lookahead_hypergradient(
     (new_params, new_opt_state, hypergrads, metrics): hypergrads is name -> dL_hyper/d raw
     (shapes of `raw`, may be non-finite); metrics as `guided_step` without `skipped`.
   """
+  loss_inputs_fn = loss_inputs_fn or _identity_loss_inputs
+  microbatched = bool(num_microbatches) and num_microbatches > 1
   values, act_vjp = jax.vjp(lambda r: specs_lib.effective(specs, r), dict(raw))
   h_opt, h_loss = specs_lib.split_effective(specs, values)
+  loss_inputs = loss_inputs_fn(h_loss, batch)
 
   # a) forward with a linearisation, loss head gradient, ordinary backward by transposition.
   forward = lambda p: forward_fn(p, batch, rng)  # noqa: E731
-  if h_loss and not recompute_tangent:
-    outputs, lin = jax.linearize(forward, params)
-    backward = jax.linear_transpose(lin, params)
+  if microbatched:  # e) recomputes each microbatch's forward (no linearisation is kept).
+    loss, aux, grads = train_loss_and_grads(params, batch, rng, loss_inputs,
+                                            forward_fn=forward_fn,
+                                            loss_from_outputs=loss_from_outputs,
+                                            num_microbatches=num_microbatches)
   else:
-    outputs, backward = jax.vjp(forward, params)
-  (loss, aux), d_out = jax.value_and_grad(loss_from_outputs, has_aux=True)(outputs, batch, h_loss)
-  (grads,) = backward(d_out)
+    if h_loss and not recompute_tangent:
+      outputs, lin = jax.linearize(forward, params)
+      backward = jax.linear_transpose(lin, params)
+    else:
+      outputs, backward = jax.vjp(forward, params)
+    (loss, aux), d_out = jax.value_and_grad(loss_from_outputs, has_aux=True)(outputs, batch,
+                                                                              loss_inputs)
+    (grads,) = backward(d_out)
 
   # b) the model step, with the VJP of the optimizer update kept.
   def update(g, hopt):
@@ -255,14 +382,20 @@ def lookahead_hypergradient(
   d_values = dict(d_h_opt)
 
   # e) loss-side: mixed second derivative through the loss head only.
-  if h_loss:
+  if h_loss and microbatched:
+    d_values.update(_microbatched_loss_side_hypergradient(
+        params, batch, rng, h_loss, d_grads, forward_fn=forward_fn,
+        loss_from_outputs=loss_from_outputs, loss_inputs_fn=loss_inputs_fn,
+        num_microbatches=num_microbatches))
+  elif h_loss:
     if recompute_tangent:  # Memory for time: re-run the forward instead of keeping residuals.
       _, tangent = jax.jvp(forward, (params,), (d_grads,))
     else:
       tangent = lin(d_grads)
 
     def head_grad(hl):
-      return jax.grad(lambda o: loss_from_outputs(o, batch, hl)[0])(outputs)
+      return jax.grad(lambda o: loss_from_outputs(o, batch, loss_inputs_fn(hl, batch))[0])(
+          outputs)
 
     d_values.update(jax.grad(lambda hl: _tree_vdot(head_grad(hl), tangent))(h_loss))
 
@@ -276,13 +409,41 @@ def lookahead_hypergradient(
   return new_params, new_opt_state, hypergrads, metrics
 
 
+def _microbatched_loss_side_hypergradient(
+    params: PyTree, batch: Batch, rng: jax.Array, h_loss: Mapping[str, jax.Array],
+    d_grads: PyTree, *, forward_fn: ForwardFn, loss_from_outputs: LossFromOutputs,
+    loss_inputs_fn: LossInputsFn, num_microbatches: int) -> dict[str, jax.Array]:
+  """Step e) summed over microbatches: d(d_grads . g)/dh_loss with g = sum_m g_m.
+
+  Each microbatch's forward is re-run with `jax.jvp` (outputs and the tangent J_m d_grads) and
+  the mixed second derivative goes through the loss head only, as in the one-pass case. The loss
+  inputs come from the whole batch (then sliced), as in the model step.
+  """
+  def body(acc, index):
+    mb = microbatch(batch, num_microbatches, index)
+    fwd = lambda p: forward_fn(p, mb, jax.random.fold_in(rng, index))  # noqa: E731
+    outputs, tangent = jax.jvp(fwd, (params,), (d_grads,))
+
+    def contraction(hl):
+      inputs = microbatch(loss_inputs_fn(hl, batch), num_microbatches, index)
+      head = jax.grad(lambda o: loss_from_outputs(o, mb, inputs)[0])(outputs)
+      return _tree_vdot(head, tangent)
+
+    return jax.tree.map(jnp.add, acc, jax.grad(contraction)(h_loss)), None
+
+  zeros = jax.tree.map(jnp.zeros_like, dict(h_loss))
+  total, _ = jax.lax.scan(body, zeros, jnp.arange(num_microbatches))
+  return total
+
+
 def guided_step(params: PyTree, opt_state: Any, guided_state: meta_lib.GuidedState,
                 batch: Batch, guide_batch: Batch, rng: jax.Array, base_lr: jax.Array, *,
                 specs: Sequence[specs_lib.GuidedHParam],
                 optimizer: optax.GradientTransformation,
                 meta_optimizer: optax.GradientTransformation, forward_fn: ForwardFn,
                 loss_from_outputs: LossFromOutputs, guide_loss_fn: GuideLossFn,
-                lr_group_ids: PyTree | None = None, recompute_tangent: bool = False
+                loss_inputs_fn: LossInputsFn | None = None, lr_group_ids: PyTree | None = None,
+                recompute_tangent: bool = False, num_microbatches: int | None = None
                 ) -> tuple[PyTree, Any, meta_lib.GuidedState, dict[str, jax.Array]]:
   """The fused model step + exact one-step-lookahead hypergradient + meta update.
 
@@ -294,26 +455,30 @@ def guided_step(params: PyTree, opt_state: Any, guided_state: meta_lib.GuidedSta
     specs: the guided hyper-parameters (validated).
     optimizer: the model optimizer; meta_optimizer: from `meta.make_meta_optimizer`.
     forward_fn: (params, batch, rng) -> outputs (float pytree, e.g. logits [B, T, V]).
-    loss_from_outputs: (outputs, batch, loss_hparams) -> (loss scalar, aux metrics dict), where
-      loss_hparams holds the guided loss-side effective values (`label_smoothing` scalar,
-      `data_weights` [num_ids]) and nothing else.
+    loss_from_outputs: (outputs, batch, loss_inputs) -> (loss scalar, aux metrics dict), where
+      loss_inputs = loss_inputs_fn(h_loss, batch).
     guide_loss_fn: (params, guide_batch) -> scalar, deterministic.
+    loss_inputs_fn: (h_loss, whole batch) -> the loss head's inputs, with h_loss the loss-side
+      effective values (`label_smoothing` scalar, `data_weights` [num_ids]); default: h_loss
+      itself.
     lr_group_ids: from `param_group_ids`, when the learning-rate multiplier is a vector.
     recompute_tangent: for loss-side hyper-parameters, recompute the train forward for the
       tangent (e) instead of keeping its linearisation alive through the guide pass: less peak
       memory (the train activations are freed before the guide forward), one more forward.
+    num_microbatches: gradient accumulation over M microbatches (None/1: one pass); step e)
+      then re-runs each microbatch's forward (as with `recompute_tangent`).
 
   Returns:
     (new_params, new_opt_state, new_guided_state, metrics). new_params/new_opt_state are the
     model step at the values before the meta update (identical to `plain_step`). metrics: aux
     metrics, `train_loss`, `guide_loss` (at new_params), `hypergrad_norm/NAME` (raw units),
-    `hp/NAME` (values used), `skipped` (1.0 if the meta update was skipped).
+    `hp/NAME` (values used), `skipped` (1.0 if any value's meta update was skipped).
   """
   new_params, new_opt_state, hypergrads, metrics = lookahead_hypergradient(
       params, opt_state, guided_state.raw, batch, guide_batch, rng, base_lr, specs=specs,
       optimizer=optimizer, forward_fn=forward_fn, loss_from_outputs=loss_from_outputs,
-      guide_loss_fn=guide_loss_fn, lr_group_ids=lr_group_ids,
-      recompute_tangent=recompute_tangent)
+      guide_loss_fn=guide_loss_fn, loss_inputs_fn=loss_inputs_fn, lr_group_ids=lr_group_ids,
+      recompute_tangent=recompute_tangent, num_microbatches=num_microbatches)
   new_guided, skipped = meta_lib.apply_hypergradient(guided_state, hypergrads, specs,
                                                      meta_optimizer)
   metrics["skipped"] = skipped.astype(jnp.float32)
@@ -324,15 +489,19 @@ def hyper_loss(raw: Mapping[str, jax.Array], params: PyTree, opt_state: Any, bat
                guide_batch: Batch, rng: jax.Array, base_lr: jax.Array, *,
                specs: Sequence[specs_lib.GuidedHParam], optimizer: optax.GradientTransformation,
                forward_fn: ForwardFn, loss_from_outputs: LossFromOutputs,
-               guide_loss_fn: GuideLossFn, lr_group_ids: PyTree | None = None) -> jax.Array:
+               guide_loss_fn: GuideLossFn, loss_inputs_fn: LossInputsFn | None = None,
+               lr_group_ids: PyTree | None = None,
+               num_microbatches: int | None = None) -> jax.Array:
   """L_hyper(raw) composed naively (for tests and debugging): scalar guide loss after one step.
 
   `jax.grad(hyper_loss)` must equal the hypergradient of `guided_step` (before the meta update).
   """
   values = specs_lib.effective(specs, raw)
   h_opt, h_loss = specs_lib.split_effective(specs, values)
-  grads = jax.grad(lambda p: loss_from_outputs(forward_fn(p, batch, rng), batch, h_loss)[0])(
-      params)
+  loss_inputs = (loss_inputs_fn or _identity_loss_inputs)(h_loss, batch)
+  _, _, grads = train_loss_and_grads(params, batch, rng, loss_inputs, forward_fn=forward_fn,
+                                     loss_from_outputs=loss_from_outputs,
+                                     num_microbatches=num_microbatches)
   updates, _ = optimizer_update(optimizer, grads, opt_state, params, h_opt, base_lr,
                                 lr_group_ids)
   return guide_loss_fn(optax.apply_updates(params, updates), guide_batch)

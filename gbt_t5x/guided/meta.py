@@ -2,9 +2,10 @@
 
 `make_meta_optimizer` builds optax Adam over the raw-value dict (optionally after global-norm
 clipping of the hypergradients), with each hyper-parameter's update multiplied by its
-`meta_lr_scale`. `apply_hypergradient` applies one meta step inside jit: a step whose
-hypergradients are not all finite is skipped as a whole (raw values and meta state unchanged,
-`num_skipped` incremented); after a real step, raw values with a clip range are projected back
+`meta_lr_scale`. `apply_hypergradient` applies one meta step inside jit: a value whose
+hypergradient is not finite keeps its raw value and its meta moments (counted per value in
+`skips`; the other values of that step move as usual, and `num_skipped` counts the guided steps
+that skipped at least one value); after a real step, raw values with a clip range are projected back
 into it (`activations.project`), so effective values stay inside their declared range.
 
 Imports only jax, optax, flax.struct and `gbt_t5x.guided`; must not import gin, seqio, tensorflow,
@@ -31,12 +32,15 @@ class GuidedState:
     raw: name -> raw value array (shape `spec.shape`).
     meta_opt_state: the meta optimizer's state over `raw`.
     num_hyper_steps: int32[] guided steps taken, skipped ones included.
-    num_skipped: int32[] guided steps skipped for non-finite hypergradients.
+    num_skipped: int32[] guided steps that skipped at least one value (non-finite
+      hypergradient).
+    skips: name -> int32[] guided steps that skipped this value.
   """
   raw: dict[str, jax.Array]
   meta_opt_state: Any
   num_hyper_steps: jax.Array
   num_skipped: jax.Array
+  skips: dict[str, jax.Array]
 
 
 def _scale_by_name(scales: Mapping[str, float]) -> optax.GradientTransformation:
@@ -84,7 +88,8 @@ def init_guided_state(specs: Sequence[specs_lib.GuidedHParam],
   raw = specs_lib.init_raw(specs)
   return GuidedState(raw=raw, meta_opt_state=meta_optimizer.init(raw),
                      num_hyper_steps=jnp.zeros((), jnp.int32),
-                     num_skipped=jnp.zeros((), jnp.int32))
+                     num_skipped=jnp.zeros((), jnp.int32),
+                     skips={s.name: jnp.zeros((), jnp.int32) for s in specs})
 
 
 def project_raw(specs: Sequence[specs_lib.GuidedHParam],
@@ -103,11 +108,25 @@ def all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
+def _name_in_path(path: tuple[Any, ...], names: Sequence[str]) -> str | None:
+  """The guided value a meta-state leaf belongs to (a dict key on its path), or None (shared)."""
+  for entry in path:
+    key = getattr(entry, "key", None)
+    if key in names:
+      return key
+  return None
+
+
 def apply_hypergradient(state: GuidedState, hypergrads: Mapping[str, jax.Array],
                         specs: Sequence[specs_lib.GuidedHParam],
                         meta_optimizer: optax.GradientTransformation
                         ) -> tuple[GuidedState, jax.Array]:
-  """One meta step: raw <- project(raw + meta_update(hypergrads)), or a skip if non-finite.
+  """One meta step: raw <- project(raw + meta_update(hypergrads)), value by value.
+
+  A value whose hypergradient has a non-finite entry is skipped: its raw value and its own meta
+  moments stay as they were and `skips[name]` is incremented, while the finite values move
+  (their update is exactly the all-finite one when every value is finite). Shared meta-state
+  leaves (Adam's step count) advance when any value moves.
 
   Args:
     state: current guided state.
@@ -116,19 +135,30 @@ def apply_hypergradient(state: GuidedState, hypergrads: Mapping[str, jax.Array],
     meta_optimizer: from `make_meta_optimizer`.
 
   Returns:
-    (new_state, skipped) with `skipped` bool[]; jittable (no Python branching on values).
+    (new_state, skipped) with `skipped` bool[]: True if any value was skipped; jittable (no
+    Python branching on values).
   """
   if set(hypergrads) != set(state.raw):
     raise ValueError(f"hypergradients have names {sorted(hypergrads)} but the guided state has "
                      f"{sorted(state.raw)}")
-  finite = all_finite(hypergrads)
-  safe = {k: jnp.where(finite, g, jnp.zeros_like(g)).astype(state.raw[k].dtype)
+  names = tuple(state.raw)
+  finite = {k: all_finite(g) for k, g in hypergrads.items()}
+  any_finite = jnp.any(jnp.stack([finite[k] for k in names]))
+  safe = {k: jnp.where(finite[k], g, jnp.zeros_like(g)).astype(state.raw[k].dtype)
           for k, g in hypergrads.items()}
   updates, new_meta = meta_optimizer.update(safe, state.meta_opt_state, state.raw)
   new_raw = project_raw(specs, optax.apply_updates(state.raw, updates))
-  keep = lambda new, old: jnp.where(finite, new, old)
-  skipped = jnp.logical_not(finite)
-  return GuidedState(raw=jax.tree.map(keep, new_raw, state.raw),
-                     meta_opt_state=jax.tree.map(keep, new_meta, state.meta_opt_state),
-                     num_hyper_steps=state.num_hyper_steps + 1,
-                     num_skipped=state.num_skipped + skipped.astype(jnp.int32)), skipped
+
+  def keep_meta(path, new, old):
+    name = _name_in_path(path, names)
+    return jnp.where(any_finite if name is None else finite[name], new, old)
+
+  skipped = {k: jnp.logical_not(finite[k]) for k in names}
+  any_skipped = jnp.any(jnp.stack([skipped[k] for k in names]))
+  return GuidedState(
+      raw={k: jnp.where(finite[k], new_raw[k], state.raw[k]) for k in names},
+      meta_opt_state=jax.tree_util.tree_map_with_path(keep_meta, new_meta,
+                                                      state.meta_opt_state),
+      num_hyper_steps=state.num_hyper_steps + 1,
+      num_skipped=state.num_skipped + any_skipped.astype(jnp.int32),
+      skips={k: state.skips[k] + skipped[k].astype(jnp.int32) for k in names}), any_skipped

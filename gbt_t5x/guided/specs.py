@@ -10,7 +10,8 @@ with its init in the effective space, activation and optional range. Names and m
   Adafactor aliases: `b1` -> `momentum`, `weight_decay` -> `weight_decay_rate` (resolved against
   the names the optimizer actually has, see `resolve_optimizer_name`).
 - loss side: `label_smoothing` (scalar in [0, upper <= 0.5]) and `data_weights` (a positive table
-  of shape (num_ids,), indexed by the int ids of batch feature `index_feature`).
+  of shape (num_ids,), indexed by the int ids of batch feature `decoder_data_ids`, which the
+  train `DatasetConfig.data_id_feature` fills from a task feature such as the noise bucket).
 
 Raw values (what the meta optimizer moves) are a dict name -> array, see `init_raw`/`effective`.
 
@@ -56,7 +57,6 @@ class GuidedHParam:
     shape: () for scalars; (len(groups),) for a per-group learning rate; (num_ids,) for
       data_weights.
     groups: learning_rate only: regexes searched in '/'-joined parameter paths, first match wins.
-    index_feature: data_weights only: the batch feature whose int ids index the table.
   """
   name: str
   init: float | tuple[float, ...]
@@ -66,7 +66,6 @@ class GuidedHParam:
   meta_lr_scale: float = 1.0
   shape: tuple[int, ...] = ()
   groups: tuple[str, ...] = ()
-  index_feature: str = "decoder_data_ids"
 
   def __post_init__(self):
     # Gin and YAML hand over lists; store tuples so the spec stays hashable.
@@ -133,8 +132,6 @@ def _check_shape(spec: GuidedHParam) -> None:
   elif spec.name == DATA_WEIGHTS:
     if len(shape) != 1:
       _fail(spec, f"shape must be (num_ids,), got {shape}")
-    if not spec.index_feature or not isinstance(spec.index_feature, str):
-      _fail(spec, "index_feature must name the batch feature holding the int ids")
   elif shape != ():
     _fail(spec, f"must be a scalar (shape ()), got shape {shape}")
 

@@ -1,35 +1,36 @@
 """`GuidedTrainer`: the T5X `Trainer` subclass that interleaves guided (hyper) steps.
 
-Every `hyper_step_every` model steps, the train step is replaced by the fused step of
-`gbt_t5x.guided.hypergrad.guided_step`: the ordinary model update *is* the one-step lookahead, and
-the guide loss at the updated params (a batch from the held-out guide task) is differentiated
-through that update into the raw hyper-parameters, which the meta optimizer then moves. The other
-steps are plain steps at the current effective values. The guided state lives in
+Every step is `step.model_step` at the guided state's effective values; every
+`hyper_step_every` model steps it is a guided one: the ordinary model update *is* the one-step
+lookahead, and the guide loss at the updated params (a batch from the held-out guide task, drawn
+from the `guide_iter` that the training loop hands to `train`) is differentiated through that
+update into the raw hyper-parameters, which the meta optimizer then moves
+(`gbt_t5x.guided.hypergrad.guided_step`). The guided state lives in
 `TrainState.guided` (checkpointed with everything else, replicated on the mesh); effective values
 go to TensorBoard, the progress line, `MODEL_DIR/guided_trajectory.jsonl` (every step) and
 `MODEL_DIR/hparams.png`. Gin selects it with `train.trainer_cls = @guided_trainer.GuidedTrainer`.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from gbt_t5x.guided import forward as forward_lib
 from gbt_t5x.guided import hypergrad
 from gbt_t5x.guided import meta as meta_lib
 from gbt_t5x.guided import specs as specs_lib
 from gbt_t5x.train import data as data_lib
-from gbt_t5x.train.data_weights import DATA_IDS, data_weight_tokens
+from gbt_t5x.train.data_weights import DATA_IDS
 from gbt_t5x.train import optimizers as optimizers_lib
+from gbt_t5x.train import step as step_lib
 from gbt_t5x.train import summaries
-from gbt_t5x.train.trainer import Batch, Metrics, Trainer
-
+from gbt_t5x.train.step import Batch, Metrics
+from gbt_t5x.train.trainer import Trainer
 
 
 def flatten_trajectory_row(row: Mapping[str, Any]) -> dict[str, float]:
@@ -48,7 +49,8 @@ class GuidedTrainer(Trainer):
 
   Extra args (gin-bound; see gin/guided/*.gin):
     guided_hparams: the `GuidedHParam` specs to learn.
-    guide_dataset_cfg: the guide task (`guide/` scope), e.g. `demo_nmt_guide`.
+    guide_dataset_cfg: the guide task (`guide/` scope), e.g. `demo_nmt_guide`; the training
+      loop reads it and passes the batches to `train(..., guide_iter=...)`.
     hyper_step_every: a guided step every k model steps (1: every step).
     meta_learning_rate: Adam learning rate of the meta optimizer (on raw values).
     meta_clip_norm: optional global-norm clip of hypergradients.
@@ -56,6 +58,10 @@ class GuidedTrainer(Trainer):
       behaviour, for parity); default rotates through the repeated guide set.
     recompute_tangent: with loss-side hyper-parameters (label smoothing, data weights), trade one
       extra train forward for lower peak memory (see `hypergrad.guided_step`).
+    horizon: 'greedy' (the one-step lookahead) or 'forward' (long-horizon: tangents of the whole
+      trajectory, one params-and-optimizer-state-sized tangent per guided scalar, carried in
+      the train state and updated at every model step; see `gbt_t5x.guided.forward`).
+    mu: damping of the carried tangent with the 'forward' horizon, in [0, 1] (0 = greedy).
   """
 
   def __init__(self, model: Any, train_state: Any, partitioner: Any, eval_names: Sequence[str],
@@ -66,7 +72,8 @@ class GuidedTrainer(Trainer):
                guide_dataset_cfg: data_lib.DatasetConfig | None = None,
                hyper_step_every: int = 1, meta_learning_rate: float = 3e-3,
                meta_clip_norm: float | None = None, fixed_guide_batch: bool = False,
-               recompute_tangent: bool = False, **kwargs: Any):
+               recompute_tangent: bool = False, horizon: str = "greedy", mu: float = 1.0,
+               **kwargs: Any):
     super().__init__(model, train_state, partitioner, eval_names, summary_dir, train_state_axes,
                      rng, learning_rate_fn, num_microbatches, **kwargs)
     if not guided_hparams:
@@ -77,9 +84,8 @@ class GuidedTrainer(Trainer):
                        "= @guide/data.DatasetConfig() and GUIDE_MIXTURE_OR_TASK_NAME")
     if hyper_step_every < 1:
       raise ValueError(f"hyper_step_every must be >= 1, got {hyper_step_every}")
-    if num_microbatches and num_microbatches > 1:
-      raise ValueError("GuidedTrainer does not support num_microbatches > 1 yet; use a smaller "
-                       "batch or plain Trainer")
+    forward_lib.check_horizon(horizon, mu, num_microbatches)
+    self.horizon, self.mu = horizon, float(mu)
     self.specs = tuple(guided_hparams)
     optimizer_names = optimizers_lib.hyperparam_names(self.optimizer, train_state.params)
     specs_lib.validate_specs(self.specs, optimizer_names)
@@ -89,7 +95,6 @@ class GuidedTrainer(Trainer):
     self.recompute_tangent = recompute_tangent
     self.meta_optimizer = meta_lib.make_meta_optimizer(meta_learning_rate, self.specs,
                                                        clip_norm=meta_clip_norm)
-    self._lr_group_ids = None
     for spec in self.specs:
       if spec.name == "learning_rate" and spec.groups:
         self._lr_group_ids = hypergrad.param_group_ids(train_state.params, spec.groups)
@@ -101,11 +106,27 @@ class GuidedTrainer(Trainer):
       self.train_state = train_state.replace(guided=guided)
     self.train_state_axes = train_state_axes.replace(
         guided=jax.tree.map(lambda _: replicated, self.train_state.guided))
-    self._guide_position = 0
-    self._guide_iter: Iterator[Batch] | None = None
+    if self.horizon == "forward":
+      self._init_tangents()
     self._fixed_batch: Batch | None = None
     self._host_step: int | None = None
     self._check_guide_data()
+
+  def _init_tangents(self) -> None:
+    """Zero tangents (sharded like the params and optimizer-state leaves they mirror)."""
+    axes = self.train_state_axes
+    opt_axes = [a for a, x in zip(jax.tree.leaves(axes.opt_state),
+                                  jax.tree.leaves(self.train_state.opt_state))
+                if jax.numpy.issubdtype(x.dtype, jax.numpy.floating)]
+    tangent_axes = tuple((axes.params, list(opt_axes))
+                         for _ in forward_lib.scalar_index(self.specs))
+    self.train_state_axes = axes.replace(tangents=tangent_axes)
+    if self.train_state.tangents is None:
+      init = functools.partial(forward_lib.init_tangents, self.specs)
+      tangents = self._partitioner.partition(
+          init, in_shardings=(axes.params, axes.opt_state), out_shardings=tangent_axes)(
+              self.train_state.params, self.train_state.opt_state)
+      self.train_state = self.train_state.replace(tangents=tangents)
 
   # ---------------------------------------------------------------- data
   def _check_guide_data(self) -> None:
@@ -123,108 +144,59 @@ class GuidedTrainer(Trainer):
     max_id = int(np.max(local_batch[DATA_IDS]))
     if max_id >= table_size:
       raise ValueError(f"train data id {max_id} is beyond the data_weights table of size "
-                       f"{table_size} (feature {self._data_weights_spec.index_feature})")
-
-  def data_positions(self) -> dict[str, int]:
-    """Guide-pipeline position, saved in checkpoint metadata for exact resume."""
-    return {"guide": self._guide_position}
-
-  def restore_data_positions(self, positions: Mapping[str, int]) -> None:
-    self._guide_position = int(positions.get("guide", 0))
+                       f"{table_size} (feature {DATA_IDS})")
 
   def _next_guide_batch(self) -> Batch:
-    if self.fixed_guide_batch:
-      if self._fixed_batch is None:
-        self._fixed_batch = next(data_lib.BatchIterator(self.guide_dataset_cfg,
-                                                        self._partitioner.data_sharding))
+    """The next batch of the loop's guide iterator (its first, again, with fixed_guide_batch)."""
+    if self.fixed_guide_batch and self._fixed_batch is not None:
       return self._fixed_batch
     if self._guide_iter is None:
-      self._guide_iter = data_lib.BatchIterator(self.guide_dataset_cfg,
-                                                self._partitioner.data_sharding,
-                                                start_position=self._guide_position)
+      raise ValueError("GuidedTrainer.train needs guide batches: pass guide_iter= (the training "
+                       "loop reads guide_dataset_cfg)")
     batch = next(self._guide_iter)
-    self._guide_position = self._guide_iter.position
+    if self.fixed_guide_batch:
+      self._fixed_batch = batch
     return batch
 
-  # ---------------------------------------------------------------- model callables
-  def _forward(self, params: Any, batch: Batch, rng: jax.Array) -> jax.Array:
-    return self.model.logits_fn(params, batch, dropout_rng=rng)
-
-  def _loss_from_outputs(self, logits: jax.Array, batch: Batch,
-                         loss_hparams: Mapping[str, jax.Array]) -> tuple[jax.Array, Metrics]:
-    token_weights = None
-    if "data_weights" in loss_hparams:
-      token_weights = data_weight_tokens(loss_hparams["data_weights"], batch)
-    return self.model.loss_from_logits(logits, batch,
-                                       label_smoothing=loss_hparams.get("label_smoothing"),
-                                       token_weights=token_weights)
-
-  def _guide_loss(self, params: Any, guide_batch: Batch) -> jax.Array:
-    return self.model.guide_loss_fn(params, guide_batch)
+  # ---------------------------------------------------------------- values and steps
+  def _values_fn(self, state: Any) -> Mapping[str, jax.Array]:
+    """The guided state's effective values (replayed schedules do not apply here)."""
+    return step_lib.guided_values(self.specs)(state)
 
   def _step_kwargs(self) -> dict[str, Any]:
-    return dict(specs=self.specs, optimizer=self.optimizer, forward_fn=self._forward,
-                loss_from_outputs=self._loss_from_outputs, lr_group_ids=self._lr_group_ids)
+    return dict(super()._step_kwargs(), specs=self.specs)
 
-  # ---------------------------------------------------------------- compiled steps
   @functools.cached_property
-  def _partitioned_train_step(self) -> Callable[[Any, Batch], tuple[Any, Metrics]]:
-    """Plain model step at the current effective hyper-parameter values."""
-    def step(state, batch):
-      rng = jax.random.fold_in(self._rng, state.step)
-      base_lr = self._learning_rate_fn(state.step)
-      params, opt_state, metrics = hypergrad.plain_step(
-          state.params, state.opt_state, state.guided, batch, rng, base_lr, **self._step_kwargs())
-      new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-      return new_state, self._with_values(dict(metrics), state.guided, base_lr)
-    return self._partitioner.partition(
-        step, in_shardings=(self.train_state_axes, self._partitioner.data_sharding),
-        out_shardings=(self.train_state_axes, self._partitioner.replicated),
-        donate_argnums=(0,))
+  def _guidance(self) -> step_lib.Guidance:
+    return step_lib.Guidance(self.specs, self.meta_optimizer, self.recompute_tangent,
+                             self.horizon, self.mu)
+
+  def _plain_step_guidance(self) -> step_lib.Guidance | None:
+    """The forward horizon carries its tangents through plain steps too."""
+    return self._guidance if self.horizon == "forward" else None
 
   @functools.cached_property
   def _partitioned_guided_step(self) -> Callable[[Any, Batch, Batch], tuple[Any, Metrics]]:
-    """Fused model step + hypergradient + meta update."""
-    def step(state, batch, guide_batch):
-      rng = jax.random.fold_in(self._rng, state.step)
-      base_lr = self._learning_rate_fn(state.step)
-      params, opt_state, guided, metrics = hypergrad.guided_step(
-          state.params, state.opt_state, state.guided, batch, guide_batch, rng, base_lr,
-          meta_optimizer=self.meta_optimizer, guide_loss_fn=self._guide_loss,
-          recompute_tangent=self.recompute_tangent, **self._step_kwargs())
-      metrics = dict(metrics)
-      guide_tokens = jnp.sum(guide_batch["decoder_loss_weights"].astype(jnp.float32))
-      if "guide_loss" in metrics:
-        metrics["guide_loss_per_token"] = metrics.pop("guide_loss") / jnp.maximum(guide_tokens, 1)
-      new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                                guided=guided)
-      return new_state, self._with_values(metrics, state.guided, base_lr)
+    """The model step with the hypergradient and meta update on top."""
+    def guided_step(state, batch, guide_batch):
+      return step_lib.model_step(state, batch, fns=self._step_fns, values_fn=self._values_fn,
+                                 guide_batch=guide_batch, guidance=self._guidance)
     data = self._partitioner.data_sharding
     return self._partitioner.partition(
-        step, in_shardings=(self.train_state_axes, data, data),
+        guided_step, in_shardings=(self.train_state_axes, data, data),
         out_shardings=(self.train_state_axes, self._partitioner.replicated),
         donate_argnums=(0,))
 
-  def _with_values(self, metrics: Metrics, guided: Any, base_lr: jax.Array) -> Metrics:
-    """Adds the effective values used by this step (`hp/NAME` or `hp/NAME_i`) and the LR."""
-    values = specs_lib.effective(self.specs, guided.raw)
-    for name, value in values.items():
-      flat = jnp.ravel(value)
-      if flat.size == 1:
-        metrics[f"hp/{name}"] = flat[0]
-      else:
-        for i in range(flat.size):
-          metrics[f"hp/{name}_{i}"] = flat[i]
-    metrics["learning_rate"] = base_lr * (values["learning_rate"] if "learning_rate" in values
-                                          and jnp.ndim(values["learning_rate"]) == 0 else 1.0)
-    # Keep only scalar metrics (the trainer sums them over steps).
-    return {k: v for k, v in metrics.items() if jnp.ndim(v) == 0}
-
   def progress_view(self, report: Mapping[str, float]) -> dict[str, float]:
-    """Losses, effective values (the LR multiplier as `lr_mult`) and the skipped fraction."""
+    """Losses, effective values (the LR multiplier as `lr_mult`) and, per guided value, the
+    steps of the window whose meta update skipped it (`skipped/NAME`, shown when non-zero)."""
     view = {}
     for key, value in super().progress_view(report).items():
-      if key.startswith("hypergrad_norm/") or (key == "skipped" and value == 0):
+      if key.startswith("hypergrad_norm/") or key == "skipped":
+        continue
+      if key.startswith("skipped/"):
+        if value > 0:
+          view[key] = int(value)
         continue
       view["lr_mult" if key == "hp/learning_rate" else key] = value
     return view

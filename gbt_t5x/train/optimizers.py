@@ -2,7 +2,8 @@
 
 Every optimizer here is built with `optax.inject_hyperparams`, so each float hyper-parameter
 (learning rate, betas, epsilons, decay rates, ...) lives in `opt_state.hyperparams` as a float32
-array that the trainer overwrites (`set_hyperparams`) and the guided step differentiates through.
+array that the model step overwrites (`gbt_t5x.guided.hypergrad.set_hyperparams`) and the guided
+step differentiates through.
 Integers, booleans, masks and dtypes are static (`static_args`), never arrays. The learning rate is
 a placeholder (0.0): the trainer sets `hyperparams['learning_rate']` every step from its schedule.
 
@@ -21,10 +22,12 @@ Must not import gin, seqio, tensorflow or anything from `gbt_t5x.models`.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 # A weight-decay mask: a pytree of bools like the params (or a prefix), or params -> such a tree.
@@ -51,17 +54,114 @@ def _adam_inner(learning_rate: float, b1: float, b2: float, eps: float,
   return optax.adam(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root)
 
 
+# ---------------------------------------------------------------------------- Adafactor
+# optax's `scale_by_factored_rms` divides the gradient by sqrt of its second-moment estimate,
+# written `x ** -0.5`, whose derivative -x^-1.5 / 2 overflows float32 (and bfloat16) once
+# x < ~2e-26. Entries whose gradient is always 0 (a relative-position bucket that never occurs,
+# vocabulary rows not yet seen) keep x at eps = 1e-30, so the derivative of the update w.r.t.
+# `decay_rate` (and anything else upstream of x) is 0 * inf = NaN there, every guided step is
+# skipped and the guided values never move. The true derivative there is 0 (the update is
+# grad * x^-1/2 = 0 whatever x is). `_rescale` is the same product with the derivative written
+# through the output, d(g x^-1/2) = x^-1/2 dg - (g x^-1/2) dx / (2x), which is finite wherever
+# the update is. The transformation below is optax's algorithm (same state, same arithmetic in
+# the forward pass, so runs are unchanged) with that product; it is hand-written only because
+# optax offers no hook for the derivative.
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def _rescale(grad: jax.Array, row: jax.Array, col: jax.Array, row_axis: int | None,
+             col_axis: int | None) -> jax.Array:
+  """grad * row^-1/2 * col^-1/2 (factored: row/col broadcast along `row_axis`/`col_axis`;
+  unfactored: `row` is the full second moment and `col` a scalar 1)."""
+  return grad * _expand(row ** -0.5, row_axis) * _expand(col ** -0.5, col_axis)
+
+
+def _expand(x: jax.Array, axis: int | None) -> jax.Array:
+  return x if axis is None else jnp.expand_dims(x, axis)
+
+
+@_rescale.defjvp
+def _rescale_jvp(row_axis, col_axis, primals, tangents):
+  grad, row, col = primals
+  d_grad, d_row, d_col = tangents
+  out = _rescale(grad, row, col, row_axis, col_axis)
+  d_out = (d_grad * _expand(row ** -0.5, row_axis) * _expand(col ** -0.5, col_axis)
+           - 0.5 * out * _expand(d_row / row, row_axis)
+           - 0.5 * out * _expand(d_col / col, col_axis))
+  return out, d_out
+
+
+def _factored_dims(shape: tuple[int, ...], factored: bool,
+                   min_dim_size_to_factor: int) -> tuple[int, int] | None:
+  """The two largest axes (second largest, largest) when factoring applies, else None."""
+  if not factored or len(shape) < 2:
+    return None
+  order = np.argsort(shape)
+  if shape[order[-2]] < min_dim_size_to_factor:
+    return None
+  return int(order[-2]), int(order[-1])
+
+
+def scale_by_factored_rms(factored: bool, decay_rate: jax.Array, min_dim_size_to_factor: int,
+                          eps: jax.Array) -> optax.GradientTransformation:
+  """optax's `scale_by_factored_rms` (decay offset 0) with a float32-safe derivative.
+
+  State: `optax.FactoredState` exactly as optax keeps it. Per step t (count from 0),
+  beta2_t = 1 - (t + 1)^-decay_rate and v = beta2_t v + (1 - beta2_t)(g^2 + eps), factored into
+  row and column means for params with two dims >= `min_dim_size_to_factor`; the update is
+  g / sqrt(v) (factored: g / sqrt(v_row / mean(v_row)) / sqrt(v_col)).
+  """
+  inner = optax.scale_by_factored_rms(factored=factored, decay_rate=decay_rate,
+                                      min_dim_size_to_factor=min_dim_size_to_factor,
+                                      epsilon=eps)
+
+  def update_fn(grads, state, params):
+    if params is None:
+      raise ValueError("Adafactor needs the params in update()")
+    t = jnp.array(state.count + 1, jnp.float32)
+    beta2 = 1.0 - t ** (-decay_rate)
+
+    def one(grad, v_row, v_col, v, param):
+      dims = _factored_dims(param.shape, factored, min_dim_size_to_factor)
+      dtype = param.dtype
+      empty = jnp.zeros((1,), dtype=dtype)
+      grad_sqr = jnp.square(grad) + eps
+      if dims is not None:
+        d1, d0 = dims
+        new_v_row = (beta2 * v_row + (1.0 - beta2) * jnp.mean(grad_sqr, axis=d0)).astype(dtype)
+        new_v_col = (beta2 * v_col + (1.0 - beta2) * jnp.mean(grad_sqr, axis=d1)).astype(dtype)
+        reduced_d1 = d1 - 1 if d1 > d0 else d1
+        row = new_v_row / jnp.mean(new_v_row, axis=reduced_d1, keepdims=True)
+        return _rescale(grad, row, new_v_col, d0, d1), new_v_row, new_v_col, empty
+      new_v = (beta2 * v + (1.0 - beta2) * grad_sqr).astype(dtype)
+      return _rescale(grad, new_v, jnp.ones((), dtype), None, None), empty, empty, new_v
+
+    out = jax.tree.map(one, grads, state.v_row, state.v_col, state.v, params)
+    is_out = lambda x: isinstance(x, tuple) and len(x) == 4  # noqa: E731
+    pick = lambda i: jax.tree.map(lambda o: o[i], out, is_leaf=is_out)  # noqa: E731
+    new_state = state._replace(count=optax.safe_increment(state.count), v_row=pick(1),
+                               v_col=pick(2), v=pick(3))
+    return pick(0), new_state
+
+  return optax.GradientTransformation(inner.init, update_fn)
+
+
 def _adafactor_inner(learning_rate: float, decay_rate: float, clipping_threshold: float | None,
                      momentum: float | None, weight_decay_rate: float | None, eps: float,
                      multiply_by_parameter_scale: bool, min_dim_size_to_factor: int,
                      factored: bool, weight_decay_mask: Mask = None
                      ) -> optax.GradientTransformation:
-  return optax.adafactor(
-      learning_rate, min_dim_size_to_factor=min_dim_size_to_factor, decay_rate=decay_rate,
-      decay_offset=0, multiply_by_parameter_scale=multiply_by_parameter_scale,
-      clipping_threshold=clipping_threshold, momentum=momentum, dtype_momentum=jnp.float32,
-      weight_decay_rate=weight_decay_rate, eps=eps, factored=factored,
-      weight_decay_mask=weight_decay_mask)
+  """optax.adafactor's chain (decay offset 0, float32 momentum) on `scale_by_factored_rms`."""
+  parts = [scale_by_factored_rms(factored, decay_rate, min_dim_size_to_factor, eps)]
+  if clipping_threshold is not None:
+    parts.append(optax.clip_by_block_rms(clipping_threshold))
+  parts.append(optax.scale_by_learning_rate(learning_rate, flip_sign=False))
+  if multiply_by_parameter_scale:
+    parts.append(optax.scale_by_param_block_rms())
+  if momentum is not None:
+    parts.append(optax.ema(momentum, debias=False, accumulator_dtype=jnp.float32))
+  if weight_decay_rate is not None:
+    parts.append(optax.add_decayed_weights(weight_decay_rate, mask=weight_decay_mask))
+  parts.append(optax.scale(-1))
+  return optax.chain(*parts)
 
 
 def _check_range(name: str, value: float | None, low: float, high: float,
@@ -174,40 +274,3 @@ def hyperparam_names(optimizer: optax.GradientTransformation, params: Any) -> tu
     raise ValueError("optimizer state has no `hyperparams` dict: build the optimizer with "
                      "optax.inject_hyperparams")
   return tuple(sorted(hyperparams))
-
-
-def set_hyperparams(opt_state: Any, values: Mapping[str, Any]) -> Any:
-  """A copy of an `inject_hyperparams` state with some hyper-parameter values replaced.
-
-  Works inside jit and under autodiff (values may be tracers); each new value is cast to the
-  dtype of the entry it replaces and must have its shape (scalars: shape ()).
-
-  Args:
-    opt_state: an `optax.InjectHyperparamsState` / `InjectStatefulHyperparamsState`.
-    values: name -> new value (Python number or array).
-
-  Raises:
-    ValueError: unknown names (the message lists the known ones), a scheduled (non-overridable)
-      entry, a shape mismatch, or a state without `hyperparams`.
-  """
-  hyperparams = getattr(opt_state, "hyperparams", None)
-  if not isinstance(hyperparams, Mapping) or not hasattr(opt_state, "_replace"):
-    raise ValueError("optimizer state has no `hyperparams` dict: build the optimizer with "
-                     "optax.inject_hyperparams")
-  unknown = sorted(set(values) - set(hyperparams))
-  if unknown:
-    raise ValueError(f"unknown optimizer hyper-parameter(s) {unknown}; known: "
-                     f"{sorted(hyperparams)}")
-  scheduled = sorted(set(values) & set(getattr(opt_state, "hyperparams_states", None) or {}))
-  if scheduled:
-    raise ValueError(f"optimizer hyper-parameter(s) {scheduled} follow an optax schedule and "
-                     f"cannot be overwritten")
-  new = dict(hyperparams)
-  for name, value in values.items():
-    old = jnp.asarray(hyperparams[name])
-    value = jnp.asarray(value)
-    if value.shape != old.shape:
-      raise ValueError(f"hyper-parameter {name!r} has shape {old.shape}, got a value of shape "
-                       f"{value.shape}")
-    new[name] = value.astype(old.dtype)
-  return opt_state._replace(hyperparams=new)

@@ -236,7 +236,15 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
   if latest is not None:
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             trainer.train_state, trainer.train_state_axes)
-    trainer.train_state, metadata = checkpointer.restore(latest, abstract)
+    try:
+      trainer.train_state, metadata = checkpointer.restore(latest, abstract)
+    except ValueError as e:
+      if trainer.train_state.tangents is not None and ".tangents" in str(e):
+        raise ValueError(
+            f"checkpoint step {latest} in {ckpt_dir} holds no long-horizon tangents (its run "
+            "used HYPERGRAD_HORIZON='greedy'); resume it with the greedy horizon, or start "
+            "HYPERGRAD_HORIZON='forward' in a new MODEL_DIR") from None
+      raise
     data_positions = dict(metadata.get("data_positions", {}))
     print_fn(f"restored checkpoint step {latest} from {ckpt_dir}")
   elif checkpoint_cfg.restore is not None and checkpoint_cfg.restore.path:
@@ -255,13 +263,17 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
   os.makedirs(model_dir, exist_ok=True)
   if summarize_config_fn is not None and jax.process_index() == 0:
     summarize_config_fn(model_dir)
-  if hasattr(trainer, "restore_data_positions"):
-    trainer.restore_data_positions(data_positions)
   state = trainer.train_state
   step = int(jax.device_get(state.step))
   train_iter = data_lib.BatchIterator(train_dataset_cfg, partitioner.data_sharding,
                                       start_position=data_positions.get("train", step),
                                       check_fn=getattr(trainer, "check_train_batch", None))
+  # The guide task (GuidedTrainer) is read here too, so both positions resume together.
+  guide_cfg = getattr(trainer, "guide_dataset_cfg", None)
+  guide_iter = None
+  if guide_cfg is not None:
+    guide_iter = data_lib.BatchIterator(guide_cfg, partitioner.data_sharding,
+                                        start_position=data_positions.get("guide", 0))
   save_period = checkpoint_cfg.save.period if checkpoint_cfg.save else None
   eval_period = eval_period or save_period or total_steps
   n_params = train_state_lib.param_count(state.params)
@@ -272,8 +284,8 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
     if checkpoint_cfg.save is None:
       return
     positions = {"train": train_iter.position}
-    if hasattr(trainer, "data_positions"):
-      positions.update(trainer.data_positions())
+    if guide_iter is not None:
+      positions["guide"] = guide_iter.position
     checkpointer.save(current_step, trainer.train_state,
                       {"data_positions": positions,
                        "param_shapes": shape_fingerprint(trainer.train_state.params)})
@@ -294,7 +306,8 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
   with preemption.PreemptionGuard(sync_every=log_every) as guard:
     while step < total_steps:
       next_stop = min(total_steps, (step // eval_period + 1) * eval_period)
-      trainer.train(train_iter, next_stop - step, start_step=step, stop_fn=guard.should_stop)
+      trainer.train(train_iter, next_stop - step, start_step=step, stop_fn=guard.should_stop,
+                    guide_iter=guide_iter)
       step = int(jax.device_get(trainer.train_state.step))
       if guard.requested:
         save(step)

@@ -26,12 +26,15 @@ class TrainState:
     opt_state: the optax state of an `optax.inject_hyperparams` optimizer.
     guided: the guided hyper-parameter state (`gbt_t5x.guided.meta.GuidedState`) or None.
     num_nonfinite: int32 scalar, steps whose update was skipped for a non-finite loss/gradient.
+    tangents: long-horizon hypergradient tangents (`gbt_t5x.guided.forward.Tangents`: per guided
+      scalar, a params-shaped tangent and the float optimizer-state leaves' tangents) or None.
   """
   step: jax.Array
   params: Any
   opt_state: Any
   guided: Any = None
   num_nonfinite: Any = None
+  tangents: Any = None
 
 
 def create_train_state(params: Any, optimizer: optax.GradientTransformation,
@@ -84,7 +87,8 @@ def train_state_shardings(abstract_boxed_params: Any, abstract_state: TrainState
 def keep_finite_update(old: TrainState, new: TrainState, loss: jax.Array
                        ) -> tuple[TrainState, jax.Array]:
   """Guards a step: if the loss or any new param is non-finite, keep `old`'s params, optimizer
-  and guided state (the step counter still advances, so the data moves on) and count the skip.
+  state, guided state and tangents (the step counter still advances, so the data moves on) and
+  count the skip.
 
   Returns:
     (guarded state, skipped: float32 scalar 1.0 if the update was dropped).
@@ -94,6 +98,7 @@ def keep_finite_update(old: TrainState, new: TrainState, loss: jax.Array
   guarded = new.replace(params=jax.tree.map(pick, new.params, old.params),
                         opt_state=jax.tree.map(pick, new.opt_state, old.opt_state),
                         guided=jax.tree.map(pick, new.guided, old.guided),
+                        tangents=jax.tree.map(pick, new.tangents, old.tangents),
                         num_nonfinite=old.num_nonfinite + (~ok).astype(jnp.int32))
   return guarded, (~ok).astype(jnp.float32)
 

@@ -1,9 +1,10 @@
 """T5X-style `Trainer`: the partitioned train step, evaluation, metrics and progress.
 
-The step is built as in T5X: `accumulate_grads_microbatched` (forward/backward, summed over
-microbatches) followed by `apply_grads` (the optax update with the scheduled learning rate),
-jitted by the partitioner in the overridable `_partitioned_train_step` property. `GuidedTrainer`
-(`guided_trainer.py`) overrides that property to fuse the hyper-parameter step in between.
+The step is `step.model_step` (gradients accumulated over microbatches, then the optax update at
+the scheduled learning rate and the run's hyper-parameter values, guarded against non-finite
+losses), jitted by the partitioner in the overridable `_partitioned_train_step` property. Where
+the values come from is `_values_fn` (none, or replayed schedules); `GuidedTrainer`
+(`guided_trainer.py`) takes them from its guided state and adds a partitioned guided step.
 
 Metrics are kept on device as per-step sums and fetched only when a progress line or summary is
 written, so the host never waits on every step. Must not import gin.
@@ -17,135 +18,14 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from gbt_t5x import errors
 from gbt_t5x.train import data_weights as data_weights_lib
-from gbt_t5x.train import optimizers as optimizers_lib
+from gbt_t5x.train import step as step_lib
 from gbt_t5x.train import summaries
 from gbt_t5x.train.partitioning import PjitPartitioner
-from gbt_t5x.train import train_state as train_state_lib
+from gbt_t5x.train.step import Batch, Metrics
 from gbt_t5x.train.train_state import TrainState
-
-Batch = Mapping[str, jax.Array]
-Metrics = dict[str, jax.Array]
-
-
-def _microbatch(batch: Batch, num_microbatches: int, index: jax.Array) -> dict[str, jax.Array]:
-  """Rows `index, index + M, index + 2M, ...` of every feature ([B, L] -> [B / M, L])."""
-  def take(x):
-    x = x.reshape((x.shape[0] // num_microbatches, num_microbatches) + x.shape[1:])
-    return jax.lax.dynamic_index_in_dim(x, index, axis=1, keepdims=False)
-  return {k: take(v) for k, v in batch.items()}
-
-
-def accumulate_grads_microbatched(model: Any, params: Any, batch: Batch, dropout_rng: jax.Array,
-                                  num_microbatches: int | None,
-                                  loss_kwargs: Mapping[str, Any] | None = None
-                                  ) -> tuple[Any, Metrics]:
-  """Gradient of the summed training loss over the batch, accumulated over microbatches.
-
-  Args:
-    model: an `EncoderDecoderModel`.
-    params: unboxed params.
-    batch: global batch, features `[B, L]`.
-    dropout_rng: PRNG key for dropout (folded with the microbatch index).
-    num_microbatches: None/1 for one pass, else M dividing B.
-    loss_kwargs: extra keyword arguments for `model.loss_fn` (label smoothing, token weights).
-
-  Returns:
-    (grads with the params' structure, metrics dict of per-batch sums).
-  """
-  loss_kwargs = dict(loss_kwargs or {})
-  grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
-  if not num_microbatches or num_microbatches <= 1:
-    (_, metrics), grads = grad_fn(params, batch, dropout_rng, **loss_kwargs)
-    return grads, metrics
-  batch_size = next(iter(batch.values())).shape[0]
-  if batch_size % num_microbatches:
-    raise ValueError(f"batch size {batch_size} is not divisible by num_microbatches "
-                     f"{num_microbatches}")
-
-  def body(carry, index):
-    grads_acc, metrics_acc = carry
-    mb = _microbatch(batch, num_microbatches, index)
-    mb_kwargs = {k: (_microbatch({"w": v}, num_microbatches, index)["w"]
-                     if isinstance(v, jax.Array) and v.ndim == 2 else v)
-                 for k, v in loss_kwargs.items()}
-    (_, metrics), grads = grad_fn(params, mb, jax.random.fold_in(dropout_rng, index), **mb_kwargs)
-    return (jax.tree.map(jnp.add, grads_acc, grads),
-            jax.tree.map(jnp.add, metrics_acc, metrics)), None
-
-  mb0 = _microbatch(batch, num_microbatches, jnp.int32(0))
-  metrics_shape = jax.eval_shape(lambda: model.loss_fn(params, mb0, dropout_rng)[1])
-  zeros_metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape)
-  zeros_grads = jax.tree.map(jnp.zeros_like, params)
-  (grads, metrics), _ = jax.lax.scan(body, (zeros_grads, zeros_metrics),
-                                     jnp.arange(num_microbatches))
-  return grads, metrics
-
-
-def apply_grads(optimizer: optax.GradientTransformation, state: TrainState, grads: Any,
-                learning_rate: jax.Array,
-                extra_hyperparams: Mapping[str, jax.Array] | None = None) -> TrainState:
-  """One optax update with `learning_rate` (and any other injected hyper-parameter values)."""
-  values = {"learning_rate": learning_rate, **(extra_hyperparams or {})}
-  opt_state = optimizers_lib.set_hyperparams(state.opt_state, values)
-  updates, opt_state = optimizer.update(grads, opt_state, state.params)
-  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                       opt_state=opt_state)
-
-
-LOSS_SIDE_SCHEDULES = ("label_smoothing", "data_weights")
-
-
-def scheduled_values(schedules: Mapping[str, Callable[[jax.Array], jax.Array]] | None,
-                     step: jax.Array, batch: Batch
-                     ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
-  """Evaluates replayed hyper-parameter schedules at `step`.
-
-  Returns:
-    (learning-rate multiplier, optimizer hyper-parameter values, `model.loss_fn` kwargs).
-    `learning_rate` is a multiplier on the model's schedule (as when it was guided);
-    `label_smoothing` and `data_weights` (a per-id table) go to the loss; any other name is an
-    optimizer hyper-parameter of the `inject_hyperparams` state.
-  """
-  schedules = dict(schedules or {})
-  multiplier = schedules.pop("learning_rate", lambda _: jnp.float32(1.0))(step)
-  loss_kwargs = {}
-  if "label_smoothing" in schedules:
-    loss_kwargs["label_smoothing"] = schedules.pop("label_smoothing")(step)
-  if "data_weights" in schedules:
-    table = schedules.pop("data_weights")(step)
-    loss_kwargs["token_weights"] = data_weights_lib.data_weight_tokens(table, batch)
-  return multiplier, {k: fn(step) for k, fn in schedules.items()}, loss_kwargs
-
-
-def drop_if_skipped(metrics: Metrics, skipped: jax.Array) -> Metrics:
-  """Zeroes a skipped step's metric sums so that one NaN does not poison the window's means."""
-  return {k: jnp.where(skipped > 0, jnp.zeros_like(v), v) for k, v in metrics.items()}
-
-
-def train_step(model: Any, optimizer: optax.GradientTransformation, state: TrainState,
-               batch: Batch, rng: jax.Array, learning_rate_fn: Callable[[jax.Array], jax.Array],
-               num_microbatches: int | None,
-               hyperparam_schedules: Mapping[str, Callable[[jax.Array], jax.Array]] | None = None
-               ) -> tuple[TrainState, Metrics]:
-  """The plain model step: gradients, then the optimizer update at `learning_rate_fn(step)`
-  (times a replayed multiplier, with replayed optimizer / loss values if schedules are given)."""
-  dropout_rng = jax.random.fold_in(rng, state.step)
-  multiplier, opt_values, loss_kwargs = scheduled_values(hyperparam_schedules, state.step, batch)
-  grads, metrics = accumulate_grads_microbatched(model, state.params, batch, dropout_rng,
-                                                 num_microbatches, loss_kwargs)
-  learning_rate = learning_rate_fn(state.step) * multiplier
-  new_state = apply_grads(optimizer, state, grads, learning_rate, opt_values)
-  new_state, skipped = train_state_lib.keep_finite_update(state, new_state, metrics["loss"])
-  metrics = drop_if_skipped(metrics, skipped)
-  metrics = dict(metrics, learning_rate=learning_rate, nonfinite_skipped=skipped)
-  metrics.update({f"hp/{k}": v for k, v in opt_values.items()})
-  if "label_smoothing" in loss_kwargs:
-    metrics["hp/label_smoothing"] = loss_kwargs["label_smoothing"]
-  return new_state, metrics
 
 
 def eval_step(model: Any, params: Any, batch: Batch) -> Metrics:
@@ -157,15 +37,17 @@ def eval_step(model: Any, params: Any, batch: Batch) -> Metrics:
 def finalize_metrics(sums: Mapping[str, float], num_steps: int) -> dict[str, float]:
   """Turns summed per-step metrics into T5X-style reported values.
 
-  `loss`, `cross_ent_loss`, `z_loss` and `accuracy` become per-target-token means; the learning
-  rate and any other non-sum key (hyper-parameter values) become per-step means.
+  `loss`, `cross_ent_loss`, `z_loss` and `accuracy` become per-target-token means; token,
+  example and skip counts stay sums; the learning rate and any other key (hyper-parameter
+  values) become per-step means.
   """
   tokens = max(float(sums.get("num_tokens", 0.0)), 1.0)
   out = {}
   for key, value in sums.items():
     if key in ("loss", "cross_ent_loss", "z_loss", "accuracy"):
       out[key] = float(value) / tokens
-    elif key in ("num_tokens", "num_examples"):
+    elif key in ("num_tokens", "num_examples", "nonfinite_skipped") or key.startswith(
+        "skipped"):  # Counts: skipped steps, and guided steps that skipped a value.
       out[key] = float(value)
     else:
       out[key] = float(value) / max(num_steps, 1)
@@ -214,6 +96,9 @@ class Trainer:
     self.hyperparam_schedules = dict(hyperparam_schedules or {})
     self.max_nonfinite_steps = int(max_nonfinite_steps)
     self._num_microbatches = num_microbatches
+    # Parameter-group ids of a per-group learning-rate multiplier (GuidedTrainer sets them).
+    self._lr_group_ids: Any = None
+    self._guide_iter: Iterator[Batch] | None = None
     self.log_every = max(1, int(log_every))
     self.total_steps = total_steps
     self._print = print_fn
@@ -233,16 +118,63 @@ class Trainer:
     return summaries.MetricsLog(f"{self.summary_dir}/metrics.jsonl" if self.summary_dir else "",
                                 enabled=self._is_chief)
 
+  # ---------------------------------------------------------------- the model's callables
+  def _forward(self, params: Any, batch: Batch, rng: jax.Array) -> jax.Array:
+    """Teacher-forced train logits [B, T, V] (dropout from `rng`)."""
+    return self.model.logits_fn(params, batch, dropout_rng=rng)
+
+  def _loss_inputs(self, loss_values: Mapping[str, jax.Array], batch: Batch
+                   ) -> dict[str, jax.Array]:
+    """The one mapping of loss-side values to the loss: `label_smoothing` as it is, a
+    `data_weights` table [num_ids] as per-token weights [B, T] of the whole batch."""
+    inputs = {}
+    if "label_smoothing" in loss_values:
+      inputs["label_smoothing"] = loss_values["label_smoothing"]
+    if "data_weights" in loss_values:
+      inputs["token_weights"] = data_weights_lib.data_weight_tokens(loss_values["data_weights"],
+                                                                    batch)
+    return inputs
+
+  def _loss_from_outputs(self, logits: jax.Array, batch: Batch,
+                         loss_inputs: Mapping[str, jax.Array]) -> tuple[jax.Array, Metrics]:
+    return self.model.loss_from_logits(logits, batch,
+                                       label_smoothing=loss_inputs.get("label_smoothing"),
+                                       token_weights=loss_inputs.get("token_weights"))
+
+  def _guide_loss(self, params: Any, guide_batch: Batch) -> jax.Array:
+    return self.model.guide_loss_fn(params, guide_batch)
+
+  def _step_kwargs(self) -> dict[str, Any]:
+    """The model-side keyword arguments of `hypergrad`'s step functions."""
+    return self._step_fns.hypergrad_kwargs()
+
+  @property
+  def _step_fns(self) -> step_lib.StepFns:
+    return step_lib.StepFns(
+        optimizer=self.optimizer, forward_fn=self._forward,
+        loss_from_outputs=self._loss_from_outputs, loss_inputs_fn=self._loss_inputs,
+        guide_loss_fn=self._guide_loss, learning_rate_fn=self._learning_rate_fn, rng=self._rng,
+        num_microbatches=self._num_microbatches, lr_group_ids=self._lr_group_ids)
+
+  def _values_fn(self, state: TrainState) -> Mapping[str, jax.Array]:
+    """This step's hyper-parameter values: replayed schedules, or none (the optimizer's own)."""
+    if self.hyperparam_schedules:
+      return step_lib.schedule_values(self.hyperparam_schedules)(state)
+    return step_lib.no_values(state)
+
+  def _plain_step_guidance(self) -> step_lib.Guidance | None:
+    """What guiding adds to a step without a guide batch (GuidedTrainer's long horizon)."""
+    return None
+
   # ---------------------------------------------------------------- compiled functions
   @functools.cached_property
   def _partitioned_train_step(self) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """The jitted plain train step `(state, batch) -> (state, metric sums)`; overridable."""
-    def step(state, batch):
-      return train_step(self.model, self.optimizer, state, batch, self._rng,
-                        self._learning_rate_fn, self._num_microbatches,
-                        self.hyperparam_schedules)
+    """The jitted model step `(state, batch) -> (state, metric sums)`; overridable."""
+    def train_step(state, batch):
+      return step_lib.model_step(state, batch, fns=self._step_fns, values_fn=self._values_fn,
+                                 guidance=self._plain_step_guidance())
     return self._partitioner.partition(
-        step, in_shardings=(self.train_state_axes, self._partitioner.data_sharding),
+        train_step, in_shardings=(self.train_state_axes, self._partitioner.data_sharding),
         out_shardings=(self.train_state_axes, self._partitioner.replicated),
         donate_argnums=(0,))
 
@@ -255,24 +187,25 @@ class Trainer:
 
   # ---------------------------------------------------------------- loops
   def _run_one_step(self, batch_iter: Iterator[Batch]) -> Metrics:
-    """Runs one train step on the next batch; subclasses may consume more iterators."""
+    """Runs one train step on the next batch (GuidedTrainer also draws guide batches)."""
     batch = next(batch_iter)
     self.train_state, metrics = self._partitioned_train_step(self.train_state, batch)
     return metrics
 
-  def step_summaries(self, host_metrics: Mapping[str, float]) -> dict[str, float]:
-    """Extra per-step scalars for logs (GuidedTrainer adds hyper-parameter values)."""
-    return {}
-
   def train(self, batch_iter: Iterator[Batch], num_steps: int,
             start_step: int | None = None,
-            stop_fn: Callable[[], bool] | None = None) -> dict[str, float]:
+            stop_fn: Callable[[], bool] | None = None,
+            guide_iter: Iterator[Batch] | None = None) -> dict[str, float]:
     """Runs `num_steps` train steps; returns the window's finalized mean metrics.
 
     Per-step metric sums stay on device and are fetched every `log_every` steps, when a progress
     line, TensorBoard scalars and a metrics-log line are written. `stop_fn` is polled after every
     step; when it returns True the loop ends early (e.g. on preemption) after flushing metrics.
+    `guide_iter` yields guide batches (global, on the data sharding) for a `GuidedTrainer`; the
+    training loop owns it (and its position) as it owns `batch_iter`.
     """
+    if guide_iter is not None:
+      self._guide_iter = guide_iter
     start = int(start_step if start_step is not None else jax.device_get(self.train_state.step))
     if not hasattr(self, "_progress"):
       self._progress = summaries.ProgressLine(self.total_steps or start + num_steps, start,
@@ -307,7 +240,6 @@ class Trainer:
         window_sums[key] = window_sums.get(key, 0.0) + value
     last_step = pending[-1][0]
     report = finalize_metrics(chunk_sums, len(pending))
-    report.update(self.step_summaries(report))
     skipped = int(round(chunk_sums.get("nonfinite_skipped", 0.0)))
     if skipped:
       total = int(jax.device_get(self.train_state.num_nonfinite))

@@ -61,8 +61,13 @@ def test_bounds_hold_after_many_steps_pushed_against_them(meta_step, direction):
     assert float(values["b2"]) < 0.51
 
 
+def _adam_state(guided):
+  is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
+  return next(x for x in jax.tree.leaves(guided.meta_opt_state, is_leaf=is_adam) if is_adam(x))
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_hypergradient_skips_the_whole_update(bad):
+def test_non_finite_hypergradient_skips_that_value_only(bad):
   optimizer = meta_lib.make_meta_optimizer(0.1, BOUNDED)
   state = meta_lib.init_guided_state(BOUNDED, optimizer)
   good = {k: jnp.ones_like(v) for k, v in state.raw.items()}
@@ -72,15 +77,32 @@ def test_non_finite_hypergradient_skips_the_whole_update(bad):
   grads = dict(good, data_weights=jnp.array([1.0, bad]))
   new, skipped = jax.jit(meta_lib.apply_hypergradient, static_argnums=(2, 3))(
       state, grads, BOUNDED, optimizer)
+  reference, _ = meta_lib.apply_hypergradient(state, good, BOUNDED, optimizer)
   assert bool(skipped)
   assert int(new.num_skipped) == 1 and int(new.num_hyper_steps) == 2
+  assert {k: int(v) for k, v in new.skips.items()} == {
+      k: int(k == "data_weights") for k in state.raw}
+  # The skipped value keeps its raw value and its own Adam moments ...
+  np.testing.assert_array_equal(new.raw["data_weights"], state.raw["data_weights"])
+  adam_new, adam_old = _adam_state(new), _adam_state(state)
+  np.testing.assert_array_equal(adam_new.mu["data_weights"], adam_old.mu["data_weights"])
+  np.testing.assert_array_equal(adam_new.nu["data_weights"], adam_old.nu["data_weights"])
+  # ... while every other value takes exactly the all-finite step.
+  for name in state.raw:
+    if name != "data_weights":
+      np.testing.assert_array_equal(new.raw[name], reference.raw[name], err_msg=name)
+  assert not np.array_equal(new.raw["learning_rate"], state.raw["learning_rate"])
+  # All values non-finite: nothing moves, the shared step count included.
+  all_bad = {k: jnp.full_like(v, bad) for k, v in good.items()}
+  frozen, skipped = meta_lib.apply_hypergradient(state, all_bad, BOUNDED, optimizer)
+  assert bool(skipped) and int(frozen.num_skipped) == 1
   for a, b in zip(jax.tree.leaves((state.raw, state.meta_opt_state)),
-                  jax.tree.leaves((new.raw, new.meta_opt_state))):
+                  jax.tree.leaves((frozen.raw, frozen.meta_opt_state))):
     np.testing.assert_array_equal(a, b)
   # And the next finite step is applied again.
   newer, skipped = meta_lib.apply_hypergradient(new, good, BOUNDED, optimizer)
   assert not bool(skipped) and int(newer.num_skipped) == 1
-  assert not np.allclose(newer.raw["learning_rate"], new.raw["learning_rate"])
+  assert not np.allclose(newer.raw["data_weights"], new.raw["data_weights"])
 
 
 def test_meta_lr_scale_is_a_per_name_learning_rate():

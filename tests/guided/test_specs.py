@@ -129,7 +129,6 @@ def test_unknown_activation():
     (GuidedHParam("data_weights", 1.0), r"shape must be \(num_ids,\)"),
     (GuidedHParam("data_weights", 1.0, shape=(0,)), r"shape must be a tuple of positive ints"),
     (GuidedHParam("data_weights", (1.0, 2.0), shape=(3,)), r"init has 2 values but shape"),
-    (GuidedHParam("data_weights", 1.0, shape=(3,), index_feature=""), r"index_feature"),
 ])
 def test_bad_shape_or_groups(spec, pattern):
   _raises([spec], ADAMW, pattern)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from gbt_t5x.guided import hypergrad
 from gbt_t5x.train import checkpoints, optimizers
 
 
@@ -29,7 +30,7 @@ def _make_state(seed: int = 0) -> _State:
   }
   float_params = {"dense": params["dense"], "pair0": params["pair"][0]}
   opt = optimizers.adamw(weight_decay=0.01)
-  opt_state = optimizers.set_hyperparams(opt.init(float_params), {"learning_rate": 0.1})
+  opt_state = hypergrad.set_hyperparams(opt.init(float_params), {"learning_rate": 0.1})
   grads = jax.tree.map(lambda p: jnp.ones_like(p) * (seed + 1), float_params)
   _, opt_state = opt.update(grads, opt_state, float_params)  # non-trivial moments
   return _State(step=jnp.int32(7 + seed), params=params, opt_state=opt_state)

@@ -18,15 +18,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import seqio
 import tensorflow as tf
 
-from gbt_t5x.guided import hypergrad
+from gbt_t5x.guided import forward, hypergrad
 from gbt_t5x.guided import specs as specs_lib
 from gbt_t5x.guided.specs import GuidedHParam
 from gbt_t5x.models import encoder_decoder, losses, network
-from gbt_t5x.train import checkpoints, data, guided_trainer, optimizers, train_lib
+from gbt_t5x.train import checkpoints, data, guided_trainer, optimizers, step, train_lib
 from gbt_t5x.train.partitioning import PjitPartitioner
 from tests.train import tiny
 
@@ -42,15 +43,22 @@ GUIDE_CFG = data.DatasetConfig("synthetic_guide_unused", {"inputs": tiny.LENGTH,
 class SyntheticGuideTrainer(guided_trainer.GuidedTrainer):
   """GuidedTrainer whose guide batches are `tiny.random_batch(GUIDE_SEED + position)`.
 
-  The position is the trainer's own `_guide_position`, so `data_positions` /
-  `restore_data_positions` work as with the SeqIO pipeline. `poison` (a set of guide positions)
-  makes those guide batches carry a NaN scale that `_guide_loss` multiplies in.
+  The position is kept here (`data_positions` / `restore_data_positions` play the training
+  loop's part of saving and restoring the guide iterator's position). `poison` (a set of guide
+  positions) makes those guide batches carry a NaN scale that `_guide_loss` multiplies in.
   """
   poison: frozenset = frozenset()
   guide_calls: list
 
   def _check_guide_data(self) -> None:
     self.guide_calls = []
+    self._guide_position = 0
+
+  def data_positions(self):
+    return {"guide": self._guide_position}
+
+  def restore_data_positions(self, positions):
+    self._guide_position = int(positions.get("guide", 0))
 
   def _next_guide_batch(self):
     self.guide_calls.append(self._host_step)
@@ -66,6 +74,14 @@ class SyntheticGuideTrainer(guided_trainer.GuidedTrainer):
     if "poison" in guide_batch:
       loss = loss * (1.0 + jnp.sum(guide_batch["poison"]))
     return loss
+
+  def _loss_from_outputs(self, logits, batch, loss_inputs):
+    """A train batch with a `poison` feature scales its train loss (NaN: a non-finite loss)."""
+    loss, aux = super()._loss_from_outputs(logits, batch, loss_inputs)
+    if "poison" in batch:
+      scale = 1.0 + jnp.sum(batch["poison"])
+      loss, aux = loss * scale, dict(aux, loss=aux["loss"] * scale)
+    return loss, aux
 
 
 def make_trainer(specs, partitioner=None, optimizer=None, seed=0, trainer_cls=None,
@@ -113,7 +129,7 @@ class _Float64Numpy(types.ModuleType):
 def float64_model():
   view = _Float64Numpy()
   with jax.enable_x64(True), pytest.MonkeyPatch.context() as mp:
-    for module in (network, losses, encoder_decoder, optimizers, guided_trainer):
+    for module in (network, losses, encoder_decoder, optimizers, step):
       mp.setattr(module, "jnp", view)
     mp.setattr(optimizers, "HYPERPARAM_DTYPE", jnp.float64)
     mp.setattr(network, "_DTYPES", network._DTYPES + ("float64",))
@@ -466,3 +482,288 @@ def test_empty_guide_task_fails_in_constructor(init_1dev):
   _one_line_error(lambda: trainer_1dev(init_1dev, trainer_cls=guided_trainer.GuidedTrainer,
                                        guide_dataset_cfg=cfg),
                   rf"task {name} split 'train' yields no examples")
+
+
+# ============================================================================ Adafactor, float32
+def adafactor_gin_specs():
+  """The specs of gin/guided/adafactor.gin, as a run including that file gets them."""
+  import sys
+  import gin
+  from gbt_t5x import gin_utils
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(sys.modules["__main__"], "train", train_lib.train, raising=False)
+    gin.clear_config()
+    try:
+      gin_utils.parse_gin(["guided/adafactor.gin"], [
+          "BATCH_SIZE = 8", "TASK_FEATURE_LENGTHS = None", "USE_CACHED_TASKS = False",
+          "PACK = False", "MIXTURE_OR_TASK_MODULE = None", "GUIDE_MIXTURE_OR_TASK_NAME = 'x'"])
+      return tuple(r.scoped_configurable_fn() for r in gin.query_parameter("%GUIDED_HPARAMS"))
+    finally:
+      gin.clear_config()
+
+
+def _adafactor():
+  # T5X's Adafactor with a numeric momentum and weight decay (so that b1 and weight_decay can be
+  # guided); factored second moments for the tiny model's matrices.
+  return optimizers.adafactor(momentum=0.5, weight_decay_rate=0.0, min_dim_size_to_factor=8)
+
+
+@pytest.mark.slow
+def test_adafactor_gin_specs_float32_move_without_skips_and_match_float64():
+  specs = adafactor_gin_specs()
+  assert {s.name for s in specs} == {"decay_rate", "b1", "clipping_threshold", "weight_decay"}
+  trainer = make_trainer(specs, optimizer=_adafactor(), meta_learning_rate=META_LR)
+  p = trainer._partitioner
+  init = host(trainer.train_state.guided.raw)
+  trainer.train(train_batches(p, 0, 20), 20)
+  state = trainer.train_state
+  assert int(state.guided.num_hyper_steps) == 20
+  assert int(state.guided.num_skipped) == 0
+  assert {k: int(v) for k, v in state.guided.skips.items()} == {s.name: 0 for s in specs}
+  for name, value in host(state.guided.raw).items():
+    assert not np.allclose(value, init[name], rtol=0, atol=1e-4), name
+  # The setting that made float32 hypergradients NaN is present: second-moment entries that
+  # never saw a gradient, still at eps = 1e-30.
+  moments = [x for path, x in jax.tree_util.tree_flatten_with_path(host(state.opt_state))[0]
+             if any(getattr(k, "name", None) in ("v", "v_row", "v_col") for k in path)]
+  assert min(float(np.min(m)) for m in moments if m.size > 1) < 1e-25
+
+  # The hypergradient at the next step, float32 against float64 from the same state.
+  batch = next(train_batches(p, 20, 1))
+  guide = data.global_batch(tiny.random_batch(GUIDE_SEED, batch_size=BATCH), p.data_sharding)
+  rng = jax.random.PRNGKey(5)
+  kwargs = dict(guide_loss_fn=trainer._guide_loss, **trainer._step_kwargs())
+  *_, got32, _ = jax.jit(functools.partial(hypergrad.lookahead_hypergradient,
+                                           base_lr=jnp.asarray(BASE_LR), **kwargs))(
+      state.params, state.opt_state, state.guided.raw, batch, guide, rng)
+  got32 = host(got32)
+  with float64_model():
+    trainer64 = make_trainer(specs, optimizer=_adafactor(), meta_learning_rate=META_LR)
+    state64 = jax.tree.map(lambda x, t: jnp.asarray(np.asarray(x), t.dtype), host(state),
+                           trainer64.train_state)
+    kwargs64 = dict(guide_loss_fn=trainer64._guide_loss, **trainer64._step_kwargs())
+    *_, want, _ = jax.jit(functools.partial(hypergrad.lookahead_hypergradient,
+                                            base_lr=jnp.asarray(BASE_LR), **kwargs64))(
+        state64.params, state64.opt_state, state64.guided.raw, batch, guide, rng)
+    want = host(want)
+  for name in want:
+    assert want[name].dtype == np.float64 and np.all(np.isfinite(got32[name])), name
+    assert np.linalg.norm(got32[name] - want[name]) <= 1e-3 * np.linalg.norm(want[name]), (
+        name, got32[name], want[name])
+
+
+# ============================================================================ the one model step
+def test_nan_train_loss_in_a_guided_step_is_skipped_and_counted(init_1dev):
+  trainer = trainer_1dev(init_1dev)
+  p = trainer._partitioner
+  warm_start(trainer)
+  before = host(trainer.train_state)
+  batch = tiny.random_batch(1, batch_size=BATCH, with_data_ids=NUM_IDS)
+  batch["poison"] = np.full((BATCH,), np.nan, np.float32)
+  metrics = trainer.train(iter([data.global_batch(batch, p.data_sharding)]), 1)
+  after = host(trainer.train_state)
+  assert trainer.guide_calls == [1]  # It was a guided step.
+  assert metrics["nonfinite_skipped"] == 1.0
+  assert int(after.num_nonfinite) == 1 and int(after.step) == 2
+  assert_trees_equal(after.params, before.params)
+  assert_trees_equal(after.opt_state, before.opt_state)
+  assert_trees_equal(after.guided, before.guided)  # No meta step either.
+  # The run goes on: the next guided step moves params and values.
+  trainer.train(train_batches(p, 2, 1), 1)
+  assert not tiny.params_close(host(trainer.train_state.params), after.params, atol=0, rtol=0)
+  assert int(trainer.train_state.guided.num_hyper_steps) == 1
+
+
+def test_replayed_adafactor_b1_schedule_sets_momentum(init_1dev):
+  from gbt_t5x.train import trainer as trainer_lib
+  p = PjitPartitioner(devices=jax.devices()[:1])
+
+  def run(optimizer, schedules):
+    model = tiny.tiny_model(optimizer)
+    state, axes = train_lib.initial_train_state(model, tiny.INPUT_SHAPES, p,
+                                                jax.random.PRNGKey(0))
+    t = trainer_lib.Trainer(model=model, train_state=state, partitioner=p, eval_names=[],
+                            summary_dir=None, train_state_axes=axes, rng=jax.random.PRNGKey(1),
+                            learning_rate_fn=lambda step: BASE_LR, log_every=1000,
+                            print_fn=lambda s: None, hyperparam_schedules=schedules)
+    metrics = t.train(train_batches(p, 0, 3), 3)
+    return host(t.train_state), metrics
+
+  replayed, metrics = run(optimizers.adafactor(momentum=0.5),
+                          {"b1": lambda step: jnp.where(step < 2, 0.7, 0.2)})
+  assert metrics["hp/b1"] == pytest.approx((0.7 + 0.7 + 0.2) / 3, rel=1e-6)
+  assert float(replayed.opt_state.hyperparams["momentum"]) == pytest.approx(0.2)
+  constant, _ = run(optimizers.adafactor(momentum=0.5), {"b1": lambda step: 0.7})
+  reference, _ = run(optimizers.adafactor(momentum=0.7), {})
+  assert_trees_equal(constant.params, reference.params)  # b1 is the optimizer's momentum.
+  assert not tiny.params_close(replayed.params, reference.params, atol=0, rtol=0)
+
+
+@pytest.mark.slow
+def test_microbatched_guided_run_equals_one_pass(init_1dev):
+  whole = trainer_1dev(init_1dev)
+  split = trainer_1dev(init_1dev, num_microbatches=4)
+  for trainer in (whole, split):
+    warm_start(trainer)
+    trainer.train(train_batches(trainer._partitioner, 1, 3), 3)
+  a, b = host(split.train_state), host(whole.train_state)
+  assert int(a.guided.num_hyper_steps) == 3 and int(a.guided.num_skipped) == 0
+  assert_trees_close(a.params, b.params, rtol=1e-4)
+  assert_trees_close(a.guided.raw, b.guided.raw, rtol=1e-4)
+  assert_trees_close(a.guided.meta_opt_state, b.guided.meta_opt_state, rtol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def fd_setup_microbatched():
+  """As `fd_setups['adamw']`, with the batch split into 4 microbatches (float64)."""
+  make_opt, specs = FD_CONFIGS["adamw"]
+  with float64_model():
+    trainer = make_trainer(specs, optimizer=make_opt(), num_microbatches=4)
+    kwargs = dict(guide_loss_fn=trainer._guide_loss, **trainer._step_kwargs())
+    assert kwargs["num_microbatches"] == 4
+    lookahead = jax.jit(functools.partial(hypergrad.lookahead_hypergradient,
+                                          base_lr=jnp.asarray(BASE_LR), **kwargs))
+    hyper_loss = jax.jit(functools.partial(hypergrad.hyper_loss, base_lr=jnp.asarray(BASE_LR),
+                                           **kwargs))
+    p = trainer._partitioner
+    state = trainer.train_state
+    raw = host(state.guided.raw)
+    guide = data.global_batch(tiny.random_batch(GUIDE_SEED, batch_size=BATCH), p.data_sharding)
+    rng = jax.random.PRNGKey(5)
+    for i, batch in enumerate(train_batches(p, 0, 3)):
+      params, opt_state, hypergrads, _ = lookahead(state.params, state.opt_state, raw, batch,
+                                                   guide, jax.random.fold_in(rng, i))
+      if i < 2:
+        state = state.replace(params=params, opt_state=opt_state)
+    rng = jax.random.fold_in(rng, 2)
+    state = state.replace(guided=state.guided.replace(raw=raw))
+    return FDSetup(trainer, state, batch, guide, rng, host(hypergrads), hyper_loss)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [s.name for s in FD_CONFIGS["adamw"][1]])
+def test_microbatched_hypergradient_matches_central_differences(fd_setup_microbatched, name):
+  s = fd_setup_microbatched
+  with float64_model():
+    fd = _central_difference(s, name)
+  got = s.hypergrads[name]
+  assert got.dtype == np.float64 and np.linalg.norm(fd) > 1e-6
+  assert np.linalg.norm(got - fd) <= FD_RTOL * np.linalg.norm(fd), (name, got, fd)
+
+
+@pytest.mark.slow
+def test_adafactor_gin_specs_bfloat16_activations_do_not_skip():
+  """bfloat16 activations (float32 params and optimizer state): finite hypergradients too."""
+  specs = adafactor_gin_specs()
+  p = PjitPartitioner(devices=jax.devices()[:1])
+  model = tiny.tiny_model(_adafactor(), dtype="bfloat16")
+  state, axes = train_lib.initial_train_state(model, tiny.INPUT_SHAPES, p, jax.random.PRNGKey(0))
+  trainer = SyntheticGuideTrainer(
+      model=model, train_state=state, partitioner=p, eval_names=[], summary_dir=None,
+      train_state_axes=axes, rng=jax.random.PRNGKey(1), learning_rate_fn=lambda step: BASE_LR,
+      log_every=1000, print_fn=lambda s: None, guided_hparams=specs,
+      guide_dataset_cfg=GUIDE_CFG, meta_learning_rate=META_LR)
+  init = host(trainer.train_state.guided.raw)
+  trainer.train(train_batches(p, 0, 8), 8)
+  guided = host(trainer.train_state.guided)
+  assert int(guided.num_hyper_steps) == 8 and int(guided.num_skipped) == 0
+  for name, value in guided.raw.items():
+    assert not np.allclose(value, init[name], rtol=0, atol=1e-4), name
+
+
+# ============================================================================ long horizon
+FORWARD_SPECS = (GuidedHParam("learning_rate", 1.0, "exp", lower=0.01, upper=100.0),
+                 GuidedHParam("b1", 0.8, "sigmoid", lower=0.0, upper=0.999),
+                 GuidedHParam("label_smoothing", 0.1, "sigmoid", lower=0.0, upper=0.5))
+
+
+@pytest.mark.slow
+def test_forward_horizon_with_hyper_step_every_matches_finite_differences():
+  """Tangents carried by the trainer over k = 3 model steps (2 plain, then a guided one) give
+  the central finite difference of the guide loss after those 3 steps (float64, mu = 1)."""
+  k = 3
+  with float64_model():
+    trainer = make_trainer(FORWARD_SPECS, optimizer=FD_CONFIGS["adamw"][0](), horizon="forward",
+                           mu=1.0, hyper_step_every=k, meta_learning_rate=META_LR)
+    p = trainer._partitioner
+    warm_start(trainer)  # Step 0 (guided with k = 3 when run by `train`; here a plain step).
+    fresh = forward.init_tangents(FORWARD_SPECS, trainer.train_state.params,
+                                  trainer.train_state.opt_state)
+    trainer.train_state = trainer.train_state.replace(tangents=fresh)
+    start = host(trainer.train_state)
+    trainer.train(train_batches(p, 1, k), k)
+    assert trainer.guide_calls == [3] and int(trainer.train_state.guided.num_hyper_steps) == 1
+    # After one meta Adam step its first moment is (1 - b1) * hypergradient.
+    adam = next(x for x in jax.tree.leaves(
+        trainer.train_state.guided.meta_opt_state,
+        is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+                if isinstance(x, optax.ScaleByAdamState))
+    got = {n: np.asarray(v) / 0.1 for n, v in host(adam.mu).items()}
+
+    kwargs = {n: v for n, v in trainer._step_kwargs().items() if n != "specs"}
+    batches = list(train_batches(p, 1, k))
+    guide = data.global_batch(tiny.random_batch(GUIDE_SEED, batch_size=BATCH), p.data_sharding)
+    guide = dict(guide, poison=jnp.zeros((BATCH,)))
+
+    @jax.jit
+    def composed(raw):
+      params, opt_state = start.params, start.opt_state
+      for i, batch in enumerate(batches):
+        rng = jax.random.fold_in(jax.random.PRNGKey(1), 1 + i)
+        params, opt_state, _ = hypergrad.plain_step(
+            params, opt_state, specs_lib.effective(FORWARD_SPECS, raw), batch, rng,
+            jnp.asarray(BASE_LR), **kwargs)
+      return trainer._guide_loss(params, guide)
+
+    raw = host(start.guided.raw)
+    for name in raw:
+      fd = []
+      for sign in (1.0, -1.0):
+        shifted = dict(raw, **{name: raw[name] + sign * FD_STEP})
+        fd.append(float(composed(shifted)))
+      fd = (fd[0] - fd[1]) / (2 * FD_STEP)
+      assert abs(fd) > 1e-6, (name, fd)
+      assert abs(got[name] - fd) <= FD_RTOL * abs(fd), (name, got[name], fd)
+
+
+def test_forward_horizon_bad_settings_fail_before_any_step(init_1dev):
+  _one_line_error(lambda: trainer_1dev(init_1dev, horizon="forward", mu=1.5), r"mu must be in")
+  _one_line_error(lambda: trainer_1dev(init_1dev, horizon="forward", num_microbatches=2),
+                  r"does not support num_microbatches")
+  _one_line_error(lambda: trainer_1dev(init_1dev, horizon="long"), r"horizon must be one of")
+
+
+@pytest.mark.slow
+def test_forward_horizon_resume_equals_uninterrupted_run(init_1dev, tmp_path):
+  def fresh():
+    return trainer_1dev(init_1dev, specs=FORWARD_SPECS, horizon="forward", mu=0.9,
+                        hyper_step_every=2)
+
+  full = fresh()
+  full.train(train_batches(full._partitioner, 0, 4), 4)
+  half = fresh()
+  half.train(train_batches(half._partitioner, 0, 2), 2)
+  ckpt = checkpoints.Checkpointer(str(tmp_path / "ckpt"))
+  ckpt.save(2, half.train_state, {"data_positions": {"train": 2, **half.data_positions()}})
+  ckpt.wait_until_finished()
+  resumed = fresh()
+  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        resumed.train_state, resumed.train_state_axes)
+  resumed.train_state, meta = ckpt.restore(2, target)
+  resumed.restore_data_positions(meta["data_positions"])
+  resumed.train(train_batches(resumed._partitioner, 2, 2), 2)
+  a, b = host(resumed.train_state), host(full.train_state)
+  assert_trees_equal(a.tangents, b.tangents)
+  assert_trees_equal(a.params, b.params)
+  assert_trees_equal(a.guided, b.guided)
+  assert int(a.guided.num_hyper_steps) == 2
+
+  # A checkpoint of a greedy run cannot silently start a long-horizon run mid-way.
+  greedy = trainer_1dev(init_1dev, specs=FORWARD_SPECS)
+  greedy.train(train_batches(greedy._partitioner, 0, 1), 1)
+  ckpt2 = checkpoints.Checkpointer(str(tmp_path / "greedy"))
+  ckpt2.save(1, greedy.train_state, {"data_positions": {"train": 1}})
+  ckpt2.wait_until_finished()
+  with pytest.raises(ValueError) as info:
+    ckpt2.restore(1, target)
+  assert "\n" not in str(info.value) and "tangents" in str(info.value)

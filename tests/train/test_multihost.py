@@ -9,7 +9,8 @@ shard, so the global batches differ from a 1-process run; that is T5X's behaviou
 equality runs below turn shuffling off.
 
 Then a guided tiny-T5 run as 2 processes on 127.0.0.1 is compared (final params, optimizer and
-guided state, guided trajectory; atol 1e-5) with a 1-process x 4-device run of the same global
+guided state, guided trajectory; tolerances from float32 reduction order, see below) with a
+1-process x 4-device run of the same global
 batch; only process 0 writes summaries, the trajectory and plots; the 2-process checkpoint is
 restored by both processes and the resumed run still matches. Every subprocess has a timeout.
 """
@@ -33,7 +34,8 @@ STEPS = 2
 # A guided step at every step, so every step's trajectory row carries a guide loss to compare.
 FLAGS = ("--gin.SHUFFLE_TRAIN_EXAMPLES=False", "--gin.guide/data.DatasetConfig.shuffle=False",
          "--gin.EVAL_PERIOD=2", "--gin.PACK=False", "--gin.HYPER_STEP_EVERY=1",
-         "--gin.learning_rate.create_learning_rate_scheduler.total_steps=1000")
+         "--gin.learning_rate.create_learning_rate_scheduler.total_steps=1000",
+         "--gin.META_LEARNING_RATE=3e-3")
 TIMEOUT = 300
 
 
@@ -140,12 +142,35 @@ def double(world, tmp_path_factory):
   return model_dir, results
 
 
+# Tolerances. 1 and 2 processes sum the same float32 terms in another order. Params and the
+# optimizer's moments are compared element by element. Hypergradients are sums over every
+# parameter entry whose float32 error (~ sqrt(N) 2^-24 of the sum of magnitudes) can be large
+# against a component that nearly cancels (a data weight whose bucket barely matters), so they
+# are compared through the meta optimizer's moments (mu = sum (1 - b1) b1^k g_k, nu likewise)
+# relative to each hyper-parameter's norm. The raw values themselves went through Adam's
+# normalised step (about META_LR * g / |g| per guided step), which turns such a relative error of
+# a near-zero component into up to one meta step: they must agree to 5 % of the meta steps taken.
+META_LR = 3e-3
+RAW_TOL_PER_GUIDED_STEP = 0.05 * META_LR
+HYPERGRAD_RTOL = 1e-3
+
+
+def _norm_close(a: np.ndarray, b: np.ndarray, rtol: float, what: str) -> None:
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  assert np.linalg.norm(a - b) <= rtol * np.linalg.norm(b) + 1e-12, (what, a, b)
+
+
 def assert_close_states(a, b, step):
   assert sorted(a) == sorted(b)
   for key in a:
     assert a[key].shape == b[key].shape and a[key].dtype == b[key].dtype, key
-    if key.startswith("['params']") or key.startswith("['guided']['raw']"):
+    if key.startswith("['params']"):
       np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5, err_msg=f"{step} {key}")
+    elif key.startswith("['guided']['raw']"):
+      np.testing.assert_allclose(a[key], b[key], rtol=0, atol=RAW_TOL_PER_GUIDED_STEP * step,
+                                 err_msg=f"{step} {key}")
+    elif key.startswith("['guided']['meta_opt_state']") and a[key].dtype.kind == "f":
+      _norm_close(a[key], b[key], HYPERGRAD_RTOL, f"{step} {key}")
     elif a[key].dtype.kind in "iu":  # Step and skip counters: exact.
       np.testing.assert_array_equal(a[key], b[key], err_msg=f"{step} {key}")
     else:  # Optimizer moments of summed (not averaged) losses: larger magnitudes.
@@ -153,15 +178,20 @@ def assert_close_states(a, b, step):
 
 
 def assert_close_trajectories(a: dict, b: dict, steps):
-  """`a` holds exactly `steps`; `b` (the longer reference) is compared on those steps."""
+  """`a` holds exactly `steps`; `b` (the longer reference) is compared on those steps.
+
+  Row `step` holds the values used by model step `step` (after `step - 1` guided steps) and the
+  guide loss at its params (deterministic up to reduction order, like the params).
+  """
   assert sorted(a) == list(steps)
   b = {s: r for s, r in b.items() if s in a}
   assert sorted(b) == list(steps)
   for step in steps:
     ra, rb = a[step], b[step]
     assert sorted(ra["values"]) == sorted(rb["values"])
+    tol = RAW_TOL_PER_GUIDED_STEP * (step - 1)  # |d value / d raw| <= |value| here (exp, sigmoid)
     for name in ra["values"]:
-      np.testing.assert_allclose(ra["values"][name], rb["values"][name], rtol=1e-5, atol=1e-5,
+      np.testing.assert_allclose(ra["values"][name], rb["values"][name], rtol=tol, atol=tol,
                                  err_msg=f"step {step} {name}")
     np.testing.assert_allclose(ra["guide_loss_per_token"], rb["guide_loss_per_token"],
                                rtol=1e-5, err_msg=f"step {step}")

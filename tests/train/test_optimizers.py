@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gbt_t5x.guided import hypergrad
 from gbt_t5x.train import optimizers
 
 
@@ -58,7 +59,7 @@ def _run(optimizer, params, grads_per_step, lr):
   update = jax.jit(optimizer.update)
   out = []
   for grads in grads_per_step:
-    state = optimizers.set_hyperparams(state, {"learning_rate": lr})
+    state = hypergrad.set_hyperparams(state, {"learning_rate": lr})
     updates, state = update(grads, state, params)
     params = jax.tree.map(lambda p, u: p + u, params, updates)
     out.append(params)
@@ -139,7 +140,7 @@ def test_hyperparams_are_float32_arrays_with_configured_values(problem):
 def test_zero_learning_rate_gives_zero_update(problem):
   params, grads = problem
   opt = optimizers.adamw(weight_decay=0.1)
-  state = optimizers.set_hyperparams(opt.init(params), {"learning_rate": 0.0})
+  state = hypergrad.set_hyperparams(opt.init(params), {"learning_rate": 0.0})
   updates, _ = opt.update(grads[0], state, params)
   for u in jax.tree.leaves(updates):
     assert np.all(np.asarray(u) == 0.0)
@@ -152,10 +153,10 @@ def test_changing_b1_changes_the_momentum_as_adam_says():
   lr, b2, eps = 0.1, 0.99, 1e-8
   opt = optimizers.adam(b1=0.9, b2=b2, eps=eps)
   update = jax.jit(opt.update)
-  state = optimizers.set_hyperparams(opt.init(params), {"learning_rate": lr})
+  state = hypergrad.set_hyperparams(opt.init(params), {"learning_rate": lr})
   _, state = update(g1, state, params)
   new_b1 = 0.5
-  state = optimizers.set_hyperparams(state, {"b1": new_b1})
+  state = hypergrad.set_hyperparams(state, {"b1": new_b1})
   u2, state = update(g2, state, params)
   m1, v1 = 0.1 * np.asarray(g1["w"]), (1 - b2) * np.asarray(g1["w"]) ** 2
   m2 = new_b1 * m1 + (1 - new_b1) * np.asarray(g2["w"])
@@ -169,14 +170,14 @@ def test_set_hyperparams_keeps_dtype_and_is_differentiable(problem):
   params, grads = problem
   opt = optimizers.adamw()
   state = opt.init(params)
-  new = optimizers.set_hyperparams(state, {"b2": np.float64(0.9), "learning_rate": 2})
+  new = hypergrad.set_hyperparams(state, {"b2": np.float64(0.9), "learning_rate": 2})
   assert new.hyperparams["b2"].dtype == jnp.float32
   assert new.hyperparams["learning_rate"].dtype == jnp.float32
   assert float(new.hyperparams["learning_rate"]) == 2.0
   assert float(state.hyperparams["b2"]) == pytest.approx(0.999)  # the input is not modified
 
   def total_update(lr):
-    s = optimizers.set_hyperparams(state, {"learning_rate": lr})
+    s = hypergrad.set_hyperparams(state, {"learning_rate": lr})
     updates, _ = opt.update(grads[0], s, params)
     return sum(jnp.sum(u) for u in jax.tree.leaves(updates))
 
@@ -189,11 +190,11 @@ def test_set_hyperparams_errors(problem):
   state = optimizers.adafactor().init(params)
   with pytest.raises(ValueError, match=r"unknown .*\['b1'\].*known: \['clipping_threshold', "
                                        r"'decay_rate', 'eps', 'learning_rate'\]"):
-    optimizers.set_hyperparams(state, {"b1": 0.9, "learning_rate": 1.0})
+    hypergrad.set_hyperparams(state, {"b1": 0.9, "learning_rate": 1.0})
   with pytest.raises(ValueError, match="shape"):
-    optimizers.set_hyperparams(state, {"learning_rate": jnp.ones(3)})
+    hypergrad.set_hyperparams(state, {"learning_rate": jnp.ones(3)})
   with pytest.raises(ValueError, match="inject_hyperparams"):
-    optimizers.set_hyperparams(state.inner_state, {"learning_rate": 1.0})
+    hypergrad.set_hyperparams(state.inner_state, {"learning_rate": 1.0})
 
 
 @pytest.mark.parametrize("factory, kwargs, message", [
@@ -215,13 +216,13 @@ def test_weight_decay_masks_are_static_and_applied():
   # Zero gradients: Adam's step is 0, so the update is the decoupled decay alone (-lr * wd * p).
   opt = optimizers.adamw(weight_decay=0.1, mask=mask_fn)
   assert "mask" not in opt.init(params).hyperparams
-  state = optimizers.set_hyperparams(opt.init(params), {"learning_rate": 0.5})
+  state = hypergrad.set_hyperparams(opt.init(params), {"learning_rate": 0.5})
   updates, _ = opt.update(zeros, state, params)
   np.testing.assert_allclose(updates["kernel"], -0.5 * 0.1 * 2.0, rtol=1e-6)
   np.testing.assert_allclose(updates["bias"], 0.0)
   # Adafactor's decay is not scaled by the learning rate (T5X): -wd * p.
   opt = optimizers.adafactor(weight_decay_rate=0.01, weight_decay_mask=mask_fn)
-  state = optimizers.set_hyperparams(opt.init(params), {"learning_rate": 0.0})
+  state = hypergrad.set_hyperparams(opt.init(params), {"learning_rate": 0.0})
   updates, _ = opt.update(zeros, state, params)
   np.testing.assert_allclose(updates["kernel"], -0.01 * 2.0, rtol=1e-6)
   np.testing.assert_allclose(updates["bias"], 0.0)

@@ -1,0 +1,214 @@
+"""The one model step: every parameter update of every run goes through `model_step`.
+
+A plain run, a run replaying a learned schedule and a guided run differ only in where the
+hyper-parameter values of a step come from (a `ValuesFn`: nothing, the replayed schedules at the
+step, or the guided state's effective values) and, on a guided step, in the hypergradient and
+meta update that `hypergrad.guided_step` adds on top of the same model step. Everything else
+happens here once:
+
+- the values are split by name into optimizer side and loss side (`hypergrad.split_values`);
+- optimizer-side values are injected into the optax `inject_hyperparams` state with aliases
+  resolved (`hypergrad.optimizer_update`; the learning rate is the schedule's value times the
+  multiplier);
+- loss-side values become the loss head's inputs (`StepFns.loss_inputs_fn`: label smoothing and
+  per-token data weights of the whole batch);
+- gradients are accumulated over microbatches (`hypergrad.train_loss_and_grads`);
+- with the long ('forward') hypergradient horizon, every step also carries the tangents
+  d(params, optimizer state)/d(raw values) in `TrainState.tangents` (`guided.forward`), and a
+  guided step contracts them with the guide gradient instead of differentiating one step;
+- the non-finite guard: a step whose train loss or new params are not finite keeps the old
+  params, optimizer and guided state, advances the step counter and counts it in
+  `TrainState.num_nonfinite` (the trainer stops past `max_nonfinite_steps`).
+
+Must not import gin or seqio.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gbt_t5x.guided import forward as forward_lib
+from gbt_t5x.guided import hypergrad
+from gbt_t5x.guided import meta as meta_lib
+from gbt_t5x.guided import specs as specs_lib
+from gbt_t5x.train import train_state as train_state_lib
+from gbt_t5x.train.train_state import TrainState
+
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+# state -> effective hyper-parameter values by name for the step `state.step`.
+ValuesFn = Callable[[TrainState], Mapping[str, jax.Array]]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFns:
+  """The model-side callables and settings of a model step.
+
+  Attributes:
+    optimizer: the model optimizer (`optax.inject_hyperparams` transformation).
+    forward_fn: (params, batch, dropout rng) -> logits [B, T, V].
+    loss_from_outputs: (logits, batch, loss inputs) -> (summed loss, aux metric sums).
+    loss_inputs_fn: (loss-side values, whole batch) -> loss inputs
+      ({'label_smoothing': scalar, 'token_weights': [B, T]}).
+    guide_loss_fn: (params, guide batch) -> summed guide cross-entropy (nats).
+    learning_rate_fn: step -> the schedule's learning rate.
+    rng: base PRNG key; step t uses `fold_in(rng, t)` for dropout.
+    num_microbatches: gradient accumulation (None/1: one pass).
+    lr_group_ids: parameter-group ids of a per-group learning-rate multiplier, or None.
+  """
+  optimizer: optax.GradientTransformation
+  forward_fn: Callable[..., Any]
+  loss_from_outputs: Callable[..., Any]
+  loss_inputs_fn: Callable[..., Any]
+  guide_loss_fn: Callable[..., Any]
+  learning_rate_fn: Callable[[jax.Array], jax.Array]
+  rng: jax.Array
+  num_microbatches: int | None = None
+  lr_group_ids: Any = None
+
+  def hypergrad_kwargs(self) -> dict[str, Any]:
+    """Keyword arguments shared by `hypergrad.plain_step` and `hypergrad.guided_step`."""
+    return dict(optimizer=self.optimizer, forward_fn=self.forward_fn,
+                loss_from_outputs=self.loss_from_outputs, loss_inputs_fn=self.loss_inputs_fn,
+                lr_group_ids=self.lr_group_ids, num_microbatches=self.num_microbatches)
+
+
+@dataclasses.dataclass(frozen=True)
+class Guidance:
+  """What guiding adds to the model step.
+
+  Attributes:
+    specs: the guided hyper-parameters.
+    meta_optimizer: moves the raw values (`meta.make_meta_optimizer`).
+    recompute_tangent: greedy horizon: the memory option of `hypergrad.guided_step`.
+    horizon: 'greedy' (one-step lookahead) or 'forward' (tangents carried along the trajectory
+      in `TrainState.tangents`, updated at every model step; `gbt_t5x.guided.forward`).
+    mu: the forward horizon's damping in [0, 1] (0: greedy).
+  """
+  specs: tuple[specs_lib.GuidedHParam, ...]
+  meta_optimizer: optax.GradientTransformation
+  recompute_tangent: bool = False
+  horizon: str = "greedy"
+  mu: float = 1.0
+
+
+# ------------------------------------------------------------------------------ value providers
+def no_values(state: TrainState) -> dict[str, jax.Array]:
+  """A plain run: the optimizer's own values, multiplier 1, the model's label smoothing."""
+  del state
+  return {}
+
+
+def schedule_values(schedules: Mapping[str, Callable[[jax.Array], jax.Array]]) -> ValuesFn:
+  """A replayed run: {name: step -> value} evaluated at the step (see `guided.export`).
+
+  `learning_rate` multiplies the model's schedule, `label_smoothing` / `data_weights` go to the
+  loss, any other name (aliases included) is an optimizer hyper-parameter.
+  """
+  schedules = dict(schedules)
+  return lambda state: {name: fn(state.step) for name, fn in schedules.items()}
+
+
+def guided_values(specs: Sequence[specs_lib.GuidedHParam]) -> ValuesFn:
+  """A guided run: the effective values of the guided state's raw values."""
+  return lambda state: specs_lib.effective(specs, state.guided.raw)
+
+
+# ------------------------------------------------------------------------------ the step
+def value_metrics(values: Mapping[str, jax.Array], base_lr: jax.Array) -> Metrics:
+  """`hp/NAME` per scalar value, `hp/NAME_i` per vector entry, and the applied `learning_rate`
+  (the schedule's value times a scalar multiplier)."""
+  metrics = {}
+  for name, value in values.items():
+    flat = jnp.ravel(jnp.asarray(value))
+    if flat.size == 1:
+      metrics[f"hp/{name}"] = flat[0]
+    else:
+      for i in range(flat.size):
+        metrics[f"hp/{name}_{i}"] = flat[i]
+  multiplier = values.get(specs_lib.LEARNING_RATE)
+  scalar = multiplier is not None and jnp.ndim(multiplier) == 0
+  metrics["learning_rate"] = base_lr * multiplier if scalar else jnp.asarray(base_lr)
+  return metrics
+
+
+def model_step(state: TrainState, batch: Batch, *, fns: StepFns, values_fn: ValuesFn,
+               guide_batch: Batch | None = None, guidance: Guidance | None = None
+               ) -> tuple[TrainState, Metrics]:
+  """One model step (a guided one when `guide_batch` is given), guarded against non-finite loss.
+
+  Args:
+    state: the train state (params, optimizer state, guided state, counters).
+    batch: the global train batch, features [B, L].
+    fns: the model-side callables.
+    values_fn: where this step's hyper-parameter values come from (ignored on guided steps,
+      whose values are the guided state's).
+    guide_batch: a guide batch for a guided step, else None.
+    guidance: required with `guide_batch`; with the 'forward' horizon, given on every step of
+      the run (the tangents move with every model step).
+
+  Returns:
+    (new state, scalar metrics): the loss head's sums (`loss`, `accuracy`, `num_tokens`, ...;
+    zeroed on a skipped step), `train_loss`, `hp/NAME` values used, `learning_rate`,
+    `nonfinite_skipped`; on guided steps also `guide_loss_per_token` (nats per guide token),
+    `hypergrad_norm/NAME`, `skipped` (1 if any value's meta update was skipped) and
+    `skipped/NAME` per value.
+  """
+  rng = jax.random.fold_in(fns.rng, state.step)
+  base_lr = fns.learning_rate_fn(state.step)
+  tangents = state.tangents
+  if guidance is not None and guidance.horizon == "forward":
+    values = specs_lib.effective(guidance.specs, state.guided.raw)
+    params, opt_state, tangents, metrics = forward_lib.forward_step(
+        state.params, state.opt_state, state.guided.raw, state.tangents, batch, rng, base_lr,
+        mu=guidance.mu, specs=guidance.specs, **fns.hypergrad_kwargs())
+    metrics = dict(metrics)
+    guided = state.guided
+    if guide_batch is not None:
+      guide_loss, hypergrads = forward_lib.hypergradient(
+          params, tangents, state.guided.raw, guide_batch, specs=guidance.specs,
+          guide_loss_fn=fns.guide_loss_fn)
+      guided, _ = meta_lib.apply_hypergradient(state.guided, hypergrads, guidance.specs,
+                                               guidance.meta_optimizer)
+      metrics["guide_loss"] = guide_loss
+      for name, g in hypergrads.items():
+        metrics[f"hypergrad_norm/{name}"] = jnp.sqrt(jnp.sum(jnp.square(g)))
+  elif guide_batch is None:
+    values = values_fn(state)
+    params, opt_state, metrics = hypergrad.plain_step(
+        state.params, state.opt_state, values, batch, rng, base_lr, **fns.hypergrad_kwargs())
+    guided = state.guided
+  else:
+    if guidance is None:
+      raise ValueError("a guided step needs a Guidance (specs and meta optimizer)")
+    values = specs_lib.effective(guidance.specs, state.guided.raw)
+    params, opt_state, guided, metrics = hypergrad.guided_step(
+        state.params, state.opt_state, state.guided, batch, guide_batch, rng, base_lr,
+        specs=guidance.specs, meta_optimizer=guidance.meta_optimizer,
+        guide_loss_fn=fns.guide_loss_fn, recompute_tangent=guidance.recompute_tangent,
+        **fns.hypergrad_kwargs())
+    metrics = dict(metrics)
+  if guide_batch is not None:
+    guide_tokens = jnp.sum(guide_batch["decoder_loss_weights"].astype(jnp.float32))
+    metrics["guide_loss_per_token"] = metrics.pop("guide_loss") / jnp.maximum(guide_tokens, 1)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            guided=guided, tangents=tangents)
+  new_state, nonfinite = train_state_lib.keep_finite_update(state, new_state, metrics["loss"])
+  if guide_batch is not None:  # Skips as counted in the (guarded) state.
+    new_guided, old_guided = new_state.guided, state.guided
+    metrics["skipped"] = (new_guided.num_skipped - old_guided.num_skipped).astype(jnp.float32)
+    for name in new_guided.skips:
+      metrics[f"skipped/{name}"] = (new_guided.skips[name] - old_guided.skips[name]).astype(
+          jnp.float32)
+  model_sums = {k: v for k, v in metrics.items()
+                if not k.startswith(("hp/", "hypergrad_norm/", "skipped", "guide_loss"))}
+  metrics.update({k: jnp.where(nonfinite > 0, jnp.zeros_like(v), v)
+                  for k, v in model_sums.items()})
+  metrics = {k: v for k, v in metrics.items() if not k.startswith("hp/")}
+  metrics.update(value_metrics(values, base_lr))
+  metrics["nonfinite_skipped"] = nonfinite
+  return new_state, {k: v for k, v in metrics.items() if jnp.ndim(v) == 0}
