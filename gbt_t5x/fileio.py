@@ -128,6 +128,27 @@ def write_text(path: str, text: str) -> None:
   write_bytes(path, text.encode("utf-8"))
 
 
+def create_exclusive(path: str, text: str) -> bool:
+  """Creates the file at `path` holding `text` only if it does not exist; returns whether it did.
+
+  Atomic (O_EXCL) on local disks. Object stores have no exclusive create through epath: there
+  the file is written when absent (check-then-write), and callers must read it back to learn
+  who won a race.
+  """
+  if not is_remote(path):
+    try:
+      fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+      return False
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+    return True
+  if exists(path):
+    return False
+  write_text(path, text)
+  return True
+
+
 def append_text(path: str, text: str) -> None:
   """Appends `text` to the file at `path` (created if missing).
 

@@ -124,14 +124,8 @@ class RunLock:
 
   def _write(self, exclusive: bool) -> bool:
     text = json.dumps(self._record)
-    if exclusive and not fileio.is_remote(self.path):
-      try:
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-      except FileExistsError:
-        return False
-      with os.fdopen(fd, "w") as f:
-        f.write(text)
-      return True
+    if exclusive:
+      return fileio.create_exclusive(self.path, text)
     fileio.write_text(self.path, text)
     return True
 
