@@ -88,13 +88,13 @@ def evaluate(*, model: Any, dataset_cfg: data_lib.DatasetConfig, checkpoint_path
   data_lib.validate_feature_lengths(dataset_cfg)
   train_lib.check_vocabularies(model, dataset_cfg)
   shapes = train_lib.input_shapes(dataset_cfg)
-  params, param_axes, step = train_lib.restore_inference_params(model, shapes, partitioner,
-                                                                checkpoint_path)
+  target, param_axes = train_lib.abstract_params(model, shapes, partitioner)
   evaluator = None
   if compute_decoding_metrics:
     evaluator = infer_eval.InferEvaluator(model, dataset_cfg, partitioner, param_axes,
                                           decoder_params=decoder_params,
                                           num_examples=num_examples, require_metrics=True)
+  params, step = train_lib.restore_inference_params(checkpoint_path, target)
   metrics = teacher_forced_metrics(model, params, param_axes, dataset_cfg, partitioner,
                                    eval_steps)
   name, split = dataset_cfg.mixture_or_task_name, dataset_cfg.split

@@ -46,11 +46,11 @@ def infer(*, model: Any, dataset_cfg: data_lib.DatasetConfig, checkpoint_path: s
   data_lib.validate_feature_lengths(dataset_cfg)
   train_lib.check_vocabularies(model, dataset_cfg)
   shapes = train_lib.input_shapes(dataset_cfg)
-  params, param_axes, step = train_lib.restore_inference_params(model, shapes, partitioner,
-                                                                checkpoint_path)
+  target, param_axes = train_lib.abstract_params(model, shapes, partitioner)
   evaluator = infer_eval.InferEvaluator(model, dataset_cfg, partitioner, param_axes,
                                         decoder_params=decoder_params, num_examples=num_examples,
                                         require_metrics=False)
+  params, step = train_lib.restore_inference_params(checkpoint_path, target)
   results = evaluator.evaluate(params, with_metrics=False)
   path = fileio.join(output_dir, PREDICTIONS_FILE)
   if jax.process_index() == 0:

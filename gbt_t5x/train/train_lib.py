@@ -169,23 +169,19 @@ def abstract_params(model: Any, input_shapes: Mapping[str, tuple[int, ...]],
   return target, axes.params
 
 
-def restore_inference_params(model: Any, input_shapes: Mapping[str, tuple[int, ...]],
-                             partitioner: PjitPartitioner, checkpoint_path: str
-                             ) -> tuple[Any, Any, int]:
+def restore_inference_params(checkpoint_path: str, target: Any) -> tuple[Any, int]:
   """Params of the checkpoint `checkpoint_path` names, for eval and inference.
 
   Args:
-    model: the model the checkpoint was trained with.
-    input_shapes: feature name -> shape used to trace the model's init (batch 1 is enough).
-    partitioner: the mesh partitioner (params land on its shardings).
     checkpoint_path: a model dir, its checkpoints/ folder or a step folder, local or `gs://`.
+    target: the params as `jax.ShapeDtypeStruct`s with shardings (`abstract_params`); no
+      random train state is needed.
 
   Returns:
-    (params, param shardings, step). Only the params are read; no random train state is built.
+    (params on the target's shardings, step). Only the params are read.
   """
   ckpt, step = checkpoints_lib.find_checkpoint(checkpoint_path)
-  target, param_axes = abstract_params(model, input_shapes, partitioner)
-  return ckpt.restore_params(step, target), param_axes, step
+  return ckpt.restore_params(step, target), step
 
 
 def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
