@@ -9,7 +9,7 @@ learned values through `trainer.Trainer.hyperparam_schedules`, each a piecewise-
 "learned schedules beat constant tuning" is checked: replay vs the best constant.
 
 The gin text is written as plain strings; this module must not import gin, seqio or other
-`gbt_t5x` packages than `gbt_t5x.guided`.
+`gbt_t5x` modules than `gbt_t5x.guided` and `gbt_t5x.fileio` (MODEL_DIR may be `gs://...`).
 """
 from __future__ import annotations
 
