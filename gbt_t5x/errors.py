@@ -18,3 +18,7 @@ class Preempted(Exception):
     super().__init__(f"stopped by {signal_name or 'a signal'} at step {step} after saving a "
                      "checkpoint; rerun the same command to continue")
     self.step = step
+
+
+class ModelDirInUse(ValueError):
+  """Another live run holds MODEL_DIR's run lock (the message names its host, pid, start time)."""

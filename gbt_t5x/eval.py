@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 from typing import Any, Callable, Mapping
 
 import gin
 import jax
 
+from gbt_t5x import fileio
 from gbt_t5x import gin_utils
 from gbt_t5x.train import data as data_lib
 from gbt_t5x.train import infer_eval
@@ -51,15 +51,13 @@ def teacher_forced_metrics(model: Any, params: Any, param_axes: Any,
 
 
 def checkpoint_step(checkpoint_path: str) -> int:
-  """The latest checkpoint step under a model dir (or its checkpoints/ dir); ValueError if none."""
+  """The step `checkpoint_path` names: a step folder's own step, else the latest checkpoint's.
+
+  `checkpoint_path` is a model dir, its checkpoints/ folder or a step folder
+  (`.../checkpoints/524288`), local or `gs://`. Raises ValueError if it holds no checkpoint.
+  """
   from gbt_t5x.train import checkpoints as checkpoints_lib
-  ckpt_dir = os.path.join(checkpoint_path, "checkpoints")
-  if not os.path.isdir(ckpt_dir):
-    ckpt_dir = checkpoint_path
-  step = checkpoints_lib.Checkpointer(ckpt_dir).latest_step()
-  if step is None:
-    raise ValueError(f"{checkpoint_path} holds no checkpoint")
-  return step
+  return checkpoints_lib.find_checkpoint(checkpoint_path)[1]
 
 
 def evaluate(*, model: Any, dataset_cfg: data_lib.DatasetConfig, checkpoint_path: str,
@@ -72,8 +70,9 @@ def evaluate(*, model: Any, dataset_cfg: data_lib.DatasetConfig, checkpoint_path
   Args:
     model: the `EncoderDecoderModel` the checkpoint was trained with.
     dataset_cfg: task or mixture, split, lengths, global batch size (one pass, no shuffling).
-    checkpoint_path: a model dir (its latest checkpoint) or its checkpoints/ dir.
-    output_dir: where metrics.json and predictions.jsonl go.
+    checkpoint_path: a model dir or its checkpoints/ folder (the latest checkpoint), or a step
+      folder (`.../checkpoints/524288`); local or `gs://`.
+    output_dir: where metrics.json and predictions.jsonl go (local or `gs://`).
     partitioner: mesh partitioner (default: all devices data-parallel).
     eval_steps: teacher-forced batches to score (None: the whole split).
     decoder_params: decoding options overriding the model's (e.g. {'method': 'beam',
@@ -89,21 +88,20 @@ def evaluate(*, model: Any, dataset_cfg: data_lib.DatasetConfig, checkpoint_path
   data_lib.validate_feature_lengths(dataset_cfg)
   train_lib.check_vocabularies(model, dataset_cfg)
   shapes = train_lib.input_shapes(dataset_cfg)
-  state, axes = train_lib.initial_train_state(model, shapes, partitioner, jax.random.PRNGKey(0))
+  target, param_axes = train_lib.abstract_params(model, shapes, partitioner)
   evaluator = None
   if compute_decoding_metrics:
-    evaluator = infer_eval.InferEvaluator(model, dataset_cfg, partitioner, axes.params,
+    evaluator = infer_eval.InferEvaluator(model, dataset_cfg, partitioner, param_axes,
                                           decoder_params=decoder_params,
                                           num_examples=num_examples, require_metrics=True)
-  step = checkpoint_step(checkpoint_path)
-  params = train_lib.load_params(checkpoint_path, state.params, axes.params, step=step)
-  metrics = teacher_forced_metrics(model, params, axes.params, dataset_cfg, partitioner,
+  params, step = train_lib.restore_inference_params(checkpoint_path, target)
+  metrics = teacher_forced_metrics(model, params, param_axes, dataset_cfg, partitioner,
                                    eval_steps)
   name, split = dataset_cfg.mixture_or_task_name, dataset_cfg.split
   print_fn(f"{name}/{split}: loss {metrics['loss']:.4f} accuracy {metrics['accuracy']:.4f} "
            f"over {int(metrics['num_tokens'])} tokens")
   report: dict[str, Any] = {"task": name, "split": split,
-                            "checkpoint": os.path.abspath(checkpoint_path), "step": step,
+                            "checkpoint": fileio.absolute(checkpoint_path), "step": step,
                             **metrics}
   results = {}
   if evaluator is not None:
@@ -113,11 +111,10 @@ def evaluate(*, model: Any, dataset_cfg: data_lib.DatasetConfig, checkpoint_path
     print_fn(f"{name}/{split} decoding ({sum(len(r.rows) for r in results.values())} examples): "
              f"{infer_eval.format_metrics(results)}")
   if jax.process_index() == 0:
-    os.makedirs(output_dir, exist_ok=True)
+    fileio.makedirs(output_dir)
     if results:
-      infer_eval.write_predictions(os.path.join(output_dir, PREDICTIONS_FILE), results)
-    with open(os.path.join(output_dir, METRICS_FILE), "w") as f:
-      json.dump(report, f, indent=2)
+      infer_eval.write_predictions(fileio.join(output_dir, PREDICTIONS_FILE), results)
+    fileio.write_text(fileio.join(output_dir, METRICS_FILE), json.dumps(report, indent=2))
   return report
 
 

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import gin
 
-from gbt_t5x import distributed, errors
+from gbt_t5x import distributed, errors, fileio
 
 REPO_GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin"
 
@@ -337,8 +337,7 @@ def config_str() -> str:
 
 def write_config_gin(model_dir: str) -> None:
   """T5X's summarize_config_fn: writes the operative gin config to MODEL_DIR/config.gin."""
-  with open(os.path.join(model_dir, "config.gin"), "w") as f:
-    f.write(config_str())
+  fileio.write_text(fileio.join(model_dir, "config.gin"), config_str())
 
 
 def quiet_tensorflow() -> None:

@@ -7,15 +7,15 @@ No metrics are computed, so tasks without metric fns work too.
 """
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any, Callable, Mapping
 
 import gin
 import jax
 
+from gbt_t5x import fileio
 from gbt_t5x import gin_utils
-from gbt_t5x.eval import PREDICTIONS_FILE, checkpoint_step
+from gbt_t5x.eval import PREDICTIONS_FILE
 from gbt_t5x.train import data as data_lib
 from gbt_t5x.train import infer_eval
 from gbt_t5x.train import train_lib
@@ -32,8 +32,9 @@ def infer(*, model: Any, dataset_cfg: data_lib.DatasetConfig, checkpoint_path: s
     model: the `EncoderDecoderModel` the checkpoint was trained with.
     dataset_cfg: task or mixture, split, lengths (decodes are at most `targets` tokens), global
       batch size.
-    checkpoint_path: a model dir (its latest checkpoint) or its checkpoints/ dir.
-    output_dir: where predictions.jsonl goes.
+    checkpoint_path: a model dir or its checkpoints/ folder (the latest checkpoint), or a step
+      folder (`.../checkpoints/524288`); local or `gs://`.
+    output_dir: where predictions.jsonl goes (local or `gs://`).
     partitioner: mesh partitioner (default: all devices data-parallel).
     decoder_params: decoding options overriding the model's default (greedy).
     num_examples: decode only the first N examples per task (None: all).
@@ -45,14 +46,13 @@ def infer(*, model: Any, dataset_cfg: data_lib.DatasetConfig, checkpoint_path: s
   data_lib.validate_feature_lengths(dataset_cfg)
   train_lib.check_vocabularies(model, dataset_cfg)
   shapes = train_lib.input_shapes(dataset_cfg)
-  state, axes = train_lib.initial_train_state(model, shapes, partitioner, jax.random.PRNGKey(0))
-  evaluator = infer_eval.InferEvaluator(model, dataset_cfg, partitioner, axes.params,
+  target, param_axes = train_lib.abstract_params(model, shapes, partitioner)
+  evaluator = infer_eval.InferEvaluator(model, dataset_cfg, partitioner, param_axes,
                                         decoder_params=decoder_params, num_examples=num_examples,
                                         require_metrics=False)
-  step = checkpoint_step(checkpoint_path)
-  params = train_lib.load_params(checkpoint_path, state.params, axes.params, step=step)
+  params, step = train_lib.restore_inference_params(checkpoint_path, target)
   results = evaluator.evaluate(params, with_metrics=False)
-  path = os.path.join(output_dir, PREDICTIONS_FILE)
+  path = fileio.join(output_dir, PREDICTIONS_FILE)
   if jax.process_index() == 0:
     count = infer_eval.write_predictions(path, results)
     print_fn(f"decoded {count} examples of {dataset_cfg.mixture_or_task_name}/"

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
 import gin
 
+from gbt_t5x import fileio
 from gbt_t5x import gin_utils
 from gbt_t5x.train.train_lib import train  # noqa: F401 (gin binds __main__.train)
 
@@ -97,11 +97,9 @@ def main(argv: list[str]) -> int:
                       lengths=dict(lengths))
   report["train_seconds"] = train_seconds
   examples = report.pop("examples")
-  with open(os.path.join(args.model_dir, "demo_predictions.jsonl"), "w") as f:
-    for row in examples:
-      f.write(json.dumps(row) + "\n")
-  with open(os.path.join(args.model_dir, "demo_report.json"), "w") as f:
-    json.dump(report, f, indent=2)
+  fileio.write_text(fileio.join(args.model_dir, "demo_predictions.jsonl"),
+                    "".join(json.dumps(row) + "\n" for row in examples))
+  fileio.write_text(fileio.join(args.model_dir, "demo_report.json"), json.dumps(report, indent=2))
   print(f"\ndev greedy decoding on {report['num_examples']} sentences: token accuracy "
         f"{report['token_accuracy']:.3f}, word F1 {report['word_f1']:.3f}, exact match "
         f"{report['exact_match']:.3f}, "

@@ -103,8 +103,9 @@ def query_macro(name: str) -> Any:
 
 
 def _latest_step(model_dir: str) -> int:
+  from gbt_t5x import fileio
   from gbt_t5x.train import checkpoints
-  ckpt_dir = os.path.join(model_dir, "checkpoints")
-  if not os.path.isdir(ckpt_dir):
+  ckpt_dir = fileio.join(model_dir, checkpoints.CHECKPOINTS_DIR)
+  if not fileio.isdir(ckpt_dir):
     return 0
   return int(checkpoints.Checkpointer(ckpt_dir).latest_step() or 0)

@@ -9,18 +9,18 @@ learned values through `trainer.Trainer.hyperparam_schedules`, each a piecewise-
 "learned schedules beat constant tuning" is checked: replay vs the best constant.
 
 The gin text is written as plain strings; this module must not import gin, seqio or other
-`gbt_t5x` packages than `gbt_t5x.guided`.
+`gbt_t5x` modules than `gbt_t5x.guided` and `gbt_t5x.fileio` (MODEL_DIR may be `gs://...`).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any, Sequence
 
 import numpy as np
 
+from gbt_t5x import fileio
 from gbt_t5x.guided import schedule as schedule_lib
 
 TRAJECTORY_FILE = "guided_trajectory.jsonl"
@@ -30,20 +30,19 @@ SCHEDULE_FILE = "learned_schedule.gin"
 def read_trajectory(model_dir: str) -> list[dict[str, Any]]:
   """Rows of MODEL_DIR/guided_trajectory.jsonl, de-duplicated by step (a resumed run may repeat
   steps; the last row for a step wins) and sorted by step."""
-  path = os.path.join(model_dir, TRAJECTORY_FILE)
-  if not os.path.exists(path):
+  path = fileio.join(model_dir, TRAJECTORY_FILE)
+  if not fileio.exists(path):
     raise ValueError(f"{path} not found: is {model_dir} the model dir of a guided run?")
   by_step: dict[int, dict[str, Any]] = {}
-  with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if not line:
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError:
-        continue  # a torn last line from a killed run
-      by_step[int(row["step"])] = row
+  for line in fileio.read_text(path).splitlines():
+    line = line.strip()
+    if not line:
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      continue  # a torn last line from a killed run
+    by_step[int(row["step"])] = row
   if not by_step:
     raise ValueError(f"{path} holds no trajectory rows")
   return [by_step[s] for s in sorted(by_step)]
@@ -86,9 +85,8 @@ def export(model_dir: str, num_knots: int = 50, out: str | None = None) -> str:
   if num_knots < 1:
     raise ValueError(f"num_knots must be >= 1, got {num_knots}")
   knots = trajectory_knots(read_trajectory(model_dir), num_knots)
-  path = out or os.path.join(model_dir, SCHEDULE_FILE)
-  with open(path, "w") as f:
-    f.write(schedule_gin_text(knots, os.path.abspath(model_dir)))
+  path = out or fileio.join(model_dir, SCHEDULE_FILE)
+  fileio.write_text(path, schedule_gin_text(knots, fileio.absolute(model_dir)))
   return path
 
 

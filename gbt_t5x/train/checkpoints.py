@@ -16,13 +16,56 @@ never writes or deletes anything. Must not import gin, seqio or anything from `g
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from gbt_t5x import fileio
+
 _STATE, _METADATA, _MANIFEST = "state", "metadata", "manifest"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+def resolve_checkpoint_path(path: str) -> tuple[str, int | None]:
+  """The checkpoints folder and step named by a user-given checkpoint path.
+
+  Accepts a model dir (`runs/x`, `gs://b/x`), its checkpoints folder (`runs/x/checkpoints`) or
+  one step folder (`runs/x/checkpoints/524288`).
+
+  Returns:
+    (checkpoints folder, step) -- step is None for a model dir or checkpoints folder (the caller
+    takes the latest), or the step of a step folder.
+
+  Raises:
+    ValueError: `path` does not exist.
+  """
+  path = fileio.absolute(path)
+  if not fileio.exists(path):
+    raise ValueError(f"checkpoint path {path} does not exist")
+  nested = fileio.join(path, CHECKPOINTS_DIR)
+  if fileio.isdir(nested):
+    return nested, None
+  name = fileio.basename(path)
+  if name.isdigit() and (fileio.exists(fileio.join(path, _STATE))
+                         or fileio.exists(fileio.join(path, "_CHECKPOINT_METADATA"))):
+    return fileio.dirname(path), int(name)
+  return path, None
+
+
+def find_checkpoint(path: str) -> tuple["Checkpointer", int]:
+  """A `Checkpointer` and step for `path` (see `resolve_checkpoint_path`; latest by default).
+
+  Raises:
+    ValueError: `path` does not exist or holds no checkpoint.
+  """
+  ckpt_dir, step = resolve_checkpoint_path(path)
+  ckpt = Checkpointer(ckpt_dir)
+  if step is None:
+    step = ckpt.latest_step()
+    if step is None:
+      raise ValueError(f"{path} holds no checkpoint")
+  return ckpt, step
 
 
 def leaf_shapes(tree: Any) -> dict[str, list[int]]:
@@ -51,18 +94,19 @@ class Checkpointer:
 
   def __init__(self, directory: str, keep: int | None = None):
     """Args:
-      directory: the checkpoint root (created on the first save, not before).
+      directory: the checkpoint root, a local path or a URL such as `gs://bucket/run/checkpoints`
+        (created on the first save, not before).
       keep: keep only the newest `keep` steps (>= 1), or None to keep all.
     """
     if keep is not None and keep < 1:
       raise ValueError(f"keep must be None or >= 1, got {keep}")
-    self.directory = os.path.abspath(directory)
+    self.directory = fileio.absolute(directory)
     self.keep = keep
     self._manager: ocp.CheckpointManager | None = None
 
   def _get_manager(self, create: bool) -> ocp.CheckpointManager | None:
     if self._manager is None:
-      if not create and not os.path.isdir(self.directory):
+      if not create and not fileio.isdir(self.directory):
         return None
       options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True,
                                              enable_async_checkpointing=False)
@@ -205,7 +249,7 @@ class Checkpointer:
     restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), item)
     try:
       restored = ocp.PyTreeCheckpointer().restore(
-          os.path.join(self.directory, str(step), _STATE),
+          fileio.join(self.directory, str(step), _STATE),
           args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
                                       partial_restore=True))
     except Exception as e:

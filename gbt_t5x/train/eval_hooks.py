@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from typing import Any, Callable, Mapping
 
 import jax
 
+from gbt_t5x import fileio
 from gbt_t5x.train import checkpoints as checkpoints_lib
 from gbt_t5x.train import infer_eval
 from gbt_t5x.train import summaries
@@ -45,9 +45,9 @@ class PeriodicInferEval:
     self.evaluator = evaluator
     chief = jax.process_index() == 0 and model_dir is not None
     self._writer = summaries.SummaryWriter(
-        os.path.join(model_dir, INFER_EVAL) if model_dir else "", enabled=chief)
+        fileio.join(model_dir, INFER_EVAL) if model_dir else "", enabled=chief)
     self._log = summaries.MetricsLog(
-        os.path.join(model_dir, "metrics.jsonl") if model_dir else "", enabled=chief)
+        fileio.join(model_dir, "metrics.jsonl") if model_dir else "", enabled=chief)
     self._print = print_fn
 
   def __call__(self, step: int, params: Any) -> dict[str, float]:
@@ -110,16 +110,15 @@ class BestCheckpointKeeper:
       raise ValueError(f"best_checkpoint_mode must be one of {_MODES}, got {mode!r}")
     self.metric = metric
     self.mode = mode
-    self.directory = os.path.join(model_dir, BEST_DIR)
-    self.json_path = os.path.join(self.directory, BEST_JSON)
+    self.directory = fileio.join(model_dir, BEST_DIR)
+    self.json_path = fileio.join(self.directory, BEST_JSON)
     self.best = self._read()
 
   def _read(self) -> dict[str, Any] | None:
     """The recorded best (if it is for this metric and mode)."""
-    if not os.path.isfile(self.json_path):
+    if not fileio.exists(self.json_path):
       return None
-    with open(self.json_path) as f:
-      record = json.load(f)
+    record = json.loads(fileio.read_text(self.json_path))
     if record.get("metric") != self.metric or record.get("mode") != self.mode:
       return None
     return record
@@ -151,9 +150,6 @@ class BestCheckpointKeeper:
     checkpointer.close()
     record = {"metric": self.metric, "mode": self.mode, "step": int(step), "value": value}
     if jax.process_index() == 0:
-      tmp = f"{self.json_path}.tmp-{os.getpid()}"
-      with open(tmp, "w") as f:
-        json.dump(record, f, indent=2)
-      os.replace(tmp, self.json_path)
+      fileio.write_text(self.json_path, json.dumps(record, indent=2))
     self.best = record
     return True

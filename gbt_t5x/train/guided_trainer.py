@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
 
+from gbt_t5x import fileio
 from gbt_t5x.guided import forward as forward_lib
 from gbt_t5x.guided import hypergrad
 from gbt_t5x.guided import meta as meta_lib
@@ -222,28 +222,29 @@ class GuidedTrainer(Trainer):
     "values": {spec name: effective value used (float, or list for vectors)},
     "guide_loss_per_token"/"skipped" on guided steps}.
     """
-    with open(os.path.join(self.summary_dir, "guided_trajectory.jsonl"), "a") as f:
-      for step, metrics in zip(steps, host_metrics):
-        values = {}
-        for spec in self.specs:
-          if f"hp/{spec.name}" in metrics:
-            values[spec.name] = float(metrics[f"hp/{spec.name}"])
-          else:
-            size = int(np.prod(spec.shape))
-            values[spec.name] = [float(metrics[f"hp/{spec.name}_{i}"]) for i in range(size)]
-        row = {"step": step, "applied_learning_rate": float(metrics["learning_rate"]),
-               "values": values}
-        for key in ("guide_loss_per_token", "skipped"):
-          if key in metrics:
-            row[key] = float(metrics[key])
-        f.write(json.dumps(row) + "\n")
+    lines = []
+    for step, metrics in zip(steps, host_metrics):
+      values = {}
+      for spec in self.specs:
+        if f"hp/{spec.name}" in metrics:
+          values[spec.name] = float(metrics[f"hp/{spec.name}"])
+        else:
+          size = int(np.prod(spec.shape))
+          values[spec.name] = [float(metrics[f"hp/{spec.name}_{i}"]) for i in range(size)]
+      row = {"step": step, "applied_learning_rate": float(metrics["learning_rate"]),
+             "values": values}
+      for key in ("guide_loss_per_token", "skipped"):
+        if key in metrics:
+          row[key] = float(metrics[key])
+      lines.append(json.dumps(row))
+    fileio.append_lines(fileio.join(self.summary_dir, "guided_trajectory.jsonl"), lines)
 
-  def write_plots(self, records: list[dict], model_dir: str) -> None:
+  def write_plots(self, model_dir: str) -> None:
     """`hparams.png`: every effective hyper-parameter value against the step."""
-    path = os.path.join(model_dir, "guided_trajectory.jsonl")
+    path = fileio.join(model_dir, "guided_trajectory.jsonl")
     rows = [flatten_trajectory_row(r)
-            for r in (summaries.read_metrics_log(path) if os.path.exists(path) else [])]
+            for r in (summaries.read_metrics_log(path) if fileio.exists(path) else [])]
     keys = sorted({k for r in rows for k in r if k not in ("step", "skipped")})
     if rows and keys:
-      summaries.plot_curves(rows, keys, os.path.join(model_dir, "hparams.png"),
+      summaries.plot_curves(rows, keys, fileio.join(model_dir, "hparams.png"),
                             title="guided hyper-parameters")

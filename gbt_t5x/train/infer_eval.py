@@ -23,13 +23,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
 import seqio
 
+from gbt_t5x import fileio
 from gbt_t5x.models import encoder_decoder
 from gbt_t5x.train import data as data_lib
 from gbt_t5x.train.partitioning import PjitPartitioner
@@ -294,14 +294,12 @@ def write_predictions(path: str, results: Mapping[str, TaskResult]) -> int:
 
   Returns the number of lines written. The directory is created if needed.
   """
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  count = 0
-  with open(path, "w") as f:
-    for name, result in results.items():
-      for row in result.rows:
-        f.write(json.dumps({"task": name, **row}, ensure_ascii=False) + "\n")
-        count += 1
-  return count
+  directory = fileio.dirname(fileio.absolute(path))
+  fileio.makedirs(directory)
+  lines = [json.dumps({"task": name, **row}, ensure_ascii=False)
+           for name, result in results.items() for row in result.rows]
+  fileio.write_text(path, "".join(f"{line}\n" for line in lines))
+  return len(lines)
 
 
 def format_metrics(results: Mapping[str, TaskResult]) -> str:
@@ -312,8 +310,7 @@ def format_metrics(results: Mapping[str, TaskResult]) -> str:
 
 def read_rows(path: str) -> Iterable[dict[str, str]]:
   """The rows of a predictions JSONL file written by `write_predictions`."""
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in fileio.read_text(path).splitlines() if line.strip()]
 
 
 __all__: Sequence[str] = ("InferEvaluator", "TaskResult", "eval_tasks", "flat_metrics",

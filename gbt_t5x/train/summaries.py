@@ -1,7 +1,10 @@
 """Run outputs for people: TensorBoard scalars, a JSON-lines metrics log, a progress line, PNGs.
 
 - `SummaryWriter`: TensorBoard scalar events via `tf.summary` (tensorflow imported lazily, on the
-  first write); a disabled writer (processes other than 0) does nothing.
+  first write); a disabled writer (processes other than 0) does nothing. For a URL logdir
+  (`gs://...`) the events file is written to a local staging folder and copied there through
+  `gbt_t5x.fileio` at each flush and on close, so TensorBoard files go through the same file
+  layer as everything else.
 - `MetricsLog` / `read_metrics_log`: one JSON object `{"step": int, **scalars}` per line, used for
   loss curves and guided hyper-parameter trajectories.
 - `ProgressLine`: `step 120/1000 | 12.3 steps/s | 4.5k tok/s | ETA 1m10s | loss 3.210 | ...`.
@@ -11,11 +14,16 @@ Must not import gin, seqio, jax-model code or anything from `gbt_t5x.models`.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from typing import Any, Callable, Mapping, Sequence
+
+from gbt_t5x import fileio
 
 
 def _to_float(key: str, value: Any) -> float:
@@ -38,6 +46,7 @@ class SummaryWriter:
     self.logdir = logdir
     self.enabled = enabled
     self._writer = None
+    self._staging: str | None = None  # Local folder mirrored to a URL logdir.
 
   def scalars(self, step: int, values: Mapping[str, Any]) -> None:
     """Writes each `name: scalar` at global step `step` (int)."""
@@ -46,21 +55,37 @@ class SummaryWriter:
     floats = {k: _to_float(k, v) for k, v in values.items()}
     import tensorflow as tf  # Lazy: only the writing process pays for it.
     if self._writer is None:
-      self._writer = tf.summary.create_file_writer(self.logdir)
+      target = self.logdir
+      if fileio.is_remote(self.logdir):
+        self._staging = tempfile.mkdtemp(prefix="gbt_t5x_events_")
+        target = self._staging
+      self._writer = tf.summary.create_file_writer(target)
     with self._writer.as_default():
       for name, value in floats.items():
         tf.summary.scalar(name, value, step=int(step))
 
   def flush(self) -> None:
-    """Pushes buffered events to disk."""
+    """Pushes buffered events to disk (and a URL logdir)."""
     if self._writer is not None:
       self._writer.flush()
+      self._upload()
+
+  def _upload(self) -> None:
+    if self._staging is None:
+      return
+    fileio.makedirs(self.logdir)
+    for name in sorted(os.listdir(self._staging)):
+      fileio.copy_file(os.path.join(self._staging, name), fileio.join(self.logdir, name))
 
   def close(self) -> None:
     """Flushes and closes the events file (a later `scalars` opens a new one)."""
     if self._writer is not None:
       self._writer.close()
       self._writer = None
+      self._upload()
+      if self._staging is not None:
+        shutil.rmtree(self._staging, ignore_errors=True)
+        self._staging = None
 
 
 class MetricsLog:
@@ -83,18 +108,16 @@ class MetricsLog:
     if "step" in scalars:
       raise ValueError("metrics must not contain the reserved key 'step'")
     record = {"step": int(step), **{k: _to_float(k, v) for k, v in scalars.items()}}
-    directory = os.path.dirname(self.path)
+    directory = fileio.dirname(self.path)
     if directory:
-      os.makedirs(directory, exist_ok=True)
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+      fileio.makedirs(directory)
+    fileio.append_text(self.path, json.dumps(record) + "\n")
 
 
 def read_metrics_log(path: str) -> list[dict[str, Any]]:
   """All records of a `MetricsLog` file, in file order (a torn last line is ignored)."""
   records = []
-  with open(path) as f:
-    lines = f.read().split("\n")
+  lines = fileio.read_text(path).split("\n")
   for number, line in enumerate(lines):
     if not line.strip():
       continue
@@ -251,6 +274,6 @@ def plot_curves(records: Sequence[Mapping[str, Any]], keys: Sequence[str], path_
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  tmp = f"{path_png}.tmp-{os.getpid()}.png"
-  fig.savefig(tmp, format="png", dpi=100)
-  os.replace(tmp, path_png)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=100)
+  fileio.write_bytes(path_png, buffer.getvalue())

@@ -9,8 +9,6 @@ through its arguments (no gin import here).
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
 from typing import Any, Callable, Mapping
 
@@ -18,8 +16,10 @@ import jax
 import numpy as np
 
 from gbt_t5x import errors
+from gbt_t5x import fileio
 from gbt_t5x.train import checkpoints as checkpoints_lib
 from gbt_t5x.train import preemption
+from gbt_t5x.train import run_lock
 from gbt_t5x.train import data as data_lib
 from gbt_t5x.train import summaries
 from gbt_t5x.train import train_state as train_state_lib
@@ -38,7 +38,8 @@ class RestoreCheckpointConfig:
   """Where to initialise params from when `model_dir` has no checkpoint of its own.
 
   Attributes:
-    path: a model dir (its latest checkpoint is used) or None for random init.
+    path: a model dir or its checkpoints/ folder (the latest checkpoint is used), a step folder
+      (`.../checkpoints/524288`), local or `gs://`; or None for random init.
     reset_optimizer: keep only params from `path` (fresh optimizer state and step 0); False also
       restores the optimizer state and the step (the optimizer must be the same kind, so that
       the state's shapes match; the guided state, if any, starts fresh either way).
@@ -115,11 +116,7 @@ def _restore_params_and_optimizer_from(path: str, state: Any, axes: Any) -> Any:
   Raises a one-line ValueError naming the first leaf whose shape (or presence) differs.
   """
   import orbax.checkpoint as ocp
-  ckpt_dir = os.path.join(path, "checkpoints")
-  ckpt = checkpoints_lib.Checkpointer(ckpt_dir if os.path.isdir(ckpt_dir) else path)
-  step = ckpt.latest_step()
-  if step is None:
-    raise ValueError(f"{path} holds no checkpoint")
+  ckpt, step = checkpoints_lib.find_checkpoint(path)
   item = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
   item_axes = {"step": axes.step, "params": axes.params, "opt_state": axes.opt_state}
   target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -135,7 +132,7 @@ def _restore_params_and_optimizer_from(path: str, state: Any, axes: Any) -> Any:
                      f"checkpoint step {step} in {ckpt.directory}: {mismatch}")
   restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), target)
   restored = ocp.PyTreeCheckpointer().restore(
-      os.path.join(ckpt.directory, str(step), "state"),
+      fileio.join(ckpt.directory, str(step), "state"),
       args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True))
   return state.replace(**restored)
 
@@ -144,21 +141,49 @@ def load_params(model_dir: str, params: Any, param_axes: Any, step: int | None =
   """The params of checkpoint `step` (default: latest) in `model_dir`, on `param_axes` shardings.
 
   Args:
-    model_dir: a run directory (holding checkpoints/) or a checkpoints directory itself.
+    model_dir: a run directory, its checkpoints/ folder or a step folder
+      (`checkpoints.resolve_checkpoint_path`), local or `gs://`.
     params: pytree with the model's param shapes/dtypes (arrays or ShapeDtypeStructs).
     param_axes: matching pytree of shardings.
-    step: checkpoint step, or None for the latest.
+    step: checkpoint step, or None for the one the path names (a step folder) or the latest.
   """
-  ckpt_dir = os.path.join(model_dir, "checkpoints")
-  if not os.path.isdir(ckpt_dir):
-    ckpt_dir = model_dir
-  ckpt = checkpoints_lib.Checkpointer(ckpt_dir)
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
-    raise ValueError(f"{model_dir} holds no checkpoint")
+  ckpt, found = checkpoints_lib.find_checkpoint(model_dir)
+  step = found if step is None else step
   target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         params, param_axes)
   return ckpt.restore_params(step, target)
+
+
+def abstract_params(model: Any, input_shapes: Mapping[str, tuple[int, ...]],
+                    partitioner: PjitPartitioner) -> tuple[Any, Any]:
+  """The model's params as `jax.ShapeDtypeStruct`s (with shardings) and their shardings.
+
+  Traced with `jax.eval_shape`: no parameter or optimizer array is allocated.
+  """
+  rng = jax.random.PRNGKey(0)
+  init_fn = train_state_lib.init_fn_for(model, model.optimizer_def, dict(input_shapes))
+  abstract_boxed = jax.eval_shape(
+      lambda r: model.get_initial_variables(r, dict(input_shapes))["params"], rng)
+  abstract_state = jax.eval_shape(init_fn, rng)
+  axes = train_state_lib.train_state_shardings(abstract_boxed, abstract_state, partitioner)
+  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        abstract_state.params, axes.params)
+  return target, axes.params
+
+
+def restore_inference_params(checkpoint_path: str, target: Any) -> tuple[Any, int]:
+  """Params of the checkpoint `checkpoint_path` names, for eval and inference.
+
+  Args:
+    checkpoint_path: a model dir, its checkpoints/ folder or a step folder, local or `gs://`.
+    target: the params as `jax.ShapeDtypeStruct`s with shardings (`abstract_params`); no
+      random train state is needed.
+
+  Returns:
+    (params on the target's shardings, step). Only the params are read.
+  """
+  ckpt, step = checkpoints_lib.find_checkpoint(checkpoint_path)
+  return ckpt.restore_params(step, target), step
 
 
 def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
@@ -173,7 +198,9 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
           print_fn: Callable[[str], None] = print,
           inference_evaluator_cls: Callable[..., Any] | None = None,
           best_checkpoint_metric: str | None = None,
-          best_checkpoint_mode: str = "max") -> tuple[int, Any]:
+          best_checkpoint_mode: str = "max", allow_guide_equals_train: bool = False,
+          run_lock_heartbeat_s: float = 60.0,
+          run_lock_stale_after_s: float = 600.0) -> tuple[int, Any]:
   """Trains `model` on `train_dataset_cfg` until `total_steps`, resuming from `model_dir`.
 
   Args:
@@ -197,6 +224,11 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
     best_checkpoint_metric: keep the train state of the best evaluation under MODEL_DIR/best/
       by this metric ('infer_eval/TASK/METRIC' or 'train_eval/NAME'), or None.
     best_checkpoint_mode: 'max' or 'min' for `best_checkpoint_metric`.
+    allow_guide_equals_train: let a guided run's guide data be the train data (same task or
+      mixture and split); refused by default, since the guide loss then measures training fit.
+    run_lock_heartbeat_s: seconds between refreshes of MODEL_DIR/run.lock's heartbeat.
+    run_lock_stale_after_s: a run lock whose heartbeat is older than this (seconds) is stale and
+      taken over (a lock of a dead process on the same host is taken over at once).
 
   Returns:
     (final step, final TrainState).
@@ -215,6 +247,11 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
     data_lib.validate_feature_lengths(train_eval_dataset_cfg)
     data_lib.get_mixture_or_task(train_eval_dataset_cfg.mixture_or_task_name)
 
+  # A live run on model_dir refuses this one before any work (read-only check, process 0).
+  chief = jax.process_index() == 0
+  if chief:
+    run_lock.check_free(model_dir, run_lock_stale_after_s)
+
   # Fresh state (the trainer adds its own parts, e.g. the guided state), then restore over it.
   init_rng, trainer_rng = jax.random.split(jax.random.PRNGKey(random_seed))
   state, axes = initial_train_state(model, input_shapes(train_dataset_cfg), partitioner,
@@ -226,9 +263,10 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
                         eval_names=["train_eval"] if train_eval_dataset_cfg else [],
                         summary_dir=model_dir, train_state_axes=axes, rng=trainer_rng,
                         log_every=log_every, total_steps=total_steps, print_fn=print_fn)
+  check_guide_is_not_train(trainer, train_dataset_cfg, allow_guide_equals_train)
 
   # Restore (validating shapes) before anything is written to model_dir.
-  ckpt_dir = os.path.join(model_dir, "checkpoints")
+  ckpt_dir = fileio.join(model_dir, checkpoints_lib.CHECKPOINTS_DIR)
   keep = checkpoint_cfg.save.keep if checkpoint_cfg.save else None
   checkpointer = checkpoints_lib.Checkpointer(ckpt_dir, keep=keep)
   latest = checkpointer.latest_step()
@@ -260,77 +298,118 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
                f"{int(jax.device_get(trainer.train_state.step))} from "
                f"{checkpoint_cfg.restore.path}")
 
-  os.makedirs(model_dir, exist_ok=True)
-  if summarize_config_fn is not None and jax.process_index() == 0:
-    summarize_config_fn(model_dir)
-  state = trainer.train_state
-  step = int(jax.device_get(state.step))
-  train_iter = data_lib.BatchIterator(train_dataset_cfg, partitioner.data_sharding,
-                                      start_position=data_positions.get("train", step),
-                                      check_fn=getattr(trainer, "check_train_batch", None))
-  # The guide task (GuidedTrainer) is read here too, so both positions resume together.
-  guide_cfg = getattr(trainer, "guide_dataset_cfg", None)
-  guide_iter = None
-  if guide_cfg is not None:
-    guide_iter = data_lib.BatchIterator(guide_cfg, partitioner.data_sharding,
-                                        start_position=data_positions.get("guide", 0))
-  save_period = checkpoint_cfg.save.period if checkpoint_cfg.save else None
-  eval_period = eval_period or save_period or total_steps
-  n_params = train_state_lib.param_count(state.params)
-  print_fn(f"model: {n_params / 1e6:.2f}M params; mesh {dict(partitioner.mesh.shape)}; "
-           f"training steps {step} -> {total_steps}")
+  # One writer per model dir: process 0 holds MODEL_DIR/run.lock until this function returns.
+  lock = run_lock.RunLock(model_dir, heartbeat_s=run_lock_heartbeat_s,
+                          stale_after_s=run_lock_stale_after_s, print_fn=print_fn,
+                          enabled=chief)
+  _acquire_on_chief(lock)
+  try:
+    fileio.makedirs(model_dir)
+    if summarize_config_fn is not None and jax.process_index() == 0:
+      summarize_config_fn(model_dir)
+    state = trainer.train_state
+    step = int(jax.device_get(state.step))
+    train_iter = data_lib.BatchIterator(train_dataset_cfg, partitioner.data_sharding,
+                                        start_position=data_positions.get("train", step),
+                                        check_fn=getattr(trainer, "check_train_batch", None))
+    # The guide task (GuidedTrainer) is read here too, so both positions resume together.
+    guide_cfg = getattr(trainer, "guide_dataset_cfg", None)
+    guide_iter = None
+    if guide_cfg is not None:
+      guide_iter = data_lib.BatchIterator(guide_cfg, partitioner.data_sharding,
+                                          start_position=data_positions.get("guide", 0))
+    save_period = checkpoint_cfg.save.period if checkpoint_cfg.save else None
+    eval_period = eval_period or save_period or total_steps
+    n_params = train_state_lib.param_count(state.params)
+    print_fn(f"model: {n_params / 1e6:.2f}M params; mesh {dict(partitioner.mesh.shape)}; "
+             f"training steps {step} -> {total_steps}")
 
-  def save(current_step: int) -> None:
-    if checkpoint_cfg.save is None:
-      return
-    positions = {"train": train_iter.position}
-    if guide_iter is not None:
-      positions["guide"] = guide_iter.position
-    checkpointer.save(current_step, trainer.train_state,
-                      {"data_positions": positions,
-                       "param_shapes": shape_fingerprint(trainer.train_state.params)})
+    def save(current_step: int) -> None:
+      if checkpoint_cfg.save is None:
+        return
+      positions = {"train": train_iter.position}
+      if guide_iter is not None:
+        positions["guide"] = guide_iter.position
+      checkpointer.save(current_step, trainer.train_state,
+                        {"data_positions": positions,
+                         "param_shapes": shape_fingerprint(trainer.train_state.params)})
 
-  def run_eval() -> dict[str, float]:
-    if train_eval_dataset_cfg is None:
-      return {}
-    eval_cfg = dataclasses.replace(train_eval_dataset_cfg, num_epochs=1, shuffle=False)
-    batches = data_lib.BatchIterator(eval_cfg, partitioner.data_sharding)
-    if eval_steps:
-      batches = (b for _, b in zip(range(eval_steps), batches))
-    results = trainer.eval({"train_eval": batches})
-    r = results["train_eval"]
-    print_fn(f"eval step {int(jax.device_get(trainer.train_state.step))}: "
-             f"loss {r.get('loss', float('nan')):.4f} accuracy {r.get('accuracy', float('nan')):.4f}")
-    return {f"train_eval/{k}": v for k, v in r.items()}
+    def run_eval() -> dict[str, float]:
+      if train_eval_dataset_cfg is None:
+        return {}
+      eval_cfg = dataclasses.replace(train_eval_dataset_cfg, num_epochs=1, shuffle=False)
+      batches = data_lib.BatchIterator(eval_cfg, partitioner.data_sharding)
+      if eval_steps:
+        batches = (b for _, b in zip(range(eval_steps), batches))
+      results = trainer.eval({"train_eval": batches})
+      r = results["train_eval"]
+      print_fn(f"eval step {int(jax.device_get(trainer.train_state.step))}: "
+               f"loss {r.get('loss', float('nan')):.4f} accuracy {r.get('accuracy', float('nan')):.4f}")
+      return {f"train_eval/{k}": v for k, v in r.items()}
 
-  with preemption.PreemptionGuard(sync_every=log_every) as guard:
-    while step < total_steps:
-      next_stop = min(total_steps, (step // eval_period + 1) * eval_period)
-      trainer.train(train_iter, next_stop - step, start_step=step, stop_fn=guard.should_stop,
-                    guide_iter=guide_iter)
-      step = int(jax.device_get(trainer.train_state.step))
-      if guard.requested:
-        save(step)
-        checkpointer.wait_until_finished()
-        print_fn(f"preempted ({guard.signal_name}) at step {step}: checkpoint saved")
-        raise errors.Preempted(step, guard.signal_name)
-      if save_period and (step % save_period == 0 or step == total_steps):
-        save(step)
-      eval_metrics = run_eval()
-      if infer_evaluator is not None:
-        eval_metrics.update(infer_evaluator(step, trainer.train_state.params))
-      if best_keeper is not None and best_keeper.update(
-          step, eval_metrics, trainer.train_state,
-          {"param_shapes": shape_fingerprint(trainer.train_state.params)}):
-        print_fn(f"best {best_keeper.metric} {best_keeper.best['value']:.4f} at step {step}: "
-                 f"saved to {best_keeper.directory}")
-      if jax.process_index() == 0:
-        write_plots(model_dir, trainer)
-  checkpointer.wait_until_finished()
-  trainer.close()
-  if infer_evaluator is not None:
-    infer_evaluator.close()
-  return step, trainer.train_state
+    with preemption.PreemptionGuard(sync_every=log_every) as guard:
+      while step < total_steps:
+        next_stop = min(total_steps, (step // eval_period + 1) * eval_period)
+        trainer.train(train_iter, next_stop - step, start_step=step, stop_fn=guard.should_stop,
+                      guide_iter=guide_iter)
+        step = int(jax.device_get(trainer.train_state.step))
+        if guard.requested:
+          save(step)
+          checkpointer.wait_until_finished()
+          print_fn(f"preempted ({guard.signal_name}) at step {step}: checkpoint saved")
+          raise errors.Preempted(step, guard.signal_name)
+        if save_period and (step % save_period == 0 or step == total_steps):
+          save(step)
+        eval_metrics = run_eval()
+        if infer_evaluator is not None:
+          eval_metrics.update(infer_evaluator(step, trainer.train_state.params))
+        if best_keeper is not None and best_keeper.update(
+            step, eval_metrics, trainer.train_state,
+            {"param_shapes": shape_fingerprint(trainer.train_state.params)}):
+          print_fn(f"best {best_keeper.metric} {best_keeper.best['value']:.4f} at step {step}: "
+                   f"saved to {best_keeper.directory}")
+        if jax.process_index() == 0:
+          write_plots(model_dir, trainer)
+    checkpointer.wait_until_finished()
+    trainer.close()
+    if infer_evaluator is not None:
+      infer_evaluator.close()
+    return step, trainer.train_state
+  finally:
+    lock.release()
+
+
+def _acquire_on_chief(lock: run_lock.RunLock) -> None:
+  """Process 0 takes the run lock; with several processes, all of them learn whether it did."""
+  refused: Exception | None = None
+  try:
+    lock.acquire()
+  except errors.ModelDirInUse as e:
+    refused = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    flags = multihost_utils.process_allgather(np.array([refused is not None], np.int32))
+    if refused is None and np.any(flags):
+      raise errors.ModelDirInUse(f"process 0 could not take the run lock of {lock.model_dir}")
+  if refused is not None:
+    raise refused
+
+
+def check_guide_is_not_train(trainer: Any, train_cfg: data_lib.DatasetConfig,
+                             allow: bool) -> None:
+  """Refuses a guided run whose guide data is its train data (same task/mixture and split).
+
+  Raises:
+    ValueError: one line, unless `allow` (`train.allow_guide_equals_train = True`).
+  """
+  guide = getattr(trainer, "guide_dataset_cfg", None)
+  if guide is None or allow:
+    return
+  if (guide.mixture_or_task_name == train_cfg.mixture_or_task_name
+      and guide.split == train_cfg.split):
+    raise ValueError(f"the guide data is the train data ({guide.mixture_or_task_name} split "
+                     f"{guide.split!r}): the guide loss must be held out; use a guide task or "
+                     "split, or bind train.allow_guide_equals_train = True to allow it")
 
 
 def _infer_eval_and_best(model: Any, cfg: data_lib.DatasetConfig | None,
@@ -360,12 +439,13 @@ def _infer_eval_and_best(model: Any, cfg: data_lib.DatasetConfig | None,
 
 def write_plots(model_dir: str, trainer: Any) -> None:
   """Loss curves (train and eval) as PNG, plus the trainer's own plots (hyper-parameters)."""
-  records = summaries.read_metrics_log(os.path.join(model_dir, "metrics.jsonl"))
+  metrics_path = fileio.join(model_dir, "metrics.jsonl")
+  records = summaries.read_metrics_log(metrics_path) if fileio.exists(metrics_path) else []
   keys = [k for k in ("train/loss", "train_eval/loss", "train/accuracy", "train_eval/accuracy")
           if any(k in r for r in records)]
   if records and keys:
-    summaries.plot_curves(records, keys, os.path.join(model_dir, "loss_curves.png"),
-                          title=os.path.basename(os.path.normpath(model_dir)))
+    summaries.plot_curves(records, keys, fileio.join(model_dir, "loss_curves.png"),
+                          title=fileio.basename(model_dir))
   if hasattr(trainer, "write_plots"):
-    trainer.write_plots(records, model_dir)
+    trainer.write_plots(model_dir)
 

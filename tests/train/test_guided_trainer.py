@@ -429,7 +429,7 @@ def test_hyper_step_every_3_and_trajectory_file(init_1dev, tmp_path):
   for row in rows:
     assert row["applied_learning_rate"] == pytest.approx(
         BASE_LR * row["values"]["learning_rate"], rel=1e-6)
-  trainer.write_plots([], str(tmp_path))
+  trainer.write_plots(str(tmp_path))
   png = tmp_path / "hparams.png"
   assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -10,6 +10,10 @@
   resumes from the last complete checkpoint, redoes the lost steps identically, and ends equal
   to the uninterrupted run.
 
+* MODEL_DIR on `gs://` (a local GCS emulator, `tests/gcs_emulator.py`): SIGTERM, resume and the
+  schedule export all on the bucket; the copied-down result equals the uninterrupted local run
+  bit for bit.
+
 Every subprocess is bounded by a timeout. All runs share one small demo world.
 """
 from __future__ import annotations
@@ -26,6 +30,7 @@ import time
 import numpy as np
 import pytest
 
+from tests import gcs_emulator
 from tests.train.test_cli import DEMO_CONFIG, checkpoint_steps
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -237,3 +242,53 @@ def test_sigkill_during_checkpoint_write_resumes_from_last_complete(env, referen
   assert_equals_reference(model_dir, reference)
   print(f"killed during the write of {killed_tmp} (still there after the kill: {cut_short}); "
         f"resumed from step {resume_from}")
+
+
+@pytest.mark.slow
+def test_gcs_model_dir_preempt_resume_and_export_on_the_bucket(env, reference, tmp_path):
+  """The whole life of a guided run with MODEL_DIR = gs://BUCKET/run (GCS emulator on 127.0.0.1).
+
+  Orbax's arrays go through tensorstore's GCS driver, everything else (metrics.jsonl, the
+  trajectory, PNGs, config.gin, TensorBoard events, run.lock, learned_schedule.gin) through
+  `gbt_t5x.fileio` (etils.epath over gcsfs); nothing is written locally.
+  """
+  with gcs_emulator.running_emulator() as endpoint:
+    genv = {**env, **gcs_emulator.env_for(endpoint)}
+    model_dir = f"gs://{gcs_emulator.BUCKET}/run"
+    proc = start(genv, model_dir, "--gin.EVAL_PERIOD=5")
+    for line in proc.stdout:
+      if _STEP_LINE.match(line):
+        proc.send_signal(signal.SIGTERM)
+        break
+    out, err = finish(proc)
+    done = subprocess.CompletedProcess([], proc.returncode, out, err)
+    assert proc.returncode == 75, describe(done)
+    stopped = int(re.search(r"preempted \(SIGTERM\) at step (\d+)", out).group(1))
+    assert stopped < TOTAL
+    fs = gcs_emulator.filesystem(endpoint)
+    root = f"{gcs_emulator.BUCKET}/run"
+    assert fs.exists(f"{root}/checkpoints/{stopped}/commit_success.txt"), fs.find(root)
+    assert not fs.exists(f"{root}/run.lock")  # Released on the preemption exit.
+
+    again = run(genv, model_dir, "--gin.EVAL_PERIOD=5")
+    assert again.returncode == 0, describe(again)
+    assert f"restored checkpoint step {stopped}" in again.stdout
+    exported = subprocess.run([sys.executable, "-m", "gbt_t5x.guided.export", model_dir,
+                               "--num_knots=4"], cwd=REPO, env=genv, capture_output=True,
+                              text=True, timeout=TIMEOUT)
+    assert exported.returncode == 0, describe(exported)
+    assert f"wrote {model_dir}/learned_schedule.gin" in exported.stdout
+    local = tmp_path / "copy"
+    keys = gcs_emulator.download(endpoint, "run", local)
+
+  names = {k.split("/", 2)[2] for k in keys}
+  assert {"config.gin", "metrics.jsonl", "guided_trajectory.jsonl", "hparams.png",
+          "loss_curves.png", "learned_schedule.gin"} <= names, names
+  assert "run.lock" not in names
+  assert any(n.startswith("train/events.out.tfevents") for n in names), names
+  assert checkpoint_steps(local) == sorted({stopped, 5, TOTAL})
+  assert_equals_reference(local, reference)
+  from gbt_t5x.guided import export as export_lib
+  want = export_lib.export(str(reference), 4, out=str(tmp_path / "reference_schedule.gin"))
+  body = lambda path: pathlib.Path(path).read_text().split("\n", 1)[1]  # noqa: E731
+  assert body(local / "learned_schedule.gin") == body(want)  # Line 1 names the source dir.
