@@ -1,7 +1,7 @@
 """Gin command-line handling shared by the `train`/`eval`/`infer` entry points (T5X's gin_utils).
 
-Flags mirror T5X: `--gin_file` (repeatable, searched in `--gin_search_paths` and in this
-repository's `gin/` folder), `--gin_bindings` / `--gin.NAME=VALUE` (rewritten to a binding
+Flags mirror T5X: `--gin_file` (repeatable; a relative name is looked up as given, then in each
+`--gin_search_paths` folder, then in the gin folder shipped with the package), `--gin_bindings` / `--gin.NAME=VALUE` (rewritten to a binding
 `NAME = VALUE`), `--tfds_data_dir`. Errors in gin files or bindings are turned into one-line
 `ValueError`s naming the file or binding.
 """
@@ -21,7 +21,20 @@ import gin
 
 from gbt_t5x import distributed, errors, fileio
 
-REPO_GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin"
+
+
+def package_gin_dir() -> pathlib.Path:
+  """The gin folder shipped with gbt_t5x: `gbt_t5x/gin/` in an installed wheel, the repository's
+  top-level `gin/` in a source checkout (editable install)."""
+  here = pathlib.Path(__file__).resolve().parent
+  for candidate in (here / "gin", here.parent / "gin"):
+    if (candidate / "models").is_dir():
+      return candidate
+  raise ValueError(f"gbt_t5x's gin folder is missing (looked in {here / 'gin'} and "
+                   f"{here.parent / 'gin'}); reinstall the package")
+
+
+PACKAGE_GIN_DIR = package_gin_dir()
 
 
 def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
@@ -165,8 +178,9 @@ def make_parser(description: str, entry: str | None = None) -> argparse.Argument
   parser = argparse.ArgumentParser(description=description, epilog=macros_help(entry),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--gin_file", action="append", default=[],
-                      help="gin config file (repeatable); relative paths are searched in "
-                      "--gin_search_paths and the repository's gin/ folder")
+                      help="gin config file (repeatable); a relative name is looked up as "
+                      "given, then in --gin_search_paths, then in the installed package's gin "
+                      "folder")
   parser.add_argument("--gin_bindings", action="append", default=[],
                       help="a gin binding 'NAME = VALUE' (repeatable); --gin.NAME=VALUE also works")
   parser.add_argument("--gin_search_paths", action="append", default=[],
@@ -229,7 +243,7 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
   logging.getLogger().addFilter(_HideGinSearchMisses())
   _tolerate_namespace_packages()
   paths = [p for group in gin_search_paths for p in group.split(",") if p]
-  paths.append(str(REPO_GIN_DIR))
+  paths.append(str(PACKAGE_GIN_DIR))
   for path in paths:
     gin.add_config_file_search_path(path)
   files = [_resolve_gin_file(f, paths) for f in gin_files]
