@@ -11,9 +11,15 @@ before anything is written.
 """
 from __future__ import annotations
 
+import sys
+
+from gbt_t5x import console
+
+if __name__ == "__main__":
+  console.configure(sys.argv)  # Before TensorFlow and JAX load (they log when imported).
+
 import dataclasses
 import json
-import sys
 from typing import Any, Callable, Mapping
 
 import gin

@@ -195,6 +195,9 @@ def make_parser(description: str, entry: str | None = None) -> argparse.Argument
   parser.add_argument("--multiprocess", action="store_true",
                       help="let jax.distributed auto-detect the cluster (TPU pods, SLURM, ...)")
   parser.add_argument("--tfds_data_dir", default=None, help="TFDS data dir (seqio.set_tfds_data_dir_override)")
+  parser.add_argument("--verbose", action="store_true",
+                      help="also show the libraries' log lines (TensorFlow, XLA, SeqIO notices); "
+                      "or set GBT_T5X_VERBOSE=1")
   return parser
 
 
@@ -355,7 +358,6 @@ def write_config_gin(model_dir: str) -> None:
 
 
 def quiet_tensorflow() -> None:
-  """Keeps TensorFlow off the GPU/TPU and quiet: it only feeds data here."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  """Keeps TensorFlow off the GPU/TPU: it only feeds data here (console.py keeps it quiet)."""
   import tensorflow as tf
   tf.config.set_visible_devices([], "GPU")

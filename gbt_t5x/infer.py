@@ -8,6 +8,12 @@ No metrics are computed, so tasks without metric fns work too.
 from __future__ import annotations
 
 import sys
+
+from gbt_t5x import console
+
+if __name__ == "__main__":
+  console.configure(sys.argv)  # Before TensorFlow and JAX load (they log when imported).
+
 from typing import Any, Callable, Mapping
 
 import gin

@@ -19,6 +19,13 @@ space, a gin error) prints one `error:` line and exits with status 2.
 """
 from __future__ import annotations
 
+import sys
+
+from gbt_t5x import console
+
+if __name__ == "__main__":
+  console.configure(sys.argv)  # Before TensorFlow and JAX load (they log when imported).
+
 import argparse
 import csv
 import dataclasses
@@ -27,7 +34,6 @@ import math
 import os
 import re
 import shutil
-import sys
 from typing import Any, Callable, Mapping, Sequence
 
 import optuna
@@ -256,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--gin_file", action="append", default=[])
   parser.add_argument("--gin_bindings", action="append", default=[])
+  parser.add_argument("--verbose", action="store_true",
+                  help="also show the libraries' log lines (or GBT_T5X_VERBOSE=1)")
   parser.add_argument("--space", required=True, help="e.g. learning_rate=1e-4:1e-1:log,b1=0.5:0.99")
   parser.add_argument("--study_dir", default="runs/search")
   parser.add_argument("--num_trials", type=int, default=8, help="COMPLETE trials wanted")

@@ -15,9 +15,15 @@ Must not import: flax, or anything of `gbt_t5x.models` / `guided`.
 """
 from __future__ import annotations
 
+import sys
+
+from gbt_t5x import console
+
+if __name__ == "__main__":
+  console.configure(sys.argv)  # Before TensorFlow and JAX load (they log when imported).
+
 import argparse
 import importlib
-import sys
 from typing import Any, Mapping, Optional, Sequence, TextIO, Union
 
 import numpy as np
@@ -124,6 +130,8 @@ def _parser() -> argparse.ArgumentParser:
                               description="Print preprocessed examples of a SeqIO task.")
   p.add_argument("task", help="registered SeqIO task or mixture name")
   p.add_argument("--split", default="train")
+  p.add_argument("--verbose", action="store_true",
+                  help="also show the libraries' log lines (or GBT_T5X_VERBOSE=1)")
   p.add_argument("--num", type=int, default=3, help="number of examples to print")
   p.add_argument("--module", action="append", default=None,
                  help=f"module that registers the task (repeatable; default {DEFAULT_MODULE})")

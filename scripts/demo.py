@@ -10,9 +10,15 @@ demo_predictions.jsonl and demo_report.json from the decoding step.
 """
 from __future__ import annotations
 
+import sys
+
+from gbt_t5x import console
+
+if __name__ == "__main__":
+  console.configure(sys.argv)  # Before TensorFlow and JAX load (they log when imported).
+
 import argparse
 import json
-import sys
 import time
 
 import gin
@@ -81,6 +87,8 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--plain", action="store_true", help="plain training (no guided steps)")
   parser.add_argument("--decode_examples", type=int, default=200)
   parser.add_argument("--gin_bindings", action="append", default=[])
+  parser.add_argument("--verbose", action="store_true",
+                  help="also show the libraries' log lines (or GBT_T5X_VERBOSE=1)")
   args = parser.parse_args(gin_utils.rewrite_gin_args(argv))
   gin_file = "experiments/demo_nmt.gin" if args.plain else "experiments/demo_nmt_guided.gin"
   bindings = [f"MODEL_DIR = '{args.model_dir}'", "demo_model.model = %MODEL"] + args.gin_bindings

@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import sys
 
+from gbt_t5x import console
+
+if __name__ == "__main__":
+  console.configure(sys.argv)  # Before TensorFlow and JAX load (they log when imported).
+
 import gin
 
 from gbt_t5x import gin_utils

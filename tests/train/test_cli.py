@@ -206,6 +206,28 @@ def test_checkpoint_of_another_shape_is_refused_and_left_unchanged(cli_env, tmp_
 
 
 # ----------------------------------------------------------------------------------------------
+# A quiet console: the project's lines only, unless --verbose.
+LIBRARY_NOTICES = ("oneDNN", "cuda drivers", "cuInit", "absl::InitializeLog",
+                   "uncached FunctionDataset", "will be removed during packing")
+
+
+def assert_no_library_notices(stderr: str) -> None:
+  found = [n for n in LIBRARY_NOTICES if n in stderr]
+  assert not found, (found, stderr[-3000:])
+
+
+def test_console_is_quiet_unless_verbose(cli_env):
+  env = {k: v for k, v in cli_env.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  quiet = subprocess.run([sys.executable, "-m", "gbt_t5x.train", "--help"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+  assert quiet.returncode == 0 and "--verbose" in quiet.stdout
+  assert_no_library_notices(quiet.stderr)
+  loud = subprocess.run([sys.executable, "-m", "gbt_t5x.train", "--help", "--verbose"],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert loud.returncode == 0 and "absl::InitializeLog" in loud.stderr, loud.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------------------------
 # A good run: outputs, resume, and resume == uninterrupted.
 
 @pytest.mark.slow
@@ -214,6 +236,7 @@ def test_train_resume_and_resume_equals_uninterrupted(cli_env, tmp_path):
   proc = run_cli(cli_env, resumed, "--gin.TRAIN_STEPS=6", "--gin.EVAL_PERIOD=3")
   assert proc.returncode == 0, proc.stderr[-4000:]
   assert "restored checkpoint" not in proc.stdout
+  assert_no_library_notices(proc.stderr)
   assert checkpoint_steps(resumed) == [3, 6]
   config = (resumed / "config.gin").read_text()
   assert "TRAIN_STEPS = 6" in config and "train_lib.train.total_steps = %TRAIN_STEPS" in config
