@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import re
 from typing import Any, Callable, Iterator, Mapping
 
@@ -81,6 +82,13 @@ class EncDecWithDataIdsFeatureConverter(seqio.EncDecFeatureConverter):
     return lengths
 
 
+def task_of(cfg: "DatasetConfig") -> seqio.Task | seqio.Mixture:
+  """`cfg`'s task or mixture, after importing `cfg.module` (T5X's MIXTURE_OR_TASK_MODULE)."""
+  if cfg.module:
+    importlib.import_module(cfg.module)
+  return get_mixture_or_task(cfg.mixture_or_task_name)
+
+
 def get_mixture_or_task(name: str) -> seqio.Task | seqio.Mixture:
   """Looks up a registered task or mixture; an unknown name lists the close matches."""
   try:
@@ -133,11 +141,8 @@ def get_dataset(cfg: DatasetConfig, shard_id: int | None = None,
   Returns batches of `cfg.batch_size / process_count` examples with the model features of the
   encoder-decoder converter, each `[batch, length]` int32.
   """
-  if cfg.module:
-    import importlib
-    importlib.import_module(cfg.module)
   validate_feature_lengths(cfg)
-  task = get_mixture_or_task(cfg.mixture_or_task_name)
+  task = task_of(cfg)
   shard_info = seqio.ShardInfo(index=jax.process_index() if shard_id is None else shard_id,
                                num_shards=jax.process_count() if num_shards is None else num_shards)
   lengths = dict(cfg.task_feature_lengths)

@@ -64,7 +64,7 @@ def input_shapes(cfg: data_lib.DatasetConfig) -> dict[str, tuple[int, int]]:
 def check_vocabularies(model: Any, cfg: data_lib.DatasetConfig) -> None:
   """Raises ValueError when a task's vocabulary does not fit the model's embedding table."""
   from gbt_t5x.data.vocabularies import readable_vocab_size
-  task = data_lib.get_mixture_or_task(cfg.mixture_or_task_name)
+  task = data_lib.task_of(cfg)
   model_vocab = int(model.module.config.vocab_size)
   for name in ("inputs", "targets"):
     feature = task.output_features.get(name)
@@ -239,13 +239,13 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
   partitioner = partitioner or PjitPartitioner()
   trainer_cls = trainer_cls or trainer_lib.Trainer
   data_lib.validate_feature_lengths(train_dataset_cfg)
-  data_lib.get_mixture_or_task(train_dataset_cfg.mixture_or_task_name)
+  data_lib.task_of(train_dataset_cfg)
   check_vocabularies(model, train_dataset_cfg)
   # Empty or unparsable train data fails here, before model_dir is touched.
   data_lib.first_batch_or_error(train_dataset_cfg)
   if train_eval_dataset_cfg is not None:
     data_lib.validate_feature_lengths(train_eval_dataset_cfg)
-    data_lib.get_mixture_or_task(train_eval_dataset_cfg.mixture_or_task_name)
+    data_lib.task_of(train_eval_dataset_cfg)
 
   # A live run on model_dir refuses this one before any work (read-only check, process 0).
   chief = jax.process_index() == 0
