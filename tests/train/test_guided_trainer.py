@@ -175,6 +175,32 @@ class FDSetup:
   hyper_loss: Any
 
 
+def build_fd_setup(trainer) -> FDSetup:
+  """The hypergradient at the third step of `trainer`'s model (two plain warm-up steps, the
+  lookahead's model step being the plain step, for non-trivial moments and step counts), with
+  the compiled composed hyper-loss; call inside `float64_model()`."""
+  p = trainer._partitioner
+  assert jax.tree.leaves(trainer.train_state.params)[0].dtype == jnp.float64
+  kwargs = dict(guide_loss_fn=trainer._guide_loss, **trainer._step_kwargs())
+  lookahead = jax.jit(functools.partial(hypergrad.lookahead_hypergradient,
+                                        base_lr=jnp.asarray(BASE_LR), **kwargs))
+  hyper_loss = jax.jit(functools.partial(hypergrad.hyper_loss, base_lr=jnp.asarray(BASE_LR),
+                                         **kwargs))
+  state = trainer.train_state
+  raw = host(state.guided.raw)  # numpy everywhere: one jit cache entry for every FD call
+  guide = data.global_batch(tiny.random_batch(GUIDE_SEED, batch_size=BATCH), p.data_sharding)
+  rng = jax.random.PRNGKey(5)
+  for i, batch in enumerate(train_batches(p, 0, 3)):
+    params, opt_state, hypergrads, _ = lookahead(state.params, state.opt_state, raw, batch,
+                                                 guide, jax.random.fold_in(rng, i))
+    if i < 2:
+      state = state.replace(params=params, opt_state=opt_state)
+  rng = jax.random.fold_in(rng, 2)
+  hyper_loss(raw, state.params, state.opt_state, batch, guide, rng)  # compile here
+  state = state.replace(guided=state.guided.replace(raw=raw))
+  return FDSetup(trainer, state, batch, guide, rng, host(hypergrads), hyper_loss)
+
+
 @pytest.fixture(scope="module")
 def fd_setups():
   """config -> FDSetup after two plain warm-up steps (float64; x64 and the float64 view are on
@@ -182,30 +208,7 @@ def fd_setups():
   out = {}
   with float64_model():
     for name, (make_opt, specs) in FD_CONFIGS.items():
-      trainer = make_trainer(specs, optimizer=make_opt())
-      p = trainer._partitioner
-      assert jax.tree.leaves(trainer.train_state.params)[0].dtype == jnp.float64
-      kwargs = dict(guide_loss_fn=trainer._guide_loss, **trainer._step_kwargs())
-      lookahead = jax.jit(functools.partial(hypergrad.lookahead_hypergradient,
-                                            base_lr=jnp.asarray(BASE_LR), **kwargs))
-      hyper_loss = jax.jit(functools.partial(hypergrad.hyper_loss, base_lr=jnp.asarray(BASE_LR),
-                                             **kwargs))
-      state = trainer.train_state
-      raw = host(state.guided.raw)  # numpy everywhere: one jit cache entry for every FD call
-      guide = data.global_batch(tiny.random_batch(GUIDE_SEED, batch_size=BATCH),
-                                p.data_sharding)
-      rng = jax.random.PRNGKey(5)
-      # Two plain warm-up steps (the lookahead's model step is the plain step) for non-trivial
-      # moments and step counts, then the hypergradient at the third.
-      for i, batch in enumerate(train_batches(p, 0, 3)):
-        params, opt_state, hypergrads, _ = lookahead(state.params, state.opt_state, raw, batch,
-                                                     guide, jax.random.fold_in(rng, i))
-        if i < 2:
-          state = state.replace(params=params, opt_state=opt_state)
-      rng = jax.random.fold_in(rng, 2)
-      hyper_loss(raw, state.params, state.opt_state, batch, guide, rng)  # compile here
-      state = state.replace(guided=state.guided.replace(raw=raw))
-      out[name] = FDSetup(trainer, state, batch, guide, rng, host(hypergrads), hyper_loss)
+      out[name] = build_fd_setup(make_trainer(specs, optimizer=make_opt()))
   return out
 
 
@@ -619,25 +622,8 @@ def fd_setup_microbatched():
   make_opt, specs = FD_CONFIGS["adamw"]
   with float64_model():
     trainer = make_trainer(specs, optimizer=make_opt(), num_microbatches=4)
-    kwargs = dict(guide_loss_fn=trainer._guide_loss, **trainer._step_kwargs())
-    assert kwargs["num_microbatches"] == 4
-    lookahead = jax.jit(functools.partial(hypergrad.lookahead_hypergradient,
-                                          base_lr=jnp.asarray(BASE_LR), **kwargs))
-    hyper_loss = jax.jit(functools.partial(hypergrad.hyper_loss, base_lr=jnp.asarray(BASE_LR),
-                                           **kwargs))
-    p = trainer._partitioner
-    state = trainer.train_state
-    raw = host(state.guided.raw)
-    guide = data.global_batch(tiny.random_batch(GUIDE_SEED, batch_size=BATCH), p.data_sharding)
-    rng = jax.random.PRNGKey(5)
-    for i, batch in enumerate(train_batches(p, 0, 3)):
-      params, opt_state, hypergrads, _ = lookahead(state.params, state.opt_state, raw, batch,
-                                                   guide, jax.random.fold_in(rng, i))
-      if i < 2:
-        state = state.replace(params=params, opt_state=opt_state)
-    rng = jax.random.fold_in(rng, 2)
-    state = state.replace(guided=state.guided.replace(raw=raw))
-    return FDSetup(trainer, state, batch, guide, rng, host(hypergrads), hyper_loss)
+    assert trainer._step_kwargs()["num_microbatches"] == 4
+    return build_fd_setup(trainer)
 
 
 @pytest.mark.slow
