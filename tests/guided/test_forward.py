@@ -18,6 +18,7 @@ from gbt_t5x.guided import forward
 from gbt_t5x.guided import hypergrad
 from gbt_t5x.guided import specs as specs_lib
 from gbt_t5x.guided.specs import GuidedHParam
+from tests.finite_differences import central_differences
 from tests.guided.test_hypergrad import (BASE_LR, DW_EXP, _mlp_data, adamw, mlp_forward,
                                          mlp_guide, mlp_loss)
 
@@ -69,19 +70,6 @@ def _run(specs, mu, steps):
   return raw, got, composed, (params, opt_state, batches, guide, kwargs, rngs)
 
 
-def _central_differences(composed, raw, name):
-  base = np.asarray(raw[name], np.float64)
-  fd = np.zeros(base.shape)
-  for idx in np.ndindex(base.shape):
-    vals = []
-    for sign in (1.0, -1.0):
-      shifted = base.copy()
-      shifted[idx] += sign * FD_STEP
-      vals.append(float(composed(dict(raw, **{name: jnp.asarray(shifted)}))))
-    fd[idx] = (vals[0] - vals[1]) / (2 * FD_STEP)
-  return fd
-
-
 @pytest.mark.parametrize("specs", [SPECS, VECTOR_SPECS], ids=["scalars", "vectors"])
 def test_mu_0_equals_the_greedy_hypergradient(specs):
   raw, got, _, (params, opt_state, batches, guide, kwargs, rngs) = _run(specs, 0.0, 2)
@@ -101,7 +89,7 @@ def test_mu_0_equals_the_greedy_hypergradient(specs):
 def test_mu_1_equals_finite_differences_of_the_composed_guide_loss(specs):
   raw, got, composed, _ = _run(specs, 1.0, T)
   for name in raw:
-    fd = _central_differences(composed, raw, name)
+    fd = central_differences(composed, raw, name, FD_STEP)
     assert np.linalg.norm(fd) > 1e-6, (name, fd)
     assert np.linalg.norm(got[name] - fd) <= 1e-4 * np.linalg.norm(fd), (name, got[name], fd)
   # Not the greedy value: the long horizon carries the earlier steps.

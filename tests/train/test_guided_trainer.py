@@ -29,6 +29,7 @@ from gbt_t5x.guided.specs import GuidedHParam
 from gbt_t5x.models import encoder_decoder, losses, network
 from gbt_t5x.train import checkpoints, data, guided_trainer, optimizers, step, train_lib
 from gbt_t5x.train.partitioning import PjitPartitioner
+from tests.finite_differences import central_differences
 from tests.train import tiny
 
 NUM_IDS = 3
@@ -703,11 +704,7 @@ def test_forward_horizon_with_hyper_step_every_matches_finite_differences():
 
     raw = host(start.guided.raw)
     for name in raw:
-      fd = []
-      for sign in (1.0, -1.0):
-        shifted = dict(raw, **{name: raw[name] + sign * FD_STEP})
-        fd.append(float(composed(shifted)))
-      fd = (fd[0] - fd[1]) / (2 * FD_STEP)
+      fd = float(central_differences(composed, raw, name, FD_STEP))
       assert abs(fd) > 1e-6, (name, fd)
       assert abs(got[name] - fd) <= FD_RTOL * abs(fd), (name, got[name], fd)
 
