@@ -54,6 +54,8 @@ ENV_CONFIG = "GBT_T5X_DEMO_CONFIG"
 SPLITS = ("train", "guide", "dev", "test")
 TSV_COLUMNS = ("source", "target", "noise_bucket", "example_id")
 NOISE_CLEAN, NOISE_MISALIGNED, NOISE_TRUNCATED, NOISE_COPY = 0, 1, 2, 3
+# The names of the noise buckets (the `noise_bucket` feature's values, in order).
+NOISE_BUCKET_NAMES = ("clean", "misaligned", "truncated", "untranslated copy")
 MIN_TARGET_WORDS, MAX_TARGET_WORDS = 4, 25
 # The T5-style task prefix of the demo translation task; the vocabulary is trained on prefixed
 # train sources so that the prefix costs a few pieces, not one piece per character.
@@ -458,13 +460,13 @@ _INTRANSITIVE_LIST = tuple(_INTRANSITIVE_FORMS)
 _PRONOUN_KEYS = tuple(_PRONOUNS)
 
 
-def sample_sentence(d: _Draws) -> Sentence:
-  """One meaning whose English rendering has 4-25 words (rejection sampling)."""
+def sample_sentence(d: _Draws, max_words: int = MAX_TARGET_WORDS) -> Sentence:
+  """One meaning whose English rendering has 4-`max_words` words (rejection sampling)."""
   while True:
     main = _sample_clause(d)
     s = (Sentence(main, d.choice(_CONJUNCTIONS), _sample_clause(d)) if d.uniform() < 0.3
          else Sentence(main))
-    if MIN_TARGET_WORDS <= len(render_target_words(s)) <= MAX_TARGET_WORDS:
+    if MIN_TARGET_WORDS <= len(render_target_words(s)) <= max_words:
       return s
 
 
@@ -482,10 +484,11 @@ class DemoWorldConfig:
   num_mono: int = 20_000
   noise_rate: float = 0.2
   vocab_size: int = 1_000
+  max_target_words: int = MAX_TARGET_WORDS  # longest English sentence (words)
 
   def __post_init__(self):
     for name in ("seed", "num_train", "num_guide", "num_dev", "num_test", "num_mono",
-                 "vocab_size"):
+                 "vocab_size", "max_target_words"):
       v = getattr(self, name)
       if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
         raise ValueError(f"demo world {name} must be an int, got {v!r}")
@@ -500,6 +503,9 @@ class DemoWorldConfig:
       raise ValueError(f"demo world noise_rate must be a number, got {self.noise_rate!r}")
     if not 0.0 <= float(self.noise_rate) <= 1.0:
       raise ValueError(f"demo world noise_rate must be in [0, 1], got {self.noise_rate}")
+    if not MIN_TARGET_WORDS + 4 <= self.max_target_words <= MAX_TARGET_WORDS:
+      raise ValueError(f"demo world max_target_words must be in [{MIN_TARGET_WORDS + 4}, "
+                       f"{MAX_TARGET_WORDS}], got {self.max_target_words}")
     if self.vocab_size < 100:
       raise ValueError(f"demo world vocab_size must be >= 100, got {self.vocab_size}")
 
@@ -555,7 +561,7 @@ def generate_world(config: Optional[DemoWorldConfig] = None, **overrides) -> Wor
                    ("guide", config.num_guide), ("train", config.num_train)):
     rows = []
     while len(rows) < n:
-      s = sample_sentence(d)
+      s = sample_sentence(d, config.max_target_words)
       src, tgt = render_source(s, lex), render_target(s)
       if src in seen_src or tgt in seen_tgt:
         continue
@@ -590,7 +596,7 @@ def generate_world(config: Optional[DemoWorldConfig] = None, **overrides) -> Wor
   dm = _Draws(_rng(config.seed, 3))
   mono: list[str] = []
   while len(mono) < config.num_mono:
-    src = render_source(sample_sentence(dm), lex)
+    src = render_source(sample_sentence(dm, config.max_target_words), lex)
     if src not in held_out:
       mono.append(src)
   return World(config=config, lexicon=lex, splits=splits, mono=mono)

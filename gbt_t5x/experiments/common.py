@@ -1,64 +1,125 @@
 """Plumbing shared by the experiment scripts: command line, demo-world environment, the gin files
-of plain / guided / replayed / pretraining / finetuning runs, and run-then-score.
+of the runs, and the one resumable train-then-score path (`run_arm`).
 
-Generated gin files go into the experiment's results folder (they include the repository's gin
-files by their search path), so each report's runs can be repeated with `python -m gbt_t5x.train`.
+Generated gin files go into the experiment's results folder (they include the project's gin files
+by their search path), so each report's runs can be repeated with `python -m gbt_t5x.train`.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shutil
-from typing import Any, Callable, Sequence
+import sys
+from typing import Any, Callable, Mapping, Sequence
 
+from gbt_t5x.experiments import records as records_lib
 from gbt_t5x.experiments import sizes as sizes_lib
+from gbt_t5x.experiments.records import RunRecord
 
-NMT_GIN = "experiments/demo_nmt.gin"
+NMT_GIN = sizes_lib.NMT_GIN
+GUIDE_TASK = "demo_nmt_guide"
+
+# Guided kinds the experiments use: name -> (gin file defining it, its GuidedHParam reference).
+GUIDED_KINDS: dict[str, tuple[str, str]] = {
+    "learning_rate": ("guided/lr.gin", "@lr/specs.GuidedHParam()"),
+    "b1": ("guided/adam_betas.gin", "@b1/specs.GuidedHParam()"),
+    "b2": ("guided/adam_betas.gin", "@b2/specs.GuidedHParam()"),
+    "label_smoothing": ("guided/label_smoothing.gin", "@label_smoothing/specs.GuidedHParam()"),
+    "data_weights": ("guided/data_weights.gin", "@data_weights/specs.GuidedHParam()"),
+}
 
 
 def parse_args(description: str, argv: Sequence[str] | None,
                extra: Callable[[argparse.ArgumentParser], None] | None = None
                ) -> argparse.Namespace:
-  """`--results_dir`, `--quick`, `--seeds`, `--fresh` (+ the script's own flags)."""
+  """`--results_dir`, `--quick`, `--seeds`, `--fresh`, `--report_only`, `--meta_lr` (+ the
+  script's own flags)."""
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument("--results_dir", default="results")
   parser.add_argument("--quick", action="store_true", help="CI size (numbers not meaningful)")
-  parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the size's)")
-  parser.add_argument("--fresh", action="store_true", help="delete this experiment's old runs")
-  parser.add_argument("--meta_lr", type=float, default=2e-2,
-                      help="meta learning rate of the guided runs (Adam on raw values)")
+  parser.add_argument("--seeds", default=None,
+                      help="comma-separated seeds (default: the size's, 3 at default size)")
+  parser.add_argument("--fresh", action="store_true",
+                      help="delete this experiment's records and runs first")
+  parser.add_argument("--report_only", action="store_true",
+                      help="rebuild report.md and the plots from the records (no training)")
+  parser.add_argument("--meta_lr", type=float, default=None,
+                      help="meta learning rate of the guided runs (default: ln 10 / guided steps)")
+  parser.add_argument("--verbose", action="store_true", help="keep the libraries' log lines")
   if extra is not None:
     extra(parser)
   return parser.parse_args(argv)
 
 
-def setup(args: argparse.Namespace, name: str) -> tuple[sizes_lib.Size, str, tuple[int, ...]]:
-  """Sets the demo-world environment, quiets TF, enables the compile cache; returns
-  (size, this experiment's output folder, seeds)."""
+@dataclasses.dataclass
+class Experiment:
+  """One experiment invocation: its size, folder, seeds, records and meta learning rate."""
+  name: str
+  size: sizes_lib.Size
+  out: str
+  seeds: tuple[int, ...]
+  store: records_lib.RunStore
+  meta_lr: float
+  report_only: bool
+  results_dir: str
+  log: Callable[[str], None] = print
+
+  def run_dir(self, label: str, seed: int) -> str:
+    return os.path.join(self.out, "runs", records_lib.record_key(label, seed))
+
+
+def setup(args: argparse.Namespace, name: str, config: Mapping[str, Any] | None = None
+          ) -> Experiment:
+  """Checks the flags, sets the demo-world environment, quiets TF, enables the compile cache.
+
+  Args:
+    args: `parse_args`'s namespace.
+    name: the experiment (its folder under `--results_dir`).
+    config: the script's own settings that change its runs (they key the records with the size
+      and meta learning rate).
+
+  Raises:
+    ValueError (one line): bad `--seeds`; the folder holds records of another configuration.
+  """
   size = sizes_lib.get_size(args.quick)
+  seeds = records_lib.parse_seeds(args.seeds, size.seeds)
+  meta_lr = float(args.meta_lr) if args.meta_lr is not None else size.meta_learning_rate()
+  if not (math.isfinite(meta_lr) and meta_lr > 0):
+    raise ValueError(f"--meta_lr must be a positive number, got {args.meta_lr}")
   out = os.path.join(args.results_dir, name)
-  if args.fresh:
+  if args.fresh and not args.report_only:
     shutil.rmtree(out, ignore_errors=True)
-  os.makedirs(out, exist_ok=True)
+  full_config = {"experiment": name, "size": size.as_json(), "meta_lr": meta_lr,
+                 **dict(config or {})}
+  if args.report_only:
+    store = records_lib.load_store(out)
+    if store.config != json.loads(json.dumps(full_config, sort_keys=True)):
+      raise ValueError(f"{out} holds records of another configuration: give the same flags "
+                       "(--quick, --meta_lr, ...) as the run that wrote them")
+  else:
+    store = records_lib.RunStore(out, full_config)
   os.environ["GBT_T5X_DEMO_DIR"] = os.path.abspath(
       os.path.join(args.results_dir, f"_demo_world_{size.name}"))
   os.environ["GBT_T5X_DEMO_CONFIG"] = size.world_json()
   from gbt_t5x import gin_utils
   gin_utils.quiet_tensorflow()
-  from gbt_t5x.experiments import runner
-  runner.enable_compilation_cache(os.path.join(args.results_dir, "_jax_cache"))
-  seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else size.seeds
-  if len(seeds) < 1:
-    raise ValueError("--seeds needs at least one seed")
-  return size, out, seeds
+  if not args.report_only:
+    from gbt_t5x.experiments import runner
+    runner.enable_compilation_cache(os.path.join(args.results_dir, "_jax_cache"))
+  return Experiment(name, size, out, seeds, store, meta_lr, bool(args.report_only),
+                    args.results_dir)
 
 
-def bad_start_bindings() -> list[str]:
-  """The untuned starting point (base LR 10x too small, b1 0.5) as plain-run bindings."""
-  return [f"learning_rate.create_learning_rate_scheduler.base_learning_rate = "
-          f"{sizes_lib.BAD_BASE_LR!r}", f"optimizers.adamw.b1 = {sizes_lib.BAD_B1!r}"]
+def main_with_one_line_errors(main: Callable[[Sequence[str] | None], int]) -> int:
+  """Runs a script's `main`; a ValueError becomes one line on stderr and exit status 2."""
+  try:
+    return main(None)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
 
 
 def write_gin(path: str, lines: Sequence[str]) -> str:
@@ -68,27 +129,32 @@ def write_gin(path: str, lines: Sequence[str]) -> str:
   return path
 
 
-def guided_gin(path: str, base_gin: str, guide_task: str, b1_init: float,
-               meta_lr: float) -> str:
-  """A gin file: `base_gin` with the LR multiplier (init 1) and Adam's b1 (init `b1_init`)
-  guided by `guide_task`."""
+def guided_gin(path: str, base_gin: str, kinds: Sequence[str], meta_lr: float,
+               hyper_step_every: int, guide_task: str = GUIDE_TASK,
+               extra: Sequence[str] = ()) -> str:
+  """A gin file: `base_gin` with `kinds` (names of `GUIDED_KINDS`) guided by `guide_task`, each
+  starting from its gin default, a guided step every `hyper_step_every` steps."""
+  unknown = [k for k in kinds if k not in GUIDED_KINDS]
+  if unknown or not kinds:
+    raise ValueError(f"unknown guided kinds {unknown or list(kinds)}; known: {list(GUIDED_KINDS)}")
+  includes = list(dict.fromkeys(GUIDED_KINDS[k][0] for k in kinds))
   return write_gin(path, [
-      "# Generated by gbt_t5x.experiments: guided LR multiplier and Adam b1.",
+      f"# Generated by gbt_t5x.experiments: {', '.join(kinds)} guided by {guide_task}.",
       "from __gin__ import dynamic_registration",
       "from gbt_t5x.guided import specs",
       f"include '{base_gin}'",
-      "include 'guided/lr.gin'",
-      "include 'guided/adam_betas.gin'",
+      *[f"include '{f}'" for f in includes],
       f"GUIDE_MIXTURE_OR_TASK_NAME = {guide_task!r}",
       f"META_LEARNING_RATE = {meta_lr!r}",
-      "GUIDED_HPARAMS = [@lr/specs.GuidedHParam(), @b1/specs.GuidedHParam()]",
-      f"b1/specs.GuidedHParam.init = {b1_init!r}",
+      f"HYPER_STEP_EVERY = {int(hyper_step_every)}",
+      f"GUIDED_HPARAMS = [{', '.join(GUIDED_KINDS[k][1] for k in kinds)}]",
+      *extra,
   ])
 
 
 def pretrain_gin(path: str) -> str:
   """A gin file: tiny T5 span-corruption pretraining on the demo world (`demo_span_corruption`),
-  AdamW with the demo's good defaults (base LR 0.002, b1 0.9)."""
+  AdamW with the demo's defaults (base LR 0.002, b1 0.9, constant after warmup)."""
   from gbt_t5x_tasks import demo_pretrain
   lengths = dict(demo_pretrain.DEFAULT_SEQUENCE_LENGTH)
   return write_gin(path, [
@@ -112,8 +178,7 @@ def pretrain_gin(path: str) -> str:
       "optimizers.adamw.eps = 1e-9",
       "optimizers.adamw.weight_decay = 0.0",
       "learning_rate.create_learning_rate_scheduler.factors = 'constant * linear_warmup'",
-      f"learning_rate.create_learning_rate_scheduler.base_learning_rate = "
-      f"{sizes_lib.GOOD_BASE_LR!r}",
+      "learning_rate.create_learning_rate_scheduler.base_learning_rate = 0.002",
   ])
 
 
@@ -137,52 +202,80 @@ def finetune_gin(path: str, task: str, module: str) -> str:
   ])
 
 
-@dataclasses.dataclass
-class RunRecord:
-  """One scored run: its label, seed, scores and compute."""
-  label: str
-  seed: int
-  scores: dict[str, float]
-  train_steps: int
-  wall_seconds: float
-  model_dir: str
+def seconds_per_step(model_dir: str) -> float:
+  """Steady-state wall seconds per model step of a run: the median over its logged windows
+  (`train/timing/seconds_per_step`; windows holding compilation are not timed); NaN if none."""
+  import numpy as np
+  from gbt_t5x.train import summaries
+  path = os.path.join(model_dir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return math.nan
+  values = [r["train/timing/seconds_per_step"] for r in summaries.read_metrics_log(path)
+            if r.get("train/timing/seconds_per_step") is not None]
+  return float(np.median(values)) if values else math.nan
 
-  def to_json(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
 
+def run_arm(exp: Experiment, label: str, seed: int, gin_files: Sequence[str],
+            bindings: Sequence[str], score_fn: Callable[[Any, Any], dict[str, float]],
+            extra_fn: Callable[[str], dict[str, Any]] | None = None,
+            steps: int | None = None) -> RunRecord:
+  """The record of run (`label`, `seed`): read back if it exists, else trained (continuing from
+  the checkpoints in its run dir when an earlier attempt was interrupted), scored and written.
 
-def train_and_score(label: str, seed: int, gin_files: Sequence[str], bindings: Sequence[str],
-                    size: sizes_lib.Size, score_spec: Any, lengths: dict | None = None,
-                    fresh: bool = True, log: Callable[[str], None] = print,
-                    score_fn: Callable[[Any, Any], dict[str, float]] | None = None) -> RunRecord:
-  """Trains (in process) then scores one run; `fresh` deletes an old run in MODEL_DIR first.
-  `score_fn(model, params) -> scores` replaces the default `scoring.score_run(score_spec)`."""
-  from gbt_t5x.experiments import runner, scoring
-  model_dir = next(b.split("=", 1)[1].strip().strip("'\"") for b in bindings
-                   if b.strip().startswith("MODEL_DIR"))
-  if fresh:
-    shutil.rmtree(model_dir, ignore_errors=True)
-  result = runner.run_training(gin_files, bindings, print_fn=lambda _line: None)
-  lengths = lengths or dict(runner.query_macro("TASK_FEATURE_LENGTHS"))
-  if score_fn is not None:
-    scores = score_fn(result.model, result.params)
-  else:
-    scores = scoring.score_run(result.model, result.params, score_spec, lengths, size.batch_size,
-                               size.eval_batches, size.decode_examples)
-  record = RunRecord(label, seed, scores, result.train_steps, result.wall_seconds, model_dir)
-  log(f"[{label} seed {seed}] {json.dumps({k: round(v, 4) for k, v in scores.items()})} "
-      f"({result.train_steps} steps, {result.wall_seconds:.1f} s)")
+  Args:
+    exp: the experiment.
+    label: the arm.
+    seed: its seed.
+    gin_files: gin files of the run.
+    bindings: bindings on top of `sizes.run_bindings` (which set the run dir, steps, seed...).
+    score_fn: (model, params) -> scores, after training.
+    extra_fn: model_dir -> anything else to keep in the record (e.g. learned values).
+    steps: model steps (default: the size's).
+
+  Raises:
+    ValueError: with `--report_only`, when the record is missing.
+  """
+  record = exp.store.get(label, seed)
+  if record is not None:
+    return record
+  if exp.report_only:
+    raise ValueError(f"no record of run {label!r} seed {seed} in {exp.out}: rerun without "
+                     "--report_only to finish the experiment")
+  from gbt_t5x.experiments import runner
+  model_dir = exp.run_dir(label, seed)
+  all_bindings = sizes_lib.run_bindings(exp.size, seed, model_dir, steps) + list(bindings)
+  resumed_from = runner.latest_step(model_dir)
+  exp.log(f"[{label} | seed {seed}] training{f' (resuming at step {resumed_from})' if resumed_from else ''}")
+  result = runner.run_training(gin_files, all_bindings,
+                               print_fn=lambda line: exp.log(f"  [{label} | seed {seed}] {line}"))
+  scores = {k: float(v) for k, v in score_fn(result.model, result.params).items()}
+  record = RunRecord(label=label, seed=seed, scores=scores, train_steps=result.final_step,
+                     wall_seconds=result.wall_seconds, seconds_per_step=seconds_per_step(model_dir),
+                     model_dir=os.path.relpath(model_dir, exp.out),
+                     extra={"resumed_from_step": resumed_from,
+                            **(extra_fn(model_dir) if extra_fn else {})})
+  exp.store.put(record)
+  exp.log(f"[{label} | seed {seed}] done: "
+          f"{json.dumps({k: round(v, 4) for k, v in scores.items()})} ({record.train_steps} steps, "
+          f"{record.wall_seconds:.0f} s, {record.seconds_per_step * 1e3:.0f} ms/step)")
   return record
 
 
-def save_records(path: str, records: Sequence[RunRecord]) -> None:
-  with open(path, "w") as f:
-    json.dump([r.to_json() for r in records], f, indent=1)
+def translation_scores(exp: Experiment) -> Callable[[Any, Any], dict[str, float]]:
+  """Score function of a translation run: teacher-forced dev and guide loss, greedy test BLEU,
+  exact match, token accuracy and word F1 (`scoring.score_run`)."""
+  from gbt_t5x.experiments import scoring
+  size = exp.size
+
+  def score(model, params):
+    return scoring.score_run(model, params, scoring.ScoreSpec(), size.lengths, size.batch_size,
+                             size.eval_batches, size.decode_examples)
+  return score
 
 
-def load_records(path: str) -> list[RunRecord]:
-  """The records `save_records` wrote (ValueError if the file is missing)."""
-  if not os.path.exists(path):
-    raise ValueError(f"no records at {path}: run the experiment first (without --report_only)")
-  with open(path) as f:
-    return [RunRecord(**d) for d in json.load(f)]
+def step_equivalents(record: RunRecord, plain_seconds_per_step: float) -> float:
+  """A run's compute in plain train steps: its steps x (its seconds per step / the plain run's,
+  measured in the same experiment), so a guided run pays its overhead."""
+  if not (plain_seconds_per_step > 0) or not math.isfinite(record.seconds_per_step):
+    return float(record.train_steps)
+  return record.train_steps * record.seconds_per_step / plain_seconds_per_step

@@ -120,3 +120,82 @@ def write_experiment_report(out: str, title: str, quick: bool, sections: Sequenc
   write_report(path, text)
   print(f"wrote {path}")
   return path
+
+
+def paired_difference(treated: Sequence[float], control: Sequence[float],
+                      num_resamples: int = 10_000, seed: int = 0) -> dict[str, float]:
+  """Per-seed paired differences `treated[i] - control[i]` (same seed i in both arms).
+
+  Returns:
+    {'mean': mean difference, 'low', 'high': bootstrap 95 % interval of the mean (seeds
+    resampled with replacement; with 3 seeds it is coarse: it spans the per-seed differences'
+    range at most), 'positive', 'negative': how many seeds differ in each direction, 'n'}.
+  """
+  diffs = np.asarray(treated, np.float64) - np.asarray(control, np.float64)
+  if diffs.size == 0 or len(treated) != len(control):
+    raise ValueError(f"paired difference needs equally many values per arm, got "
+                     f"{len(treated)} and {len(control)}")
+  rng = np.random.default_rng(seed)
+  means = diffs[rng.integers(0, diffs.size, (num_resamples, diffs.size))].mean(axis=1)
+  return {"mean": float(diffs.mean()), "low": float(np.percentile(means, 2.5)),
+          "high": float(np.percentile(means, 97.5)), "positive": int((diffs > 0).sum()),
+          "negative": int((diffs < 0).sum()), "n": int(diffs.size)}
+
+
+def fmt_paired(diff: Mapping[str, float], digits: int = 2) -> str:
+  """'+1.23 [+0.40, +2.10] (3/3 seeds >0)'."""
+  return (f"{diff['mean']:+.{digits}f} [{diff['low']:+.{digits}f}, {diff['high']:+.{digits}f}] "
+          f"({int(diff['positive'])}/{int(diff['n'])} seeds >0)")
+
+
+def interval_verdict(diff: Mapping[str, float], higher_is_better: bool) -> str:
+  """'better' / 'worse' when the 95 % interval excludes 0 in that direction, else 'no clear
+  difference'."""
+  low, high = diff["low"], diff["high"]
+  if low > 0 or high < 0:
+    return "better" if (low > 0) == higher_is_better else "worse"
+  return "no clear difference"
+
+
+def plot_panels(path: str, panels: Mapping[str, Mapping[str, tuple[Sequence[float],
+                                                                    Sequence[float]]]],
+                xlabel: str, title: str) -> None:
+  """One PNG with a subplot per panel {panel title: {line label: (xs, ys)}}, stacked."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(len(panels), 1, figsize=(6.4, 2.3 * len(panels) + 0.6), sharex=True,
+                           squeeze=False)
+  for ax, (panel, series) in zip(axes[:, 0], panels.items()):
+    for label, (xs, ys) in series.items():
+      ax.plot(list(xs), list(ys), label=label)
+    ax.set_ylabel(panel)
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+      ax.legend(fontsize=7)
+  axes[-1, 0].set_xlabel(xlabel)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_points(path: str, points: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+                xlabel: str, ylabel: str, title: str) -> None:
+  """One PNG with a labelled point (mean, with std error bars on both axes) per
+  {label: (x values over seeds, y values over seeds)}."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  for label, (xs, ys) in points.items():
+    (mx, sx), (my, sy) = mean_std(xs), mean_std(ys)
+    ax.errorbar([mx], [my], xerr=[sx], yerr=[sy], marker="o", capsize=3, label=label)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

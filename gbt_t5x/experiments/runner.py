@@ -89,7 +89,7 @@ def run_training(gin_files: Sequence[str], bindings: Sequence[str],
   parse(gin_files, bindings)
   model_dir = gin.query_parameter("%MODEL_DIR")
   model = experiment_model()
-  start_step = _latest_step(model_dir)
+  start_step = latest_step(model_dir)
   start = time.time()
   final_step, state = _train_using_gin(summarize_config_fn=gin_utils.write_config_gin,
                                        print_fn=print_fn)
@@ -102,7 +102,8 @@ def query_macro(name: str) -> Any:
   return gin.query_parameter(f"%{name}")
 
 
-def _latest_step(model_dir: str) -> int:
+def latest_step(model_dir: str) -> int:
+  """The step of the latest checkpoint in `model_dir` (0 if none)."""
   from gbt_t5x import fileio
   from gbt_t5x.train import checkpoints
   ckpt_dir = fileio.join(model_dir, checkpoints.CHECKPOINTS_DIR)

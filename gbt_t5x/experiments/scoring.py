@@ -62,7 +62,8 @@ def greedy_decode_scores(model: Any, params: Any, task: str, split: str,
 
   Returns:
     {'bleu': corpus BLEU (0-100), 'exact_match': fraction, 'token_accuracy': fraction of target
-    tokens predicted at their position, 'num_examples'}.
+    tokens predicted at their position, 'word_f1': SQuAD-style bag-of-words F1 (fraction),
+    'num_examples'}.
   """
   import sacrebleu
   cfg = _config(task, split, lengths, batch_size, module)
@@ -86,10 +87,12 @@ def greedy_decode_scores(model: Any, params: Any, task: str, split: str,
   predictions, references = predictions[:num_examples], references[:num_examples]
   if not references:
     raise ValueError(f"task {task} split {split!r} yields no examples")
+  from gbt_t5x.data import metrics
   bleu = sacrebleu.corpus_bleu(predictions, [references]).score
   exact = float(np.mean([p == r for p, r in zip(predictions, references)]))
+  word_f1 = metrics.squad_em_f1([[r] for r in references], predictions)["f1"] / 100.0
   return {"bleu": float(bleu), "exact_match": exact, "token_accuracy": correct / max(total, 1),
-          "num_examples": float(len(references))}
+          "word_f1": float(word_f1), "num_examples": float(len(references))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +109,8 @@ class ScoreSpec:
 
 def score_run(model: Any, params: Any, spec: ScoreSpec, lengths: Mapping[str, int],
               batch_size: int, eval_batches: int, decode_examples: int) -> dict[str, float]:
-  """{'dev_loss', 'dev_accuracy', 'guide_loss', 'bleu', 'exact_match', 'token_accuracy'}."""
+  """{'dev_loss', 'dev_accuracy', 'guide_loss', 'bleu', 'exact_match', 'token_accuracy',
+  'word_f1'}."""
   dev = teacher_forced(model, params, spec.dev_task, spec.dev_split, lengths, batch_size,
                        eval_batches, spec.module)
   guide = (teacher_forced(model, params, spec.guide_task, spec.guide_split, lengths, batch_size,
@@ -115,7 +119,7 @@ def score_run(model: Any, params: Any, spec: ScoreSpec, lengths: Mapping[str, in
                                  batch_size, decode_examples, spec.module)
   return {"dev_loss": dev["loss"], "dev_accuracy": dev["accuracy"], "guide_loss": guide["loss"],
           "bleu": decoded["bleu"], "exact_match": decoded["exact_match"],
-          "token_accuracy": decoded["token_accuracy"]}
+          "token_accuracy": decoded["token_accuracy"], "word_f1": decoded["word_f1"]}
 
 
 def task_metrics(model: Any, params: Any, mixture_or_task: str, split: str,

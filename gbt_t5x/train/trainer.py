@@ -206,6 +206,7 @@ class Trainer:
     """
     if guide_iter is not None:
       self._guide_iter = guide_iter
+    self._last_flush_time = None  # The first window (compilation, evals before it) is not timed.
     start = int(start_step if start_step is not None else jax.device_get(self.train_state.step))
     if not hasattr(self, "_progress"):
       self._progress = summaries.ProgressLine(self.total_steps or start + num_steps, start,
@@ -240,6 +241,13 @@ class Trainer:
         window_sums[key] = window_sums.get(key, 0.0) + value
     last_step = pending[-1][0]
     report = finalize_metrics(chunk_sums, len(pending))
+    # Wall seconds per step over this window (host fetch included; the first window of a run
+    # also holds compilation): what the experiments' compute accounting reads back.
+    now = time.monotonic()
+    last_flush = self._last_flush_time
+    if last_flush is not None:
+      report["timing/seconds_per_step"] = (now - last_flush) / len(pending)
+    self._last_flush_time = now
     skipped = int(round(chunk_sums.get("nonfinite_skipped", 0.0)))
     if skipped:
       total = int(jax.device_get(self.train_state.num_nonfinite))

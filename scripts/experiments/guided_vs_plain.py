@@ -1,0 +1,200 @@
+"""Guided vs plain: the demo configuration trained plain and guided, at equal steps and at equal
+compute, plus an ablation that guides one kind at a time.
+
+    python scripts/experiments/guided_vs_plain.py [--results_dir results] [--quick] [--seeds 0,1,2]
+
+Arms (every one per seed, same seed = same initial params and data order):
+* `plain`: the demo's translation config (`experiments/demo_nmt.gin`) at the experiment's size;
+* `guided (all kinds)`: the demo's guided kinds (LR multiplier, Adam b1, label smoothing, the
+  four noise-bucket data weights) learned from the clean guide task;
+* `plain, equal compute`: plain with the guided run's cost as extra steps (its measured seconds
+  per step / plain's, times the steps);
+* `guided: <kind>`: one kind guided at a time (the ablation).
+
+Writes RESULTS_DIR/guided_vs_plain/: report.md, bleu_by_arm.png, bleu_vs_compute.png,
+learned_values.png, experiment.json, records/ (one JSON per finished run) and runs/. Rerunning
+skips finished runs and resumes an interrupted one; `--report_only` rebuilds the report.
+"""
+from __future__ import annotations
+
+import sys
+
+from gbt_t5x import console
+
+if __name__ == "__main__":
+  console.configure(sys.argv)  # Before TensorFlow and JAX load (they log when imported).
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from gbt_t5x.experiments import common, report
+
+NAME = "guided_vs_plain"
+ALL_KINDS = ("learning_rate", "b1", "label_smoothing", "data_weights")
+KIND_TITLES = {"learning_rate": "LR multiplier", "b1": "Adam b1",
+               "label_smoothing": "label smoothing", "data_weights": "data weights"}
+PLAIN, GUIDED, EQUAL = "plain", "guided (all kinds)", "plain, equal compute"
+ABLATION = {kind: f"guided: {KIND_TITLES[kind]}" for kind in ALL_KINDS}
+# (score key, column title, decimals, higher is better)
+METRICS = (("bleu", "test BLEU", 2, True), ("word_f1", "test word F1", 3, True),
+           ("dev_loss", "dev loss", 3, False))
+
+
+def learned_values(model_dir: str) -> dict[str, Any]:
+  """The guided run's trajectory, thinned to <= 100 rows: {'steps': [...], name: [...]}."""
+  from gbt_t5x.guided import export
+  rows = export.read_trajectory(model_dir)
+  rows = rows[::max(1, len(rows) // 100)] + ([rows[-1]] if len(rows) % 100 else [])
+  out: dict[str, Any] = {"steps": [int(r["step"]) for r in rows]}
+  for name in rows[0]["values"]:
+    out[name] = [r["values"][name] for r in rows]
+  return {"trajectory": out}
+
+
+def run_all(exp: common.Experiment) -> None:
+  size = exp.size
+  score = common.translation_scores(exp)
+  gin_dir = os.path.join(exp.out, "gin")
+  guided_gins = {
+      GUIDED: common.guided_gin(os.path.join(gin_dir, "guided_all.gin"), common.NMT_GIN,
+                                ALL_KINDS, exp.meta_lr, size.hyper_step_every),
+      **{label: common.guided_gin(os.path.join(gin_dir, f"guided_{kind}.gin"), common.NMT_GIN,
+                                  (kind,), exp.meta_lr, size.hyper_step_every)
+         for kind, label in ABLATION.items()}}
+  for seed in exp.seeds:
+    plain = common.run_arm(exp, PLAIN, seed, [common.NMT_GIN], [], score)
+    guided = common.run_arm(exp, GUIDED, seed, [guided_gins[GUIDED]], [], score, learned_values)
+    equal_steps = int(round(common.step_equivalents(guided, plain.seconds_per_step)))
+    common.run_arm(exp, EQUAL, seed, [common.NMT_GIN], [], score, steps=equal_steps)
+    for label in ABLATION.values():
+      common.run_arm(exp, label, seed, [guided_gins[label]], [], score, learned_values)
+
+
+def write_report(exp: common.Experiment) -> str:
+  size = exp.size
+  by_arm: dict[str, dict[int, common.RunRecord]] = {}
+  for record in exp.store.all():
+    by_arm.setdefault(record.label, {})[record.seed] = record
+  arms = [PLAIN, GUIDED, EQUAL, *ABLATION.values()]
+  missing = [(a, s) for a in arms for s in exp.seeds if s not in by_arm.get(a, {})]
+  if missing:
+    raise ValueError(f"{len(missing)} runs of {exp.out} are not finished (e.g. {missing[0][0]!r} "
+                     f"seed {missing[0][1]}): rerun without --report_only")
+  seeds = list(exp.seeds)
+  runs = {a: [by_arm[a][s] for s in seeds] for a in arms}
+  plain_sps = {s: by_arm[PLAIN][s].seconds_per_step for s in seeds}
+  compute = {a: [common.step_equivalents(r, plain_sps[r.seed]) for r in runs[a]] for a in arms}
+  values = lambda arm, key: [r.scores[key] for r in runs[arm]]
+
+  table = report.markdown_table(
+      ["arm", *[title for _, title, _, _ in METRICS], "model steps", "compute (plain steps)",
+       "wall s"],
+      [[arm, *[report.fmt(values(arm, key), d) for key, _, d, _ in METRICS],
+        report.fmt([r.train_steps for r in runs[arm]], 0), report.fmt(compute[arm], 0),
+        report.fmt([r.wall_seconds for r in runs[arm]], 0)] for arm in arms])
+
+  comparisons = [(GUIDED, PLAIN, "guided vs plain, equal steps"),
+                 (GUIDED, EQUAL, "guided vs plain, equal compute"),
+                 *[(label, PLAIN, f"{label} vs plain") for label in ABLATION.values()]]
+  diffs = {(a, b): {key: report.paired_difference(values(a, key), values(b, key))
+                    for key, *_ in METRICS} for a, b, _ in comparisons}
+  paired = report.markdown_table(
+      ["comparison", *[f"Δ {title} [95 % CI] (seeds >0)" for _, title, _, _ in METRICS]],
+      [[name, *[report.fmt_paired(diffs[(a, b)][key], d) for key, _, d, _ in METRICS]]
+       for a, b, name in comparisons])
+
+  def verdict(a: str, b: str) -> str:
+    bleu = report.interval_verdict(diffs[(a, b)]["bleu"], True)
+    loss = report.interval_verdict(diffs[(a, b)]["dev_loss"], False)
+    return f"test BLEU: {bleu}, dev loss: {loss}"
+
+  def summary(a: str, b: str) -> str:
+    d = diffs[(a, b)]
+    return (f"ΔBLEU {report.fmt_paired(d['bleu'])}, Δdev loss "
+            f"{report.fmt_paired(d['dev_loss'], 3)}")
+
+  helps = [KIND_TITLES[k] for k, label in ABLATION.items()
+           if report.interval_verdict(diffs[(label, PLAIN)]["bleu"], True) == "better"]
+  hurts = [KIND_TITLES[k] for k, label in ABLATION.items()
+           if report.interval_verdict(diffs[(label, PLAIN)]["bleu"], True) == "worse"]
+  mean = lambda arm, key: float(np.mean(values(arm, key)))
+  ratio = float(np.mean(compute[GUIDED]) / np.mean([r.train_steps for r in runs[GUIDED]]))
+  verdicts = "\n".join([
+      f"- **Equal steps** — {verdict(GUIDED, PLAIN)}: guided {mean(GUIDED, 'bleu'):.2f} BLEU vs "
+      f"plain {mean(PLAIN, 'bleu'):.2f} ({summary(GUIDED, PLAIN)}).",
+      f"- **Equal compute** (a guided run costs {ratio:.2f}× a plain run's steps) — "
+      f"{verdict(GUIDED, EQUAL)}: guided {mean(GUIDED, 'bleu'):.2f} vs plain with "
+      f"{np.mean([r.train_steps for r in runs[EQUAL]]):.0f} steps {mean(EQUAL, 'bleu'):.2f} "
+      f"({summary(GUIDED, EQUAL)}).",
+      *[f"- **{label}** — {verdict(label, PLAIN)} ({summary(label, PLAIN)})."
+        for label in ABLATION.values()],
+      f"- Guiding one kind at a time, BLEU improves clearly with: {', '.join(helps) or 'none'}; "
+      f"worsens clearly with: {', '.join(hurts) or 'none'}. (\"Clearly\": the bootstrap 95 % "
+      f"interval of the per-seed paired difference excludes 0; with {len(seeds)} seeds that "
+      "needs every seed to agree.)"])
+
+  report.plot_bars(os.path.join(exp.out, "bleu_by_arm.png"), arms,
+                   [values(a, "bleu") for a in arms], "test BLEU", "guided vs plain")
+  report.plot_points(os.path.join(exp.out, "bleu_vs_compute.png"),
+                     {a: (compute[a], values(a, "bleu")) for a in arms},
+                     "compute (plain train-step equivalents)", "test BLEU",
+                     f"test BLEU against compute (mean ± std over {len(seeds)} seeds)")
+  traj = runs[GUIDED][0].extra["trajectory"]
+  from gbt_t5x.data import demo_world
+  panels = {}
+  for kind in ALL_KINDS:
+    ys = np.asarray(traj[kind], dtype=float)
+    if ys.ndim == 2:
+      names = demo_world.NOISE_BUCKET_NAMES if ys.shape[1] == len(
+          demo_world.NOISE_BUCKET_NAMES) else [str(i) for i in range(ys.shape[1])]
+      panels[KIND_TITLES[kind]] = {n: (traj["steps"], ys[:, i]) for i, n in enumerate(names)}
+    else:
+      panels[KIND_TITLES[kind]] = {KIND_TITLES[kind]: (traj["steps"], ys)}
+  report.plot_panels(os.path.join(exp.out, "learned_values.png"), panels, "step",
+                     f"values learned by the guided run (all kinds, seed {seeds[0]})")
+
+  final = {kind: np.asarray(traj[kind], dtype=float)[-1] for kind in ALL_KINDS}
+  final_text = ", ".join(
+      f"{KIND_TITLES[k]} " + (", ".join(f"{n} {v:.2f}" for n, v in zip(
+          demo_world.NOISE_BUCKET_NAMES, final[k])) if final[k].ndim else f"{float(final[k]):.3g}")
+      for k in ALL_KINDS)
+  return report.write_experiment_report(
+      exp.out, "Guided vs plain: the demo configuration", size.quick, [
+      verdicts,
+      f"Setup: the demo world with English sentences of at most {size.world.get('max_target_words', 25)} "
+      f"words, packed {size.lengths['inputs']}/{size.lengths['targets']}-token rows, tiny T5 "
+      f"({size.num_layers}+{size.num_layers} layers), {size.train_steps} steps of "
+      f"{size.batch_size} rows, the demo's schedule (AdamW 2e-3, 100 warmup steps, linear decay "
+      "to 0; b1 0.9, b2 0.98, label smoothing 0, data weights 1). Guided runs start from those "
+      "values (guided label smoothing from its gin default 0.1), learn them from the clean guide "
+      f"task `demo_nmt_guide` with a guided step every {size.hyper_step_every} steps and meta "
+      f"learning rate {exp.meta_lr:g} (ln 10 / {size.guided_steps} guided steps: the run can move "
+      "a value by a factor 10). Test BLEU / word F1: greedy decoding of "
+      f"{size.decode_examples} test sentences; dev loss: teacher-forced over "
+      f"{'the whole dev split' if size.eval_batches is None else f'{size.eval_batches} batches'}."
+      f" Seeds {seeds}; mean ± std over seeds. Compute is counted in plain train steps: a run's "
+      "steps × its measured steady-state seconds per step ÷ the plain run's (same seed, same "
+      "process).",
+      table,
+      "Per-seed paired differences (arm − reference, same seed), mean with a bootstrap 95 % "
+      "interval, and how many seeds are above 0:",
+      paired,
+      f"Learned values at the end of the guided run (seed {seeds[0]}): {final_text}.",
+      "![test BLEU by arm](bleu_by_arm.png)\n\n![BLEU vs compute](bleu_vs_compute.png)\n\n"
+      "![learned values](learned_values.png)",
+      ], "guided_vs_plain.py", exp.results_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = common.parse_args(__doc__.splitlines()[0], argv)
+  exp = common.setup(args, NAME, {"kinds": list(ALL_KINDS)})
+  if not exp.report_only:
+    run_all(exp)
+  write_report(exp)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(common.main_with_one_line_errors(main))

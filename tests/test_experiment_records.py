@@ -1,0 +1,78 @@
+"""Resumable experiment records: seeds parsing, one record per run, configuration guard, paired
+differences. (The scripts' end-to-end resumption is in test_experiments.py.)"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from gbt_t5x.experiments import records, report
+
+
+@pytest.mark.parametrize("text,expected", [("0,1,2", (0, 1, 2)), ("5", (5,)), (" 3, 4 ", (3, 4))])
+def test_parse_seeds(text, expected):
+  assert records.parse_seeds(text, (9,)) == expected
+
+
+def test_parse_seeds_default():
+  assert records.parse_seeds(None, (0, 1, 2)) == (0, 1, 2)
+
+
+@pytest.mark.parametrize("text,message", [("", "comma-separated"), (",", "comma-separated"),
+                                          ("0,,1", "comma-separated"), ("a", "comma-separated"),
+                                          ("0,1,0", "more than once"), ("-1", ">= 0")])
+def test_parse_seeds_bad(text, message):
+  with pytest.raises(ValueError, match=message) as e:
+    records.parse_seeds(text, (0,))
+  assert "\n" not in str(e.value)
+
+
+def test_store_roundtrip_and_skip(tmp_path):
+  store = records.RunStore(str(tmp_path / "exp"), {"size": "quick", "meta_lr": 0.1})
+  assert store.get("plain", 0) is None
+  rec = records.RunRecord("guided: LR multiplier", 1, {"bleu": 21.5}, 100, 12.0, 0.125,
+                          extra={"trajectory": {"steps": [1, 2]}})
+  store.put(rec)
+  again = records.RunStore(str(tmp_path / "exp"), {"meta_lr": 0.1, "size": "quick"})
+  assert again.get("guided: LR multiplier", 1) == rec
+  assert again.get("guided: LR multiplier", 0) is None
+  assert [r.label for r in again.all()] == ["guided: LR multiplier"]
+  assert os.path.basename(again._path(rec.label, rec.seed)) == "guided_LR_multiplier__seed1.json"
+
+
+def test_store_refuses_another_config(tmp_path):
+  out = str(tmp_path / "exp")
+  store = records.RunStore(out, {"size": "quick", "meta_lr": 0.1})
+  store.put(records.RunRecord("plain", 0, {"bleu": 1.0}, 10, 1.0))
+  before = {p: open(os.path.join(root, p)).read() for root, _, files in os.walk(out) for p in files}
+  with pytest.raises(ValueError, match=r"another configuration \(differs in meta_lr\)") as e:
+    records.RunStore(out, {"size": "quick", "meta_lr": 0.2})
+  assert "\n" not in str(e.value)
+  after = {p: open(os.path.join(root, p)).read() for root, _, files in os.walk(out) for p in files}
+  assert before == after
+
+
+def test_load_store_missing(tmp_path):
+  with pytest.raises(ValueError, match="no records"):
+    records.load_store(str(tmp_path / "nothing"))
+
+
+def test_paired_difference_hand_computed():
+  d = report.paired_difference([3.0, 5.0, 4.0], [1.0, 2.0, 4.0])
+  assert d["mean"] == pytest.approx(5.0 / 3.0)
+  assert (d["positive"], d["negative"], d["n"]) == (2, 0, 3)
+  # Bootstrap means lie between the smallest and largest per-seed difference (0 and 3); one
+  # seed has difference 0, so the interval reaches 0 (1/27 of resamples are all that seed).
+  assert d["low"] == pytest.approx(0.0) and 0.0 <= d["low"] <= d["mean"] <= d["high"] <= 3.0
+  assert report.interval_verdict(d, higher_is_better=True) == "no clear difference"
+  all_up = report.paired_difference([2.0, 3.0, 4.0], [1.0, 1.0, 1.0])
+  assert all_up["low"] > 0 and report.interval_verdict(all_up, True) == "better"
+  assert report.interval_verdict(all_up, False) == "worse"
+  assert report.fmt_paired(all_up).endswith("(3/3 seeds >0)")
+
+
+def test_paired_difference_needs_pairs():
+  with pytest.raises(ValueError, match="equally many"):
+    report.paired_difference([1.0, 2.0], [1.0])
