@@ -232,7 +232,8 @@ class PlainRunObjective:
       if match:
         ctx.report(int(match.group(1)), float(match.group(2)))
 
-    result = runner.run_training(self.gin_files, bindings, print_fn=print_and_report)
+    gin_files = [*self.gin_files, *search_space.gin_files(list(ctx.values))]
+    result = runner.run_training(gin_files, bindings, print_fn=print_and_report)
     lengths = dict(runner.query_macro("TASK_FEATURE_LENGTHS"))
     batch_size = int(runner.query_macro("BATCH_SIZE"))
     module = self.guide_module or runner.query_macro("MIXTURE_OR_TASK_MODULE")
@@ -241,6 +242,7 @@ class PlainRunObjective:
                                    self.guide_eval_batches, module)
     attrs: dict[str, Any] = {"train_steps": result.train_steps,
                              "wall_seconds": result.wall_seconds,
+                             "seconds_per_step": runner.seconds_per_step(model_dir),
                              "guide_accuracy": guide["accuracy"], "model_dir": model_dir}
     if self.extra_scores is not None:
       attrs.update(self.extra_scores(result.model, result.params))

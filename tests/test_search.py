@@ -148,3 +148,31 @@ def test_pruning_stops_a_bad_trial_and_it_does_not_count(tmp_path):
   states = [t.state for t in study.trials]
   assert states == [optuna.trial.TrialState.COMPLETE] * 5 + [optuna.trial.TrialState.PRUNED] + [
       optuna.trial.TrialState.COMPLETE]  # the pruned trial did not count: a 7th trial ran
+
+
+def test_data_weight_constants_reach_the_plain_run_config():
+  """BO over per-bucket data weights: the sampled weights become the plain run's constant
+  data-weight schedule, and its train batches carry the bucket id."""
+  import gin
+  import numpy as np
+
+  from gbt_t5x.experiments import runner
+  from gbt_t5x.guided import schedule
+  from gbt_t5x.train import data
+  values = {"lr_multiplier": 2.0, "data_weight_0": 1.5, "data_weight_1": 0.25,
+            "data_weight_2": 0.5, "data_weight_3": 0.125}
+  space = search_space.parse_space(
+      "lr_multiplier=0.1:10:log," + ",".join(f"data_weight_{i}=0.01:10:log" for i in range(4)))
+  assert [p.name for p in space][1:] == [f"data_weight_{i}" for i in range(4)]
+  files = ["experiments/demo_nmt.gin", *search_space.gin_files(list(values))]
+  assert files[1:] == [search_space.DATA_WEIGHTS_GIN]
+  assert search_space.gin_files(["b1"]) == []
+  runner.parse(files, ["MODEL_DIR = '/nonexistent'",
+                       *search_space.bindings(values, base_learning_rate=0.002)])
+  with gin.config_scope("data_weights"):
+    weights = gin.get_configurable(schedule.piecewise_linear)()
+  np.testing.assert_allclose(np.asarray(weights(123)), [1.5, 0.25, 0.5, 0.125])
+  with gin.config_scope("train"):
+    config = gin.get_configurable(data.DatasetConfig)("t", {}, "train", 1)
+  assert config.data_id_feature == "noise_bucket"
+  gin.clear_config()

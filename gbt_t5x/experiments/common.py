@@ -27,6 +27,8 @@ GUIDED_KINDS: dict[str, tuple[str, str]] = {
     "learning_rate": ("guided/lr.gin", "@lr/specs.GuidedHParam()"),
     "b1": ("guided/adam_betas.gin", "@b1/specs.GuidedHParam()"),
     "b2": ("guided/adam_betas.gin", "@b2/specs.GuidedHParam()"),
+    "eps": ("guided/adam_eps_weight_decay.gin", "@eps/specs.GuidedHParam()"),
+    "weight_decay": ("guided/adam_eps_weight_decay.gin", "@weight_decay/specs.GuidedHParam()"),
     "label_smoothing": ("guided/label_smoothing.gin", "@label_smoothing/specs.GuidedHParam()"),
     "data_weights": ("guided/data_weights.gin", "@data_weights/specs.GuidedHParam()"),
 }
@@ -129,6 +131,12 @@ def write_gin(path: str, lines: Sequence[str]) -> str:
   return path
 
 
+# Guided values that start where experiments/demo_nmt.gin's plain run is (the guided gin files'
+# own defaults are 0.999 and 1e-8); label smoothing starts at its guided default 0.1 (a sigmoid
+# value cannot start at exactly 0).
+DEMO_INITS = ("b2/specs.GuidedHParam.init = 0.98", "eps/specs.GuidedHParam.init = 1e-09")
+
+
 def guided_gin(path: str, base_gin: str, kinds: Sequence[str], meta_lr: float,
                hyper_step_every: int, guide_task: str = GUIDE_TASK,
                extra: Sequence[str] = ()) -> str:
@@ -148,6 +156,7 @@ def guided_gin(path: str, base_gin: str, kinds: Sequence[str], meta_lr: float,
       f"META_LEARNING_RATE = {meta_lr!r}",
       f"HYPER_STEP_EVERY = {int(hyper_step_every)}",
       f"GUIDED_HPARAMS = [{', '.join(GUIDED_KINDS[k][1] for k in kinds)}]",
+      *[line for line in DEMO_INITS if line.split("/")[0] in kinds],
       *extra,
   ])
 
@@ -202,19 +211,6 @@ def finetune_gin(path: str, task: str, module: str) -> str:
   ])
 
 
-def seconds_per_step(model_dir: str) -> float:
-  """Steady-state wall seconds per model step of a run: the median over its logged windows
-  (`train/timing/seconds_per_step`; windows holding compilation are not timed); NaN if none."""
-  import numpy as np
-  from gbt_t5x.train import summaries
-  path = os.path.join(model_dir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return math.nan
-  values = [r["train/timing/seconds_per_step"] for r in summaries.read_metrics_log(path)
-            if r.get("train/timing/seconds_per_step") is not None]
-  return float(np.median(values)) if values else math.nan
-
-
 def run_arm(exp: Experiment, label: str, seed: int, gin_files: Sequence[str],
             bindings: Sequence[str], score_fn: Callable[[Any, Any], dict[str, float]],
             extra_fn: Callable[[str], dict[str, Any]] | None = None,
@@ -250,7 +246,8 @@ def run_arm(exp: Experiment, label: str, seed: int, gin_files: Sequence[str],
                                print_fn=lambda line: exp.log(f"  [{label} | seed {seed}] {line}"))
   scores = {k: float(v) for k, v in score_fn(result.model, result.params).items()}
   record = RunRecord(label=label, seed=seed, scores=scores, train_steps=result.final_step,
-                     wall_seconds=result.wall_seconds, seconds_per_step=seconds_per_step(model_dir),
+                     wall_seconds=result.wall_seconds,
+                     seconds_per_step=runner.seconds_per_step(model_dir),
                      model_dir=os.path.relpath(model_dir, exp.out),
                      extra={"resumed_from_step": resumed_from,
                             **(extra_fn(model_dir) if extra_fn else {})})

@@ -11,8 +11,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-QUICK_NOTE = ("**Quick mode (CI size): tiny model, tens of steps, 2 seeds, 2 BO trials — the numbers "
-              "below only show that the pipeline runs; they are not meaningful evidence.**")
+QUICK_NOTE = ("**Quick mode (CI size): a one-layer model, a few steps per run, few seeds and BO "
+              "trials — the numbers below only show that the pipeline runs; they are not "
+              "meaningful evidence.**")
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -159,8 +160,9 @@ def interval_verdict(diff: Mapping[str, float], higher_is_better: bool) -> str:
 
 def plot_panels(path: str, panels: Mapping[str, Mapping[str, tuple[Sequence[float],
                                                                     Sequence[float]]]],
-                xlabel: str, title: str) -> None:
-  """One PNG with a subplot per panel {panel title: {line label: (xs, ys)}}, stacked."""
+                xlabel: str, title: str, markers: bool = False) -> None:
+  """One PNG with a subplot per panel {panel title: {line label: (xs, ys)}}, stacked; a series
+  of one point is drawn as a point (`markers`: every point gets a marker)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -168,7 +170,8 @@ def plot_panels(path: str, panels: Mapping[str, Mapping[str, tuple[Sequence[floa
                            squeeze=False)
   for ax, (panel, series) in zip(axes[:, 0], panels.items()):
     for label, (xs, ys) in series.items():
-      ax.plot(list(xs), list(ys), label=label)
+      ax.plot(list(xs), list(ys), label=label,
+              marker="o" if markers or len(list(xs)) == 1 else None)
     ax.set_ylabel(panel)
     ax.grid(alpha=0.3)
     if len(series) > 1:
@@ -199,3 +202,63 @@ def plot_points(path: str, points: Mapping[str, tuple[Sequence[float], Sequence[
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+# (score key, column title, decimals, higher is better) of the translation experiments' tables.
+TRANSLATION_METRICS = (("bleu", "test BLEU", 2, True), ("word_f1", "test word F1", 3, True),
+                       ("dev_loss", "dev loss", 3, False))
+
+
+def arm_table(arms: Sequence[str], runs: Mapping[str, Sequence], compute: Mapping[str, Sequence],
+              metrics: Sequence[tuple] = TRANSLATION_METRICS) -> str:
+  """Mean ± std per arm of each metric, model steps, compute (plain steps) and wall seconds.
+
+  Args:
+    arms: row order.
+    runs: arm -> its `RunRecord`s (one per seed).
+    compute: arm -> each run's compute in plain train-step equivalents.
+    metrics: (score key, column title, decimals, higher is better) per column.
+  """
+  return markdown_table(
+      ["arm", *[title for _, title, _, _ in metrics], "model steps", "compute (plain steps)",
+       "wall s"],
+      [[arm, *[fmt([r.scores[key] for r in runs[arm]], d) for key, _, d, _ in metrics],
+        fmt([r.train_steps for r in runs[arm]], 0), fmt(compute[arm], 0),
+        fmt([r.wall_seconds for r in runs[arm]], 0)] for arm in arms])
+
+
+def paired_table(comparisons: Sequence[tuple[str, str, str]], runs: Mapping[str, Sequence],
+                 metrics: Sequence[tuple] = TRANSLATION_METRICS
+                 ) -> tuple[str, dict[tuple[str, str], dict[str, dict[str, float]]]]:
+  """Per-seed paired differences for each (treated arm, reference arm, row name).
+
+  `runs[arm]` must list the same seeds in the same order for both arms of a comparison.
+
+  Returns:
+    (the markdown table, {(treated, reference): {score key: `paired_difference`}}).
+  """
+  diffs = {}
+  for a, b, _ in comparisons:
+    if [r.seed for r in runs[a]] != [r.seed for r in runs[b]]:
+      raise ValueError(f"arms {a!r} and {b!r} are not paired by seed")
+    diffs[(a, b)] = {key: paired_difference([r.scores[key] for r in runs[a]],
+                                            [r.scores[key] for r in runs[b]])
+                     for key, *_ in metrics}
+  table = markdown_table(
+      ["comparison", *[f"Δ {title} [95 % CI] (seeds >0)" for _, title, _, _ in metrics]],
+      [[name, *[fmt_paired(diffs[(a, b)][key], d) for key, _, d, _ in metrics]]
+       for a, b, name in comparisons])
+  return table, diffs
+
+
+def paired_summary(diff: Mapping[str, Mapping[str, float]]) -> str:
+  """'test BLEU: better, dev loss: no clear difference (ΔBLEU ..., Δdev loss ...)'."""
+  return (f"test BLEU: {interval_verdict(diff['bleu'], True)}, dev loss: "
+          f"{interval_verdict(diff['dev_loss'], False)} (ΔBLEU {fmt_paired(diff['bleu'])}, "
+          f"Δdev loss {fmt_paired(diff['dev_loss'], 3)})")
+
+
+PAIRED_NOTE = ("Per-seed paired differences (arm − reference, same seed), mean with a bootstrap "
+               "95 % interval, and how many seeds are above 0. \"better\" / \"worse\" below means "
+               "the interval excludes 0 (with 3 seeds: every seed agrees); otherwise \"no clear "
+               "difference\".")

@@ -110,3 +110,20 @@ def latest_step(model_dir: str) -> int:
   if not fileio.isdir(ckpt_dir):
     return 0
   return int(checkpoints.Checkpointer(ckpt_dir).latest_step() or 0)
+
+
+def seconds_per_step(model_dir: str) -> float:
+  """Steady-state wall seconds per model step of a run: the median over its logged windows
+  (`train/timing/seconds_per_step` in metrics.jsonl; windows holding compilation are not timed);
+  NaN if none."""
+  import math
+
+  import numpy as np
+
+  from gbt_t5x.train import summaries
+  path = os.path.join(model_dir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return math.nan
+  values = [r["train/timing/seconds_per_step"] for r in summaries.read_metrics_log(path)
+            if r.get("train/timing/seconds_per_step") is not None]
+  return float(np.median(values)) if values else math.nan

@@ -8,7 +8,10 @@ NAME is a hyper-parameter a guided run can learn, held constant for a whole plai
 * `lr_multiplier`: the same, as a multiple of the base LR already configured (a replayed or
   guided multiplier's constant counterpart);
 * `b1`, `b2`, `eps`, `weight_decay`: AdamW (`optimizers.adamw`);
-* `label_smoothing`: the model's label smoothing (the `LABEL_SMOOTHING` macro).
+* `label_smoothing`: the model's label smoothing (the `LABEL_SMOOTHING` macro);
+* `data_weight_0` .. `data_weight_3`: the constant loss weight of each noise bucket of the demo
+  translation task (the `noise_bucket` feature: clean, misaligned, truncated, untranslated copy);
+  a run using them also includes `DATA_WEIGHTS_GIN` (`gin_files`).
 
 Must not import jax, gin or optuna.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 _LR = "learning_rate.create_learning_rate_scheduler.base_learning_rate"
 
@@ -29,7 +32,11 @@ KNOWN: dict[str, tuple[Callable[[float], str], tuple[float, float]]] = {
     "eps": (lambda v: f"optimizers.adamw.eps = {v!r}", (0.0, math.inf)),
     "weight_decay": (lambda v: f"optimizers.adamw.weight_decay = {v!r}", (0.0, math.inf)),
     "label_smoothing": (lambda v: f"LABEL_SMOOTHING = {v!r}", (0.0, 1.0)),
+    **{f"data_weight_{i}": ((lambda v, i=i: f"DATA_WEIGHT_{i} = {v!r}"), (0.0, math.inf))
+       for i in range(4)},
 }
+DATA_WEIGHTS_GIN = "search/data_weights.gin"
+
 LR_MULTIPLIER = "lr_multiplier"
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _ITEM = re.compile(rf"^([A-Za-z_]\w*)=({_NUMBER}):({_NUMBER})(?::(log))?$")
@@ -103,3 +110,8 @@ def bindings(values: Mapping[str, float], base_learning_rate: float | None = Non
     else:
       raise ValueError(f"unknown hyper-parameter {name!r}")
   return out
+
+
+def gin_files(names: Sequence[str]) -> list[str]:
+  """Gin files a run holding hyper-parameters `names` constant must also include."""
+  return [DATA_WEIGHTS_GIN] if any(n.startswith("data_weight_") for n in names) else []

@@ -1,248 +1,225 @@
-"""Claim 1: gradient-based tuning (one guided run) vs Bayesian optimisation (N plain runs) vs a
-small grid, all from the same bad start (base LR 10x too small, Adam b1 0.5), on the demo NMT pair.
+"""BO vs GBT: one guided run against Bayesian optimisation (optuna TPE) over the same
+hyper-parameters, by quality against cumulative compute, for three search spaces.
 
     python scripts/experiments/bo_vs_gbt.py [--results_dir results] [--quick] [--seeds 0,1,2]
 
-Writes RESULTS_DIR/bo_vs_gbt/: report.md (mean ± std over seeds of final dev loss, test BLEU,
-guide loss, total train steps and wall seconds per method), best_bleu_vs_steps.png and
-best_bleu_vs_seconds.png (best-so-far test BLEU against compute), records.json, and the runs
-(guided/, bo/ with optuna's study.db and trials.csv, grid/) per seed. BO and grid pick their
-result by guide loss (what the tuner sees); the curves show the best BLEU of any run so far, which
-flatters BO and the grid. "Same compute" compares the guided run with BO's pick among the trials
-that fit in the guided run's wall time (at least one trial). `--report_only` rewrites the report
-from records.json without training.
+Per seed and search space (`SPACES`: d = 1, 6 and 10 hyper-parameters), both methods start from
+the demo's defaults:
+* `GBT`: one guided run learning the space's hyper-parameters from the clean guide task;
+* `BO`: `--bo_trials` plain runs, each holding the values TPE samples constant, scored by the
+  teacher-forced loss on the same guide set (what the tuner may look at; never the test split).
+BO's pick after k trials is the trial with the lowest guide loss among the first k. Optuna's GP
+sampler needs torch, which the project does not install, so GP does not run here.
+
+Writes RESULTS_DIR/bo_vs_gbt/: report.md, quality_vs_compute.png, experiment.json, records/ (one
+JSON per finished run or trial), studies/<space>_seed<s>/ (optuna's study.db and trials.csv;
+their trial_NNNN run folders are not kept in git) and runs/. Rerunning skips finished runs,
+resumes an interrupted guided run from its checkpoints and an interrupted search from its study;
+`--report_only` rebuilds the report.
 """
 from __future__ import annotations
 
-import itertools
-import os
 import sys
+
+from gbt_t5x import console
+
+if __name__ == "__main__":
+  console.configure(sys.argv)  # Before TensorFlow and JAX load (they log when imported).
+
+import math
+import os
 from typing import Sequence
 
 import numpy as np
 
-from gbt_t5x.experiments import common, report, sizes as sizes_lib
+from gbt_t5x.experiments import common, report
 
 NAME = "bo_vs_gbt"
-SPACE = "learning_rate=2e-5:2e-2:log,b1=0.5:0.99"
+_D6 = ("lr_multiplier=0.1:10:log,b1=0.5:0.99,b2=0.9:0.9999,eps=1e-10:1e-6:log,"
+       "weight_decay=0:0.1,label_smoothing=0:0.3")
+_D6_KINDS = ("learning_rate", "b1", "b2", "eps", "weight_decay", "label_smoothing")
+# name -> (BO's search space, the kinds GBT guides: the same hyper-parameters).
+SPACES = {
+    "d=1": ("lr_multiplier=0.1:10:log", ("learning_rate",)),
+    "d=6": (_D6, _D6_KINDS),
+    "d=10": (_D6 + "," + ",".join(f"data_weight_{i}=0.05:5:log" for i in range(4)),
+             (*_D6_KINDS, "data_weights")),
+}
+BASE_LR = 0.002  # experiments/demo_nmt.gin
+GBT_ROW, EQUAL_ROW = "GBT (1 guided run)", "BO at GBT's compute"
 
 
 def _add_flags(parser) -> None:
-  parser.add_argument("--bo_trials", type=int, default=None, help="BO trials per seed")
-  parser.add_argument("--sampler", default="auto", choices=("auto", "gp", "tpe"))
-  parser.add_argument("--report_only", action="store_true",
-                      help="rebuild report.md and the plots from records.json (no training)")
+  parser.add_argument("--bo_trials", type=int, default=None,
+                      help="BO trials per seed and space (default: the size's, 12 at default)")
+  parser.add_argument("--spaces", default=",".join(SPACES),
+                      help=f"comma-separated subset of {list(SPACES)}")
 
 
-def run_guided_curve(size, seed, out, args, score_spec, log) -> list[common.RunRecord]:
-  """One guided run, scored at `size.curve_points` evenly spaced steps (resumed in chunks)."""
-  gin = common.guided_gin(os.path.join(out, "gin", "guided.gin"), common.NMT_GIN,
-                          "demo_nmt_guide", sizes_lib.BAD_B1, args.meta_lr)
-  model_dir = os.path.join(out, f"seed{seed}", "guided")
-  points = [round(size.train_steps * (i + 1) / size.curve_points)
-            for i in range(size.curve_points)]
-  records = []
-  for i, steps in enumerate(points):
-    bindings = (common.sizes_lib.common_bindings(size, seed, model_dir)
-                + sizes_lib.nmt_bindings(size) + common.bad_start_bindings()
-                + [f"TRAIN_STEPS = {steps}", f"EVAL_PERIOD = {steps}"])
-    records.append(common.train_and_score("guided", seed, [gin], bindings, size, score_spec,
-                                          fresh=(i == 0), log=log))
-  return records
+def gbt_label(space: str) -> str:
+  return f"GBT {space}"
 
 
-def run_bo(size, seed, out, args, score_spec, log):
-  """N BO trials (plain runs) on the guide loss; returns the trials as RunRecords in order."""
+def trial_label(space: str, number: int) -> str:
+  return f"BO {space} trial {number:02d}"
+
+
+def run_bo(exp: common.Experiment, space_name: str, seed: int, num_trials: int) -> None:
+  """Runs (or resumes) the TPE study of `space_name` and `seed`; records every complete trial."""
+  if all(exp.store.get(trial_label(space_name, n), seed) for n in range(num_trials)):
+    return
+  import optuna
+
   from gbt_t5x import search
-  from gbt_t5x.experiments import scoring, search_space
-  space = search_space.parse_space(SPACE)
-  study_dir = os.path.join(out, f"seed{seed}", "bo")
-  study = search.open_study(study_dir, space, args.sampler, seed)
-  bindings = (sizes_lib.common_bindings(size, seed, "/unused") + sizes_lib.nmt_bindings(size)
-              + common.bad_start_bindings())
-  bindings = [b for b in bindings if not b.startswith("MODEL_DIR")]
-
-  def extra(model, params):
-    return scoring.score_run(model, params, score_spec, size.lengths, size.batch_size,
-                             size.eval_batches, size.decode_examples)
-
+  from gbt_t5x.experiments import search_space, sizes
+  optuna.logging.set_verbosity(optuna.logging.WARNING)  # run_search prints one line per trial.
+  space = search_space.parse_space(SPACES[space_name][0])
+  study_dir = os.path.join(exp.out, "studies", f"{space_name.replace('=', '')}_seed{seed}")
+  study = search.open_study(study_dir, space, "tpe", seed)
+  bindings = [b for b in sizes.run_bindings(exp.size, seed, "/unused")
+              if not b.startswith("MODEL_DIR")]
   objective = search.PlainRunObjective(
-      (common.NMT_GIN,), tuple(bindings), study_dir, "demo_nmt_guide", "validation",
-      guide_eval_batches=size.eval_batches, extra_scores=extra, print_fn=lambda _l: None)
-  n = args.bo_trials or size.bo_trials
-  search.run_search(study, space, n, objective, print_fn=log,
+      (common.NMT_GIN,), tuple(bindings), study_dir, common.GUIDE_TASK, "validation",
+      guide_eval_batches=exp.size.eval_batches, base_learning_rate=BASE_LR,
+      extra_scores=common.translation_scores(exp),
+      print_fn=lambda line: exp.log(f"  [BO {space_name} | seed {seed}] {line}"))
+  search.run_search(study, space, num_trials, objective, print_fn=exp.log,
                     csv_path=os.path.join(study_dir, search.CSV_FILE))
-  records = []
-  for t in search.complete_trials(study)[:n]:
-    scores = {k: float(t.user_attrs[k]) for k in
-              ("dev_loss", "dev_accuracy", "guide_loss", "bleu", "exact_match", "token_accuracy")}
-    records.append(common.RunRecord(f"bo_{t.number}", seed, scores,
-                                    int(t.user_attrs["train_steps"]),
-                                    float(t.user_attrs["wall_seconds"]),
-                                    str(t.user_attrs["model_dir"])))
-  return records
+  for number, trial in enumerate(search.complete_trials(study)[:num_trials]):
+    attrs = trial.user_attrs
+    scores = {k: float(attrs[k]) for k in ("dev_loss", "dev_accuracy", "guide_loss", "bleu",
+                                           "exact_match", "token_accuracy", "word_f1")}
+    exp.store.put(common.RunRecord(
+        label=trial_label(space_name, number), seed=seed, scores=scores,
+        train_steps=int(attrs["train_steps"]), wall_seconds=float(attrs["wall_seconds"]),
+        seconds_per_step=float(attrs.get("seconds_per_step", math.nan)),
+        model_dir=os.path.relpath(str(attrs["model_dir"]), exp.out),
+        extra={"params": dict(trial.params), "optuna_trial": trial.number}))
 
 
-def run_grid(size, seed, out, score_spec, log) -> list[common.RunRecord]:
-  records = []
-  for mult, b1 in itertools.product(size.grid_lr_multipliers, size.grid_b1):
-    label = f"grid_lr{mult:g}x_b1{b1:g}"
-    model_dir = os.path.join(out, f"seed{seed}", "grid", label)
-    bindings = (sizes_lib.common_bindings(size, seed, model_dir) + sizes_lib.nmt_bindings(size)
-                + ["learning_rate.create_learning_rate_scheduler.base_learning_rate = "
-                   f"{sizes_lib.BAD_BASE_LR * mult!r}", f"optimizers.adamw.b1 = {b1!r}"])
-    records.append(common.train_and_score(label, seed, [common.NMT_GIN], bindings, size,
-                                          score_spec, log=log))
-  return records
+def run_all(exp: common.Experiment, spaces: Sequence[str], num_trials: int) -> None:
+  score = common.translation_scores(exp)
+  for seed in exp.seeds:
+    for space in spaces:
+      gin = common.guided_gin(os.path.join(exp.out, "gin", f"gbt_{space.replace('=', '')}.gin"),
+                              common.NMT_GIN, SPACES[space][1], exp.meta_lr,
+                              exp.size.hyper_step_every)
+      common.run_arm(exp, gbt_label(space), seed, [gin], [], score)
+      run_bo(exp, space, seed, num_trials)
 
 
-def best_by_guide(records: Sequence[common.RunRecord]) -> common.RunRecord:
-  return min(records, key=lambda r: (np.nan_to_num(r.scores["guide_loss"], nan=np.inf)))
+def bo_curve(trials: Sequence[common.RunRecord], plain_sps: float
+             ) -> tuple[list[float], list[common.RunRecord]]:
+  """(cumulative compute in plain steps, BO's pick by guide loss) after each trial."""
+  compute, picks, total, best = [], [], 0.0, None
+  for t in trials:
+    total += common.step_equivalents(t, plain_sps)
+    if best is None or np.nan_to_num(t.scores["guide_loss"], nan=np.inf) < np.nan_to_num(
+        best.scores["guide_loss"], nan=np.inf):
+      best = t
+    compute.append(total)
+    picks.append(best)
+  return compute, picks
 
 
-def best_so_far(records: Sequence[common.RunRecord]) -> tuple[list[float], list[float], list[float]]:
-  """(cumulative train steps, cumulative seconds, best BLEU so far) after each run in order."""
-  steps, secs, bleu = [], [], []
-  total_steps = total_secs = 0.0
-  best = -np.inf
-  for r in records:
-    total_steps += r.train_steps
-    total_secs += r.wall_seconds
-    best = max(best, r.scores["bleu"])
-    steps.append(total_steps)
-    secs.append(total_secs)
-    bleu.append(best)
-  return steps, secs, bleu
-
-
-def matched_bo(runs: dict[str, list[common.RunRecord]]
-               ) -> tuple[list[common.RunRecord], int, float]:
-  """([BO's pick], train steps, wall seconds) of BO restricted to its first trials whose
-  cumulative wall time fits in the guided run's (at least one trial): the same-compute pick."""
-  seconds = sum(r.wall_seconds for r in runs["guided"])
-  cumulative = np.cumsum([r.wall_seconds for r in runs["bo"]])
-  fitting = runs["bo"][:max(1, int(np.sum(cumulative <= seconds)))]
-  return ([best_by_guide(fitting)], sum(r.train_steps for r in fitting),
-          sum(r.wall_seconds for r in fitting))
-
-
-def group_records(records: Sequence[common.RunRecord]
-                  ) -> dict[int, dict[str, list[common.RunRecord]]]:
-  """{seed: {'guided': [...], 'bo': [...], 'grid': [...]}} from saved records, in run order."""
-  per_seed: dict[int, dict[str, list[common.RunRecord]]] = {}
-  for r in records:
-    kind = "guided" if r.label == "guided" else r.label.split("_")[0]
-    if kind not in ("guided", "bo", "grid"):
-      raise ValueError(f"unexpected record label {r.label!r}")
-    per_seed.setdefault(r.seed, {"guided": [], "bo": [], "grid": []})[kind].append(r)
-  return per_seed
+def write_report(exp: common.Experiment, spaces: Sequence[str], num_trials: int) -> str:
+  seeds = list(exp.seeds)
+  sections, panels_bleu, panels_loss, verdicts = [], {}, {}, []
+  for space in spaces:
+    gbt, curves = [], []
+    for seed in seeds:
+      g = exp.store.get(gbt_label(space), seed)
+      trials = [exp.store.get(trial_label(space, n), seed) for n in range(num_trials)]
+      if g is None or any(t is None for t in trials):
+        raise ValueError(f"runs of space {space} seed {seed} in {exp.out} are not finished: "
+                         "rerun without --report_only")
+      plain_sps = float(np.median([t.seconds_per_step for t in trials]))
+      gbt.append((g, common.step_equivalents(g, plain_sps)))
+      curves.append(bo_curve(trials, plain_sps))
+    gbt_runs = [g for g, _ in gbt]
+    gbt_compute = [c for _, c in gbt]
+    # BO at GBT's compute: its pick among the trials whose cumulative compute fits (at least 1).
+    at_equal = [picks[max(0, int(np.sum(np.asarray(comp) <= c)) - 1)]
+                for (comp, picks), c in zip(curves, gbt_compute)]
+    at_equal_compute = [comp[max(0, int(np.sum(np.asarray(comp) <= c)) - 1)]
+                        for (comp, _), c in zip(curves, gbt_compute)]
+    final = [picks[-1] for _, picks in curves]
+    runs = {GBT_ROW: gbt_runs, EQUAL_ROW: at_equal,
+            f"BO after {num_trials} trials": final}
+    compute = {GBT_ROW: gbt_compute, EQUAL_ROW: at_equal_compute,
+               f"BO after {num_trials} trials": [comp[-1] for comp, _ in curves]}
+    table = report.arm_table(list(runs), runs, compute).replace("| arm |", "| method |", 1)
+    paired, diffs = report.paired_table(
+        [(GBT_ROW, EQUAL_ROW, "GBT vs BO at GBT's compute"),
+         (GBT_ROW, f"BO after {num_trials} trials",
+          f"GBT vs BO after {num_trials} trials")], runs)
+    # When does BO's pick first reach GBT's test BLEU (per seed)?
+    matches = []
+    for (comp, picks), g in zip(curves, gbt_runs):
+      hit = next((c for c, p in zip(comp, picks) if p.scores["bleu"] >= g.scores["bleu"]), None)
+      matches.append(hit)
+    matched = [m for m in matches if m is not None]
+    gbt_mean = float(np.mean(gbt_compute))
+    when = (f"BO's pick first matches GBT's test BLEU after {np.mean(matched):.0f} plain steps "
+            f"of compute ({np.mean(matched) / gbt_mean:.1f}× GBT's) on {len(matched)}/{len(seeds)}"
+            f" seeds" if matched else f"BO's pick never matches GBT's test BLEU within "
+            f"{num_trials} trials on any seed")
+    if matched and len(matched) < len(seeds):
+      when += f", and never within {num_trials} trials on the others"
+    versus_equal = report.paired_summary(diffs[(GBT_ROW, EQUAL_ROW)])
+    verdicts.append(f"- **{space}**: {when}. GBT vs BO at GBT's compute: {versus_equal}.")
+    sections += [f"### Search space {space}: `{SPACES[space][0]}`", table, paired]
+    n = min(len(comp) for comp, _ in curves)
+    mean_x = list(np.mean([comp[:n] for comp, _ in curves], axis=0))
+    for key, panels in (("bleu", panels_bleu), ("dev_loss", panels_loss)):
+      panels[space] = {
+          "BO (TPE), pick by guide loss": (mean_x, list(np.mean(
+              [[p.scores[key] for p in picks[:n]] for _, picks in curves], axis=0))),
+          GBT_ROW: ([gbt_mean], [float(np.mean([g.scores[key] for g in gbt_runs]))])}
+  report.plot_panels(os.path.join(exp.out, "bleu_vs_compute.png"), panels_bleu,
+                     "cumulative compute (plain train-step equivalents)",
+                     f"test BLEU of the pick vs compute (mean over {len(seeds)} seeds)",
+                     markers=True)
+  report.plot_panels(os.path.join(exp.out, "dev_loss_vs_compute.png"), panels_loss,
+                     "cumulative compute (plain train-step equivalents)",
+                     f"dev loss of the pick vs compute (mean over {len(seeds)} seeds)",
+                     markers=True)
+  size = exp.size
+  return report.write_experiment_report(
+      exp.out, "BO vs GBT: quality against compute", size.quick, [
+      "\n".join(verdicts),
+      f"Setup: as guided_vs_plain ({size.train_steps} steps of {size.batch_size} packed rows, "
+      f"tiny T5 {size.num_layers}+{size.num_layers} layers, the demo's defaults as the start of "
+      f"both methods). GBT: one guided run per space (meta LR {exp.meta_lr:g}, a guided step every "
+      f"{size.hyper_step_every}); BO: optuna TPE, {num_trials} plain trials per space and seed, "
+      "scored by guide-set loss; the GP sampler needs torch (not installed), so it does not run. "
+      "Compute in plain train-step equivalents (a run's steps × its seconds per step ÷ the "
+      "median plain trial's, same seed). Test BLEU: greedy decoding of "
+      f"{size.decode_examples} test sentences. Seeds {seeds}; mean ± std over seeds.",
+      report.PAIRED_NOTE, *sections,
+      "![test BLEU vs compute](bleu_vs_compute.png)\n\n![dev loss vs compute]"
+      "(dev_loss_vs_compute.png)",
+      ], "bo_vs_gbt.py", exp.results_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = common.parse_args(__doc__.splitlines()[0], argv, _add_flags)
-  size, out, seeds = common.setup(args, NAME)
-  records_path = os.path.join(out, "records.json")
-  if args.report_only:
-    per_seed = group_records(common.load_records(records_path))
-    seeds = tuple(sorted(per_seed))
-  else:
-    from gbt_t5x.experiments import scoring
-    spec = scoring.ScoreSpec()
-    log = print
-    per_seed = {}
-    for seed in seeds:
-      guided = run_guided_curve(size, seed, out, args, spec, log)
-      bo = run_bo(size, seed, out, args, spec, log)
-      grid = run_grid(size, seed, out, spec, log)
-      per_seed[seed] = {"guided": guided, "bo": bo, "grid": grid}
-    common.save_records(records_path,
-                        [r for v in per_seed.values() for rs in v.values() for r in rs])
-
-  methods = {
-      "untuned start (plain)": lambda v: ([v["grid"][0]], v["grid"][0].train_steps,
-                                          v["grid"][0].wall_seconds),
-      "GBT (1 guided run)": lambda v: ([v["guided"][-1]], sum(r.train_steps for r in v["guided"]),
-                                       sum(r.wall_seconds for r in v["guided"])),
-      "BO at GBT's compute (trials fitting its wall time)": matched_bo,
-      f"BO ({len(per_seed[seeds[0]]['bo'])} trials, best by guide loss)":
-          lambda v: ([best_by_guide(v["bo"])], sum(r.train_steps for r in v["bo"]),
-                     sum(r.wall_seconds for r in v["bo"])),
-      f"grid ({len(per_seed[seeds[0]]['grid'])} points, best by guide loss)":
-          lambda v: ([best_by_guide(v["grid"])], sum(r.train_steps for r in v["grid"]),
-                     sum(r.wall_seconds for r in v["grid"])),
-  }
-  rows, summary = [], {}
-  for method, pick in methods.items():
-    chosen, steps, secs = zip(*[(p[0][0], p[1], p[2]) for p in map(pick, per_seed.values())])
-    summary[method] = {k: [r.scores[k] for r in chosen] for k in ("dev_loss", "bleu", "guide_loss")}
-    summary[method].update(steps=list(steps), secs=list(secs))
-    rows.append([method, report.fmt(summary[method]["dev_loss"]),
-                 report.fmt(summary[method]["bleu"], 2), report.fmt(summary[method]["guide_loss"]),
-                 report.fmt(steps, 0), report.fmt(secs, 1)])
-  table = report.markdown_table(
-      ["method", "final dev loss", "test BLEU", "guide loss", "total train steps",
-       "total wall s"], rows)
-
-  curves_steps, curves_secs = {}, {}
-  for name, key in (("GBT (guided)", "guided"), ("BO", "bo"), ("grid", "grid")):
-    per = []
-    for v in per_seed.values():
-      recs = v[key]
-      if key == "guided":  # A guided run's compute is its own step count at each curve point.
-        s = list(np.cumsum([r.train_steps for r in recs]))
-        t = list(np.cumsum([r.wall_seconds for r in recs]))
-        b = list(np.maximum.accumulate([r.scores["bleu"] for r in recs]))
-        per.append((s, t, b))
-      else:
-        per.append(best_so_far(recs))
-    n = min(len(p[0]) for p in per)
-    mean = lambda i: list(np.mean([p[i][:n] for p in per], axis=0))
-    curves_steps[name] = (mean(0), mean(2))
-    curves_secs[name] = (mean(1), mean(2))
-  report.plot_lines(os.path.join(out, "best_bleu_vs_steps.png"), curves_steps,
-                    "train steps (cumulative)", "best test BLEU so far",
-                    f"BO vs GBT (mean over {len(seeds)} seeds)")
-  report.plot_lines(os.path.join(out, "best_bleu_vs_seconds.png"), curves_secs,
-                    "wall seconds (cumulative)", "best test BLEU so far",
-                    f"BO vs GBT (mean over {len(seeds)} seeds)")
-
-  gbt = "GBT (1 guided run)"
-  matched = "BO at GBT's compute (trials fitting its wall time)"
-  bo_name = [m for m in summary if m.startswith("BO (")][0]
-  mean = lambda method, key: float(np.mean(summary[method][key]))
-  reproduced = mean(gbt, "dev_loss") < mean(matched, "dev_loss")
-  verdict = (f"**Claim 1 (GBT beats BO for the same compute): "
-             f"{'REPRODUCED' if reproduced else 'NOT reproduced'}** on this run — at the same "
-             f"wall time ({mean(gbt, 'secs'):.0f} s of guided training vs "
-             f"{mean(matched, 'secs'):.0f} s of BO trials) GBT reaches dev loss "
-             f"{mean(gbt, 'dev_loss'):.3f} (test BLEU {mean(gbt, 'bleu'):.2f}) and BO's pick "
-             f"{mean(matched, 'dev_loss'):.3f} ({mean(matched, 'bleu'):.2f}). With all "
-             f"{len(per_seed[seeds[0]]['bo'])} trials ({mean(bo_name, 'steps'):.0f} train steps, "
-             f"{mean(bo_name, 'secs'):.0f} s) BO reaches {mean(bo_name, 'dev_loss'):.3f} "
-             f"({mean(bo_name, 'bleu'):.2f}).")
-  from gbt_t5x import search
-  sampler = search.make_sampler(args.sampler, 0).__class__.__name__
-
-  report.write_experiment_report(
-      out, "Claim 1: gradient-based tuning vs Bayesian optimisation", size.quick, [
-      verdict,
-      f"Demo NMT pair, tiny T5 ({size.num_layers}+{size.num_layers} layers), {size.train_steps} "
-      f"steps per run at batch {size.batch_size}, seeds {list(seeds)}. Every method starts from "
-      f"base LR {sizes_lib.BAD_BASE_LR} (10x below the demo's {sizes_lib.GOOD_BASE_LR}) and Adam b1 "
-      f"{sizes_lib.BAD_B1}. GBT learns an LR multiplier (init 1) and b1 (init {sizes_lib.BAD_B1}) "
-      f"from the guide task demo_nmt_guide (meta LR {args.meta_lr}); BO ({sampler}) searches "
-      f"`{SPACE}` over plain runs scored by teacher-forced loss on the same guide set; the grid "
-      f"is base LR x {list(size.grid_lr_multipliers)} by b1 {list(size.grid_b1)}. Test BLEU is "
-      f"greedy decoding of {size.decode_examples} test sentences; dev loss is teacher-forced "
-      f"({size.eval_batches} batches). Mean ± std over seeds.",
-      table,
-      "A guided step costs more than a plain step (the lookahead and the guide batch), so "
-      "compare wall seconds as well as steps.",
-      "![best BLEU vs steps](best_bleu_vs_steps.png)\n\n"
-      "![best BLEU vs seconds](best_bleu_vs_seconds.png)",
-      ], "bo_vs_gbt.py", args.results_dir)
+  spaces = [s.strip() for s in args.spaces.split(",") if s.strip()]
+  unknown = [s for s in spaces if s not in SPACES]
+  if unknown or not spaces:
+    raise ValueError(f"--spaces must list some of {list(SPACES)}, got {args.spaces!r}")
+  from gbt_t5x.experiments import sizes
+  exp_trials = args.bo_trials if args.bo_trials is not None else sizes.get_size(
+      args.quick).bo_trials
+  if exp_trials < 1:
+    raise ValueError(f"--bo_trials must be >= 1, got {exp_trials}")
+  exp = common.setup(args, NAME, {"spaces": {s: SPACES[s][0] for s in SPACES},
+                                  "bo_trials": exp_trials, "sampler": "tpe"})
+  if not exp.report_only:
+    run_all(exp, spaces, exp_trials)
+  write_report(exp, spaces, exp_trials)
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(common.main_with_one_line_errors(main))

@@ -37,9 +37,6 @@ KIND_TITLES = {"learning_rate": "LR multiplier", "b1": "Adam b1",
                "label_smoothing": "label smoothing", "data_weights": "data weights"}
 PLAIN, GUIDED, EQUAL = "plain", "guided (all kinds)", "plain, equal compute"
 ABLATION = {kind: f"guided: {KIND_TITLES[kind]}" for kind in ALL_KINDS}
-# (score key, column title, decimals, higher is better)
-METRICS = (("bleu", "test BLEU", 2, True), ("word_f1", "test word F1", 3, True),
-           ("dev_loss", "dev loss", 3, False))
 
 
 def learned_values(model_dir: str) -> dict[str, Any]:
@@ -88,52 +85,26 @@ def write_report(exp: common.Experiment) -> str:
   compute = {a: [common.step_equivalents(r, plain_sps[r.seed]) for r in runs[a]] for a in arms}
   values = lambda arm, key: [r.scores[key] for r in runs[arm]]
 
-  table = report.markdown_table(
-      ["arm", *[title for _, title, _, _ in METRICS], "model steps", "compute (plain steps)",
-       "wall s"],
-      [[arm, *[report.fmt(values(arm, key), d) for key, _, d, _ in METRICS],
-        report.fmt([r.train_steps for r in runs[arm]], 0), report.fmt(compute[arm], 0),
-        report.fmt([r.wall_seconds for r in runs[arm]], 0)] for arm in arms])
-
+  table = report.arm_table(arms, runs, compute)
   comparisons = [(GUIDED, PLAIN, "guided vs plain, equal steps"),
                  (GUIDED, EQUAL, "guided vs plain, equal compute"),
                  *[(label, PLAIN, f"{label} vs plain") for label in ABLATION.values()]]
-  diffs = {(a, b): {key: report.paired_difference(values(a, key), values(b, key))
-                    for key, *_ in METRICS} for a, b, _ in comparisons}
-  paired = report.markdown_table(
-      ["comparison", *[f"Δ {title} [95 % CI] (seeds >0)" for _, title, _, _ in METRICS]],
-      [[name, *[report.fmt_paired(diffs[(a, b)][key], d) for key, _, d, _ in METRICS]]
-       for a, b, name in comparisons])
-
-  def verdict(a: str, b: str) -> str:
-    bleu = report.interval_verdict(diffs[(a, b)]["bleu"], True)
-    loss = report.interval_verdict(diffs[(a, b)]["dev_loss"], False)
-    return f"test BLEU: {bleu}, dev loss: {loss}"
-
-  def summary(a: str, b: str) -> str:
-    d = diffs[(a, b)]
-    return (f"ΔBLEU {report.fmt_paired(d['bleu'])}, Δdev loss "
-            f"{report.fmt_paired(d['dev_loss'], 3)}")
-
-  helps = [KIND_TITLES[k] for k, label in ABLATION.items()
-           if report.interval_verdict(diffs[(label, PLAIN)]["bleu"], True) == "better"]
-  hurts = [KIND_TITLES[k] for k, label in ABLATION.items()
-           if report.interval_verdict(diffs[(label, PLAIN)]["bleu"], True) == "worse"]
+  paired, diffs = report.paired_table(comparisons, runs)
+  verdict_of = lambda a, b: report.interval_verdict(diffs[(a, b)]["bleu"], True)
+  helps = [KIND_TITLES[k] for k, label in ABLATION.items() if verdict_of(label, PLAIN) == "better"]
+  hurts = [KIND_TITLES[k] for k, label in ABLATION.items() if verdict_of(label, PLAIN) == "worse"]
   mean = lambda arm, key: float(np.mean(values(arm, key)))
   ratio = float(np.mean(compute[GUIDED]) / np.mean([r.train_steps for r in runs[GUIDED]]))
   verdicts = "\n".join([
-      f"- **Equal steps** — {verdict(GUIDED, PLAIN)}: guided {mean(GUIDED, 'bleu'):.2f} BLEU vs "
-      f"plain {mean(PLAIN, 'bleu'):.2f} ({summary(GUIDED, PLAIN)}).",
-      f"- **Equal compute** (a guided run costs {ratio:.2f}× a plain run's steps) — "
-      f"{verdict(GUIDED, EQUAL)}: guided {mean(GUIDED, 'bleu'):.2f} vs plain with "
-      f"{np.mean([r.train_steps for r in runs[EQUAL]]):.0f} steps {mean(EQUAL, 'bleu'):.2f} "
-      f"({summary(GUIDED, EQUAL)}).",
-      *[f"- **{label}** — {verdict(label, PLAIN)} ({summary(label, PLAIN)})."
-        for label in ABLATION.values()],
-      f"- Guiding one kind at a time, BLEU improves clearly with: {', '.join(helps) or 'none'}; "
-      f"worsens clearly with: {', '.join(hurts) or 'none'}. (\"Clearly\": the bootstrap 95 % "
-      f"interval of the per-seed paired difference excludes 0; with {len(seeds)} seeds that "
-      "needs every seed to agree.)"])
+      f"- **Equal steps**: guided {mean(GUIDED, 'bleu'):.2f} test BLEU vs plain "
+      f"{mean(PLAIN, 'bleu'):.2f} — {report.paired_summary(diffs[(GUIDED, PLAIN)])}.",
+      f"- **Equal compute** (a guided run costs {ratio:.2f}× a plain run's steps, so plain gets "
+      f"{np.mean([r.train_steps for r in runs[EQUAL]]):.0f} steps): plain "
+      f"{mean(EQUAL, 'bleu'):.2f} — {report.paired_summary(diffs[(GUIDED, EQUAL)])}.",
+      *[f"- **{label}**: {mean(label, 'bleu'):.2f} — "
+        f"{report.paired_summary(diffs[(label, PLAIN)])}." for label in ABLATION.values()],
+      f"- Guided one kind at a time, test BLEU is better with: {', '.join(helps) or 'none'}; "
+      f"worse with: {', '.join(hurts) or 'none'}."])
 
   report.plot_bars(os.path.join(exp.out, "bleu_by_arm.png"), arms,
                    [values(a, "bleu") for a in arms], "test BLEU", "guided vs plain")
@@ -178,8 +149,7 @@ def write_report(exp: common.Experiment) -> str:
       "steps × its measured steady-state seconds per step ÷ the plain run's (same seed, same "
       "process).",
       table,
-      "Per-seed paired differences (arm − reference, same seed), mean with a bootstrap 95 % "
-      "interval, and how many seeds are above 0:",
+      report.PAIRED_NOTE,
       paired,
       f"Learned values at the end of the guided run (seed {seeds[0]}): {final_text}.",
       "![test BLEU by arm](bleu_by_arm.png)\n\n![BLEU vs compute](bleu_vs_compute.png)\n\n"

@@ -1,125 +1,171 @@
-"""Claim 2: a learned schedule beats the best constant. A guided run (LR multiplier and Adam b1,
-from the bad start) is exported with `gbt_t5x.guided.export` and replayed as a fixed schedule in a
-plain run (`trainer.Trainer.hyperparam_schedules`, by including the exported gin file); it is
-compared with the best constant found by a grid (picked by guide loss) and with the learned
-trajectory's mean held constant.
+"""Schedule vs constant: does the schedule a guided run learns beat the best constant, and does
+the schedule itself (replayed without guidance, on a seed it never saw) carry the gain?
 
     python scripts/experiments/schedule_vs_constant.py [--results_dir results] [--quick]
 
-Writes RESULTS_DIR/schedule_vs_constant/: report.md, bleu.png, dev_loss.png, schedules.png
-(the learned LR multiplier and b1 of seed 0), records.json and the runs per seed.
+Arms per seed s (the demo translation config at the experiment's size):
+* a grid of constants around the demo's defaults, one value changed at a time: the LR multiplier
+  (× the demo's base LR 2e-3) in `LR_GRID` and label smoothing in `LS_GRID` (the default run,
+  multiplier 1 and label smoothing 0, is `constant: default`);
+* `GBT`: one guided run learning the LR multiplier, Adam b1 and label smoothing together;
+* `best constant`: the grid run with the lowest guide-set loss (what the guided run sees; the
+  test split is never used to choose), its value rerun on the unseen seed s + `UNSEEN_OFFSET`;
+* `replayed schedule`: GBT's exported schedule (`gbt_t5x.guided.export`) replayed as a fixed
+  schedule in a plain run on the unseen seed s + `UNSEEN_OFFSET`.
+
+Writes RESULTS_DIR/schedule_vs_constant/: report.md, bleu_by_arm.png, learned_schedules.png,
+experiment.json, records/ and runs/. Rerunning skips finished runs and resumes an interrupted one;
+`--report_only` rebuilds the report.
 """
 from __future__ import annotations
 
-import itertools
-import os
 import sys
-from typing import Sequence
+
+from gbt_t5x import console
+
+if __name__ == "__main__":
+  console.configure(sys.argv)  # Before TensorFlow and JAX load (they log when imported).
+
+import os
+from typing import Any, Sequence
 
 import numpy as np
 
-from gbt_t5x.experiments import common, report, sizes as sizes_lib
+from gbt_t5x.experiments import common, report
 
 NAME = "schedule_vs_constant"
+LR_GRID = (0.25, 0.5, 2.0, 4.0)  # LR multipliers besides the default 1
+LS_GRID = (0.05, 0.1, 0.2)  # label smoothing values besides the default 0
+GUIDED = ("learning_rate", "b1", "label_smoothing")
+UNSEEN_OFFSET = 100
+DEFAULT_ARM, GBT, BEST, REPLAY = ("constant: default", "GBT (guided run)",
+                                  "best constant (unseen seed)", "replayed schedule (unseen seed)")
+BASE_LR = 0.002  # experiments/demo_nmt.gin
+_LR_BINDING = "learning_rate.create_learning_rate_scheduler.base_learning_rate"
 
 
-def plain_bindings(size, seed, model_dir, base_lr, b1=None) -> list[str]:
-  out = (sizes_lib.common_bindings(size, seed, model_dir) + sizes_lib.nmt_bindings(size)
-         + ["learning_rate.create_learning_rate_scheduler.base_learning_rate = "
-            f"{base_lr!r}"])
-  if b1 is not None:
-    out.append(f"optimizers.adamw.b1 = {b1!r}")
-  return out
+def grid() -> dict[str, list[str]]:
+  """Grid arm label -> its bindings."""
+  arms = {DEFAULT_ARM: []}
+  for m in LR_GRID:
+    arms[f"constant: LR multiplier {m:g}"] = [f"{_LR_BINDING} = {BASE_LR * m!r}"]
+  for v in LS_GRID:
+    arms[f"constant: label smoothing {v:g}"] = [f"LABEL_SMOOTHING = {v!r}"]
+  return arms
+
+
+def trajectory(model_dir: str) -> dict[str, Any]:
+  from gbt_t5x.guided import export
+  rows = export.read_trajectory(model_dir)
+  rows = rows[::max(1, len(rows) // 100)]
+  return {"trajectory": {"steps": [int(r["step"]) for r in rows],
+                         **{k: [r["values"][k] for r in rows] for k in GUIDED}}}
+
+
+def best_grid_arm(exp: common.Experiment, seed: int) -> str:
+  """The grid arm of `seed` with the lowest guide-set loss."""
+  runs = {label: exp.store.get(label, seed) for label in grid()}
+  return min(runs, key=lambda l: np.nan_to_num(runs[l].scores["guide_loss"], nan=np.inf))
+
+
+def run_all(exp: common.Experiment) -> None:
+  from gbt_t5x.guided import export
+  score = common.translation_scores(exp)
+  guided_gin = common.guided_gin(os.path.join(exp.out, "gin", "guided.gin"), common.NMT_GIN,
+                                 GUIDED, exp.meta_lr, exp.size.hyper_step_every)
+  arms = grid()
+  for seed in exp.seeds:
+    for label, bindings in arms.items():
+      common.run_arm(exp, label, seed, [common.NMT_GIN], bindings, score)
+    gbt = common.run_arm(exp, GBT, seed, [guided_gin], [], score, trajectory)
+    best = best_grid_arm(exp, seed)
+    unseen = seed + UNSEEN_OFFSET
+    common.run_arm(exp, BEST, unseen, [common.NMT_GIN], arms[best], score,
+                   lambda _dir, best=best: {"grid_arm": best, "picked_on_seed": seed})
+    schedule = export.export(os.path.join(exp.out, gbt.model_dir),
+                             num_knots=min(50, exp.size.train_steps))
+    common.run_arm(exp, REPLAY, unseen, [common.NMT_GIN, os.path.abspath(schedule)], [], score,
+                   lambda _dir: {"schedule_of_seed": seed})
+
+
+def write_report(exp: common.Experiment) -> str:
+  seeds = list(exp.seeds)
+  unseen = [s + UNSEEN_OFFSET for s in seeds]
+  arms = [*grid(), GBT]
+  get = lambda label, seed: _require(exp, label, seed)
+  runs = {a: [get(a, s) for s in seeds] for a in arms}
+  runs[BEST] = [get(BEST, s) for s in unseen]
+  runs[REPLAY] = [get(REPLAY, s) for s in unseen]
+  # The best grid constant on the seed it was picked on, for the paired comparison with GBT.
+  picked = [runs[BEST][i].extra["grid_arm"] for i in range(len(seeds))]
+  runs["best constant (picked on its seed)"] = [get(p, s) for p, s in zip(picked, seeds)]
+  order = [*arms, "best constant (picked on its seed)", BEST, REPLAY]
+  plain_sps = {s: get(DEFAULT_ARM, s).seconds_per_step for s in seeds}
+  plain_sps.update({s + UNSEEN_OFFSET: plain_sps[s] for s in seeds})
+  compute = {a: [common.step_equivalents(r, plain_sps[r.seed]) for r in runs[a]] for a in order}
+  table = report.arm_table(order, runs, compute)
+  comparisons = [(GBT, "best constant (picked on its seed)", "GBT vs best constant (seed s)"),
+                 (REPLAY, BEST, "replayed schedule vs best constant (unseen seed)"),
+                 (GBT, DEFAULT_ARM, "GBT vs default constant")]
+  paired, diffs = report.paired_table(comparisons, runs)
+  mean = lambda arm: float(np.mean([r.scores["bleu"] for r in runs[arm]]))
+  grid_compute = float(np.mean([sum(compute[a][i] for a in grid()) for i in range(len(seeds))]))
+  replay_beats = report.interval_verdict(diffs[(REPLAY, BEST)]["bleu"], True) == "better"
+  verdicts = "\n".join([
+      f"- **GBT vs the best constant** (picked by guide loss among {len(grid())} constants, "
+      f"{grid_compute:.0f} plain steps of compute against GBT's "
+      f"{np.mean(compute[GBT]):.0f}): GBT {mean(GBT):.2f} test BLEU vs "
+      f"{mean('best constant (picked on its seed)'):.2f} — "
+      f"{report.paired_summary(diffs[(GBT, 'best constant (picked on its seed)')])}.",
+      f"- **Replayed schedule vs best constant, on seeds neither saw**: {mean(REPLAY):.2f} vs "
+      f"{mean(BEST):.2f} — {report.paired_summary(diffs[(REPLAY, BEST)])}. "
+      + ("The schedule itself carries the gain." if replay_beats else
+         "Not reproduced: the replayed schedule does not clearly beat the best constant."),
+      f"- GBT vs the default constant: {report.paired_summary(diffs[(GBT, DEFAULT_ARM)])}."])
+  report.plot_bars(os.path.join(exp.out, "bleu_by_arm.png"), order,
+                   [[r.scores["bleu"] for r in runs[a]] for a in order], "test BLEU",
+                   "schedule vs constant")
+  titles = {"learning_rate": "LR multiplier", "b1": "Adam b1", "label_smoothing": "label smoothing"}
+  panels = {titles[k]: {f"seed {r.seed}": (r.extra["trajectory"]["steps"],
+                                           r.extra["trajectory"][k]) for r in runs[GBT]}
+            for k in GUIDED}
+  report.plot_panels(os.path.join(exp.out, "learned_schedules.png"), panels, "step",
+                     "schedules learned by GBT")
+  size = exp.size
+  return report.write_experiment_report(
+      exp.out, "Schedule vs constant", size.quick, [
+      verdicts,
+      f"Setup: as guided_vs_plain (demo world with sentences of at most "
+      f"{size.world.get('max_target_words', 25)} words, tiny T5 {size.num_layers}+"
+      f"{size.num_layers} layers, {size.train_steps} steps of {size.batch_size} packed rows, "
+      "AdamW 2e-3 with warmup and linear decay). Grid: LR multiplier "
+      f"{[1.0, *LR_GRID]} with label smoothing 0, and label smoothing {list(LS_GRID)} with "
+      f"multiplier 1; picked by guide-set loss. GBT learns the LR multiplier, b1 and label "
+      f"smoothing (meta LR {exp.meta_lr:g}, a guided step every {size.hyper_step_every}). The "
+      f"unseen seeds are s + {UNSEEN_OFFSET} (other initial params and data order). Seeds "
+      f"{seeds}; test BLEU on {size.decode_examples} greedy-decoded test sentences.",
+      table, report.PAIRED_NOTE, paired,
+      "![test BLEU by arm](bleu_by_arm.png)\n\n![learned schedules](learned_schedules.png)",
+      ], "schedule_vs_constant.py", exp.results_dir)
+
+
+def _require(exp: common.Experiment, label: str, seed: int) -> common.RunRecord:
+  record = exp.store.get(label, seed)
+  if record is None:
+    raise ValueError(f"run {label!r} seed {seed} of {exp.out} is not finished: rerun without "
+                     "--report_only")
+  return record
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = common.parse_args(__doc__.splitlines()[0], argv)
-  size, out, seeds = common.setup(args, NAME)
-  from gbt_t5x.experiments import scoring
-  from gbt_t5x.guided import export
-  spec = scoring.ScoreSpec()
-  guided_gin = common.guided_gin(os.path.join(out, "gin", "guided.gin"), common.NMT_GIN,
-                                 "demo_nmt_guide", sizes_lib.BAD_B1, args.meta_lr)
-  rows_by_label: dict[str, list[common.RunRecord]] = {}
-  trajectories = {}
-  for seed in seeds:
-    base = os.path.join(out, f"seed{seed}")
-    run = lambda label, files, bindings: rows_by_label.setdefault(label, []).append(
-        common.train_and_score(label, seed, files, bindings, size, spec))
-    run("guided run", [guided_gin],
-        plain_bindings(size, seed, os.path.join(base, "guided"), sizes_lib.BAD_BASE_LR,
-                       sizes_lib.BAD_B1))
-    guided_dir = os.path.join(base, "guided")
-    schedule_gin = export.export(guided_dir, num_knots=min(50, size.train_steps))
-    rows = export.read_trajectory(guided_dir)
-    mult = [r["values"]["learning_rate"] for r in rows]
-    b1s = [r["values"]["b1"] for r in rows]
-    trajectories[seed] = ([r["step"] for r in rows], mult, b1s)
-    run("replayed learned schedule", [common.NMT_GIN, os.path.abspath(schedule_gin)],
-        plain_bindings(size, seed, os.path.join(base, "replay"), sizes_lib.BAD_BASE_LR))
-    run("learned mean as constant", [common.NMT_GIN],
-        plain_bindings(size, seed, os.path.join(base, "mean_const"),
-                       sizes_lib.BAD_BASE_LR * float(np.mean(mult)), float(np.mean(b1s))))
-    grid = []
-    for m, b1 in itertools.product(size.grid_lr_multipliers, size.grid_b1):
-      label = f"grid lr {m:g}x b1 {b1:g}"
-      grid.append(common.train_and_score(
-          label, seed, [common.NMT_GIN],
-          plain_bindings(size, seed, os.path.join(base, "grid", f"lr{m:g}_b1{b1:g}"),
-                         sizes_lib.BAD_BASE_LR * m, b1), size, spec))
-    rows_by_label.setdefault("untuned constant (start)", []).append(grid[0])
-    best = min(grid, key=lambda r: np.nan_to_num(r.scores["guide_loss"], nan=np.inf))
-    rows_by_label.setdefault("best grid constant (by guide loss)", []).append(best)
-  common.save_records(os.path.join(out, "records.json"),
-                      [r for rs in rows_by_label.values() for r in rs])
-
-  order = ["untuned constant (start)", "best grid constant (by guide loss)",
-           "learned mean as constant", "replayed learned schedule", "guided run"]
-  table = report.markdown_table(
-      ["run", "final dev loss", "test BLEU", "guide loss", "train steps", "wall s"],
-      [[label, report.fmt([r.scores["dev_loss"] for r in rows_by_label[label]]),
-        report.fmt([r.scores["bleu"] for r in rows_by_label[label]], 2),
-        report.fmt([r.scores["guide_loss"] for r in rows_by_label[label]]),
-        report.fmt([r.train_steps for r in rows_by_label[label]], 0),
-        report.fmt([r.wall_seconds for r in rows_by_label[label]], 1)] for label in order])
-  report.plot_bars(os.path.join(out, "bleu.png"), order,
-                   [[r.scores["bleu"] for r in rows_by_label[l]] for l in order], "test BLEU",
-                   "schedule vs constant")
-  report.plot_bars(os.path.join(out, "dev_loss.png"), order,
-                   [[r.scores["dev_loss"] for r in rows_by_label[l]] for l in order],
-                   "final dev loss", "schedule vs constant")
-  steps, mult, b1s = trajectories[seeds[0]]
-  report.plot_lines(os.path.join(out, "schedules.png"),
-                    {"LR multiplier": (steps, mult), "b1": (steps, b1s)}, "step", "value",
-                    f"learned trajectory (seed {seeds[0]})")
-
-  mean = lambda label, key: float(np.mean([r.scores[key] for r in rows_by_label[label]]))
-  best_const = min(order[1:3], key=lambda l: mean(l, "dev_loss"))
-  replay = "replayed learned schedule"
-  reproduced = (mean(replay, "dev_loss") < mean(best_const, "dev_loss")
-                and mean(replay, "bleu") >= mean(best_const, "bleu"))
-  verdict = (f"**Claim 2 (a learned schedule beats the best constant): "
-             f"{'REPRODUCED' if reproduced else 'NOT reproduced'}** on this run — replayed "
-             f"schedule dev loss {mean(replay, 'dev_loss'):.3f}, BLEU {mean(replay, 'bleu'):.2f} vs "
-             f"best constant ({best_const}) dev loss {mean(best_const, 'dev_loss'):.3f}, BLEU "
-             f"{mean(best_const, 'bleu'):.2f}. (Both lower dev loss and at least equal BLEU are "
-             "required.)")
-  report.write_experiment_report(
-      out, "Claim 2: learned schedule vs best constant", size.quick, [
-      verdict,
-      f"Demo NMT pair, tiny T5 ({size.num_layers}+{size.num_layers} layers), {size.train_steps} "
-      f"steps per run at batch {size.batch_size}, seeds {list(seeds)}. The guided run starts at "
-      f"base LR {sizes_lib.BAD_BASE_LR} and b1 {sizes_lib.BAD_B1} and learns an LR multiplier and "
-      f"b1 (meta LR {args.meta_lr}); its trajectory is exported "
-      "(`python -m gbt_t5x.guided.export MODEL_DIR`) and replayed in a plain run that includes "
-      "the exported `learned_schedule.gin`. Constants: a grid over base LR x "
-      f"{list(size.grid_lr_multipliers)} by b1 {list(size.grid_b1)} (picked by guide loss), and "
-      "the learned trajectory's mean held constant. Mean ± std over seeds.",
-      table,
-      "![BLEU](bleu.png)\n\n![dev loss](dev_loss.png)\n\n![schedules](schedules.png)",
-      ], "schedule_vs_constant.py", args.results_dir)
+  exp = common.setup(args, NAME, {"lr_grid": list(LR_GRID), "ls_grid": list(LS_GRID),
+                                  "guided": list(GUIDED), "unseen_offset": UNSEEN_OFFSET})
+  if not exp.report_only:
+    run_all(exp)
+  write_report(exp)
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(common.main_with_one_line_errors(main))
