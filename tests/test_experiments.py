@@ -1,10 +1,13 @@
-"""End-to-end `--quick` runs of the three experiment scripts: each writes its report with a
-mean ± std table of finite numbers, its PNG plots, the quick-mode warning and a verdict line."""
+"""End-to-end `--quick` runs of the experiment scripts: each writes its report (mean ± std tables
+of finite numbers, paired differences, PNGs); a rerun skips finished runs; an interrupted run
+resumes from its checkpoint to the same result; bad flags are one-line errors that touch nothing."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -22,81 +25,142 @@ def results_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("results")
 
 
-def run_quick(script: str, results_dir: pathlib.Path) -> str:
+def run_script(script: str, results_dir: pathlib.Path, *flags: str, check: bool = True,
+               timeout: int = 600) -> subprocess.CompletedProcess:
   env = dict(os.environ, PYTHONPATH=str(REPO))
   proc = subprocess.run([sys.executable, str(SCRIPTS / script), "--quick",
-                         f"--results_dir={results_dir}"], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  name = script[:-3]
-  return (results_dir / name / "report.md").read_text()
+                         f"--results_dir={results_dir}", *flags], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+  if check:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
 
 
-def check_report(text: str, out: pathlib.Path, pngs: list[str], first_col: str,
-                 expected_rows: int, num_tables: int = 1) -> list[dict[str, str]]:
-  """Checks the report's tables (all cells finite mean ± std) and PNGs; returns all rows."""
+def check_tables(text: str, first_col: str) -> list[list[dict[str, str]]]:
+  """Checks the report's mean ± std tables (finite cells) and paired-difference tables."""
   assert report.QUICK_NOTE in text
-  assert "REPRODUCED" in text or "NOT reproduced" in text
   tables = report.parse_tables(text)
-  assert len(tables) == num_tables
-  rows = [row for table in tables for row in table]
-  assert len(rows) == expected_rows
-  for row in rows:
-    cells = [v for k, v in row.items() if k not in (first_col, "scored on")]
-    assert cells
-    for cell in cells:
-      mean, std = report.parse_mean_std(cell)
-      assert math.isfinite(mean) and math.isfinite(std) and std >= 0, (row, cell)
-  for png in pngs:
-    assert (out / png).stat().st_size > 1000
-  return rows
+  assert tables
+  for table in tables:
+    for row in table:
+      cells = {k: v for k, v in row.items() if k not in (first_col, "comparison", "method")}
+      for cell in cells.values():
+        if "seeds >0" in cell:  # a paired difference: '+1.2 [-0.3, +2.0] (2/3 seeds >0)'
+          mean = float(cell.split(" ")[0])
+          assert math.isfinite(mean), (row, cell)
+        else:
+          mean, std = report.parse_mean_std(cell)
+          assert math.isfinite(mean) and math.isfinite(std) and std >= 0, (row, cell)
+  return tables
+
+
+def snapshot(folder: pathlib.Path) -> dict[str, bytes]:
+  return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+          if p.is_file()}
 
 
 @pytest.mark.slow
-def test_bo_vs_gbt_quick(results_dir):
-  text = run_quick("bo_vs_gbt.py", results_dir)
-  rows = check_report(text, results_dir / "bo_vs_gbt",
-                      ["best_bleu_vs_steps.png", "best_bleu_vs_seconds.png"], "method", 5)
-  by_method = {r["method"].split(" (")[0]: r for r in rows}
-  steps = lambda method: report.parse_mean_std(by_method[method]["total train steps"])[0]
-  secs = lambda method: report.parse_mean_std(by_method[method]["total wall s"])[0]
-  # Compute accounting: BO ran 2 trials of as many steps as the single guided run; the
-  # same-compute BO row uses the first 1 or 2 of them.
-  assert steps("GBT") > 0 and steps("BO") == 2 * steps("GBT")
-  assert steps("GBT") <= steps("BO at GBT's compute") <= steps("BO")
-  assert secs("BO at GBT's compute") <= secs("BO")
-  # --report_only rebuilds the same report from records.json without training.
-  before = (results_dir / "bo_vs_gbt" / "report.md").read_text()
-  env = dict(os.environ, PYTHONPATH=str(REPO))
-  proc = subprocess.run([sys.executable, str(SCRIPTS / "bo_vs_gbt.py"), "--quick",
-                         "--report_only", f"--results_dir={results_dir}"], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert (results_dir / "bo_vs_gbt" / "report.md").read_text() == before
-  for seed in (0, 1):
-    assert (results_dir / "bo_vs_gbt" / f"seed{seed}" / "bo" / "study.db").exists()
-    assert (results_dir / "bo_vs_gbt" / f"seed{seed}" / "bo" / "trials.csv").exists()
+def test_guided_vs_plain_quick_skips_finished_runs_and_resumes(results_dir):
+  out = results_dir / "guided_vs_plain"
+  run_script("guided_vs_plain.py", results_dir, "--seeds=0")
+  text = (out / "report.md").read_text()
+  tables = check_tables(text, "arm")
+  arms = [row["arm"] for row in tables[0]]
+  assert arms == ["plain", "guided (all kinds)", "plain, equal compute", "guided: LR multiplier",
+                  "guided: Adam b1", "guided: label smoothing", "guided: data weights"]
+  assert len(tables[1]) == 6 and "Equal compute" in text
+  for png in ("bleu_by_arm.png", "bleu_vs_compute.png", "learned_values.png"):
+    assert (out / png).stat().st_size > 1000
+  # The equal-compute plain run gets the guided run's measured cost as extra steps.
+  records = {json.loads(p.read_text())["label"]: json.loads(p.read_text())
+             for p in (out / "records").glob("*.json")}
+  plain, guided = records["plain"], records["guided (all kinds)"]
+  ratio = guided["seconds_per_step"] / plain["seconds_per_step"]
+  assert records["plain, equal compute"]["train_steps"] == round(guided["train_steps"] * ratio)
+  assert "untranslated copy" in text  # learned data weights carry the bucket names
+
+  # A rerun skips every finished run: no training, records untouched, same report.
+  before = snapshot(out / "records")
+  proc = run_script("guided_vs_plain.py", results_dir, "--seeds=0")
+  assert "training" not in proc.stdout
+  assert snapshot(out / "records") == before
+  assert (out / "report.md").read_text() == text
+
+  # An interrupted run (no record, its last checkpoint lost) resumes from the checkpoint before
+  # and ends with the same scores as the uninterrupted run.
+  (out / "records" / "plain__seed0.json").unlink()
+  checkpoints = out / "runs" / "plain__seed0" / "checkpoints"
+  steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+  shutil.rmtree(checkpoints / str(steps[-1]))
+  proc = run_script("guided_vs_plain.py", results_dir, "--seeds=0")
+  assert f"[plain | seed 0] training (resuming at step {steps[-2]})" in proc.stdout
+  assert proc.stdout.count("] training") == 1
+  resumed = json.loads((out / "records" / "plain__seed0.json").read_text())
+  assert resumed["train_steps"] == plain["train_steps"]
+  for key, value in plain["scores"].items():
+    assert resumed["scores"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+  # --report_only rebuilds the report from the records alone.
+  (out / "report.md").unlink()
+  run_script("guided_vs_plain.py", results_dir, "--seeds=0", "--report_only")
+  assert check_tables((out / "report.md").read_text(), "arm")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags, message", [
+    (["--seeds="], "--seeds must be a comma-separated list"),
+    (["--seeds=0,1,0"], "more than once"),
+    (["--seeds=0", "--meta_lr=0.5"], "holds records of another configuration (differs in "
+                                     "meta_lr)"),
+])
+def test_bad_flags_are_one_line_errors_and_touch_nothing(results_dir, flags, message):
+  out = results_dir / "guided_vs_plain"
+  before = snapshot(out) if out.exists() else {}
+  proc = run_script("guided_vs_plain.py", results_dir, *flags, check=False, timeout=120)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and message in lines[0], proc.stderr
+  assert (snapshot(out) if out.exists() else {}) == before
 
 
 @pytest.mark.slow
 def test_schedule_vs_constant_quick(results_dir):
-  text = run_quick("schedule_vs_constant.py", results_dir)
   out = results_dir / "schedule_vs_constant"
-  rows = check_report(text, out, ["bleu.png", "dev_loss.png", "schedules.png"], "run", 5)
-  by_run = {r["run"]: r for r in rows}
-  # The replayed schedule is the guided run's own trajectory: the same model updates.
-  replay = report.parse_mean_std(by_run["replayed learned schedule"]["final dev loss"])[0]
-  guided = report.parse_mean_std(by_run["guided run"]["final dev loss"])[0]
-  assert replay == pytest.approx(guided, abs=2e-3)
-  assert (out / "seed0" / "guided" / "learned_schedule.gin").exists()
+  run_script("schedule_vs_constant.py", results_dir, "--seeds=0")
+  tables = check_tables((out / "report.md").read_text(), "arm")
+  arms = [row["arm"] for row in tables[0]]
+  assert arms[0] == "constant: default" and arms[-2:] == [
+      "best constant (unseen seed)", "replayed schedule (unseen seed)"]
+  # The replayed and the best constant runs use a seed the guided run never saw.
+  assert (out / "records" / "replayed_schedule_unseen_seed__seed100.json").exists()
+  assert (out / "runs" / "GBT_guided_run__seed0" / "learned_schedule.gin").exists()
+  assert (out / "learned_schedules.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_bo_vs_gbt_quick(results_dir):
+  out = results_dir / "bo_vs_gbt"
+  run_script("bo_vs_gbt.py", results_dir, "--seeds=0", "--spaces=d=1,d=10")
+  text = (out / "report.md").read_text()
+  tables = check_tables(text, "method")
+  assert len(tables) == 4  # a result table and a paired table per space
+  for table in tables[::2]:
+    assert [row["method"] for row in table] == ["GBT (1 guided run)", "BO at GBT's compute",
+                                                 "BO after 2 trials"]
+  for space in ("d1", "d10"):
+    assert (out / "studies" / f"{space}_seed0" / "study.db").exists()
+    assert (out / "studies" / f"{space}_seed0" / "trials.csv").exists()
+  trial = json.loads((out / "records" / "BO_d_10_trial_01__seed0.json").read_text())
+  assert set(trial["extra"]["params"]) >= {f"data_weight_{i}" for i in range(4)}
+  assert (out / "bleu_vs_compute.png").stat().st_size > 1000
 
 
 @pytest.mark.slow
 def test_pretrain_downstream_quick(results_dir):
-  text = run_quick("pretrain_downstream.py", results_dir)
-  rows = check_report(text, results_dir / "pretrain_downstream", ["downstream.png"],
-                      "pretraining", 4, num_tables=2)
-  pretraining, finetuned = rows[:2], rows[2:]
+  out = results_dir / "pretrain_downstream"
+  run_script("pretrain_downstream.py", results_dir, "--seeds=0")
+  tables = report.parse_tables((out / "report.md").read_text())
+  pretraining, finetuned = tables[0], tables[1]
   assert [r["pretraining"] for r in pretraining] == ["plain pretraining", "guided pretraining"]
   assert [r["pretraining"] for r in finetuned] == ["plain pretraining", "guided pretraining"]
   # Every demo GLUE task is scored with its own metric, and their average is reported.

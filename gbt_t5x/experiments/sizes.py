@@ -125,11 +125,3 @@ def run_bindings(size: Size, seed: int, model_dir: str, steps: int | None = None
       "train_script.train.infer_eval_dataset_cfg = None",
       "BEST_CHECKPOINT_METRIC = None",
   ]
-
-
-# Kept for pretrain_downstream (its own task lengths, unpacked rows).
-def common_bindings(size: Size, seed: int, model_dir: str, steps: int | None = None
-                    ) -> list[str]:
-  """`run_bindings` with one example per row and the base gin file's task lengths."""
-  return [b for b in run_bindings(size, seed, model_dir, steps)
-          if not b.startswith(("TASK_FEATURE_LENGTHS", "PACK"))] + ["PACK = False"]

@@ -8,7 +8,8 @@ scored. The default downstream is the demo's GLUE: the mixture `demo_glue_propor
     python scripts/experiments/pretrain_downstream.py [--results_dir results] [--quick]
         [--downstream gbt_t5x_tasks.demo_glue:demo_glue_proportional[,MODULE:TASK...]]
 
-Writes RESULTS_DIR/pretrain_downstream/: report.md, downstream.png, records.json and the runs.
+Writes RESULTS_DIR/pretrain_downstream/: report.md, downstream.png, experiment.json, records/ (one
+JSON per finished run; a rerun skips them and resumes an interrupted run) and runs/.
 Downstream scores are on the validation split of each task: teacher-forced loss of the
 mixture, and each task's own SeqIO metrics on greedy decodes (Matthews corr. for demo_cola, F1 and
 accuracy for demo_mrpc, accuracy for demo_sst2; BLEU for translation) and their GLUE-style
@@ -73,38 +74,41 @@ def downstream_scores(size: sizes_lib.Size, task: str, module: str, lengths: dic
 def main(argv: Sequence[str] | None = None) -> int:
   args = common.parse_args(__doc__.splitlines()[0], argv, _add_flags)
   downstream = parse_downstream(args.downstream)
-  size, out, seeds = common.setup(args, NAME)
+  exp = common.setup(args, NAME, {"downstream": [f"{m}:{t}" for m, t in downstream]})
+  size, out, seeds = exp.size, exp.out, exp.seeds
   from gbt_t5x.experiments import scoring
   from gbt_t5x_tasks import demo_pretrain
   pre_lengths = dict(demo_pretrain.DEFAULT_SEQUENCE_LENGTH)
   plain_gin = common.pretrain_gin(os.path.join(out, "gin", "pretrain.gin"))
   guided_gin = common.guided_gin(os.path.join(out, "gin", "pretrain_guided.gin"),
-                                 os.path.abspath(plain_gin), "demo_span_corruption_guide", 0.9,
-                                 args.meta_lr)
+                                 os.path.abspath(plain_gin), ("learning_rate", "b1"),
+                                 exp.meta_lr, size.hyper_step_every,
+                                 guide_task="demo_span_corruption_guide")
   pre_spec = scoring.ScoreSpec(dev_task="demo_span_corruption", guide_task=None,
                                decode_task="demo_span_corruption", decode_split="validation",
                                module="gbt_t5x_tasks.demo_pretrain")
+
+  def pre_score(model, params):
+    return scoring.score_run(model, params, pre_spec, pre_lengths, size.batch_size,
+                             size.eval_batches, size.decode_examples)
+
   records: dict[tuple[str, str], list[common.RunRecord]] = {}
   for seed in seeds:
-    base = os.path.join(out, f"seed{seed}")
     for kind, gin_file in (("plain", plain_gin), ("guided", guided_gin)):
-      pre_dir = os.path.join(base, f"pretrain_{kind}")
-      bindings = sizes_lib.common_bindings(size, seed, pre_dir, steps=size.pretrain_steps)
-      records.setdefault((kind, "pretraining"), []).append(common.train_and_score(
-          f"pretrain {kind}", seed, [gin_file], bindings, size, pre_spec, lengths=pre_lengths))
+      label = f"pretrain {kind}"
+      pre = common.run_arm(exp, label, seed, [gin_file],
+                           [f"TASK_FEATURE_LENGTHS = {pre_lengths!r}", "PACK = False"], pre_score,
+                           steps=size.pretrain_steps)
+      records.setdefault((kind, "pretraining"), []).append(pre)
       for module, task in downstream:
         ft_gin = common.finetune_gin(os.path.join(out, "gin", f"finetune_{task}.gin"), task,
                                      module)
-        ft_dir = os.path.join(base, f"finetune_{kind}_{task}")
         lengths = downstream_lengths(module, size)
-        bindings = (sizes_lib.common_bindings(size, seed, ft_dir, steps=size.finetune_steps)
-                    + [f"TASK_FEATURE_LENGTHS = {lengths!r}",
-                       f"INITIAL_CHECKPOINT_PATH = {os.path.abspath(pre_dir)!r}"])
-        records.setdefault((kind, task), []).append(common.train_and_score(
-            f"finetune {kind} -> {task}", seed, [ft_gin], bindings, size, None,
-            score_fn=downstream_scores(size, task, module, lengths)))
-  common.save_records(os.path.join(out, "records.json"),
-                      [r for rs in records.values() for r in rs])
+        records.setdefault((kind, task), []).append(common.run_arm(
+            exp, f"finetune {kind} -> {task}", seed, [ft_gin],
+            [f"TASK_FEATURE_LENGTHS = {lengths!r}", "PACK = False",
+             f"INITIAL_CHECKPOINT_PATH = {os.path.abspath(os.path.join(out, pre.model_dir))!r}"],
+            downstream_scores(size, task, module, lengths), steps=size.finetune_steps))
 
   tasks = [t for _, t in downstream]
   pre_rows = []
@@ -144,15 +148,15 @@ def main(argv: Sequence[str] | None = None) -> int:
       f"Tiny T5 ({size.num_layers}+{size.num_layers} layers) pretrained {size.pretrain_steps} steps "
       f"at batch {size.batch_size} on demo_span_corruption (lengths {pre_lengths}), plain "
       "(base LR 0.002, b1 0.9) or guided (LR multiplier and b1 learned from "
-      f"demo_span_corruption_guide, meta LR {args.meta_lr}); then each is finetuned "
+      f"demo_span_corruption_guide, meta LR {exp.meta_lr:g}); then each is finetuned "
       f"{size.finetune_steps} steps with the same configuration on {tasks}. Seeds {list(seeds)}; "
       "mean ± std.",
       pre_table,
       *tables,
       "![downstream](downstream.png)",
-      ], "pretrain_downstream.py", args.results_dir)
+      ], "pretrain_downstream.py", exp.results_dir)
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(common.main_with_one_line_errors(main))

@@ -34,8 +34,9 @@ import numpy as np
 from gbt_t5x.experiments import common, report
 
 NAME = "schedule_vs_constant"
-LR_GRID = (0.25, 0.5, 2.0, 4.0)  # LR multipliers besides the default 1
+LR_GRID = (0.5, 2.0, 4.0)  # LR multipliers besides the default 1
 LS_GRID = (0.05, 0.1, 0.2)  # label smoothing values besides the default 0
+QUICK_LR_GRID, QUICK_LS_GRID = (2.0,), (0.1,)  # --quick: one point each
 GUIDED = ("learning_rate", "b1", "label_smoothing")
 UNSEEN_OFFSET = 100
 DEFAULT_ARM, GBT, BEST, REPLAY = ("constant: default", "GBT (guided run)",
@@ -44,12 +45,12 @@ BASE_LR = 0.002  # experiments/demo_nmt.gin
 _LR_BINDING = "learning_rate.create_learning_rate_scheduler.base_learning_rate"
 
 
-def grid() -> dict[str, list[str]]:
+def grid(quick: bool) -> dict[str, list[str]]:
   """Grid arm label -> its bindings."""
   arms = {DEFAULT_ARM: []}
-  for m in LR_GRID:
+  for m in QUICK_LR_GRID if quick else LR_GRID:
     arms[f"constant: LR multiplier {m:g}"] = [f"{_LR_BINDING} = {BASE_LR * m!r}"]
-  for v in LS_GRID:
+  for v in QUICK_LS_GRID if quick else LS_GRID:
     arms[f"constant: label smoothing {v:g}"] = [f"LABEL_SMOOTHING = {v!r}"]
   return arms
 
@@ -64,7 +65,7 @@ def trajectory(model_dir: str) -> dict[str, Any]:
 
 def best_grid_arm(exp: common.Experiment, seed: int) -> str:
   """The grid arm of `seed` with the lowest guide-set loss."""
-  runs = {label: exp.store.get(label, seed) for label in grid()}
+  runs = {label: exp.store.get(label, seed) for label in grid(exp.size.quick)}
   return min(runs, key=lambda l: np.nan_to_num(runs[l].scores["guide_loss"], nan=np.inf))
 
 
@@ -73,7 +74,7 @@ def run_all(exp: common.Experiment) -> None:
   score = common.translation_scores(exp)
   guided_gin = common.guided_gin(os.path.join(exp.out, "gin", "guided.gin"), common.NMT_GIN,
                                  GUIDED, exp.meta_lr, exp.size.hyper_step_every)
-  arms = grid()
+  arms = grid(exp.size.quick)
   for seed in exp.seeds:
     for label, bindings in arms.items():
       common.run_arm(exp, label, seed, [common.NMT_GIN], bindings, score)
@@ -91,7 +92,7 @@ def run_all(exp: common.Experiment) -> None:
 def write_report(exp: common.Experiment) -> str:
   seeds = list(exp.seeds)
   unseen = [s + UNSEEN_OFFSET for s in seeds]
-  arms = [*grid(), GBT]
+  arms = [*grid(exp.size.quick), GBT]
   get = lambda label, seed: _require(exp, label, seed)
   runs = {a: [get(a, s) for s in seeds] for a in arms}
   runs[BEST] = [get(BEST, s) for s in unseen]
@@ -109,10 +110,11 @@ def write_report(exp: common.Experiment) -> str:
                  (GBT, DEFAULT_ARM, "GBT vs default constant")]
   paired, diffs = report.paired_table(comparisons, runs)
   mean = lambda arm: float(np.mean([r.scores["bleu"] for r in runs[arm]]))
-  grid_compute = float(np.mean([sum(compute[a][i] for a in grid()) for i in range(len(seeds))]))
+  grid_compute = float(np.mean([sum(compute[a][i] for a in grid(exp.size.quick))
+                                 for i in range(len(seeds))]))
   replay_beats = report.interval_verdict(diffs[(REPLAY, BEST)]["bleu"], True) == "better"
   verdicts = "\n".join([
-      f"- **GBT vs the best constant** (picked by guide loss among {len(grid())} constants, "
+      f"- **GBT vs the best constant** (picked by guide loss among {len(arms) - 1} constants, "
       f"{grid_compute:.0f} plain steps of compute against GBT's "
       f"{np.mean(compute[GBT]):.0f}): GBT {mean(GBT):.2f} test BLEU vs "
       f"{mean('best constant (picked on its seed)'):.2f} — "
@@ -139,7 +141,8 @@ def write_report(exp: common.Experiment) -> str:
       f"{size.world.get('max_target_words', 25)} words, tiny T5 {size.num_layers}+"
       f"{size.num_layers} layers, {size.train_steps} steps of {size.batch_size} packed rows, "
       "AdamW 2e-3 with warmup and linear decay). Grid: LR multiplier "
-      f"{[1.0, *LR_GRID]} with label smoothing 0, and label smoothing {list(LS_GRID)} with "
+      f"{[1.0, *(QUICK_LR_GRID if size.quick else LR_GRID)]} with label smoothing 0, and label "
+      f"smoothing {list(QUICK_LS_GRID if size.quick else LS_GRID)} with "
       f"multiplier 1; picked by guide-set loss. GBT learns the LR multiplier, b1 and label "
       f"smoothing (meta LR {exp.meta_lr:g}, a guided step every {size.hyper_step_every}). The "
       f"unseen seeds are s + {UNSEEN_OFFSET} (other initial params and data order). Seeds "
