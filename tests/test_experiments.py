@@ -147,7 +147,7 @@ def test_bo_vs_gbt_quick(results_dir):
   for table in tables[::2]:
     assert [row["method"] for row in table] == ["GBT (1 guided run)", "BO at GBT's compute",
                                                  "BO after 2 trials"]
-  for space in ("d1", "d10"):
+  for space in ("BO_d_1", "BO_d_10"):
     assert (out / "studies" / f"{space}_seed0" / "study.db").exists()
     assert (out / "studies" / f"{space}_seed0" / "trials.csv").exists()
   trial = json.loads((out / "records" / "BO_d_10_trial_01__seed0.json").read_text())
@@ -167,3 +167,21 @@ def test_pretrain_downstream_quick(results_dir):
   for key in ("demo_cola/matthews_corrcoef", "demo_mrpc/f1", "demo_mrpc/accuracy",
               "demo_sst2/accuracy", "average"):
     assert all(key in r for r in finetuned), (key, finetuned[0].keys())
+
+
+@pytest.mark.slow
+def test_noisy_data_quick(results_dir):
+  out = results_dir / "noisy_data"
+  run_script("noisy_data.py", results_dir, "--seeds=0")
+  text = (out / "report.md").read_text()
+  tables = check_tables(text, "arm")
+  assert [row["arm"] for row in tables[0]] == [
+      "no weighting", "GBT: data weights", "GBT: data weights + LR", "oracle (noisy weight 0)",
+      "BO one noisy weight, at GBT's compute", "BO one noisy weight, all trials"]
+  assert "of the gap to the oracle" in text
+  # The oracle arm trained with the noisy buckets weighted 0; BO searched the shared weight.
+  trial = json.loads((out / "records" / "BO_noise_0.4_trial_00__seed0.json").read_text())
+  assert set(trial["extra"]["params"]) == {"noisy_data_weight"}
+  config = (out / "runs" / "oracle_noisy_weight_0_noise_0.4__seed0" / "config.gin").read_text()
+  assert "DATA_WEIGHT_1 = 0.0" in config
+  assert (out / "learned_weights.png").stat().st_size > 1000

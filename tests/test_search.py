@@ -176,3 +176,11 @@ def test_data_weight_constants_reach_the_plain_run_config():
     config = gin.get_configurable(data.DatasetConfig)("t", {}, "train", 1)
   assert config.data_id_feature == "noise_bucket"
   gin.clear_config()
+
+
+def test_noisy_data_weight_is_one_weight_for_the_three_noisy_buckets():
+  assert search_space.bindings({"noisy_data_weight": 0.25}) == [
+      "DATA_WEIGHT_1 = 0.25", "DATA_WEIGHT_2 = 0.25", "DATA_WEIGHT_3 = 0.25"]
+  assert search_space.gin_files(["noisy_data_weight"]) == [search_space.DATA_WEIGHTS_GIN]
+  with pytest.raises(ValueError, match="either noisy_data_weight or data_weight_1..3"):
+    search_space.parse_space("noisy_data_weight=0.01:1:log,data_weight_2=0.01:1:log")

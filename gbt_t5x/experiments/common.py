@@ -258,6 +258,41 @@ def run_arm(exp: Experiment, label: str, seed: int, gin_files: Sequence[str],
   return record
 
 
+def trajectory_extra(model_dir: str, max_rows: int = 100) -> dict[str, Any]:
+  """A guided run's learned values for its record, thinned to about `max_rows` rows:
+  {'trajectory': {'steps': [...], name: [value or vector per row]}} (the last row kept)."""
+  from gbt_t5x.guided import export
+  rows = export.read_trajectory(model_dir)
+  kept = rows[::max(1, len(rows) // max_rows)]
+  if kept[-1] is not rows[-1]:
+    kept.append(rows[-1])
+  out: dict[str, Any] = {"steps": [int(r["step"]) for r in kept]}
+  for name in kept[0]["values"]:
+    out[name] = [r["values"][name] for r in kept]
+  return {"trajectory": out}
+
+
+def use_demo_world(exp: Experiment, **overrides: Any) -> None:
+  """Points the demo tasks at the world of the experiment's size with `overrides` (e.g.
+  `noise_rate=0.4`), each world in its own folder next to the results."""
+  import hashlib
+  world = {**dict(exp.size.world), **overrides}
+  text = json.dumps(world, sort_keys=True)
+  suffix = "" if not overrides else "_" + hashlib.sha1(text.encode()).hexdigest()[:8]
+  os.environ["GBT_T5X_DEMO_DIR"] = os.path.abspath(
+      os.path.join(exp.results_dir, f"_demo_world_{exp.size.name}{suffix}"))
+  os.environ["GBT_T5X_DEMO_CONFIG"] = text
+
+
+def require_record(exp: Experiment, label: str, seed: int) -> RunRecord:
+  """The record of a finished run (for reports); ValueError (one line) if it is missing."""
+  record = exp.store.get(label, seed)
+  if record is None:
+    raise ValueError(f"run {label!r} seed {seed} of {exp.out} is not finished: rerun without "
+                     "--report_only")
+  return record
+
+
 def translation_scores(exp: Experiment) -> Callable[[Any, Any], dict[str, float]]:
   """Score function of a translation run: teacher-forced dev and guide loss, greedy test BLEU,
   exact match, token accuracy and word F1 (`scoring.score_run`)."""

@@ -11,7 +11,8 @@ NAME is a hyper-parameter a guided run can learn, held constant for a whole plai
 * `label_smoothing`: the model's label smoothing (the `LABEL_SMOOTHING` macro);
 * `data_weight_0` .. `data_weight_3`: the constant loss weight of each noise bucket of the demo
   translation task (the `noise_bucket` feature: clean, misaligned, truncated, untranslated copy);
-  a run using them also includes `DATA_WEIGHTS_GIN` (`gin_files`).
+  a run using them also includes `DATA_WEIGHTS_GIN` (`gin_files`);
+* `noisy_data_weight`: one weight shared by the three noisy buckets (clean keeps 1).
 
 Must not import jax, gin or optuna.
 """
@@ -24,8 +25,8 @@ from typing import Callable, Mapping, Sequence
 
 _LR = "learning_rate.create_learning_rate_scheduler.base_learning_rate"
 
-# name -> (gin binding template taking the value, hard bounds (low, high) of a valid value).
-KNOWN: dict[str, tuple[Callable[[float], str], tuple[float, float]]] = {
+# name -> (gin binding(s) template taking the value, hard bounds (low, high) of a valid value).
+KNOWN: dict[str, tuple[Callable[[float], str | list[str]], tuple[float, float]]] = {
     "learning_rate": (lambda v: f"{_LR} = {v!r}", (0.0, math.inf)),
     "b1": (lambda v: f"optimizers.adamw.b1 = {v!r}", (0.0, 1.0)),
     "b2": (lambda v: f"optimizers.adamw.b2 = {v!r}", (0.0, 1.0)),
@@ -34,6 +35,9 @@ KNOWN: dict[str, tuple[Callable[[float], str], tuple[float, float]]] = {
     "label_smoothing": (lambda v: f"LABEL_SMOOTHING = {v!r}", (0.0, 1.0)),
     **{f"data_weight_{i}": ((lambda v, i=i: f"DATA_WEIGHT_{i} = {v!r}"), (0.0, math.inf))
        for i in range(4)},
+    # One weight shared by the three noisy buckets (the clean bucket keeps weight 1).
+    "noisy_data_weight": (lambda v: [f"DATA_WEIGHT_{i} = {v!r}" for i in (1, 2, 3)],
+                          (0.0, math.inf)),
 }
 DATA_WEIGHTS_GIN = "search/data_weights.gin"
 
@@ -82,8 +86,11 @@ def parse_space(text: str) -> tuple[Param, ...]:
     if log and low <= 0:
       raise ValueError(f"log range of {name!r} needs LOW > 0, got {low!r}")
     params.append(Param(name, low, high, log))
-  if "learning_rate" in {p.name for p in params} and LR_MULTIPLIER in {p.name for p in params}:
+  names = {p.name for p in params}
+  if "learning_rate" in names and LR_MULTIPLIER in names:
     raise ValueError("search either learning_rate or lr_multiplier, not both")
+  if "noisy_data_weight" in names and names & {f"data_weight_{i}" for i in (1, 2, 3)}:
+    raise ValueError("search either noisy_data_weight or data_weight_1..3, not both")
   return tuple(params)
 
 
@@ -106,7 +113,8 @@ def bindings(values: Mapping[str, float], base_learning_rate: float | None = Non
         raise ValueError("lr_multiplier needs the configured base learning rate")
       out.append(KNOWN["learning_rate"][0](float(value) * base_learning_rate))
     elif name in KNOWN:
-      out.append(KNOWN[name][0](float(value)))
+      lines = KNOWN[name][0](float(value))
+      out.extend([lines] if isinstance(lines, str) else lines)
     else:
       raise ValueError(f"unknown hyper-parameter {name!r}")
   return out
@@ -114,4 +122,5 @@ def bindings(values: Mapping[str, float], base_learning_rate: float | None = Non
 
 def gin_files(names: Sequence[str]) -> list[str]:
   """Gin files a run holding hyper-parameters `names` constant must also include."""
-  return [DATA_WEIGHTS_GIN] if any(n.startswith("data_weight_") for n in names) else []
+  return [DATA_WEIGHTS_GIN] if any(n.startswith(("data_weight_", "noisy_data_weight"))
+                                   for n in names) else []

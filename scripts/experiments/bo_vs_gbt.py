@@ -12,7 +12,7 @@ BO's pick after k trials is the trial with the lowest guide loss among the first
 sampler needs torch, which the project does not install, so GP does not run here.
 
 Writes RESULTS_DIR/bo_vs_gbt/: report.md, quality_vs_compute.png, experiment.json, records/ (one
-JSON per finished run or trial), studies/<space>_seed<s>/ (optuna's study.db and trials.csv;
+JSON per finished run or trial), studies/BO_<space>_seed<s>/ (optuna's study.db and trials.csv;
 their trial_NNNN run folders are not kept in git) and runs/. Rerunning skips finished runs,
 resumes an interrupted guided run from its checkpoints and an interrupted search from its study;
 `--report_only` rebuilds the report.
@@ -26,13 +26,12 @@ from gbt_t5x import console
 if __name__ == "__main__":
   console.configure(sys.argv)  # Before TensorFlow and JAX load (they log when imported).
 
-import math
 import os
 from typing import Sequence
 
 import numpy as np
 
-from gbt_t5x.experiments import common, report
+from gbt_t5x.experiments import bo, common, report
 
 NAME = "bo_vs_gbt"
 _D6 = ("lr_multiplier=0.1:10:log,b1=0.5:0.99,b2=0.9:0.9999,eps=1e-10:1e-6:log,"
@@ -45,7 +44,6 @@ SPACES = {
     "d=10": (_D6 + "," + ",".join(f"data_weight_{i}=0.05:5:log" for i in range(4)),
              (*_D6_KINDS, "data_weights")),
 }
-BASE_LR = 0.002  # experiments/demo_nmt.gin
 GBT_ROW, EQUAL_ROW = "GBT (1 guided run)", "BO at GBT's compute"
 
 
@@ -60,43 +58,6 @@ def gbt_label(space: str) -> str:
   return f"GBT {space}"
 
 
-def trial_label(space: str, number: int) -> str:
-  return f"BO {space} trial {number:02d}"
-
-
-def run_bo(exp: common.Experiment, space_name: str, seed: int, num_trials: int) -> None:
-  """Runs (or resumes) the TPE study of `space_name` and `seed`; records every complete trial."""
-  if all(exp.store.get(trial_label(space_name, n), seed) for n in range(num_trials)):
-    return
-  import optuna
-
-  from gbt_t5x import search
-  from gbt_t5x.experiments import search_space, sizes
-  optuna.logging.set_verbosity(optuna.logging.WARNING)  # run_search prints one line per trial.
-  space = search_space.parse_space(SPACES[space_name][0])
-  study_dir = os.path.join(exp.out, "studies", f"{space_name.replace('=', '')}_seed{seed}")
-  study = search.open_study(study_dir, space, "tpe", seed)
-  bindings = [b for b in sizes.run_bindings(exp.size, seed, "/unused")
-              if not b.startswith("MODEL_DIR")]
-  objective = search.PlainRunObjective(
-      (common.NMT_GIN,), tuple(bindings), study_dir, common.GUIDE_TASK, "validation",
-      guide_eval_batches=exp.size.eval_batches, base_learning_rate=BASE_LR,
-      extra_scores=common.translation_scores(exp),
-      print_fn=lambda line: exp.log(f"  [BO {space_name} | seed {seed}] {line}"))
-  search.run_search(study, space, num_trials, objective, print_fn=exp.log,
-                    csv_path=os.path.join(study_dir, search.CSV_FILE))
-  for number, trial in enumerate(search.complete_trials(study)[:num_trials]):
-    attrs = trial.user_attrs
-    scores = {k: float(attrs[k]) for k in ("dev_loss", "dev_accuracy", "guide_loss", "bleu",
-                                           "exact_match", "token_accuracy", "word_f1")}
-    exp.store.put(common.RunRecord(
-        label=trial_label(space_name, number), seed=seed, scores=scores,
-        train_steps=int(attrs["train_steps"]), wall_seconds=float(attrs["wall_seconds"]),
-        seconds_per_step=float(attrs.get("seconds_per_step", math.nan)),
-        model_dir=os.path.relpath(str(attrs["model_dir"]), exp.out),
-        extra={"params": dict(trial.params), "optuna_trial": trial.number}))
-
-
 def run_all(exp: common.Experiment, spaces: Sequence[str], num_trials: int) -> None:
   score = common.translation_scores(exp)
   for seed in exp.seeds:
@@ -105,21 +66,7 @@ def run_all(exp: common.Experiment, spaces: Sequence[str], num_trials: int) -> N
                               common.NMT_GIN, SPACES[space][1], exp.meta_lr,
                               exp.size.hyper_step_every)
       common.run_arm(exp, gbt_label(space), seed, [gin], [], score)
-      run_bo(exp, space, seed, num_trials)
-
-
-def bo_curve(trials: Sequence[common.RunRecord], plain_sps: float
-             ) -> tuple[list[float], list[common.RunRecord]]:
-  """(cumulative compute in plain steps, BO's pick by guide loss) after each trial."""
-  compute, picks, total, best = [], [], 0.0, None
-  for t in trials:
-    total += common.step_equivalents(t, plain_sps)
-    if best is None or np.nan_to_num(t.scores["guide_loss"], nan=np.inf) < np.nan_to_num(
-        best.scores["guide_loss"], nan=np.inf):
-      best = t
-    compute.append(total)
-    picks.append(best)
-  return compute, picks
+      bo.run_study(exp, f"BO {space}", SPACES[space][0], seed, num_trials)
 
 
 def write_report(exp: common.Experiment, spaces: Sequence[str], num_trials: int) -> str:
@@ -129,20 +76,19 @@ def write_report(exp: common.Experiment, spaces: Sequence[str], num_trials: int)
     gbt, curves = [], []
     for seed in seeds:
       g = exp.store.get(gbt_label(space), seed)
-      trials = [exp.store.get(trial_label(space, n), seed) for n in range(num_trials)]
+      trials = [exp.store.get(bo.trial_label(f"BO {space}", n), seed) for n in range(num_trials)]
       if g is None or any(t is None for t in trials):
         raise ValueError(f"runs of space {space} seed {seed} in {exp.out} are not finished: "
                          "rerun without --report_only")
       plain_sps = float(np.median([t.seconds_per_step for t in trials]))
       gbt.append((g, common.step_equivalents(g, plain_sps)))
-      curves.append(bo_curve(trials, plain_sps))
+      curves.append(bo.pick_curve(trials, plain_sps))
     gbt_runs = [g for g, _ in gbt]
     gbt_compute = [c for _, c in gbt]
     # BO at GBT's compute: its pick among the trials whose cumulative compute fits (at least 1).
-    at_equal = [picks[max(0, int(np.sum(np.asarray(comp) <= c)) - 1)]
-                for (comp, picks), c in zip(curves, gbt_compute)]
-    at_equal_compute = [comp[max(0, int(np.sum(np.asarray(comp) <= c)) - 1)]
-                        for (comp, _), c in zip(curves, gbt_compute)]
+    within = [bo.pick_within(comp, picks, c) for (comp, picks), c in zip(curves, gbt_compute)]
+    at_equal = [pick for _, pick in within]
+    at_equal_compute = [used for used, _ in within]
     final = [picks[-1] for _, picks in curves]
     runs = {GBT_ROW: gbt_runs, EQUAL_ROW: at_equal,
             f"BO after {num_trials} trials": final}

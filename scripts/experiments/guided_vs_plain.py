@@ -25,7 +25,7 @@ if __name__ == "__main__":
   console.configure(sys.argv)  # Before TensorFlow and JAX load (they log when imported).
 
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -37,17 +37,6 @@ KIND_TITLES = {"learning_rate": "LR multiplier", "b1": "Adam b1",
                "label_smoothing": "label smoothing", "data_weights": "data weights"}
 PLAIN, GUIDED, EQUAL = "plain", "guided (all kinds)", "plain, equal compute"
 ABLATION = {kind: f"guided: {KIND_TITLES[kind]}" for kind in ALL_KINDS}
-
-
-def learned_values(model_dir: str) -> dict[str, Any]:
-  """The guided run's trajectory, thinned to <= 100 rows: {'steps': [...], name: [...]}."""
-  from gbt_t5x.guided import export
-  rows = export.read_trajectory(model_dir)
-  rows = rows[::max(1, len(rows) // 100)] + ([rows[-1]] if len(rows) % 100 else [])
-  out: dict[str, Any] = {"steps": [int(r["step"]) for r in rows]}
-  for name in rows[0]["values"]:
-    out[name] = [r["values"][name] for r in rows]
-  return {"trajectory": out}
 
 
 def run_all(exp: common.Experiment) -> None:
@@ -62,26 +51,19 @@ def run_all(exp: common.Experiment) -> None:
          for kind, label in ABLATION.items()}}
   for seed in exp.seeds:
     plain = common.run_arm(exp, PLAIN, seed, [common.NMT_GIN], [], score)
-    guided = common.run_arm(exp, GUIDED, seed, [guided_gins[GUIDED]], [], score, learned_values)
+    guided = common.run_arm(exp, GUIDED, seed, [guided_gins[GUIDED]], [], score, common.trajectory_extra)
     equal_steps = int(round(common.step_equivalents(guided, plain.seconds_per_step)))
     common.run_arm(exp, EQUAL, seed, [common.NMT_GIN], [], score, steps=equal_steps)
     for label in ABLATION.values():
-      common.run_arm(exp, label, seed, [guided_gins[label]], [], score, learned_values)
+      common.run_arm(exp, label, seed, [guided_gins[label]], [], score, common.trajectory_extra)
 
 
 def write_report(exp: common.Experiment) -> str:
   size = exp.size
-  by_arm: dict[str, dict[int, common.RunRecord]] = {}
-  for record in exp.store.all():
-    by_arm.setdefault(record.label, {})[record.seed] = record
   arms = [PLAIN, GUIDED, EQUAL, *ABLATION.values()]
-  missing = [(a, s) for a in arms for s in exp.seeds if s not in by_arm.get(a, {})]
-  if missing:
-    raise ValueError(f"{len(missing)} runs of {exp.out} are not finished (e.g. {missing[0][0]!r} "
-                     f"seed {missing[0][1]}): rerun without --report_only")
   seeds = list(exp.seeds)
-  runs = {a: [by_arm[a][s] for s in seeds] for a in arms}
-  plain_sps = {s: by_arm[PLAIN][s].seconds_per_step for s in seeds}
+  runs = {a: [common.require_record(exp, a, s) for s in seeds] for a in arms}
+  plain_sps = {r.seed: r.seconds_per_step for r in runs[PLAIN]}
   compute = {a: [common.step_equivalents(r, plain_sps[r.seed]) for r in runs[a]] for a in arms}
   values = lambda arm, key: [r.scores[key] for r in runs[arm]]
 

@@ -27,7 +27,7 @@ if __name__ == "__main__":
   console.configure(sys.argv)  # Before TensorFlow and JAX load (they log when imported).
 
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -55,14 +55,6 @@ def grid(quick: bool) -> dict[str, list[str]]:
   return arms
 
 
-def trajectory(model_dir: str) -> dict[str, Any]:
-  from gbt_t5x.guided import export
-  rows = export.read_trajectory(model_dir)
-  rows = rows[::max(1, len(rows) // 100)]
-  return {"trajectory": {"steps": [int(r["step"]) for r in rows],
-                         **{k: [r["values"][k] for r in rows] for k in GUIDED}}}
-
-
 def best_grid_arm(exp: common.Experiment, seed: int) -> str:
   """The grid arm of `seed` with the lowest guide-set loss."""
   runs = {label: exp.store.get(label, seed) for label in grid(exp.size.quick)}
@@ -78,7 +70,7 @@ def run_all(exp: common.Experiment) -> None:
   for seed in exp.seeds:
     for label, bindings in arms.items():
       common.run_arm(exp, label, seed, [common.NMT_GIN], bindings, score)
-    gbt = common.run_arm(exp, GBT, seed, [guided_gin], [], score, trajectory)
+    gbt = common.run_arm(exp, GBT, seed, [guided_gin], [], score, common.trajectory_extra)
     best = best_grid_arm(exp, seed)
     unseen = seed + UNSEEN_OFFSET
     common.run_arm(exp, BEST, unseen, [common.NMT_GIN], arms[best], score,
@@ -93,7 +85,7 @@ def write_report(exp: common.Experiment) -> str:
   seeds = list(exp.seeds)
   unseen = [s + UNSEEN_OFFSET for s in seeds]
   arms = [*grid(exp.size.quick), GBT]
-  get = lambda label, seed: _require(exp, label, seed)
+  get = lambda label, seed: common.require_record(exp, label, seed)
   runs = {a: [get(a, s) for s in seeds] for a in arms}
   runs[BEST] = [get(BEST, s) for s in unseen]
   runs[REPLAY] = [get(REPLAY, s) for s in unseen]
@@ -150,14 +142,6 @@ def write_report(exp: common.Experiment) -> str:
       table, report.PAIRED_NOTE, paired,
       "![test BLEU by arm](bleu_by_arm.png)\n\n![learned schedules](learned_schedules.png)",
       ], "schedule_vs_constant.py", exp.results_dir)
-
-
-def _require(exp: common.Experiment, label: str, seed: int) -> common.RunRecord:
-  record = exp.store.get(label, seed)
-  if record is None:
-    raise ValueError(f"run {label!r} seed {seed} of {exp.out} is not finished: rerun without "
-                     "--report_only")
-  return record
 
 
 def main(argv: Sequence[str] | None = None) -> int:
