@@ -93,6 +93,9 @@ def schedule_gin_text(knots: dict[str, tuple[list[float], list]], source: str,
   entry_names = {k: v for k, v in (entry_names or {}).items() if k in knots}
   lines = [f"# Learned hyper-parameter schedule exported from {source}.",
            "# Include it after the run's gin files; it binds trainer.Trainer.hyperparam_schedules."]
+  if "data_weights" in knots:
+    lines.append("# data_weights are looked up by each token's data id: the run must bind "
+                 "train/data.DatasetConfig.data_id_feature (e.g. 'noise_bucket').")
   for name, names in entry_names.items():
     shown = ", ".join(" ".join(n.split()) for n in names)  # one line, whatever the names hold
     lines.append(f"# {name} = [{shown}] (its entries, in this order)")

@@ -200,9 +200,9 @@ class GuidedTrainer(Trainer):
         donate_argnums=(0,))
 
   def progress_view(self, report: Mapping[str, float]) -> dict[str, float]:
-    """Losses, effective values (the LR multiplier as `lr_mult`, vector entries by name, e.g.
+    """`Trainer`'s view (the LR multiplier as `lr_mult`, vector entries by name, e.g.
     `data_weights/untranslated_copy`) and, per guided value, the steps of the window whose meta
-    update skipped it (`skipped/NAME`, shown when non-zero)."""
+    update skipped it (`skipped/NAME`, shown when non-zero); no hypergradient norms."""
     view = {}
     for key, value in super().progress_view(report).items():
       if key.startswith("hypergrad_norm/") or key == "skipped":
@@ -211,8 +211,6 @@ class GuidedTrainer(Trainer):
         if value > 0:
           view[key] = int(value)
         continue
-      if key == "hp/learning_rate" or key.startswith("hp/learning_rate/"):
-        key = "lr_mult" + key[len("hp/learning_rate"):]
       view[key] = value
     return view
 

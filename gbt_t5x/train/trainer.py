@@ -124,6 +124,14 @@ class Trainer:
       except ValueError as e:
         raise ValueError(f"hyperparam_entry_names[{name!r}]: {e}") from None
 
+  def check_train_batch(self, local_batch: Mapping[str, np.ndarray]) -> None:
+    """Called on each host-side train batch: replayed data weights need per-token data ids."""
+    if "data_weights" in self.hyperparam_schedules and (
+        data_weights_lib.DATA_IDS not in local_batch):
+      raise ValueError("replayed data_weights need per-token data ids: set data_id_feature on "
+                       "the train/ DatasetConfig (the guided run's DATA_ID_FEATURE), e.g. "
+                       "--gin.train/data.DatasetConfig.data_id_feature=\"'noise_bucket'\"")
+
   # ---------------------------------------------------------------- outputs (created lazily, so
   # that constructing a trainer writes nothing into a model dir that may fail to restore)
   def _writer(self, name: str) -> summaries.SummaryWriter:
@@ -284,10 +292,18 @@ class Trainer:
                           int(chunk_sums.get("num_tokens", 0)))
 
   def progress_view(self, report: Mapping[str, float]) -> dict[str, float]:
-    """The subset of a report shown on the progress line (everything goes to TensorBoard)."""
+    """The subset of a report shown on the progress line (everything goes to TensorBoard); a
+    learning-rate multiplier (`hp/learning_rate[/GROUP]`) is shown as `lr_mult[/GROUP]`, apart
+    from the applied learning rate `lr`."""
     hidden = ("num_tokens", "num_examples", "train_loss", "cross_ent_loss", "z_loss")
-    return {k: v for k, v in report.items()
-            if k not in hidden and not (k == "nonfinite_skipped" and v == 0)}
+    view = {}
+    for key, value in report.items():
+      if key in hidden or (key == "nonfinite_skipped" and value == 0):
+        continue
+      if key == "hp/learning_rate" or key.startswith("hp/learning_rate/"):
+        key = "lr_mult" + key[len("hp/learning_rate"):]
+      view[key] = value
+    return view
 
   def eval(self, batch_iters: Mapping[str, Iterable[Batch]]) -> dict[str, dict[str, float]]:
     """Evaluates the current params on each named dataset (one full pass each).

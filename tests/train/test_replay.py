@@ -9,7 +9,7 @@ from gbt_t5x.train.partitioning import PjitPartitioner
 from tests.train import tiny
 
 
-def _run(optimizer, lr, schedules=None, steps=2, entry_names=None):
+def _trainer(optimizer, lr, schedules=None, entry_names=None):
   p = PjitPartitioner(devices=jax.devices()[:1])
   model = tiny.tiny_model(optimizer=optimizer)
   state, axes = train_lib.initial_train_state(model, tiny.INPUT_SHAPES, p, jax.random.PRNGKey(0))
@@ -18,6 +18,11 @@ def _run(optimizer, lr, schedules=None, steps=2, entry_names=None):
                           learning_rate_fn=lambda step: lr, log_every=1000,
                           print_fn=lambda s: None, hyperparam_schedules=schedules,
                           hyperparam_entry_names=entry_names)
+  return t, p
+
+
+def _run(optimizer, lr, schedules=None, steps=2, entry_names=None):
+  t, p = _trainer(optimizer, lr, schedules, entry_names)
   batches = (data.global_batch(tiny.random_batch(i, with_data_ids=3), p.data_sharding)
              for i in range(steps))
   metrics = t.train(batches, steps)
@@ -57,3 +62,22 @@ def test_replayed_data_weights_are_reported_by_entry_name():
                      r"names for a value of 3 entries") as info:
     _run(optimizers.adamw(), 1e-3, dw, entry_names={"data_weights": ["clean", "noisy"]})
   assert "\n" not in str(info.value)
+
+
+def test_replayed_data_weights_without_data_ids_are_refused_in_one_line():
+  dw = {"data_weights": schedule.piecewise_linear([0], [[1.0, 0.1, 3.0]])}
+  t, _ = _trainer(optimizers.adamw(), 1e-3, dw)
+  t.check_train_batch(tiny.random_batch(0, with_data_ids=3))
+  with pytest.raises(ValueError, match=r"replayed data_weights need per-token data ids: set "
+                     r"data_id_feature on the train/ DatasetConfig") as info:
+    t.check_train_batch(tiny.random_batch(0))
+  assert "\n" not in str(info.value)
+  _trainer(optimizers.adamw(), 1e-3)[0].check_train_batch(tiny.random_batch(0))  # no weights
+
+
+def test_replayed_run_progress_line_shows_the_multiplier_apart_from_the_applied_lr():
+  t, _ = _trainer(optimizers.adamw(), 1e-3)
+  view = t.progress_view({"loss": 3.0, "learning_rate": 2e-3, "hp/learning_rate": 2.0,
+                          "hp/data_weights/untranslated_copy": 0.5, "num_tokens": 10.0})
+  assert view == {"loss": 3.0, "learning_rate": 2e-3, "lr_mult": 2.0,
+                  "hp/data_weights/untranslated_copy": 0.5}
