@@ -114,6 +114,8 @@ MACROS: tuple[Macro, ...] = (
     Macro("GUIDE_BATCH_SIZE", (int,), "guided runs: guide examples per guided step"),
     Macro("HYPER_STEP_EVERY", (int,), "guided runs: a guided step every k steps"),
     Macro("META_LEARNING_RATE", (float, int), "guided runs: learning rate of the hyper-parameters"),
+    Macro("DATA_ID_NAMES", (list, tuple, _NONE), "guided data weights: one name per data id, e.g. "
+          "['clean', 'noisy'] (None: the task's names, else 0, 1, ...)"),
     Macro("NUM_EMBEDDINGS", (int,), "model vocab_size (rows; >= the vocabulary's ids)", _TEI),
     Macro("CHECKPOINT_PATH", (str,), "model dir (its latest checkpoint) to score / decode",
           ("eval", "infer")),

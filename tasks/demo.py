@@ -10,8 +10,9 @@ noise rate, e.g. for tiny test worlds, and is inherited by child processes.
 
 Both yield `inputs` ("translate Demo to English: <source>") and `targets` tokenized with the
 demo vocabulary (100 extra ids, EOS appended after trimming), the pretokenized strings, and the
-int32 scalars `noise_bucket` (0 clean, 1 misaligned, 2 truncated, 3 copy) and `example_id`
-(0.. within the split) that pass through to the feature converter. Validation and test report
+int32 scalars `noise_bucket` (0 clean, 1 misaligned, 2 truncated, 3 copy; the names
+`demo_world.NOISE_BUCKET_NAMES` are registered with `gbt_t5x.data.data_ids` for the data-weight
+summaries) and `example_id` (0.. within the split) that pass through to the feature converter. Validation and test report
 corpus BLEU (sacrebleu) on detokenized strings.
 
 Laziness (importing this module must stay cheap): the data source is a `seqio.FunctionDataSource`
@@ -35,6 +36,7 @@ import sacrebleu
 import seqio
 import tensorflow as tf
 
+from gbt_t5x.data import data_ids
 from gbt_t5x.data import demo_world
 
 TASK_PREFIX = demo_world.TASK_PREFIX
@@ -152,6 +154,8 @@ def _register(name: str) -> None:
       preprocessors=_preprocessors(),
       output_features=OUTPUT_FEATURES,
       metric_fns=[bleu])
+  # The noise bucket's values by name, for the data-weight summaries (guided/data_weights.gin).
+  data_ids.register_names(name, "noise_bucket", demo_world.NOISE_BUCKET_NAMES)
 
 
 for _name in _SPLIT_FILES:

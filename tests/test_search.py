@@ -175,6 +175,13 @@ def test_data_weight_constants_reach_the_plain_run_config():
   with gin.config_scope("train"):
     config = gin.get_configurable(data.DatasetConfig)("t", {}, "train", 1)
   assert config.data_id_feature == "noise_bucket"
+  # The trial's summaries name the buckets as the demo task does.
+  from gbt_t5x.data import data_ids, demo_world
+  assert "data_ids.data_id_names" in str(
+      gin.query_parameter("trainer.Trainer.hyperparam_entry_names")["data_weights"])
+  with gin.config_scope("data_weights"):
+    names = gin.get_configurable(data_ids.data_id_names)()
+  assert names == demo_world.NOISE_BUCKET_NAMES
   gin.clear_config()
 
 

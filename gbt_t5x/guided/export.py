@@ -6,7 +6,11 @@ Reads `MODEL_DIR/guided_trajectory.jsonl` (one row per model step, written by Gu
 writes `MODEL_DIR/learned_schedule.gin` (or `--out`): a plain run that includes it follows the
 learned values through `trainer.Trainer.hyperparam_schedules`, each a piecewise-linear
 `schedule.piecewise_linear(steps, values)` over window means of the trajectory. This is how
-"learned schedules beat constant tuning" is checked: replay vs the best constant.
+"learned schedules beat constant tuning" is checked: replay vs the best constant. Vector values
+whose entries have names in the trajectory (`entry_names`, e.g. the demo's noise buckets) get a
+comment line naming the components in order and `trainer.Trainer.hyperparam_entry_names`, so the
+replayed run reports them by name too. Trajectories written before names existed export as
+before.
 
 The gin text is written as plain strings; this module must not import gin, seqio or other
 `gbt_t5x` modules than `gbt_t5x.guided` and `gbt_t5x.fileio` (MODEL_DIR may be `gs://...`).
@@ -62,18 +66,46 @@ def trajectory_knots(rows: Sequence[dict[str, Any]], num_knots: int
           for name in names}
 
 
+def trajectory_entry_names(rows: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+  """{vector value name: its entries' names} from the last trajectory row that has them ({} for
+  trajectories without names)."""
+  for row in reversed(rows):
+    if row.get("entry_names"):
+      return {name: [str(n) for n in names] for name, names in row["entry_names"].items()}
+  return {}
+
+
 def _gin_list(values: Sequence[Any]) -> str:
   return "[" + ", ".join(repr(v) if not isinstance(v, list) else _gin_list(v) for v in values) + "]"
 
 
-def schedule_gin_text(knots: dict[str, tuple[list[float], list]], source: str) -> str:
-  """The gin file replaying `knots` in a plain run (Trainer.hyperparam_schedules)."""
+def schedule_gin_text(knots: dict[str, tuple[list[float], list]], source: str,
+                      entry_names: dict[str, list[str]] | None = None) -> str:
+  """The gin file replaying `knots` in a plain run (Trainer.hyperparam_schedules).
+
+  Args:
+    knots: {name: (knot steps, knot values)} as from `trajectory_knots`.
+    source: where the trajectory came from (a comment line).
+    entry_names: {vector value name: its entries' names}; each gets a comment line (`#
+      data_weights = [clean, misaligned, ...]`) and all go to
+      `trainer.Trainer.hyperparam_entry_names`.
+  """
+  entry_names = {k: v for k, v in (entry_names or {}).items() if k in knots}
   lines = [f"# Learned hyper-parameter schedule exported from {source}.",
-           "# Include it after the run's gin files; it binds trainer.Trainer.hyperparam_schedules.",
-           "from __gin__ import dynamic_registration", "",
-           "from gbt_t5x.guided import schedule", "from gbt_t5x.train import trainer", ""]
+           "# Include it after the run's gin files; it binds trainer.Trainer.hyperparam_schedules."]
+  if "data_weights" in knots:
+    lines.append("# data_weights are looked up by each token's data id: the run must bind "
+                 "train/data.DatasetConfig.data_id_feature (e.g. 'noise_bucket').")
+  for name, names in entry_names.items():
+    shown = ", ".join(" ".join(n.split()) for n in names)  # one line, whatever the names hold
+    lines.append(f"# {name} = [{shown}] (its entries, in this order)")
+  lines += ["from __gin__ import dynamic_registration", "",
+            "from gbt_t5x.guided import schedule", "from gbt_t5x.train import trainer", ""]
   entries = ", ".join(f"'{name}': @{name}/schedule.piecewise_linear()" for name in knots)
   lines.append(f"trainer.Trainer.hyperparam_schedules = {{{entries}}}")
+  if entry_names:
+    named = ", ".join(f"'{name}': {_gin_list(names)}" for name, names in entry_names.items())
+    lines.append(f"trainer.Trainer.hyperparam_entry_names = {{{named}}}")
   for name, (steps, values) in knots.items():
     lines.append(f"{name}/schedule.piecewise_linear.steps = {_gin_list(steps)}")
     lines.append(f"{name}/schedule.piecewise_linear.values = {_gin_list(values)}")
@@ -84,9 +116,11 @@ def export(model_dir: str, num_knots: int = 50, out: str | None = None) -> str:
   """Writes the learned schedule gin file for `model_dir`; returns its path."""
   if num_knots < 1:
     raise ValueError(f"num_knots must be >= 1, got {num_knots}")
-  knots = trajectory_knots(read_trajectory(model_dir), num_knots)
+  rows = read_trajectory(model_dir)
+  knots = trajectory_knots(rows, num_knots)
   path = out or fileio.join(model_dir, SCHEDULE_FILE)
-  fileio.write_text(path, schedule_gin_text(knots, fileio.absolute(model_dir)))
+  fileio.write_text(path, schedule_gin_text(knots, fileio.absolute(model_dir),
+                                            trajectory_entry_names(rows)))
   return path
 
 

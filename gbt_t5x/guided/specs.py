@@ -14,6 +14,9 @@ with its init in the effective space, activation and optional range. Names and m
   train `DatasetConfig.data_id_feature` fills from a task feature such as the noise bucket).
 
 Raw values (what the meta optimizer moves) are a dict name -> array, see `init_raw`/`effective`.
+A vector value may name its entries (`entry_names`: the data-weight table's ids, e.g. the demo's
+noise buckets, or the learning-rate groups); summaries then use `NAME/ENTRY` keys with each entry
+name made safe for TensorBoard tags (`tag_safe`, `entry_tags`).
 
 Imports only numpy, jax and the standard library (plus `activations`); must not import gin,
 seqio, tensorflow, or anything from `gbt_t5x.models` / `gbt_t5x.train`.
@@ -57,6 +60,9 @@ class GuidedHParam:
     shape: () for scalars; (len(groups),) for a per-group learning rate; (num_ids,) for
       data_weights.
     groups: learning_rate only: regexes searched in '/'-joined parameter paths, first match wins.
+    entry_names: a vector value only: one human-readable name per entry (e.g. 'clean',
+      'untranslated copy' for the demo's data weights), used by the progress line, TensorBoard,
+      the trajectory file, `hparams.png` and the exported schedule; () names them '0', '1', ...
   """
   name: str
   init: float | tuple[float, ...]
@@ -66,17 +72,21 @@ class GuidedHParam:
   meta_lr_scale: float = 1.0
   shape: tuple[int, ...] = ()
   groups: tuple[str, ...] = ()
+  entry_names: tuple[str, ...] = ()
 
   def __post_init__(self):
     # Gin and YAML hand over lists; store tuples so the spec stays hashable.
     if isinstance(self.init, (list, tuple, np.ndarray)):
       object.__setattr__(self, "init", tuple(float(x) for x in np.ravel(self.init)))
-    for field in ("shape", "groups"):
+    for field in ("shape", "groups", "entry_names"):
       value = getattr(self, field)
       if isinstance(value, (list, np.ndarray)):
         object.__setattr__(self, field, tuple(value))
       elif isinstance(value, (int, str)):
         object.__setattr__(self, field, (value,))
+    if self.entry_names is None:  # gin's DATA_ID_NAMES = None: no names.
+      object.__setattr__(self, "entry_names", ())
+    object.__setattr__(self, "entry_names", tuple(str(n) for n in self.entry_names))
 
   @property
   def is_loss_side(self) -> bool:
@@ -93,6 +103,37 @@ class GuidedHParam:
       raise ValueError(f"guided hyper-parameter {self.name!r}: init has {values.size} values but "
                        f"shape {self.shape} needs {size}")
     return values.reshape(self.shape)
+
+
+def tag_safe(name: str) -> str:
+  """`name` as one part of a TensorBoard tag: every run of characters other than ASCII letters,
+  digits, `_`, `-` and `.` becomes one `_`, leading/trailing `_` are dropped
+  (`'untranslated copy'` -> `'untranslated_copy'`); '' if nothing is left."""
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_")
+
+
+def entry_tags(entry_names: Sequence[str], size: int) -> tuple[str, ...]:
+  """The tag-safe names of a vector value's `size` entries: `entry_names` through `tag_safe`, or
+  '0' .. 'size-1' when `entry_names` is empty.
+
+  Raises:
+    ValueError: one line, when the count differs from `size`, a name is empty after `tag_safe`,
+      or two names give the same tag.
+  """
+  if not entry_names:
+    return tuple(str(i) for i in range(size))
+  if len(entry_names) != size:
+    raise ValueError(f"{len(entry_names)} entry names for a value of {size} entries: give one "
+                     f"name per entry, got {list(entry_names)}")
+  tags = tuple(tag_safe(n) for n in entry_names)
+  for name, tag in zip(entry_names, tags):
+    if not tag:
+      raise ValueError(f"entry name {name!r} has no letter or digit to use in a TensorBoard tag")
+  duplicates = sorted({t for t in tags if tags.count(t) > 1})
+  if duplicates:
+    raise ValueError(f"entry names {list(entry_names)} give the same tag {duplicates[0]!r} "
+                     "twice; make them distinct")
+  return tags
 
 
 def resolve_optimizer_name(name: str, optimizer_hparam_names: Collection[str]) -> str | None:
@@ -134,6 +175,20 @@ def _check_shape(spec: GuidedHParam) -> None:
       _fail(spec, f"shape must be (num_ids,), got {shape}")
   elif shape != ():
     _fail(spec, f"must be a scalar (shape ()), got shape {shape}")
+  if spec.entry_names:
+    size = int(np.prod(shape, dtype=np.int64))
+    if shape == ():
+      _fail(spec, f"entry_names {list(spec.entry_names)} are for vector values; this one is a "
+            "scalar")
+    if len(spec.entry_names) != size:
+      what = "data-weight table" if spec.name == DATA_WEIGHTS else "vector"
+      _fail(spec, f"{len(spec.entry_names)} entry names for a {what} of {size} entries (shape "
+            f"{shape}); give one name per entry (data weights: DATA_ID_NAMES), got "
+            f"{list(spec.entry_names)}")
+    try:
+      entry_tags(spec.entry_names, size)
+    except ValueError as e:
+      _fail(spec, str(e))
 
 
 def _check_range_and_init(spec: GuidedHParam) -> None:

@@ -8,7 +8,8 @@ update into the raw hyper-parameters, which the meta optimizer then moves
 (`gbt_t5x.guided.hypergrad.guided_step`). The guided state lives in
 `TrainState.guided` (checkpointed with everything else, replicated on the mesh); effective values
 go to TensorBoard, the progress line, `MODEL_DIR/guided_trajectory.jsonl` (every step) and
-`MODEL_DIR/hparams.png`. Gin selects it with `train.trainer_cls = @guided_trainer.GuidedTrainer`.
+`MODEL_DIR/hparams.png`, vector entries under their names (`GuidedHParam.entry_names`, e.g. the
+demo's noise buckets: `hp/data_weights/untranslated_copy`). Gin selects it with `train.trainer_cls = @guided_trainer.GuidedTrainer`.
 """
 from __future__ import annotations
 
@@ -33,12 +34,22 @@ from gbt_t5x.train.step import Batch, Metrics
 from gbt_t5x.train.trainer import Trainer
 
 
+TRAJECTORY_FILE = "guided_trajectory.jsonl"
+
+
 def flatten_trajectory_row(row: Mapping[str, Any]) -> dict[str, float]:
-  """A trajectory row with vector values spread into `NAME_i` keys (for plotting)."""
-  flat = {k: v for k, v in row.items() if k != "values"}
+  """A trajectory row with vector values spread into `NAME/ENTRY` keys (for plotting).
+
+  ENTRY is the tag-safe entry name from the row's `entry_names` (`data_weights/untranslated_copy`)
+  or, for rows without names (files written before names existed), the index (`data_weights/3`).
+  Keys keep the row's order: values in spec order, entries in id order.
+  """
+  flat = {k: v for k, v in row.items() if k not in ("values", "entry_names")}
+  names = row.get("entry_names", {})
   for name, value in row.get("values", {}).items():
     if isinstance(value, list):
-      flat.update({f"{name}_{i}": v for i, v in enumerate(value)})
+      tags = specs_lib.entry_tags(tuple(names.get(name, ())), len(value))
+      flat.update({f"{name}/{tag}": v for tag, v in zip(tags, value)})
     else:
       flat[name] = value
   return flat
@@ -89,6 +100,7 @@ class GuidedTrainer(Trainer):
     self.specs = tuple(guided_hparams)
     optimizer_names = optimizers_lib.hyperparam_names(self.optimizer, train_state.params)
     specs_lib.validate_specs(self.specs, optimizer_names)
+    self.entry_names = {s.name: s.entry_names for s in self.specs if s.entry_names}
     self.hyper_step_every = int(hyper_step_every)
     self.guide_dataset_cfg = guide_dataset_cfg
     self.fixed_guide_batch = fixed_guide_batch
@@ -188,8 +200,9 @@ class GuidedTrainer(Trainer):
         donate_argnums=(0,))
 
   def progress_view(self, report: Mapping[str, float]) -> dict[str, float]:
-    """Losses, effective values (the LR multiplier as `lr_mult`) and, per guided value, the
-    steps of the window whose meta update skipped it (`skipped/NAME`, shown when non-zero)."""
+    """`Trainer`'s view (the LR multiplier as `lr_mult`, vector entries by name, e.g.
+    `data_weights/untranslated_copy`) and, per guided value, the steps of the window whose meta
+    update skipped it (`skipped/NAME`, shown when non-zero); no hypergradient norms."""
     view = {}
     for key, value in super().progress_view(report).items():
       if key.startswith("hypergrad_norm/") or key == "skipped":
@@ -198,7 +211,7 @@ class GuidedTrainer(Trainer):
         if value > 0:
           view[key] = int(value)
         continue
-      view["lr_mult" if key == "hp/learning_rate" else key] = value
+      view[key] = value
     return view
 
   # ---------------------------------------------------------------- loop hooks
@@ -219,32 +232,37 @@ class GuidedTrainer(Trainer):
     """Appends one row per step to guided_trajectory.jsonl.
 
     Row: {"step": model step after the update, "applied_learning_rate": the LR applied,
-    "values": {spec name: effective value used (float, or list for vectors)},
+    "values": {spec name: effective value used (float, or list in entry order for vectors)},
+    "entry_names": {spec name: its entries' names} for vectors with names (e.g.
+    {"data_weights": ["clean", "misaligned", "truncated", "untranslated copy"]}),
     "guide_loss_per_token"/"skipped" on guided steps}.
     """
     lines = []
     for step, metrics in zip(steps, host_metrics):
       values = {}
       for spec in self.specs:
-        if f"hp/{spec.name}" in metrics:
+        if spec.shape == ():
           values[spec.name] = float(metrics[f"hp/{spec.name}"])
         else:
-          size = int(np.prod(spec.shape))
-          values[spec.name] = [float(metrics[f"hp/{spec.name}_{i}"]) for i in range(size)]
+          tags = specs_lib.entry_tags(spec.entry_names, int(np.prod(spec.shape)))
+          values[spec.name] = [float(metrics[f"hp/{spec.name}/{tag}"]) for tag in tags]
       row = {"step": step, "applied_learning_rate": float(metrics["learning_rate"]),
              "values": values}
+      if self.entry_names:
+        row["entry_names"] = {name: list(names) for name, names in self.entry_names.items()}
       for key in ("guide_loss_per_token", "skipped"):
         if key in metrics:
           row[key] = float(metrics[key])
       lines.append(json.dumps(row))
-    fileio.append_lines(fileio.join(self.summary_dir, "guided_trajectory.jsonl"), lines)
+    fileio.append_lines(fileio.join(self.summary_dir, TRAJECTORY_FILE), lines)
 
   def write_plots(self, model_dir: str) -> None:
-    """`hparams.png`: every effective hyper-parameter value against the step."""
-    path = fileio.join(model_dir, "guided_trajectory.jsonl")
+    """`hparams.png`: every effective hyper-parameter value against the step (vector entries by
+    name, e.g. `data_weights/untranslated_copy`)."""
+    path = fileio.join(model_dir, TRAJECTORY_FILE)
     rows = [flatten_trajectory_row(r)
             for r in (summaries.read_metrics_log(path) if fileio.exists(path) else [])]
-    keys = sorted({k for r in rows for k in r if k not in ("step", "skipped")})
+    keys = list(dict.fromkeys(k for r in rows for k in r if k not in ("step", "skipped")))
     if rows and keys:
       summaries.plot_curves(rows, keys, fileio.join(model_dir, "hparams.png"),
                             title="guided hyper-parameters")

@@ -59,6 +59,8 @@ class StepFns:
     rng: base PRNG key; step t uses `fold_in(rng, t)` for dropout.
     num_microbatches: gradient accumulation (None/1: one pass).
     lr_group_ids: parameter-group ids of a per-group learning-rate multiplier, or None.
+    entry_names: {value name: names of its entries} for vector values (data-weight ids,
+      learning-rate groups): the `hp/NAME/ENTRY` metric keys (see `value_metrics`).
   """
   optimizer: optax.GradientTransformation
   forward_fn: Callable[..., Any]
@@ -69,6 +71,7 @@ class StepFns:
   rng: jax.Array
   num_microbatches: int | None = None
   lr_group_ids: Any = None
+  entry_names: Mapping[str, Sequence[str]] | None = None
 
   def hypergrad_kwargs(self) -> dict[str, Any]:
     """Keyword arguments shared by `hypergrad.plain_step` and `hypergrad.guided_step`."""
@@ -119,17 +122,28 @@ def guided_values(specs: Sequence[specs_lib.GuidedHParam]) -> ValuesFn:
 
 
 # ------------------------------------------------------------------------------ the step
-def value_metrics(values: Mapping[str, jax.Array], base_lr: jax.Array) -> Metrics:
-  """`hp/NAME` per scalar value, `hp/NAME_i` per vector entry, and the applied `learning_rate`
-  (the schedule's value times a scalar multiplier)."""
+def value_metrics(values: Mapping[str, jax.Array], base_lr: jax.Array,
+                  entry_names: Mapping[str, Sequence[str]] | None = None) -> Metrics:
+  """`hp/NAME` per scalar value, `hp/NAME/ENTRY` per vector entry, and the applied
+  `learning_rate` (the schedule's value times a scalar multiplier).
+
+  ENTRY is the entry's name from `entry_names[NAME]` made tag-safe (`hp/data_weights/
+  untranslated_copy`), or its index (`hp/data_weights/3`) for a value without names. A names
+  list of the wrong length raises a one-line ValueError (when the step is traced, before it runs).
+  """
+  entry_names = entry_names or {}
   metrics = {}
   for name, value in values.items():
     flat = jnp.ravel(jnp.asarray(value))
-    if flat.size == 1:
+    if jnp.ndim(value) == 0:
       metrics[f"hp/{name}"] = flat[0]
-    else:
-      for i in range(flat.size):
-        metrics[f"hp/{name}_{i}"] = flat[i]
+      continue
+    try:
+      tags = specs_lib.entry_tags(tuple(entry_names.get(name, ())), flat.size)
+    except ValueError as e:
+      raise ValueError(f"hyper-parameter {name!r}: {e}") from None
+    for i, tag in enumerate(tags):
+      metrics[f"hp/{name}/{tag}"] = flat[i]
   multiplier = values.get(specs_lib.LEARNING_RATE)
   scalar = multiplier is not None and jnp.ndim(multiplier) == 0
   metrics["learning_rate"] = base_lr * multiplier if scalar else jnp.asarray(base_lr)
@@ -153,7 +167,8 @@ def model_step(state: TrainState, batch: Batch, *, fns: StepFns, values_fn: Valu
 
   Returns:
     (new state, scalar metrics): the loss head's sums (`loss`, `accuracy`, `num_tokens`, ...;
-    zeroed on a skipped step), `train_loss`, `hp/NAME` values used, `learning_rate`,
+    zeroed on a skipped step), `train_loss`, `hp/NAME` (`hp/NAME/ENTRY`) values used,
+    `learning_rate`,
     `nonfinite_skipped`; on guided steps also `guide_loss_per_token` (nats per guide token),
     `hypergrad_norm/NAME`, `skipped` (1 if any value's meta update was skipped) and
     `skipped/NAME` per value.
@@ -209,6 +224,6 @@ def model_step(state: TrainState, batch: Batch, *, fns: StepFns, values_fn: Valu
   metrics.update({k: jnp.where(nonfinite > 0, jnp.zeros_like(v), v)
                   for k, v in model_sums.items()})
   metrics = {k: v for k, v in metrics.items() if not k.startswith("hp/")}
-  metrics.update(value_metrics(values, base_lr))
+  metrics.update(value_metrics(values, base_lr, fns.entry_names))
   metrics["nonfinite_skipped"] = nonfinite
   return new_state, {k: v for k, v in metrics.items() if jnp.ndim(v) == 0}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -437,12 +437,24 @@ def _infer_eval_and_best(model: Any, cfg: data_lib.DatasetConfig | None,
   return hook, eval_hooks.BestCheckpointKeeper(model_dir, best_metric, best_mode)
 
 
+LOSS_CURVE_KEYS = ("train/loss", "train_eval/loss", "train/accuracy", "train_eval/accuracy")
+
+
+def loss_curve_keys(records: Sequence[Mapping[str, Any]]) -> list[str]:
+  """The metrics.jsonl keys `loss_curves.png` plots, one subplot each: train and eval loss and
+  accuracy, then every decoding metric of the periodic infer-eval (`infer_eval/TASK/METRIC`,
+  e.g. `infer_eval/demo_nmt/bleu`) in the order first logged; only keys some record holds."""
+  present = dict.fromkeys(k for r in records for k in r)
+  return ([k for k in LOSS_CURVE_KEYS if k in present]
+          + [k for k in present if k.startswith("infer_eval/")])
+
+
 def write_plots(model_dir: str, trainer: Any) -> None:
-  """Loss curves (train and eval) as PNG, plus the trainer's own plots (hyper-parameters)."""
+  """Loss curves (train and eval losses, decoding metrics) as PNG, plus the trainer's own plots
+  (hyper-parameters)."""
   metrics_path = fileio.join(model_dir, "metrics.jsonl")
   records = summaries.read_metrics_log(metrics_path) if fileio.exists(metrics_path) else []
-  keys = [k for k in ("train/loss", "train_eval/loss", "train/accuracy", "train_eval/accuracy")
-          if any(k in r for r in records)]
+  keys = loss_curve_keys(records)
   if records and keys:
     summaries.plot_curves(records, keys, fileio.join(model_dir, "loss_curves.png"),
                           title=fileio.basename(model_dir))

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gbt_t5x import errors
+from gbt_t5x.guided import specs as specs_lib
 from gbt_t5x.train import data_weights as data_weights_lib
 from gbt_t5x.train import step as step_lib
 from gbt_t5x.train import summaries
@@ -75,6 +76,9 @@ class Trainer:
     hyperparam_schedules: replayed fixed schedules {name: step -> value} (see
       `gbt_t5x.guided.export`): `learning_rate` multiplies `learning_rate_fn`, `label_smoothing`
       and `data_weights` go to the loss, other names are optimizer hyper-parameters.
+    hyperparam_entry_names: {name: one name per entry} of vector values (e.g. {'data_weights':
+      ['clean', 'misaligned', ...]}, bound by an exported schedule): summaries report them as
+      `hp/NAME/ENTRY` (tag-safe) instead of the entry index.
   """
 
   def __init__(self, model: Any, train_state: TrainState, partitioner: PjitPartitioner,
@@ -83,7 +87,8 @@ class Trainer:
                num_microbatches: int | None = None, log_every: int = 50,
                total_steps: int | None = None, print_fn: Callable[[str], None] = print,
                hyperparam_schedules: Mapping[str, Callable[[jax.Array], jax.Array]] | None = None,
-               max_nonfinite_steps: int = 100):
+               max_nonfinite_steps: int = 100,
+               hyperparam_entry_names: Mapping[str, Sequence[str]] | None = None):
     self.model = model
     self.optimizer = model.optimizer_def
     self.train_state = train_state
@@ -94,6 +99,9 @@ class Trainer:
     self._rng = rng
     self._learning_rate_fn = learning_rate_fn
     self.hyperparam_schedules = dict(hyperparam_schedules or {})
+    # Names of vector values' entries (GuidedTrainer: from its specs' entry_names).
+    self.entry_names = {k: tuple(v) for k, v in (hyperparam_entry_names or {}).items()}
+    self._check_entry_names()
     self.max_nonfinite_steps = int(max_nonfinite_steps)
     self._num_microbatches = num_microbatches
     # Parameter-group ids of a per-group learning-rate multiplier (GuidedTrainer sets them).
@@ -104,6 +112,25 @@ class Trainer:
     self._print = print_fn
     self._is_chief = jax.process_index() == 0 and summary_dir is not None
     self._writers: dict[str, summaries.SummaryWriter] = {}
+
+  def _check_entry_names(self) -> None:
+    """One name per entry of each replayed vector value (its schedule's value at step 0)."""
+    for name, names in self.entry_names.items():
+      if name not in self.hyperparam_schedules:
+        continue
+      size = int(np.size(jax.device_get(self.hyperparam_schedules[name](jnp.asarray(0)))))
+      try:
+        specs_lib.entry_tags(names, size)
+      except ValueError as e:
+        raise ValueError(f"hyperparam_entry_names[{name!r}]: {e}") from None
+
+  def check_train_batch(self, local_batch: Mapping[str, np.ndarray]) -> None:
+    """Called on each host-side train batch: replayed data weights need per-token data ids."""
+    if "data_weights" in self.hyperparam_schedules and (
+        data_weights_lib.DATA_IDS not in local_batch):
+      raise ValueError("replayed data_weights need per-token data ids: set data_id_feature on "
+                       "the train/ DatasetConfig (the guided run's DATA_ID_FEATURE), e.g. "
+                       "--gin.train/data.DatasetConfig.data_id_feature=\"'noise_bucket'\"")
 
   # ---------------------------------------------------------------- outputs (created lazily, so
   # that constructing a trainer writes nothing into a model dir that may fail to restore)
@@ -154,7 +181,8 @@ class Trainer:
         optimizer=self.optimizer, forward_fn=self._forward,
         loss_from_outputs=self._loss_from_outputs, loss_inputs_fn=self._loss_inputs,
         guide_loss_fn=self._guide_loss, learning_rate_fn=self._learning_rate_fn, rng=self._rng,
-        num_microbatches=self._num_microbatches, lr_group_ids=self._lr_group_ids)
+        num_microbatches=self._num_microbatches, lr_group_ids=self._lr_group_ids,
+        entry_names=self.entry_names)
 
   def _values_fn(self, state: TrainState) -> Mapping[str, jax.Array]:
     """This step's hyper-parameter values: replayed schedules, or none (the optimizer's own)."""
@@ -264,10 +292,18 @@ class Trainer:
                           int(chunk_sums.get("num_tokens", 0)))
 
   def progress_view(self, report: Mapping[str, float]) -> dict[str, float]:
-    """The subset of a report shown on the progress line (everything goes to TensorBoard)."""
+    """The subset of a report shown on the progress line (everything goes to TensorBoard); a
+    learning-rate multiplier (`hp/learning_rate[/GROUP]`) is shown as `lr_mult[/GROUP]`, apart
+    from the applied learning rate `lr`."""
     hidden = ("num_tokens", "num_examples", "train_loss", "cross_ent_loss", "z_loss")
-    return {k: v for k, v in report.items()
-            if k not in hidden and not (k == "nonfinite_skipped" and v == 0)}
+    view = {}
+    for key, value in report.items():
+      if key in hidden or (key == "nonfinite_skipped" and value == 0):
+        continue
+      if key == "hp/learning_rate" or key.startswith("hp/learning_rate/"):
+        key = "lr_mult" + key[len("hp/learning_rate"):]
+      view[key] = value
+    return view
 
   def eval(self, batch_iters: Mapping[str, Iterable[Batch]]) -> dict[str, dict[str, float]]:
     """Evaluates the current params on each named dataset (one full pass each).

@@ -27,12 +27,14 @@ def test_knots_are_window_means():
   assert steps == [0.5, 2.5] and values == [2.0, 6.0]
 
 
-def _write_trajectory(model_dir, n=30):
+def _write_trajectory(model_dir, n=30, entry_names=None):
   with open(model_dir / export.TRAJECTORY_FILE, "w") as f:
     for i in range(n):
       row = {"step": i + 1, "applied_learning_rate": 1e-3,
              "values": {"learning_rate": 1.0 + 0.1 * i, "b1": 0.9 - 0.001 * i,
                         "data_weights": [1.0, 1.0 - 0.01 * i]}}
+      if entry_names:
+        row["entry_names"] = entry_names
       f.write(json.dumps(row) + "\n")
     f.write('{"step": 31, "valu')  # a torn last line from a killed run is ignored
 
@@ -53,6 +55,27 @@ def test_export_writes_gin_that_replays_the_trajectory(tmp_path):
     assert float(lr(0)) == pytest.approx(1.0) and float(lr(29)) == pytest.approx(3.9)
     dw = gin.query_parameter("data_weights/schedule.piecewise_linear.values")
     assert dw[10] == pytest.approx([1.0, 0.9])
+    # A trajectory without entry names (as written before names existed) binds none.
+    with pytest.raises(ValueError):
+      gin.query_parameter("trainer.Trainer.hyperparam_entry_names")
+    assert "entries" not in open(path).read()
+  finally:
+    gin.clear_config()
+
+
+def test_export_names_the_components_of_vector_values(tmp_path):
+  _write_trajectory(tmp_path, entry_names={"data_weights": ["clean", "untranslated copy"]})
+  path = export.export(str(tmp_path), num_knots=30)
+  text = open(path).read()
+  assert "# data_weights = [clean, untranslated copy] (its entries, in this order)" in text
+  gin.clear_config()
+  try:
+    gin.parse_config_file(path)
+    from gbt_t5x.train import trainer  # noqa: F401
+    assert gin.query_parameter("trainer.Trainer.hyperparam_entry_names") == {
+        "data_weights": ["clean", "untranslated copy"]}
+    assert gin.query_parameter("data_weights/schedule.piecewise_linear.values")[10] == (
+        pytest.approx([1.0, 0.9]))
   finally:
     gin.clear_config()
 

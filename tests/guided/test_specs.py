@@ -154,6 +154,37 @@ def test_meta_lr_scale_must_be_non_negative():
   _raises([GuidedHParam("eps", 1e-8, meta_lr_scale=-1.0)], ADAMW, r"meta_lr_scale")
 
 
+# ----------------------------------------------------------------------------- entry names
+def test_entry_names_become_tag_safe_tags():
+  spec = GuidedHParam("data_weights", 1.0, shape=(4,),
+                      entry_names=["clean", "misaligned", "truncated", "untranslated copy"])
+  validate_specs([spec], ADAMW)
+  assert spec.entry_names == ("clean", "misaligned", "truncated", "untranslated copy")
+  hash(spec)
+  assert specs_lib.entry_tags(spec.entry_names, 4) == ("clean", "misaligned", "truncated",
+                                                       "untranslated_copy")
+  assert specs_lib.entry_tags((), 3) == ("0", "1", "2")
+  assert specs_lib.tag_safe(" Noisy / copy (v2)! ") == "Noisy_copy_v2"
+  assert GuidedHParam("data_weights", 1.0, shape=(2,), entry_names=None).entry_names == ()
+
+
+@pytest.mark.parametrize("spec,pattern", [
+    (GuidedHParam("data_weights", 1.0, shape=(4,), entry_names=("clean", "noisy", "copy")),
+     r"'data_weights': 3 entry names for a data-weight table of 4 entries \(shape \(4,\)\)"),
+    (GuidedHParam("data_weights", 1.0, shape=(2,), entry_names=("clean", "noisy", "copy")),
+     r"3 entry names for a data-weight table of 2 entries"),
+    (GuidedHParam("learning_rate", 1.0, shape=(2,), groups=("a", "b"), entry_names=("a",)),
+     r"1 entry names for a vector of 2 entries"),
+    (GuidedHParam("data_weights", 1.0, shape=(2,), entry_names=("a copy", "a  copy!")),
+     r"give the same tag"),
+    (GuidedHParam("data_weights", 1.0, shape=(2,), entry_names=("clean", "?!")),
+     r"entry name '\?!' has no letter or digit"),
+    (GuidedHParam("eps", 1e-8, entry_names=("x",)), r"entry_names \['x'\] are for vector values"),
+])
+def test_bad_entry_names(spec, pattern):
+  _raises([spec], ADAMW, pattern)
+
+
 # ----------------------------------------------------------------------------- raw values
 def test_init_raw_and_effective_round_trip():
   specs = [GuidedHParam("learning_rate", (0.5, 2.0, 3.0), shape=(3,), groups=("a", "b", "c")),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import glob
 import json
 import os
 import types
@@ -270,8 +271,9 @@ def trainer_1dev(init, specs=SPECS, trainer_cls=SyntheticGuideTrainer, state=Non
   return trainer_cls(model=model, train_state=state, partitioner=p, eval_names=[],
                      summary_dir=kwargs.pop("summary_dir", None), train_state_axes=axes,
                      rng=jax.random.PRNGKey(1), learning_rate_fn=lambda step: BASE_LR,
-                     log_every=1000, print_fn=lambda s: None, guided_hparams=tuple(specs),
-                     **kwargs)
+                     log_every=kwargs.pop("log_every", 1000),
+                     print_fn=kwargs.pop("print_fn", lambda s: None),
+                     guided_hparams=tuple(specs), **kwargs)
 
 
 def warm_start(trainer):
@@ -438,6 +440,62 @@ def test_hyper_step_every_3_and_trajectory_file(init_1dev, tmp_path):
   assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+BUCKETS = ("clean", "misaligned", "untranslated copy")
+NAMED_SPECS = SPECS[:3] + (dataclasses.replace(SPECS[3], entry_names=BUCKETS),)
+BUCKET_TAGS = ("clean", "misaligned", "untranslated_copy")
+
+
+def _event_tags(logdir):
+  tags = set()
+  for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      tags.update(value.tag for value in event.summary.value)
+  return tags
+
+
+def test_named_data_weights_in_progress_line_tensorboard_trajectory_and_plot(init_1dev, tmp_path):
+  lines = []
+  trainer = trainer_1dev(init_1dev, specs=NAMED_SPECS, summary_dir=str(tmp_path), log_every=2,
+                         print_fn=lines.append, total_steps=2)
+  trainer.train(train_batches(trainer._partitioner, 0, 2), 2)
+  trainer.close()
+  # Progress line: every bucket by its tag-safe name, no numbered entries.
+  (line,) = [l for l in lines if l.startswith("step 2/2")]
+  for tag in BUCKET_TAGS:
+    assert f"| data_weights/{tag} " in line, line
+  assert "data_weights/0" not in line and "data_weights_0" not in line
+  # TensorBoard: hp/data_weights/<name> scalars.
+  tags = _event_tags(str(tmp_path / "train"))
+  assert {f"hp/data_weights/{t}" for t in BUCKET_TAGS} <= tags, sorted(tags)
+  assert not any(t.startswith("hp/data_weights_") for t in tags)
+  # Trajectory rows: the vector under its kind, the names beside it, in id order.
+  rows = [json.loads(l) for l in open(tmp_path / guided_trainer.TRAJECTORY_FILE)]
+  assert [r["step"] for r in rows] == [1, 2]
+  for row in rows:
+    assert row["entry_names"] == {"data_weights": list(BUCKETS)}
+    assert len(row["values"]["data_weights"]) == NUM_IDS
+  assert rows[0]["values"]["data_weights"] == pytest.approx([1.0, 0.5, 2.0])
+  flat = guided_trainer.flatten_trajectory_row(rows[0])
+  assert [flat[f"data_weights/{t}"] for t in BUCKET_TAGS] == pytest.approx([1.0, 0.5, 2.0])
+  # hparams.png plots the named keys (in id order).
+  plotted = []
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(guided_trainer.summaries, "plot_curves",
+               lambda records, keys, path, title="": plotted.append(list(keys)))
+    trainer.write_plots(str(tmp_path))
+  (keys,) = plotted
+  assert [k for k in keys if k.startswith("data_weights")] == [
+      f"data_weights/{t}" for t in BUCKET_TAGS]
+
+
+def test_old_trajectory_rows_without_names_flatten_by_index():
+  row = {"step": 3, "applied_learning_rate": 1e-3,
+         "values": {"learning_rate": 1.5, "data_weights": [1.0, 0.5]}}
+  assert guided_trainer.flatten_trajectory_row(row) == {
+      "step": 3, "applied_learning_rate": 1e-3, "learning_rate": 1.5, "data_weights/0": 1.0,
+      "data_weights/1": 0.5}
+
+
 # ============================================================================ errors
 def _one_line_error(fn, match):
   with pytest.raises(ValueError, match=match) as info:
@@ -450,7 +508,9 @@ def _one_line_error(fn, match):
     (GuidedHParam("b1", 0.9995, "sigmoid", lower=0.0, upper=0.999), r"outside \[lower, upper\]"),
     (GuidedHParam("decay_rate", 0.8, "sigmoid", lower=0.1, upper=1.0),
      r"'decay_rate' is not a hyper-parameter of the chosen optimizer"),
-], ids=["unknown-name", "init-out-of-bounds", "decay_rate-with-adamw"])
+    (dataclasses.replace(SPECS[3], entry_names=BUCKETS[:2]),
+     rf"'data_weights': 2 entry names for a data-weight table of {NUM_IDS} entries"),
+], ids=["unknown-name", "init-out-of-bounds", "decay_rate-with-adamw", "names-count"])
 def test_bad_spec_fails_before_any_step(init_1dev, spec, match):
   _one_line_error(lambda: trainer_1dev(init_1dev, specs=(spec,)), match)
 

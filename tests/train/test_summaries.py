@@ -106,3 +106,28 @@ def test_plot_curves_writes_png(tmp_path):
   assert os.listdir(tmp_path) == ["curves.png"]  # no temporary file left behind
   with pytest.raises(ValueError, match="at least one key"):
     summaries.plot_curves(records, [], path)
+
+
+def test_loss_curves_plot_the_decoding_metrics_when_present(tmp_path):
+  from gbt_t5x.train import train_lib
+  records = [{"step": 10, "train/loss": 3.0, "train/accuracy": 0.2, "train/hp/b1": 0.9},
+             {"step": 20, "train_eval/loss": 2.9, "train_eval/accuracy": 0.25},
+             {"step": 20, "infer_eval/demo_nmt/bleu": 1.5},
+             {"step": 40, "infer_eval/demo_nmt/bleu": 4.0, "infer_eval/other/accuracy": 50.0}]
+  assert train_lib.loss_curve_keys(records) == [
+      "train/loss", "train_eval/loss", "train/accuracy", "train_eval/accuracy",
+      "infer_eval/demo_nmt/bleu", "infer_eval/other/accuracy"]
+  # Without an infer-eval (or before its first evaluation) only the losses are plotted.
+  assert train_lib.loss_curve_keys(records[:2]) == [
+      "train/loss", "train_eval/loss", "train/accuracy", "train_eval/accuracy"]
+  assert train_lib.loss_curve_keys([]) == []
+  # write_plots puts them in loss_curves.png.
+  with open(tmp_path / "metrics.jsonl", "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in records)
+  plotted = []
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(train_lib.summaries, "plot_curves",
+               lambda recs, keys, path, title="": plotted.append((list(keys), path)))
+    train_lib.write_plots(str(tmp_path), object())
+  ((keys, path),) = plotted
+  assert "infer_eval/demo_nmt/bleu" in keys and path.endswith("loss_curves.png")
