@@ -185,3 +185,23 @@ def test_noisy_data_quick(results_dir):
   config = (out / "runs" / "oracle_noisy_weight_0_noise_0.4__seed0" / "config.gin").read_text()
   assert "DATA_WEIGHT_1 = 0.0" in config
   assert (out / "learned_weights.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_short_horizon_quick(results_dir):
+  out = results_dir / "short_horizon"
+  run_script("short_horizon.py", results_dir, "--seeds=0")
+  text = (out / "report.md").read_text()
+  tables = check_tables(text, "arm")
+  assert [row["arm"] for row in tables[0]] == ["greedy LR", "branch LR at 50% x2"]
+  assert [row["arm"] for row in tables[-2]] == ["greedy LR", "forward mu=0.9 LR"]
+  # A branch continues the greedy run's state from its checkpoint with the learned values held
+  # constant and the LR multiplier doubled.
+  branch = json.loads((out / "records" / "branch_LR+b1+LS_at_50_x2__seed0.json").read_text())
+  greedy = json.loads((out / "records" / "greedy_LR+b1+LS__seed0.json").read_text())
+  assert branch["extra"]["from_step"] == 8 and branch["train_steps"] == greedy["train_steps"]
+  trajectory = greedy["extra"]["trajectory"]
+  at_8 = {k: trajectory[k][trajectory["steps"].index(8)] for k in ("learning_rate", "b1")}
+  assert branch["extra"]["constants"]["learning_rate"] == pytest.approx(2 * at_8["learning_rate"])
+  assert branch["extra"]["constants"]["b1"] == pytest.approx(at_8["b1"])
+  assert (out / "lr_trajectories.png").stat().st_size > 1000

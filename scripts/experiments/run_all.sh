@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
 experiments=("$@")
 if [ ${#experiments[@]} -eq 0 ]; then
-  experiments=(guided_vs_plain schedule_vs_constant noisy_data bo_vs_gbt pretrain_downstream)
+  experiments=(guided_vs_plain schedule_vs_constant noisy_data short_horizon bo_vs_gbt pretrain_downstream)
 fi
 for name in "${experiments[@]}"; do
   echo "=== $name ($(date -u +%H:%M:%S))"

@@ -102,17 +102,18 @@ def run_all(exp: common.Experiment) -> None:
         for scale in scales:
           label = branch_label(set_name, fraction, scale)
           constants = {**learned, "learning_rate": scale * learned["learning_rate"]}
+          checkpoint = os.path.abspath(os.path.join(greedy_dir, "checkpoints", str(step)))
           gin_path = common.write_gin(
-              os.path.join(exp.out, "gin", "branches", f"{label.replace(' ', '_')}_s{seed}.gin"),
-              export.schedule_gin_text({k: ([0], [v]) for k, v in constants.items()},
-                                       f"{greedy_dir} at step {step}").splitlines())
-          restore = [
-              "train_lib.CheckpointConfig.restore = @train_lib.RestoreCheckpointConfig()",
-              "train_lib.RestoreCheckpointConfig.path = "
-              f"{os.path.abspath(os.path.join(greedy_dir, 'checkpoints', str(step)))!r}",
-              "train_lib.RestoreCheckpointConfig.reset_optimizer = False"]
+              os.path.join(exp.out, "runs", "branch_gin", f"{label.replace(' ', '_')}_s{seed}.gin"),
+              [*export.schedule_gin_text({k: ([0], [v]) for k, v in constants.items()},
+                                         f"{greedy_dir} at step {step}").splitlines(),
+               "# Continue from the greedy run's state (params, optimizer moments, step).",
+               "from gbt_t5x.train import train_lib",
+               "train_lib.CheckpointConfig.restore = @train_lib.RestoreCheckpointConfig()",
+               f"train_lib.RestoreCheckpointConfig.path = {checkpoint!r}",
+               "train_lib.RestoreCheckpointConfig.reset_optimizer = False"])
           common.run_arm(exp, label, seed, [common.NMT_GIN, os.path.abspath(gin_path)],
-                         restore, score,
+                         [], score,
                          lambda _dir, step=step, constants=constants: {
                              "from_step": step, "constants": constants})
     for mu in mus:
