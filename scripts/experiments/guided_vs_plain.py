@@ -77,11 +77,13 @@ def write_report(exp: common.Experiment) -> str:
   hurts = [KIND_TITLES[k] for k, label in ABLATION.items() if verdict_of(label, PLAIN) == "worse"]
   mean = lambda arm, key: float(np.mean(values(arm, key)))
   ratio = float(np.mean(compute[GUIDED]) / np.mean([r.train_steps for r in runs[GUIDED]]))
+  ratios = ", ".join(f"seed {r.seed}: {c / r.train_steps:.2f}"
+                     for r, c in zip(runs[GUIDED], compute[GUIDED]))
   verdicts = "\n".join([
       f"- **Equal steps**: guided {mean(GUIDED, 'bleu'):.2f} test BLEU vs plain "
       f"{mean(PLAIN, 'bleu'):.2f} — {report.paired_summary(diffs[(GUIDED, PLAIN)])}.",
-      f"- **Equal compute** (a guided run costs {ratio:.2f}× a plain run's steps, so plain gets "
-      f"{np.mean([r.train_steps for r in runs[EQUAL]]):.0f} steps): plain "
+      f"- **Equal compute** (a guided run costs {ratio:.2f}× a plain run's steps — {ratios} — "
+      f"so plain gets {np.mean([r.train_steps for r in runs[EQUAL]]):.0f} steps): plain "
       f"{mean(EQUAL, 'bleu'):.2f} — {report.paired_summary(diffs[(GUIDED, EQUAL)])}.",
       *[f"- **{label}**: {mean(label, 'bleu'):.2f} — "
         f"{report.paired_summary(diffs[(label, PLAIN)])}." for label in ABLATION.values()],
