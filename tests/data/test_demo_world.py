@@ -46,7 +46,8 @@ def test_files_match_the_in_memory_world(world_dir, world):
     assert [r["example_id"] for r in rows] == list(range(len(rows)))
   assert (world_dir / "mono.txt").read_text().splitlines() == world.mono
   manifest = json.loads((world_dir / "manifest.json").read_text())
-  assert manifest["config"] == {"version": dw.DEMO_WORLD_VERSION, **SMALL, "noise_rate": 0.2}
+  assert manifest["config"] == {"version": dw.DEMO_WORLD_VERSION, **SMALL, "noise_rate": 0.2,
+                                "max_target_words": dw.MAX_TARGET_WORDS}
   assert manifest["counts"]["train"] == SMALL["num_train"]
 
 
@@ -129,6 +130,14 @@ def test_target_lengths_in_range(world):
   lengths = [len(e.target.split()) for k in ("guide", "dev", "test") for e in world.splits[k]]
   assert min(lengths) >= dw.MIN_TARGET_WORDS and max(lengths) <= dw.MAX_TARGET_WORDS
   assert max(lengths) - min(lengths) >= 10  # lengths really vary
+
+
+def test_max_target_words_bounds_every_split():
+  short = dw.generate_world(dw.DemoWorldConfig(seed=3, num_train=300, num_guide=50, num_dev=50,
+                                               num_test=50, num_mono=50, max_target_words=10))
+  clean = [e for k in dw.SPLITS for e in short.splits[k] if e.noise_bucket == 0]
+  lengths = [len(e.target.split()) for e in clean]
+  assert max(lengths) <= 10 and min(lengths) >= dw.MIN_TARGET_WORDS
 
 
 # ---- grammar ---------------------------------------------------------------------------------
@@ -247,7 +256,8 @@ def test_concurrent_ensure_generates_once(tmp_path, monkeypatch):
 @pytest.mark.parametrize("bad, match", [
     (dict(noise_rate=1.5), "noise_rate"), (dict(num_train=1), "num_train"),
     (dict(seed=-1), "seed"), (dict(vocab_size=10), "vocab_size"), (dict(num_dev=2.5), "num_dev"),
-    (dict(noise_rate="0.2"), "noise_rate")])
+    (dict(noise_rate="0.2"), "noise_rate"), (dict(max_target_words=7), "max_target_words"),
+    (dict(max_target_words=26), "max_target_words")])
 def test_bad_config_is_a_clear_error(bad, match):
   with pytest.raises(ValueError, match=match):
     dw.DemoWorldConfig(**bad)
