@@ -10,14 +10,20 @@ Measured side by side in one run on one device (dropout off, synthetic full-leng
   plain_g   `GuidedTrainer._partitioned_train_step` (the plain step at guided values, used on the
             steps without a hyper step).
 
-Configurations and targets:
-  (a) LR multiplier + b1 + b2, every step, guide batch = train batch: guided / floor <= 1.1,
-      memory guided / plain <= 1.3.
-  (b) as (a) with a 1/4-size guide batch: guided / plain <= 1.4.
-  (c) as (a) every 10 steps: (9 plain_g + 1 guided) / (10 plain) <= 1.15 (composed from the
+Configurations and targets (AdamW, float32 unless said otherwise):
+  (a) LR multiplier + b1 + b2, every step, guide batch = train batch: guided / floor <= 1.0,
+      memory guided / plain <= 1.15.
+  (b) as (a) with a 1/4-size guide batch: guided / plain <= 1.35.
+  (c) as (a) every 10 steps: (9 plain_g + 1 guided) / (10 plain) <= 1.05 (composed from the
       measured step times).
   (d) LR + b1 + label smoothing + data weights (4 ids), every step, equal batches:
-      guided / floor <= 1.3, memory guided / plain <= 1.6.
+      guided / floor <= 1.2; (d') the same with `recompute_tangent`: memory guided / plain
+      <= 1.3 and below (d)'s.
+  (g) the T5X configuration: Adafactor (factored, decay_rate 0.8, clipping 1, parameter scale),
+      LR multiplier + decay_rate guided every step: guided / its floor <= 1.0, memory / its plain
+      <= 1.15.
+  (h) bfloat16 activations (`dtype='bfloat16'`, float32 params), configuration (a): the same
+      targets as (a) against the bfloat16 plain step and floor.
   (f1), (f3) the long ('forward') hypergradient horizon (mu 0.99) for the LR alone and for
       LR + b1 + b2: guided step against the greedy one and the floor, the plain step that carries
       the tangents against the plain step, compiled memory against plain (no targets).
@@ -26,6 +32,9 @@ Configurations and targets:
       dL_guide(theta + m u(1))/dm = JVP of the guide loss at theta' along u / m: one `jax.jvp` of
       the guide loss (no guide backward, no VJP of the update). Reported: forward / reverse time
       and the relative difference of the two hypergradients (d raw, same state and batches).
+
+With --memory_only nothing is timed: only the compiled-memory rows are printed (deterministic,
+so they can be taken on a busy machine).
 
 Timing: every function of a size is compiled first (`jit(...).lower(...).compile()`), then all are
 timed round-robin (one call of each per round, after warm-up rounds), each call ended by
@@ -43,6 +52,7 @@ Usage:
   .venv/bin/python scripts/bench_guided.py --quick          # tiny only, small shapes, < 1 min
   .venv/bin/python scripts/bench_guided.py                  # tiny (B32, 64/40), small (B8, 64/32)
   .venv/bin/python scripts/bench_guided.py --sizes small --iters 3 --small_shape 8,128,64
+  .venv/bin/python scripts/bench_guided.py --memory_only    # compiled memory only, no timing
 
 Not a test; prints a table and a final `ratio:` line.
 """
@@ -64,6 +74,7 @@ from gbt_t5x.guided import meta as meta_lib
 from gbt_t5x.guided import specs as specs_lib
 from gbt_t5x.guided.specs import GuidedHParam
 from gbt_t5x.train import guided_trainer as guided_trainer_lib
+from gbt_t5x.train import optimizers
 from gbt_t5x.train import trainer as trainer_lib
 
 NUM_DATA_IDS = 4
@@ -75,6 +86,7 @@ B1 = GuidedHParam("b1", 0.9, "sigmoid", lower=0.0, upper=0.9999)
 B2 = GuidedHParam("b2", 0.999, "sigmoid", lower=0.5, upper=0.99999)
 LS = GuidedHParam("label_smoothing", 0.1, "sigmoid", lower=0.0, upper=0.5)
 DW = GuidedHParam("data_weights", 1.0, "exp", shape=(NUM_DATA_IDS,))
+DECAY_RATE = GuidedHParam("decay_rate", 0.8, "sigmoid", lower=0.1, upper=1.0)
 
 
 class BenchGuidedTrainer(guided_trainer_lib.GuidedTrainer):
@@ -212,6 +224,43 @@ def profile_parts(model, state, batch, guide_batch, guide_batch_q, specs, iters:
   return time_round_robin(fns, iters, warmup=1)
 
 
+# ----------------------------------------------------------------------------- (g), (h)
+def variant_steps(size: str, shape: tuple[int, int, int], dtype: str, layers: int | None,
+                  optimizer: Any, specs: tuple[GuidedHParam, ...], tag: str, clog: dict
+                  ) -> tuple[dict[str, Callable], dict[str, int | None]]:
+  """Plain step, guide forward/backward and guided step of one more configuration.
+
+  Own model (dtype, optimizer), state and batches of the same shape; compiled (times logged in
+  `clog` under `tag`). Returns (steppers named 'plain (tag)', 'guide fwd+bwd (tag)',
+  'guided (tag)'; compiled memory bytes of the plain and guided steps).
+  """
+  batch_size, le, ld = shape
+  model = bc.make_model(size, dtype, optimizer=optimizer, layers=layers)
+  vocab = model.module.config.vocab_size
+  partitioner = bc.one_device_partitioner()
+  state0, axes = bc.initial_state(model, partitioner, le, ld)
+  data = partitioner.data_sharding
+  batch = bc.synthetic_batch(0, batch_size, le, ld, vocab, sharding=data)
+  guide = bc.synthetic_batch(1, batch_size, le, ld, vocab, sharding=data)
+  common = dict(partitioner=partitioner, eval_names=[], summary_dir=None, train_state_axes=axes,
+                rng=jax.random.PRNGKey(1), learning_rate_fn=lambda step: jnp.float32(BASE_LR),
+                log_every=10**9, print_fn=lambda s: None)
+  plain_tr = trainer_lib.Trainer(model=model, train_state=copy_state(state0), **common)
+  guided_tr = BenchGuidedTrainer(model=model, train_state=copy_state(state0), guided_hparams=specs,
+                                 guide_dataset_cfg=object(), hyper_step_every=1,
+                                 meta_learning_rate=3e-3, **common)
+  plain_c = timed_compile(clog, f"plain_{tag}_c", plain_tr._partitioned_train_step,
+                          plain_tr.train_state, batch)
+  guide_c = timed_compile(clog, f"guide_{tag}_c", jax.jit(jax.value_and_grad(model.guide_loss_fn)),
+                          state0.params, guide)
+  guided_c = timed_compile(clog, f"{tag}_c", guided_tr._partitioned_guided_step,
+                           guided_tr.train_state, batch, guide)
+  steppers = {f"plain ({tag})": bc.Stepper(plain_c, plain_tr.train_state, batch),
+              f"guide fwd+bwd ({tag})": lambda: guide_c(state0.params, guide),
+              f"guided ({tag})": bc.Stepper(guided_c, guided_tr.train_state, batch, guide)}
+  return steppers, {f"plain_{tag}": bc.memory_bytes(plain_c), tag: bc.memory_bytes(guided_c)}
+
+
 # ----------------------------------------------------------------------------- one size
 def timed_compile(log: dict, name: str, jitted: Any, *args: Any):
   start = time.perf_counter()
@@ -221,7 +270,7 @@ def timed_compile(log: dict, name: str, jitted: Any, *args: Any):
 
 
 def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
-               profile: str, layers: int | None = None) -> dict:
+               profile: str, layers: int | None = None, memory_only: bool = False) -> dict:
   batch_size, le, ld = shape
   quarter = max(1, batch_size // 4)
   model = bc.make_model(size, dtype, layers=layers)
@@ -275,7 +324,20 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
                                 tr.train_state, batch) for k, tr in forward_trainers.items()}
   fwd_step = forward_mode_lr_step(tr_e_fwd)
   e_fwd_c = timed_compile(clog, "e_fwd_c", fwd_step, tr_e_fwd.train_state, batch, guide)
+  g_steppers, g_mem = variant_steps(size, shape, dtype, layers, optimizers.adafactor(),
+                                    (LR, DECAY_RATE), "g", clog)
+  h_steppers, h_mem = variant_steps(size, shape, "bfloat16", layers, None, (LR, B1, B2), "h",
+                                    clog)
   compile_s = time.perf_counter() - t_compile
+
+  mem = {"plain": bc.memory_bytes(plain_c), "a": bc.memory_bytes(a_c),
+         "d": bc.memory_bytes(d_c), "dr": bc.memory_bytes(dr_c), "e_rev": bc.memory_bytes(e_c),
+         "e_fwd": bc.memory_bytes(e_fwd_c), **g_mem, **h_mem,
+         **{k: bc.memory_bytes(c) for k, c in f_c.items()}}
+  if memory_only:
+    return dict(size=size, shape=shape, quarter=quarter, times={}, mem=mem,
+                rows=_rows({}, mem, memory_only=True), parts=None, compile_s=compile_s,
+                clog=clog, params=bc.count_params(state0.params), rev=None, fwd=None)
 
   # Hypergradient check for (e) on identical state and batches (before any step).
   state_e = copy_state(tr_e_fwd.train_state)
@@ -299,51 +361,10 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
          for k, tr in forward_trainers.items()},
       **{f"plain_g ({k}) horizon": bc.Stepper(f_plain_c[k], copy_state(tr.train_state), batch)
          for k, tr in forward_trainers.items()},
+      **g_steppers, **h_steppers,
   }
   times = time_round_robin(steppers, iters, warmup=1)
-
-  mem = {"plain": bc.memory_bytes(plain_c), "a": bc.memory_bytes(a_c),
-         "d": bc.memory_bytes(d_c), "dr": bc.memory_bytes(dr_c), "e_rev": bc.memory_bytes(e_c),
-         "e_fwd": bc.memory_bytes(e_fwd_c),
-         **{k: bc.memory_bytes(c) for k, c in f_c.items()}}
-  t = times
-  floor = t["plain"] + t["guide fwd+bwd"]
-  mem_ratio = lambda k: (mem[k] / mem["plain"]) if mem[k] and mem["plain"] else float("nan")
-  rows = [
-      dict(cfg="(a) lr+b1+b2 every step", metric="guided / (plain + guide fb)",
-           value=t["guided (a)"] / floor, target=1.1),
-      dict(cfg="(a) memory", metric="guided / plain (compiled bytes)", value=mem_ratio("a"),
-           target=1.3),
-      dict(cfg="(b) 1/4 guide batch", metric="guided / plain", value=t["guided (b)"] / t["plain"],
-           target=1.4),
-      dict(cfg="(c) every 10 steps", metric="(9 plain_g + guided) / 10 plain",
-           value=(9 * t["plain_g (a)"] + t["guided (a)"]) / (10 * t["plain"]), target=1.15),
-      dict(cfg="(d) lr+b1+ls+dw every step", metric="guided / (plain + guide fb)",
-           value=t["guided (d)"] / floor, target=1.3),
-      dict(cfg="(d) memory", metric="guided / plain (compiled bytes)", value=mem_ratio("d"),
-           target=1.6),
-      dict(cfg="(d') (d), recompute_tangent", metric="guided / (plain + guide fb)",
-           value=t["guided (d) recompute"] / floor, target=1.3),
-      dict(cfg="(d') memory", metric="guided / plain (compiled bytes)", value=mem_ratio("dr"),
-           target=1.6),
-      dict(cfg="(e) lr, forward mode", metric="forward / reverse guided step",
-           value=t["guided (e) forward"] / t["guided (e) reverse"], target=None),
-      dict(cfg="(e) hypergradient", metric="|fwd - rev| / |rev|", value=rel_diff, target=None),
-  ]
-  for k, label in (("f1", "lr"), ("f3", "lr+b1+b2")):
-    rows += [
-        dict(cfg=f"({k}) forward horizon, {label}", metric="guided / greedy guided",
-             value=t[f"guided ({k}) horizon"] / t["guided (e) reverse" if k == "f1"
-                                                    else "guided (a)"], target=None),
-        dict(cfg=f"({k}) forward horizon, {label}", metric="guided / (plain + guide fb)",
-             value=t[f"guided ({k}) horizon"] / floor, target=None),
-        dict(cfg=f"({k}) forward horizon, {label}", metric="plain step with tangents / plain",
-             value=t[f"plain_g ({k}) horizon"] / t["plain"], target=None),
-        dict(cfg=f"({k}) memory", metric="guided / plain (compiled bytes)", value=mem_ratio(k),
-             target=None),
-    ]
-  for r in rows:
-    r["met"] = None if r["target"] is None or np.isnan(r["value"]) else r["value"] <= r["target"]
+  rows = _rows(times, mem, rel_diff=rel_diff)
   missed = any(r["met"] is False for r in rows)
   parts = None
   if profile == "always" or (profile == "auto" and missed):
@@ -351,6 +372,76 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
   return dict(size=size, shape=shape, quarter=quarter, times=times, mem=mem, rows=rows,
               parts=parts, compile_s=compile_s, clog=clog, params=bc.count_params(state0.params),
               rev=float(rev), fwd=float(fwd))
+
+
+def _rows(t: dict[str, float], mem: dict[str, int | None], *, rel_diff: float | None = None,
+          memory_only: bool = False) -> list[dict]:
+  """The table rows (configuration, measure, value, target, met) from step times and memory.
+
+  `t`: median seconds by stepper name; `mem`: compiled bytes by configuration key. With
+  `memory_only`, only the compiled-memory rows (t may be empty).
+  """
+  def mem_ratio(key: str, base: str = "plain") -> float:
+    return mem[key] / mem[base] if mem.get(key) and mem.get(base) else float("nan")
+
+  def floor(tag: str = "") -> float:
+    suffix = f" ({tag})" if tag else ""
+    return t[f"plain{suffix}"] + t[f"guide fwd+bwd{suffix}"]
+
+  memory_rows = [
+      dict(cfg="(a) memory", metric="guided / plain (compiled bytes)", value=mem_ratio("a"),
+           target=1.15),
+      dict(cfg="(d) memory", metric="guided / plain (compiled bytes)", value=mem_ratio("d"),
+           target=None),
+      dict(cfg="(d') memory", metric="guided / plain (compiled bytes)", value=mem_ratio("dr"),
+           target=1.3),
+      dict(cfg="(d') memory vs (d)", metric="(d') / (d) (compiled bytes)",
+           value=mem_ratio("dr", "d"),
+           target=0.999),
+      dict(cfg="(g) Adafactor memory", metric="guided / plain (compiled bytes)",
+           value=mem_ratio("g", "plain_g"), target=1.15),
+      dict(cfg="(h) bfloat16 memory", metric="guided / plain (compiled bytes)",
+           value=mem_ratio("h", "plain_h"), target=1.15),
+      dict(cfg="(f1) memory", metric="guided / plain (compiled bytes)", value=mem_ratio("f1"),
+           target=None),
+      dict(cfg="(f3) memory", metric="guided / plain (compiled bytes)", value=mem_ratio("f3"),
+           target=None),
+  ]
+  rows = memory_rows
+  if not memory_only:
+    rows = [
+        dict(cfg="(a) lr+b1+b2 every step", metric="guided / (plain + guide fb)",
+             value=t["guided (a)"] / floor(), target=1.0),
+        dict(cfg="(b) 1/4 guide batch", metric="guided / plain",
+             value=t["guided (b)"] / t["plain"], target=1.35),
+        dict(cfg="(c) every 10 steps", metric="(9 plain_g + guided) / 10 plain",
+             value=(9 * t["plain_g (a)"] + t["guided (a)"]) / (10 * t["plain"]), target=1.05),
+        dict(cfg="(d) lr+b1+ls+dw every step", metric="guided / (plain + guide fb)",
+             value=t["guided (d)"] / floor(), target=1.2),
+        dict(cfg="(d') (d), recompute_tangent", metric="guided / (plain + guide fb)",
+             value=t["guided (d) recompute"] / floor(), target=None),
+        dict(cfg="(g) Adafactor lr+decay_rate", metric="guided / (plain + guide fb)",
+             value=t["guided (g)"] / floor("g"), target=1.0),
+        dict(cfg="(h) bfloat16 lr+b1+b2", metric="guided / (plain + guide fb)",
+             value=t["guided (h)"] / floor("h"), target=1.0),
+        dict(cfg="(e) lr, forward mode", metric="forward / reverse guided step",
+             value=t["guided (e) forward"] / t["guided (e) reverse"], target=None),
+        dict(cfg="(e) hypergradient", metric="|fwd - rev| / |rev|", value=rel_diff, target=None),
+    ]
+    for k, label in (("f1", "lr"), ("f3", "lr+b1+b2")):
+      greedy = t["guided (e) reverse" if k == "f1" else "guided (a)"]
+      rows += [
+          dict(cfg=f"({k}) forward horizon, {label}", metric="guided / greedy guided",
+               value=t[f"guided ({k}) horizon"] / greedy, target=None),
+          dict(cfg=f"({k}) forward horizon, {label}", metric="guided / (plain + guide fb)",
+               value=t[f"guided ({k}) horizon"] / floor(), target=None),
+          dict(cfg=f"({k}) forward horizon, {label}", metric="plain step with tangents / plain",
+               value=t[f"plain_g ({k}) horizon"] / t["plain"], target=None),
+      ]
+    rows += memory_rows
+  for r in rows:
+    r["met"] = None if r["target"] is None or np.isnan(r["value"]) else r["value"] <= r["target"]
+  return rows
 
 
 class _DropThird(bc.Stepper):
@@ -375,6 +466,8 @@ def main() -> None:
                       "never (the default with --quick)")
   parser.add_argument("--layers", type=int, default=None,
                       help="override both stack depths (default: the size's; 1 with --quick)")
+  parser.add_argument("--memory_only", action="store_true",
+                      help="compile and report compiled memory only (no timing)")
   args = parser.parse_args()
 
   sizes = bc.parse_sizes(args.sizes or ("tiny" if args.quick else "tiny,small"))
@@ -389,12 +482,13 @@ def main() -> None:
   if layers:
     print(f"note: {layers} encoder + {layers} decoder layer(s) instead of the size's depth")
   print(bc.device_line())
-  print(f"dtype {args.dtype}; AdamW; base LR {BASE_LR}; round-robin timing, 1 warm-up round, "
-        f"median of {iters} rounds")
+  print(f"dtype {args.dtype} ((h): bfloat16); AdamW ((g): Adafactor); base LR {BASE_LR}; "
+        + ("compiled memory only" if args.memory_only else
+           f"round-robin timing, 1 warm-up round, median of {iters} rounds"))
 
   results = []
   for size in sizes:
-    r = bench_size(size, shapes[size], iters, args.dtype, profile, layers)
+    r = bench_size(size, shapes[size], iters, args.dtype, profile, layers, args.memory_only)
     results.append(r)
     b, le, ld = r["shape"]
     print(f"\n== {size}: {r['params'] / 1e6:.2f}M params, train batch {b}, guide batch {b} "
@@ -410,24 +504,17 @@ def main() -> None:
                      "-" if x["target"] is None else f"<= {x['target']}",
                      "-" if x["met"] is None else ("yes" if x["met"] else "NO")]
                     for x in r["rows"]])
-    print(f"(e) hypergradient d/d raw lr: forward {r['fwd']:.6g}, reverse {r['rev']:.6g}")
+    if r["fwd"] is not None:
+      print(f"(e) hypergradient d/d raw lr: forward {r['fwd']:.6g}, reverse {r['rev']:.6g}")
     if r["parts"]:
       print("\nprofile breakdown (each piece jitted alone; tangent forward ~ JVP - forward):")
       bc.print_table(["piece", "ms"], [[k, v * 1e3] for k, v in r["parts"].items()])
 
   print()
   def short(r):
-    v = {x["cfg"]: x["value"] for x in r["rows"]}
-    rv = {(x["cfg"], x["metric"]): x["value"] for x in r["rows"]}
-    return (f"{r['size']} a {v['(a) lr+b1+b2 every step']:.2f} "
-            f"b {v['(b) 1/4 guide batch']:.2f} c {v['(c) every 10 steps']:.2f} "
-            f"d {v['(d) lr+b1+ls+dw every step']:.2f} "
-            f"mem a {v['(a) memory']:.2f} d {v['(d) memory']:.2f} "
-            f"e fwd/rev {v['(e) lr, forward mode']:.2f} "
-            f"horizon f1 /greedy {rv[('(f1) forward horizon, lr', 'guided / greedy guided')]:.2f} "
-            f"f3 /greedy {rv[('(f3) forward horizon, lr+b1+b2', 'guided / greedy guided')]:.2f} "
-            f"f3 mem {v['(f3) memory']:.2f}")
-  print("ratio: guided cost (a: /floor, b: /plain, c: 1-in-10 /plain, d: /floor, memory /plain) = "
+    return f"{r['size']}: " + ", ".join(
+        f"{x['cfg']} {x['value']:.2f}" for x in r["rows"] if x["target"] is not None)
+  print("ratio: (time rows: guided / floor or / plain; memory rows: compiled bytes / plain) "
         + "; ".join(short(r) for r in results))
 
 

@@ -389,7 +389,11 @@ def lookahead_hypergradient(
         num_microbatches=num_microbatches))
   elif h_loss:
     if recompute_tangent:  # Memory for time: re-run the forward instead of keeping residuals.
-      _, tangent = jax.jvp(forward, (params,), (d_grads,))
+      # The barrier makes the params a new value, so XLA cannot merge this forward with a)'s
+      # (which would keep a)'s residuals alive through c) after all); the primal outputs are
+      # recomputed too, so nothing of a) outlives its backward.
+      params_again, d_grads = jax.lax.optimization_barrier((params, d_grads))
+      outputs, tangent = jax.jvp(forward, (params_again,), (d_grads,))
     else:
       tangent = lin(d_grads)
 
