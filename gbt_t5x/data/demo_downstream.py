@@ -4,20 +4,29 @@ What it is for: `gbt_t5x_tasks.demo_glue` finetunes and scores a model pretraine
 world (`gbt_t5x.data.demo_world`) on three small classification tasks whose labels the demo
 grammar decides, formatted and scored like their GLUE analogues:
 
+Each task comes in two difficulties (`DownstreamConfig.difficulty`). 'clear' (the default) is
+learnable by a tiny pretrained T5 within a few hundred finetuning steps; 'hard' is the first
+construction, whose labels need agreement morphology, one-slot comparisons or an XOR, and which
+a tiny model leaves at chance (kept for larger models).
+
 * `cola` (grammaticality, label 1 "acceptable" / 0 "unacceptable"): half the sentences are
   canonical renderings of a meaning; the other half are renderings corrupted by one rule the
-  grammar forbids, in equal thirds: `agreement` (the verb's person/number suffix swapped for one
-  that disagrees with an overt subject), `verb_final` (a clause's verb moved off the clause end),
-  `adjective_order` (an adjective moved in front of its noun, where no other noun phrase can
-  absorb it). Every corruption is kept only if `violations` reports its rule.
+  grammar forbids. 'clear': in equal halves, `verb_final` (a clause's verb moved to the start of
+  its clause) and `adjective_order` (an adjective moved in front of its noun, where no other noun
+  phrase can absorb it). 'hard': in equal thirds, `agreement` (the verb's person/number suffix
+  swapped for one that disagrees with an overt subject), `verb_final` (the verb moved to a random
+  earlier position of its clause) and `adjective_order`. Every corruption is kept only if
+  `violations` reports its rule.
 * `mrpc` (paraphrase, 1 "equivalent" / 0 "not equivalent"): one side is the canonical rendering
-  of a meaning A, the other a *variant* rendering (see below) of A (label 1) or of a meaning B
-  that differs from A in exactly one slot of `meaning_slots` (label 0); which side comes first is
-  random, so surface differences never give the label away.
+  of a meaning A, the other a *variant* rendering (see below) of A (label 1) or of another
+  meaning B (label 0): 'clear' draws B afresh (an unrelated sentence), 'hard' changes exactly one
+  slot of `meaning_slots` of A. Which side comes first is random, so surface differences never
+  give the label away.
 * `sst2` (a sentiment-like attribute, 1 "positive" / 0 "negative"): every sentence holds exactly
   one evaluative adjective (`POSITIVE_ADJECTIVES` / `NEGATIVE_ADJECTIVES`, anywhere in the
-  sentence); the label is "positive" iff the adjective is positive XOR the *main* clause is
-  negated (the subordinate clause's negation is a distractor).
+  sentence) and its main clause is negated half of the time. 'clear': the label is the
+  adjective's polarity (negation is a distractor); 'hard': positive iff the adjective is positive
+  XOR the *main* clause is negated (the subordinate clause's negation is a distractor).
 
 The grammar the checker (`violations`, `is_grammatical`) enforces is the demo source grammar
 read from `demo_world`'s renderer, plus two optional variants that only `mrpc` uses: an explicit
@@ -57,7 +66,7 @@ from typing import Mapping, Optional, Sequence, Union
 from gbt_t5x.data import demo_world as dw
 from gbt_t5x.data.demo_world import Clause, Lexicon, NounPhrase, Pronoun, Sentence
 
-DOWNSTREAM_VERSION = 1
+DOWNSTREAM_VERSION = 2
 ENV_CONFIG = "GBT_T5X_DEMO_DOWNSTREAM_CONFIG"
 TASKS = ("cola", "mrpc", "sst2")
 SPLITS = ("train", "validation", "test")
@@ -70,6 +79,13 @@ MANIFEST = "downstream_manifest.json"
 
 AGREEMENT, VERB_FINAL, ADJECTIVE_ORDER = "agreement", "verb_final", "adjective_order"
 CORRUPTIONS = (AGREEMENT, VERB_FINAL, ADJECTIVE_ORDER)
+# The 'clear' tasks' corruptions: word order only (a verb moved to its clause's start, an
+# adjective moved in front of its noun), each visible from word classes and positions alone.
+CLEAR_CORRUPTIONS = (VERB_FINAL, ADJECTIVE_ORDER)
+CLEAR, HARD = "clear", "hard"
+DIFFICULTIES = (CLEAR, HARD)
+# The settings `ensure_demo_downstream` and $GBT_T5X_DEMO_DOWNSTREAM_CONFIG take.
+DOWNSTREAM_KEYS = ("num_train", "num_validation", "num_test", "difficulty")
 ADJECTIVE_AGREEMENT, NOUN_PHRASE, STRUCTURE, VALENCY, UNKNOWN_WORD = (
     "adjective_agreement", "noun_phrase", "structure", "valency", "unknown_word")
 POSITIVE_ADJECTIVES = ("happy", "kind", "beautiful", "brave", "clever", "rich", "strong",
@@ -259,9 +275,10 @@ def is_grammatical(text: str, seed: int) -> bool:
   return readings is not None and any(not _reading_violations(r) for r in readings)
 
 
-def sentiment_label(text: str, seed: int) -> int:
+def sentiment_label(text: str, seed: int, difficulty: str = "clear") -> int:
   """1 ("positive") or 0 from the surface of an sst2 sentence: positive iff its one evaluative
-  adjective is positive XOR the main (last) clause's verb carries the negation suffix."""
+  adjective is positive ('clear'), XOR the main (last) clause's verb carries the negation
+  suffix ('hard')."""
   words = text[:-1].split(" ")
   polar, main_negated = [], False
   for w in words:
@@ -275,7 +292,9 @@ def sentiment_label(text: str, seed: int) -> int:
       main_negated = "neg" in m.suffixes  # the last verb is the main clause's
   if len(polar) != 1:
     raise ValueError(f"sentiment_label needs exactly one evaluative adjective, found {len(polar)}")
-  return int(polar[0] != main_negated)
+  if difficulty not in DIFFICULTIES:
+    raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
+  return int(polar[0] != (main_negated and difficulty == HARD))
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,8 +390,13 @@ def _clause_ranges(tags: Sequence[str]) -> list[tuple[str, int, int]]:
   return [("main", 0, len(tags))]
 
 
-def _corrupt(s: Sentence, lex: Lexicon, kind: str, d) -> Optional[str]:
-  """A rendering of `s` broken by rule `kind`, or None when `s` offers no place for it."""
+def _corrupt(s: Sentence, lex: Lexicon, kind: str, d, verb_first: bool = False
+             ) -> Optional[str]:
+  """A rendering of `s` broken by rule `kind`, or None when `s` offers no place for it.
+
+  `verb_final` moves a clause's verb to a random earlier position of its clause, or with
+  `verb_first` to the clause's first position.
+  """
   tagged = dw.render_source_tagged(s, lex)
   words, tags = [w for w, _ in tagged], [t for _, t in tagged]
   ranges = _clause_ranges(tags)
@@ -394,7 +418,7 @@ def _corrupt(s: Sentence, lex: Lexicon, kind: str, d) -> Optional[str]:
       return None
     start, end = d.choice(cands)
     verb = words.pop(end - 1)
-    words.insert(start + d.index(end - 1 - start), verb)
+    words.insert(start if verb_first else start + d.index(end - 1 - start), verb)
   elif kind == ADJECTIVE_ORDER:
     cands = [k for k in range(len(tags) - 1) if tags[k] == "NOUN" and tags[k + 1] == "ADJ"]
     if not cands:
@@ -417,14 +441,16 @@ def _fresh(d, seen: set) -> Sentence:
       return s
 
 
-def _cola_example(label: int, k: int, d, lex: Lexicon, seed: int, seen: set) -> tuple:
+def _cola_example(label: int, k: int, d, lex: Lexicon, seed: int, seen: set,
+                  clear: bool) -> tuple:
+  kinds = CLEAR_CORRUPTIONS if clear else CORRUPTIONS
   while True:
     s = _fresh(d, seen)
     if label == 1:
       seen.add(s)
       return (dw.render_source(s, lex),), "intact", (s,)
-    kind = CORRUPTIONS[k % len(CORRUPTIONS)]
-    text = _corrupt(s, lex, kind, d)
+    kind = kinds[k % len(kinds)]
+    text = _corrupt(s, lex, kind, d, verb_first=clear)
     if text is not None and kind in violations(text, seed):
       seen.add(s)
       return (text,), kind, (s,)
@@ -480,11 +506,17 @@ def _perturb(s: Sentence, d) -> tuple[Sentence, str]:
       return out, f"{name}.{slot}"
 
 
-def _mrpc_example(label: int, k: int, d, lex: Lexicon, seed: int, seen: set) -> tuple:
+def _mrpc_example(label: int, k: int, d, lex: Lexicon, seed: int, seen: set,
+                  clear: bool) -> tuple:
   del k, seed
   while True:
     s = _fresh(d, seen)
-    other, info = (s, "same") if label == 1 else _perturb(s, d)
+    if label == 1:
+      other, info = s, "same"
+    elif clear:
+      other, info = _fresh(d, seen | {s}), "unrelated"
+    else:
+      other, info = _perturb(s, d)
     options = variant_options(other)
     if not options or other in seen:
       continue
@@ -516,10 +548,12 @@ def _map_nps(c: Clause, fn) -> Clause:
                              pps=tuple((p, fn(np_)) for p, np_ in c.pps))
 
 
-def _sst2_example(label: int, k: int, d, lex: Lexicon, seed: int, seen: set) -> tuple:
+def _sst2_example(label: int, k: int, d, lex: Lexicon, seed: int, seen: set,
+                  clear: bool) -> tuple:
   del k, seed
   negated = d.uniform() < 0.5
-  pool = POSITIVE_ADJECTIVES if bool(label) != negated else NEGATIVE_ADJECTIVES
+  flips = negated and not clear  # 'clear': the main clause's negation is a distractor too
+  pool = POSITIVE_ADJECTIVES if bool(label) != flips else NEGATIVE_ADJECTIVES
   while True:
     s = _fresh(d, seen)
     neutral = lambda np_: _neutralise(np_, d)  # noqa: E731
@@ -559,14 +593,24 @@ _GENERATORS = {"cola": _cola_example, "mrpc": _mrpc_example, "sst2": _sst2_examp
 
 @dataclasses.dataclass(frozen=True)
 class DownstreamConfig:
-  """World seed (fixes the lexicon) and examples per split of every task."""
+  """World seed (fixes the lexicon), examples per split of every task, and the tasks' difficulty.
+
+  `difficulty` 'clear' (the default: labels a tiny pretrained model can learn) or 'hard' (the
+  first construction, at chance for tiny models): see the module docstring.
+  """
   seed: int = 0
   num_train: int = 4_000
   num_validation: int = 500
   num_test: int = 500
+  difficulty: str = CLEAR
 
   def __post_init__(self):
+    if self.difficulty not in DIFFICULTIES:
+      raise ValueError(f"demo downstream difficulty must be one of {DIFFICULTIES}, got "
+                       f"{self.difficulty!r}")
     for f in dataclasses.fields(self):
+      if f.name == "difficulty":
+        continue
       v = getattr(self, f.name)
       if isinstance(v, bool) or not isinstance(v, int) or v < (2 if f.name != "seed" else 0):
         raise ValueError(f"demo downstream {f.name} must be an int >= "
@@ -602,7 +646,8 @@ def generate_task(task: str, config: Optional[DownstreamConfig] = None
   out: dict[str, list[Row]] = {}
   for split in ("test", "validation", "train"):
     n = config.sizes()[split]
-    made = [_GENERATORS[task](i % 2, i // 2, d, lex, config.seed, seen) for i in range(n)]
+    made = [_GENERATORS[task](i % 2, i // 2, d, lex, config.seed, seen,
+                              clear=config.difficulty == CLEAR) for i in range(n)]
     order = rng.permutation(n)
     out[split] = [Row(made[j][0], int(j % 2), made[j][1], i, made[j][2])
                   for i, j in enumerate(order)]
@@ -640,8 +685,8 @@ def read_tsv(path: PathLike) -> list[dict]:
 
 
 def config_from_env() -> dict:
-  """Size overrides from `$GBT_T5X_DEMO_DOWNSTREAM_CONFIG` (JSON: num_train, num_validation,
-  num_test); the seed comes from the world (`$GBT_T5X_DEMO_CONFIG`)."""
+  """Overrides from `$GBT_T5X_DEMO_DOWNSTREAM_CONFIG` (JSON: num_train, num_validation,
+  num_test, difficulty); the seed comes from the world (`$GBT_T5X_DEMO_CONFIG`)."""
   raw = os.environ.get(ENV_CONFIG, "").strip()
   if not raw:
     return {}
@@ -649,7 +694,7 @@ def config_from_env() -> dict:
     cfg = json.loads(raw)
   except json.JSONDecodeError as e:
     raise ValueError(f"${ENV_CONFIG} is not valid JSON: {e}") from e
-  allowed = {"num_train", "num_validation", "num_test"}
+  allowed = set(DOWNSTREAM_KEYS)
   if not isinstance(cfg, dict) or set(cfg) - allowed:
     raise ValueError(f"${ENV_CONFIG} must be a JSON object with keys among {sorted(allowed)}, "
                      f"got {raw!r}")
@@ -701,14 +746,14 @@ def ensure_demo_downstream(data_dir: Optional[PathLike] = None,
                            **world_config) -> pathlib.Path:
   """Makes sure `data_dir` (default `demo_world.default_data_dir()`) holds the demo world for
   `world_config` (`demo_world.ensure_demo_world` keywords) and the downstream TSVs for its seed
-  and the sizes in `downstream` (`num_train`, `num_validation`, `num_test`; defaults of
-  `DownstreamConfig`). Generates only when `downstream_manifest.json` records another config (an
+  and the sizes and difficulty in `downstream` (`num_train`, `num_validation`, `num_test`,
+  `difficulty`; defaults of `DownstreamConfig`). Generates only when `downstream_manifest.json` records another config (an
   exclusive lock on `data_dir/.downstream.lock` serialises generators). Returns `data_dir`."""
   sizes = dict(downstream or {})
-  unknown = set(sizes) - {"num_train", "num_validation", "num_test"}
+  unknown = set(sizes) - set(DOWNSTREAM_KEYS)
   if unknown:
-    raise ValueError(f"unknown demo downstream sizes {sorted(unknown)}; expected num_train, "
-                     f"num_validation, num_test")
+    raise ValueError(f"unknown demo downstream settings {sorted(unknown)}; expected some of "
+                     f"{list(DOWNSTREAM_KEYS)}")
   cfg = DownstreamConfig(seed=int(world_config.get("seed", dw.DemoWorldConfig.seed)), **sizes)
   data_dir = dw.ensure_demo_world(data_dir, **world_config)
   if _is_current(data_dir, cfg):

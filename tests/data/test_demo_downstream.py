@@ -1,5 +1,6 @@
 """Tests of the demo downstream generator (`gbt_t5x.data.demo_downstream`) and its checker."""
 import collections
+import dataclasses
 import json
 
 import pytest
@@ -9,7 +10,11 @@ from gbt_t5x.data import demo_world as dw
 from gbt_t5x.data.demo_world import Clause, NounPhrase, Pronoun, Sentence
 
 SEED = 3
-SMALL = dd.DownstreamConfig(seed=SEED, num_train=90, num_validation=30, num_test=31)
+# The tests below the checker's cover the 'hard' construction (SMALL); those named `clear` the
+# default 'clear' one (CLEAR).
+SMALL = dd.DownstreamConfig(seed=SEED, num_train=90, num_validation=30, num_test=31,
+                            difficulty=dd.HARD)
+CLEAR = dataclasses.replace(SMALL, difficulty=dd.CLEAR)
 TINY_WORLD = dict(seed=SEED, num_train=200, num_guide=20, num_dev=20, num_test=20, num_mono=50,
                   vocab_size=300)
 
@@ -17,6 +22,11 @@ TINY_WORLD = dict(seed=SEED, num_train=200, num_guide=20, num_dev=20, num_test=2
 @pytest.fixture(scope="module")
 def generated():
   return {task: dd.generate_task(task, SMALL) for task in dd.TASKS}
+
+
+@pytest.fixture(scope="module")
+def generated_clear():
+  return {task: dd.generate_task(task, CLEAR) for task in dd.TASKS}
 
 
 @pytest.fixture(scope="module")
@@ -97,17 +107,17 @@ def test_meaning_slots_count_one_change():
 def test_deterministic_for_a_seed():
   again = dd.generate_task("cola", SMALL)
   assert again == dd.generate_task("cola", SMALL)
-  other = dd.generate_task("cola", dd.DownstreamConfig(seed=SEED + 1, num_train=90,
-                                                      num_validation=30, num_test=31))
+  other = dd.generate_task("cola", dataclasses.replace(SMALL, seed=SEED + 1))
   assert [r.texts for r in other["test"]] != [r.texts for r in again["test"]]
-  bigger = dd.generate_task("cola", dd.DownstreamConfig(seed=SEED, num_train=120,
-                                                       num_validation=30, num_test=31))
+  bigger = dd.generate_task("cola", dataclasses.replace(SMALL, num_train=120))
   assert bigger["test"] == again["test"] and bigger["validation"] == again["validation"]
 
 
+@pytest.mark.parametrize("difficulty", dd.DIFFICULTIES)
 @pytest.mark.parametrize("task", dd.TASKS)
-def test_sizes_balance_and_disjoint_splits(generated, task):
-  splits = generated[task]
+def test_sizes_balance_and_disjoint_splits(generated, generated_clear, task, difficulty):
+  assert dd.DownstreamConfig().difficulty == dd.CLEAR  # the default
+  splits = (generated_clear if difficulty == dd.CLEAR else generated)[task]
   seen_texts, seen_meanings = set(), set()
   for split, n in SMALL.sizes().items():
     rows = splits[split]
@@ -169,11 +179,71 @@ def test_sst2_label_follows_adjective_and_main_negation(generated, lex):
                if a in dd.POSITIVE_ADJECTIVES + dd.NEGATIVE_ADJECTIVES]
       assert len(polar) == 1
       assert r.label == int((polar[0] in dd.POSITIVE_ADJECTIVES) != s.main.negated)
-      assert dd.sentiment_label(text, SEED) == r.label  # read off the surface alone
+      assert dd.sentiment_label(text, SEED, dd.HARD) == r.label  # read off the surface alone
       assert dd.is_grammatical(text, SEED) and text == dw.render_source(s, lex)
   negated = collections.Counter((r.label, r.meanings[0].main.negated)
                                 for rows in generated["sst2"].values() for r in rows)
   assert len(negated) == 4  # both labels occur with and without negation
+
+
+def _clause_starts(words):
+  conj = [i for i, w in enumerate(words) if any(m.pos == "CONJ" for m in dd.analyse(w, SEED))]
+  return [0] + [i + 1 for i in conj]
+
+
+def test_clear_cola_moves_a_verb_to_its_clause_start_or_an_adjective_before_its_noun(
+    generated_clear, lex):
+  kinds = collections.Counter()
+  for rows in generated_clear["cola"].values():
+    for r in rows:
+      (text,) = r.texts
+      original = dw.render_source(r.meanings[0], lex)
+      if r.label == 1:
+        assert r.info == "intact" and text == original and dd.is_grammatical(text, SEED)
+        continue
+      kinds[r.info] += 1
+      assert r.info in dd.violations(text, SEED) and not dd.is_grammatical(text, SEED)
+      words = text[:-1].split(" ")
+      assert sorted(words) == sorted(original[:-1].split(" "))  # only the order changed
+      if r.info == dd.VERB_FINAL:
+        assert any(any(m.pos == "VERB" for m in dd.analyse(words[i], SEED))
+                   for i in _clause_starts(words))
+  assert set(kinds) == set(dd.CLEAR_CORRUPTIONS)
+  assert max(kinds.values()) - min(kinds.values()) <= 3  # halves within each split
+
+
+def test_clear_mrpc_negatives_pair_unrelated_meanings(generated_clear, lex):
+  changed_slots = []
+  for rows in generated_clear["mrpc"].values():
+    for r in rows:
+      a, b = r.meanings
+      assert all(dd.is_grammatical(t, SEED) for t in r.texts)
+      canonical = [t == dw.render_source(m, lex) for t, m in zip(r.texts, r.meanings)]
+      assert sorted(canonical) == [False, True]
+      if r.label == 1:
+        assert a == b and r.info.startswith("same:")
+      else:
+        assert a != b and r.info.startswith("unrelated:")
+        sa, sb = dd.meaning_slots(a), dd.meaning_slots(b)
+        changed_slots.append(sum(sa.get(k) != sb.get(k) for k in set(sa) | set(sb)))
+  assert sum(changed_slots) / len(changed_slots) >= 4  # drawn afresh, not one slot apart
+
+
+def test_clear_sst2_label_is_the_adjective_polarity(generated_clear, lex):
+  for rows in generated_clear["sst2"].values():
+    for r in rows:
+      (text,) = r.texts
+      polar = [w for w in text[:-1].split(" ") for m in dd.analyse(w, SEED)[:1]
+               if m.pos == "ADJ" and m.lemma.split(":")[1] in
+               dd.POSITIVE_ADJECTIVES + dd.NEGATIVE_ADJECTIVES]
+      assert len(polar) == 1
+      adjective = dd.analyse(polar[0], SEED)[0].lemma.split(":")[1]
+      assert r.label == int(adjective in dd.POSITIVE_ADJECTIVES)
+      assert dd.sentiment_label(text, SEED) == r.label
+      assert dd.is_grammatical(text, SEED)
+  negated = collections.Counter((r.label, r.meanings[0].main.negated)
+                                for rows in generated_clear["sst2"].values() for r in rows)
+  assert len(negated) == 4  # negation occurs with both labels: a distractor
 
 
 # ----------------------------------------------------------------------------- on disk
@@ -202,8 +272,15 @@ def test_bad_input_says_what_is_wrong(monkeypatch, tmp_path):
   with pytest.raises(ValueError, match="num_tain"):
     dd.ensure_demo_downstream(tmp_path, {"num_tain": 3}, **TINY_WORLD)
   assert not list(tmp_path.iterdir())  # checked before anything is generated
+  with pytest.raises(ValueError, match="difficulty must be one of"):
+    dd.DownstreamConfig(difficulty="easy")
+  with pytest.raises(ValueError, match="difficulty must be one of"):
+    dd.sentiment_label(
+        dd.generate_task("sst2", CLEAR)["test"][0].texts[0], SEED, "easy")
   monkeypatch.setenv(dd.ENV_CONFIG, '{"num_tain": 3}')
   with pytest.raises(ValueError, match="keys among"):
     dd.config_from_env()
+  monkeypatch.setenv(dd.ENV_CONFIG, '{"difficulty": "hard"}')
+  assert dd.config_from_env() == {"difficulty": "hard"}
   with pytest.raises(ValueError, match="ends with"):
     dd.violations("no final stop", SEED)
