@@ -11,17 +11,18 @@ a tiny model leaves at chance (kept for larger models).
 
 * `cola` (grammaticality, label 1 "acceptable" / 0 "unacceptable"): half the sentences are
   canonical renderings of a meaning; the other half are renderings corrupted by one rule the
-  grammar forbids. 'clear': in equal halves, `verb_final` (a clause's verb moved to the start of
-  its clause) and `adjective_order` (an adjective moved in front of its noun, where no other noun
-  phrase can absorb it). 'hard': in equal thirds, `agreement` (the verb's person/number suffix
-  swapped for one that disagrees with an overt subject), `verb_final` (the verb moved to a random
-  earlier position of its clause) and `adjective_order`. Every corruption is kept only if
-  `violations` reports its rule.
+  grammar forbids. 'clear' (sentences of at most `CLEAR_MAX_WORDS` words): in equal halves,
+  `verb_final` (a clause's verb moved to the start of its clause) and `duplicated_word` (a word
+  other than an adjective written twice in a row). 'hard': in equal thirds, `agreement` (the
+  verb's person/number suffix swapped for one that disagrees with an overt subject), `verb_final`
+  (the verb moved to a random earlier position of its clause) and `adjective_order` (an
+  adjective moved in front of its noun, where no other noun phrase can absorb it). Every
+  corruption is kept only if `violations` reports its rule (any rule, for a duplicated word).
 * `mrpc` (paraphrase, 1 "equivalent" / 0 "not equivalent"): one side is the canonical rendering
   of a meaning A, the other a *variant* rendering (see below) of A (label 1) or of another
-  meaning B (label 0): 'clear' draws B afresh (an unrelated sentence), 'hard' changes exactly one
-  slot of `meaning_slots` of A. Which side comes first is random, so surface differences never
-  give the label away.
+  meaning B (label 0): 'clear' draws B afresh (an unrelated sentence; both of at most
+  `CLEAR_MAX_WORDS` words), 'hard' changes exactly one slot of `meaning_slots` of A. Which side
+  comes first is random, so surface differences never give the label away.
 * `sst2` (a sentiment-like attribute, 1 "positive" / 0 "negative"): every sentence holds exactly
   one evaluative adjective (`POSITIVE_ADJECTIVES` / `NEGATIVE_ADJECTIVES`, anywhere in the
   sentence) and its main clause is negated half of the time. 'clear': the label is the
@@ -79,9 +80,12 @@ MANIFEST = "downstream_manifest.json"
 
 AGREEMENT, VERB_FINAL, ADJECTIVE_ORDER = "agreement", "verb_final", "adjective_order"
 CORRUPTIONS = (AGREEMENT, VERB_FINAL, ADJECTIVE_ORDER)
-# The 'clear' tasks' corruptions: word order only (a verb moved to its clause's start, an
-# adjective moved in front of its noun), each visible from word classes and positions alone.
-CLEAR_CORRUPTIONS = (VERB_FINAL, ADJECTIVE_ORDER)
+# The 'clear' tasks' corruptions, each visible locally: a verb moved to its clause's start, a
+# word (not an adjective: those may repeat) written twice in a row.
+DUPLICATED_WORD = "duplicated_word"
+CLEAR_CORRUPTIONS = (VERB_FINAL, DUPLICATED_WORD)
+# The 'clear' tasks draw short sentences (at most this many English words per meaning).
+CLEAR_MAX_WORDS = 12
 CLEAR, HARD = "clear", "hard"
 DIFFICULTIES = (CLEAR, HARD)
 # The settings `ensure_demo_downstream` and $GBT_T5X_DEMO_DOWNSTREAM_CONFIG take.
@@ -419,6 +423,10 @@ def _corrupt(s: Sentence, lex: Lexicon, kind: str, d, verb_first: bool = False
     start, end = d.choice(cands)
     verb = words.pop(end - 1)
     words.insert(start if verb_first else start + d.index(end - 1 - start), verb)
+  elif kind == DUPLICATED_WORD:
+    cands = [k for k in range(len(tags)) if tags[k] != "ADJ"]
+    k = d.choice(cands)
+    words.insert(k, words[k])
   elif kind == ADJECTIVE_ORDER:
     cands = [k for k in range(len(tags) - 1) if tags[k] == "NOUN" and tags[k + 1] == "ADJ"]
     if not cands:
@@ -430,13 +438,14 @@ def _corrupt(s: Sentence, lex: Lexicon, kind: str, d, verb_first: bool = False
     adj = words.pop(k + 1 + d.index(n_adj))
     words.insert(k, adj)
   else:
-    raise ValueError(f"unknown corruption {kind!r}; expected one of {CORRUPTIONS}")
+    raise ValueError(f"unknown corruption {kind!r}; expected one of "
+                     f"{CORRUPTIONS + (DUPLICATED_WORD,)}")
   return " ".join(words) + "."
 
 
-def _fresh(d, seen: set) -> Sentence:
+def _fresh(d, seen: set, max_words: int = dw.MAX_TARGET_WORDS) -> Sentence:
   while True:
-    s = dw.sample_sentence(d)
+    s = dw.sample_sentence(d, max_words)
     if s not in seen:
       return s
 
@@ -445,13 +454,17 @@ def _cola_example(label: int, k: int, d, lex: Lexicon, seed: int, seen: set,
                   clear: bool) -> tuple:
   kinds = CLEAR_CORRUPTIONS if clear else CORRUPTIONS
   while True:
-    s = _fresh(d, seen)
+    s = _fresh(d, seen, CLEAR_MAX_WORDS) if clear else _fresh(d, seen)
     if label == 1:
       seen.add(s)
       return (dw.render_source(s, lex),), "intact", (s,)
     kind = kinds[k % len(kinds)]
     text = _corrupt(s, lex, kind, d, verb_first=clear)
-    if text is not None and kind in violations(text, seed):
+    if text is None:
+      continue
+    broken = violations(text, seed)
+    # A duplicated word breaks whichever rule its word class has; the others break their own.
+    if broken and (kind == DUPLICATED_WORD or kind in broken):
       seen.add(s)
       return (text,), kind, (s,)
 
@@ -509,12 +522,13 @@ def _perturb(s: Sentence, d) -> tuple[Sentence, str]:
 def _mrpc_example(label: int, k: int, d, lex: Lexicon, seed: int, seen: set,
                   clear: bool) -> tuple:
   del k, seed
+  max_words = CLEAR_MAX_WORDS if clear else dw.MAX_TARGET_WORDS
   while True:
-    s = _fresh(d, seen)
+    s = _fresh(d, seen, max_words)
     if label == 1:
       other, info = s, "same"
     elif clear:
-      other, info = _fresh(d, seen | {s}), "unrelated"
+      other, info = _fresh(d, seen | {s}, max_words), "unrelated"
     else:
       other, info = _perturb(s, d)
     options = variant_options(other)
@@ -742,13 +756,14 @@ def write_downstream(config: DownstreamConfig, data_dir: PathLike) -> dict:
 
 
 def ensure_demo_downstream(data_dir: Optional[PathLike] = None,
-                           downstream: Optional[Mapping[str, int]] = None,
+                           downstream: Optional[Mapping[str, Union[int, str]]] = None,
                            **world_config) -> pathlib.Path:
   """Makes sure `data_dir` (default `demo_world.default_data_dir()`) holds the demo world for
   `world_config` (`demo_world.ensure_demo_world` keywords) and the downstream TSVs for its seed
   and the sizes and difficulty in `downstream` (`num_train`, `num_validation`, `num_test`,
-  `difficulty`; defaults of `DownstreamConfig`). Generates only when `downstream_manifest.json` records another config (an
-  exclusive lock on `data_dir/.downstream.lock` serialises generators). Returns `data_dir`."""
+  `difficulty`; defaults of `DownstreamConfig`). Generates only when `downstream_manifest.json`
+  records another config (an exclusive lock on `data_dir/.downstream.lock` serialises
+  generators). Returns `data_dir`."""
   sizes = dict(downstream or {})
   unknown = set(sizes) - set(DOWNSTREAM_KEYS)
   if unknown:

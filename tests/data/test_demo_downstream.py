@@ -191,23 +191,28 @@ def _clause_starts(words):
   return [0] + [i + 1 for i in conj]
 
 
-def test_clear_cola_moves_a_verb_to_its_clause_start_or_an_adjective_before_its_noun(
-    generated_clear, lex):
+def test_clear_cola_moves_a_verb_to_its_clause_start_or_doubles_a_word(generated_clear, lex):
   kinds = collections.Counter()
   for rows in generated_clear["cola"].values():
     for r in rows:
       (text,) = r.texts
       original = dw.render_source(r.meanings[0], lex)
+      assert len(dw.render_target_words(r.meanings[0])) <= dd.CLEAR_MAX_WORDS
       if r.label == 1:
         assert r.info == "intact" and text == original and dd.is_grammatical(text, SEED)
         continue
       kinds[r.info] += 1
-      assert r.info in dd.violations(text, SEED) and not dd.is_grammatical(text, SEED)
-      words = text[:-1].split(" ")
-      assert sorted(words) == sorted(original[:-1].split(" "))  # only the order changed
+      assert not dd.is_grammatical(text, SEED)
+      words, before = text[:-1].split(" "), original[:-1].split(" ")
       if r.info == dd.VERB_FINAL:
+        assert dd.VERB_FINAL in dd.violations(text, SEED)
+        assert sorted(words) == sorted(before)  # only the order changed
         assert any(any(m.pos == "VERB" for m in dd.analyse(words[i], SEED))
                    for i in _clause_starts(words))
+      else:
+        doubled = [i for i in range(len(before)) if words[:i + 1] + words[i + 2:] == before
+                   and words[i] == words[i + 1]]
+        assert doubled and not any(m.pos == "ADJ" for m in dd.analyse(words[doubled[0]], SEED))
   assert set(kinds) == set(dd.CLEAR_CORRUPTIONS)
   assert max(kinds.values()) - min(kinds.values()) <= 3  # halves within each split
 
@@ -220,6 +225,7 @@ def test_clear_mrpc_negatives_pair_unrelated_meanings(generated_clear, lex):
       assert all(dd.is_grammatical(t, SEED) for t in r.texts)
       canonical = [t == dw.render_source(m, lex) for t, m in zip(r.texts, r.meanings)]
       assert sorted(canonical) == [False, True]
+      assert all(len(dw.render_target_words(m)) <= dd.CLEAR_MAX_WORDS for m in r.meanings)
       if r.label == 1:
         assert a == b and r.info.startswith("same:")
       else:
