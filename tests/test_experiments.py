@@ -129,8 +129,11 @@ def test_schedule_vs_constant_quick(results_dir):
   run_script("schedule_vs_constant.py", results_dir, "--seeds=0")
   tables = check_tables((out / "report.md").read_text(), "arm")
   arms = [row["arm"] for row in tables[0]]
-  assert arms[0] == "constant: default" and arms[-2:] == [
+  assert arms[0] == "constant: default" and arms[-5:] == [
+      "GBT (guided run)", "GBT, forward horizon (mu 0.99)", "best constant (picked on its seed)",
       "best constant (unseen seed)", "replayed schedule (unseen seed)"]
+  assert [row["comparison"] for row in tables[1]][-2:] == [
+      "GBT forward horizon vs greedy", "GBT forward horizon vs best constant (seed s)"]
   # The replayed and the best constant runs use a seed the guided run never saw.
   assert (out / "records" / "replayed_schedule_unseen_seed__seed100.json").exists()
   assert (out / "runs" / "GBT_guided_run__seed0" / "learned_schedule.gin").exists()
@@ -144,9 +147,11 @@ def test_bo_vs_gbt_quick(results_dir):
   text = (out / "report.md").read_text()
   tables = check_tables(text, "method")
   assert len(tables) == 4  # a result table and a paired table per space
-  for table in tables[::2]:
-    assert [row["method"] for row in table] == ["GBT (1 guided run)", "BO at GBT's compute",
-                                                 "BO after 2 trials"]
+  methods = ["GBT (1 guided run)", "BO at GBT's compute", "BO after 2 trials"]
+  # d = 1 also has the long-horizon GBT run (forward mode is priced per guided scalar).
+  assert [row["method"] for row in tables[0]] == methods + ["GBT, forward horizon (mu 0.99)"]
+  assert [row["method"] for row in tables[2]] == methods
+  assert tables[1][-1]["comparison"] == "GBT forward horizon vs greedy"
   for space in ("BO_d_1", "BO_d_10"):
     assert (out / "studies" / f"{space}_seed0" / "study.db").exists()
     assert (out / "studies" / f"{space}_seed0" / "trials.csv").exists()
@@ -159,14 +164,33 @@ def test_bo_vs_gbt_quick(results_dir):
 def test_pretrain_downstream_quick(results_dir):
   out = results_dir / "pretrain_downstream"
   run_script("pretrain_downstream.py", results_dir, "--seeds=0")
-  tables = report.parse_tables((out / "report.md").read_text())
-  pretraining, finetuned = tables[0], tables[1]
-  assert [r["pretraining"] for r in pretraining] == ["plain pretraining", "guided pretraining"]
-  assert [r["pretraining"] for r in finetuned] == ["plain pretraining", "guided pretraining"]
+  text = (out / "report.md").read_text()
+  tables = check_tables(text, "arm")
+  pretraining, finetuned, paired = tables[0], tables[1], tables[2]
+  arms = ["plain pretraining", "guided pretraining", "plain pretraining, equal compute"]
+  assert [r["arm"] for r in pretraining] == arms and [r["arm"] for r in finetuned] == arms
   # Every demo GLUE task is scored with its own metric, and their average is reported.
   for key in ("demo_cola/matthews_corrcoef", "demo_mrpc/f1", "demo_mrpc/accuracy",
               "demo_sst2/accuracy", "average"):
     assert all(key in r for r in finetuned), (key, finetuned[0].keys())
+  assert [r["comparison"] for r in paired] == ["guided vs plain pretraining, equal steps",
+                                               "guided vs plain pretraining, equal compute"]
+  # The equal-compute pretraining gets the guided run's measured cost as extra steps.
+  records = {json.loads(p.read_text())["label"]: json.loads(p.read_text())
+             for p in (out / "records").glob("*.json")}
+  plain, guided = records["plain pretraining"], records["guided pretraining"]
+  ratio = guided["seconds_per_step"] / plain["seconds_per_step"]
+  assert records["plain pretraining, equal compute"]["train_steps"] == round(
+      guided["train_steps"] * ratio)
+  # Each of the three checkpoints is finetuned the same number of steps.
+  finetunes = [r for label, r in records.items() if label.startswith("finetune ")]
+  assert len(finetunes) == 3 and len({r["train_steps"] for r in finetunes}) == 1
+  assert "learnable at this size" in text
+  for png in ("downstream.png", "learned_values.png"):
+    assert (out / png).stat().st_size > 1000
+  before = snapshot(out / "records")
+  run_script("pretrain_downstream.py", results_dir, "--seeds=0")  # every run has a record
+  assert snapshot(out / "records") == before
 
 
 @pytest.mark.slow

@@ -45,6 +45,12 @@ SPACES = {
              (*_D6_KINDS, "data_weights")),
 }
 GBT_ROW, EQUAL_ROW = "GBT (1 guided run)", "BO at GBT's compute"
+# The long-horizon ('forward') hypergradient runs in the spaces listed here only: it carries one
+# tangent of the params and optimizer state per guided scalar through every model step, so its
+# cost grows with d (about d times a plain step's tangent work) -- affordable for d = 1.
+FORWARD_MU = 0.99
+FORWARD_SPACES = ("d=1",)
+FORWARD_ROW = f"GBT, forward horizon (mu {FORWARD_MU:g})"
 
 
 def _add_flags(parser) -> None:
@@ -54,8 +60,8 @@ def _add_flags(parser) -> None:
                       help=f"comma-separated subset of {list(SPACES)}")
 
 
-def gbt_label(space: str) -> str:
-  return f"GBT {space}"
+def gbt_label(space: str, forward: bool = False) -> str:
+  return f"GBT {space}" + (f" forward mu {FORWARD_MU:g}" if forward else "")
 
 
 def run_all(exp: common.Experiment, spaces: Sequence[str], num_trials: int) -> None:
@@ -67,24 +73,35 @@ def run_all(exp: common.Experiment, spaces: Sequence[str], num_trials: int) -> N
                               exp.size.hyper_step_every)
       common.run_arm(exp, gbt_label(space), seed, [gin], [], score)
       bo.run_study(exp, f"BO {space}", SPACES[space][0], seed, num_trials)
+      if space in FORWARD_SPACES:
+        forward_gin = common.guided_gin(
+            os.path.join(exp.out, "gin", f"gbt_{space.replace('=', '')}_forward.gin"),
+            common.NMT_GIN, SPACES[space][1], exp.meta_lr, exp.size.hyper_step_every,
+            extra=("HYPERGRAD_HORIZON = 'forward'", f"HYPERGRAD_MU = {FORWARD_MU!r}"))
+        common.run_arm(exp, gbt_label(space, forward=True), seed, [forward_gin], [], score)
 
 
 def write_report(exp: common.Experiment, spaces: Sequence[str], num_trials: int) -> str:
   seeds = list(exp.seeds)
   sections, panels_bleu, panels_loss, verdicts = [], {}, {}, []
   for space in spaces:
-    gbt, curves = [], []
+    gbt, curves, plain_sps_of = [], [], {}
     for seed in seeds:
       g = exp.store.get(gbt_label(space), seed)
       trials = [exp.store.get(bo.trial_label(f"BO {space}", n), seed) for n in range(num_trials)]
       if g is None or any(t is None for t in trials):
         raise ValueError(f"runs of space {space} seed {seed} in {exp.out} are not finished: "
                          "rerun without --report_only")
-      plain_sps = float(np.median([t.seconds_per_step for t in trials]))
+      plain_sps = plain_sps_of[seed] = float(np.median([t.seconds_per_step for t in trials]))
       gbt.append((g, common.step_equivalents(g, plain_sps)))
       curves.append(bo.pick_curve(trials, plain_sps))
     gbt_runs = [g for g, _ in gbt]
     gbt_compute = [c for _, c in gbt]
+    forward = []
+    if space in FORWARD_SPACES:
+      for seed in seeds:
+        f = common.require_record(exp, gbt_label(space, forward=True), seed)
+        forward.append((f, common.step_equivalents(f, plain_sps_of[seed])))
     # BO at GBT's compute: its pick among the trials whose cumulative compute fits (at least 1).
     within = [bo.pick_within(comp, picks, c) for (comp, picks), c in zip(curves, gbt_compute)]
     at_equal = [pick for _, pick in within]
@@ -94,11 +111,15 @@ def write_report(exp: common.Experiment, spaces: Sequence[str], num_trials: int)
             f"BO after {num_trials} trials": final}
     compute = {GBT_ROW: gbt_compute, EQUAL_ROW: at_equal_compute,
                f"BO after {num_trials} trials": [comp[-1] for comp, _ in curves]}
+    comparisons = [(GBT_ROW, EQUAL_ROW, "GBT vs BO at GBT's compute"),
+                   (GBT_ROW, f"BO after {num_trials} trials",
+                    f"GBT vs BO after {num_trials} trials")]
+    if forward:
+      runs[FORWARD_ROW] = [f for f, _ in forward]
+      compute[FORWARD_ROW] = [c for _, c in forward]
+      comparisons.append((FORWARD_ROW, GBT_ROW, "GBT forward horizon vs greedy"))
     table = report.arm_table(list(runs), runs, compute).replace("| arm |", "| method |", 1)
-    paired, diffs = report.paired_table(
-        [(GBT_ROW, EQUAL_ROW, "GBT vs BO at GBT's compute"),
-         (GBT_ROW, f"BO after {num_trials} trials",
-          f"GBT vs BO after {num_trials} trials")], runs)
+    paired, diffs = report.paired_table(comparisons, runs)
     # When does BO's pick first reach GBT's test BLEU (per seed)?
     matches = []
     for (comp, picks), g in zip(curves, gbt_runs):
@@ -113,7 +134,11 @@ def write_report(exp: common.Experiment, spaces: Sequence[str], num_trials: int)
     if matched and len(matched) < len(seeds):
       when += f", and never within {num_trials} trials on the others"
     versus_equal = report.paired_summary(diffs[(GBT_ROW, EQUAL_ROW)])
-    verdicts.append(f"- **{space}**: {when}. GBT vs BO at GBT's compute: {versus_equal}.")
+    verdicts.append(f"- **{space}**: {when}. GBT vs BO at GBT's compute: {versus_equal}."
+                    + (f" Forward horizon (mu {FORWARD_MU:g}, "
+                       f"{np.mean(compute[FORWARD_ROW]):.0f} plain steps of compute) vs greedy "
+                       f"GBT: {report.paired_summary(diffs[(FORWARD_ROW, GBT_ROW)])}."
+                       if forward else ""))
     sections += [f"### Search space {space}: `{SPACES[space][0]}`", table, paired]
     n = min(len(comp) for comp, _ in curves)
     mean_x = list(np.mean([comp[:n] for comp, _ in curves], axis=0))
@@ -121,7 +146,10 @@ def write_report(exp: common.Experiment, spaces: Sequence[str], num_trials: int)
       panels[space] = {
           "BO (TPE), pick by guide loss": (mean_x, list(np.mean(
               [[p.scores[key] for p in picks[:n]] for _, picks in curves], axis=0))),
-          GBT_ROW: ([gbt_mean], [float(np.mean([g.scores[key] for g in gbt_runs]))])}
+          GBT_ROW: ([gbt_mean], [float(np.mean([g.scores[key] for g in gbt_runs]))]),
+          **({FORWARD_ROW: ([float(np.mean(compute[FORWARD_ROW]))],
+                            [float(np.mean([f.scores[key] for f in runs[FORWARD_ROW]]))])}
+             if forward else {})}
   report.plot_panels(os.path.join(exp.out, "bleu_vs_compute.png"), panels_bleu,
                      "cumulative compute (plain train-step equivalents)",
                      f"test BLEU of the pick vs compute (mean over {len(seeds)} seeds)",
@@ -137,7 +165,9 @@ def write_report(exp: common.Experiment, spaces: Sequence[str], num_trials: int)
       f"Setup: as guided_vs_plain ({size.train_steps} steps of {size.batch_size} packed rows, "
       f"tiny T5 {size.num_layers}+{size.num_layers} layers, the demo's defaults as the start of "
       f"both methods). GBT: one guided run per space (meta LR {exp.meta_lr:g}, a guided step every "
-      f"{size.hyper_step_every}); BO: optuna TPE, {num_trials} plain trials per space and seed, "
+      f"{size.hyper_step_every}; greedy one-step lookahead, plus the forward horizon with mu "
+      f"{FORWARD_MU:g} in {list(FORWARD_SPACES)}: its cost grows with the number of guided "
+      "scalars); BO: optuna TPE, {num_trials} plain trials per space and seed, "
       "scored by guide-set loss; the GP sampler needs torch (not installed), so it does not run. "
       "Compute in plain train-step equivalents (a run's steps × its seconds per step ÷ the "
       "median plain trial's, same seed). Test BLEU: greedy decoding of "

@@ -1,24 +1,41 @@
 """Claim 3: hyper-parameters learned during pretraining help downstream. Tiny T5 is pretrained
-with span corruption on the demo world (`demo_span_corruption`) plainly and guided (LR multiplier
-and Adam b1 learned from `demo_span_corruption_guide`), then both checkpoints are finetuned
-identically (finetune.gin's restore, constant LR 0.001) on the downstream task or mixture and
-scored. The default downstream is the demo's GLUE: the mixture `demo_glue_proportional`
-(demo_cola, demo_mrpc, demo_sst2), finetuned multi-task as T5 finetunes on GLUE.
+with span corruption on the demo world (`demo_span_corruption`) three ways, then every checkpoint
+is finetuned identically on the downstream task or mixture and scored:
+
+* `plain pretraining`: AdamW with the demo's defaults (base LR 0.002 after warmup, b1 0.9, label
+  smoothing 0);
+* `guided pretraining`: the same, with the LR multiplier, Adam b1 and label smoothing learned from
+  the pretraining guide task `demo_span_corruption_guide` (a guided step every k steps, k and the
+  meta learning rate from the experiment's size);
+* `plain pretraining, equal compute`: plain, with the guided run's extra cost as extra steps.
+
+The default downstream is the demo's GLUE: the mixture `demo_glue_proportional` (demo_cola,
+demo_mrpc, demo_sst2 in their 'clear' construction, learnable by a tiny model), finetuned
+multi-task as T5 finetunes on GLUE (finetune.gin's restore, constant LR 0.001).
 
     python scripts/experiments/pretrain_downstream.py [--results_dir results] [--quick]
+        [--seeds 0,1,2]
         [--downstream gbt_t5x_tasks.demo_glue:demo_glue_proportional[,MODULE:TASK...]]
 
-Writes RESULTS_DIR/pretrain_downstream/: report.md, downstream.png, experiment.json, records/ (one
-JSON per finished run; a rerun skips them and resumes an interrupted run) and runs/.
+Writes RESULTS_DIR/pretrain_downstream/: report.md, downstream.png, learned_values.png,
+experiment.json, records/ (one JSON per finished run; a rerun skips them and resumes an
+interrupted run) and runs/.
+
 Downstream scores are on the validation split of each task: teacher-forced loss of the
-mixture, and each task's own SeqIO metrics on greedy decodes (Matthews corr. for demo_cola, F1 and
-accuracy for demo_mrpc, accuracy for demo_sst2; BLEU for translation) and their GLUE-style
+mixture, and each task's own SeqIO metrics on greedy decodes (Matthews corr. × 100 for demo_cola,
+F1 and accuracy for demo_mrpc, accuracy for demo_sst2; BLEU for translation) and their GLUE-style
 average (the mean over tasks of each task's mean metric).
 """
 from __future__ import annotations
 
-import os
 import sys
+
+from gbt_t5x import console
+
+if __name__ == "__main__":
+  console.configure(sys.argv)  # Before TensorFlow and JAX load (they log when imported).
+
+import os
 from typing import Sequence
 
 import numpy as np
@@ -31,7 +48,8 @@ DEFAULT_DOWNSTREAM = "gbt_t5x_tasks.demo_glue:demo_glue_proportional"
 
 def _add_flags(parser) -> None:
   parser.add_argument("--downstream", default=DEFAULT_DOWNSTREAM,
-                      help="comma-separated MODULE:TASK_OR_MIXTURE downstream tasks (finetuned one by one)")
+                      help="comma-separated MODULE:TASK_OR_MIXTURE downstream tasks (finetuned "
+                      "one by one)")
 
 
 def parse_downstream(text: str) -> list[tuple[str, str]]:
@@ -71,90 +89,147 @@ def downstream_scores(size: sizes_lib.Size, task: str, module: str, lengths: dic
   return score
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  args = common.parse_args(__doc__.splitlines()[0], argv, _add_flags)
-  downstream = parse_downstream(args.downstream)
-  exp = common.setup(args, NAME, {"downstream": [f"{m}:{t}" for m, t in downstream]})
-  size, out, seeds = exp.size, exp.out, exp.seeds
+PLAIN, GUIDED, EQUAL = ("plain pretraining", "guided pretraining",
+                        "plain pretraining, equal compute")
+ARMS = (PLAIN, GUIDED, EQUAL)
+GUIDED_KINDS = ("learning_rate", "b1", "label_smoothing")
+KIND_TITLES = {"learning_rate": "LR multiplier", "b1": "Adam b1",
+               "label_smoothing": "label smoothing"}
+# What a plain-pretrained, finetuned tiny T5 must reach on the demo GLUE tasks for the comparison
+# to mean anything (validation split; the metrics' own scales).
+THRESHOLDS = {"demo_cola/matthews_corrcoef": 40.0, "demo_mrpc/accuracy": 75.0,
+              "demo_sst2/accuracy": 75.0}
+PRETRAIN_METRICS = (("dev_loss", "span-corruption dev loss", 3, False),
+                    ("dev_accuracy", "dev token accuracy", 3, True))
+
+
+def pretrain_meta_lr(size: sizes_lib.Size) -> float:
+  """ln 10 / the guided steps of a pretraining run: a value can move by a factor 10."""
+  guided_steps = max(1, size.pretrain_steps // size.hyper_step_every)
+  return float(f"{np.log(10.0) / guided_steps:.2g}")
+
+
+def finetune_label(pretraining: str, task: str) -> str:
+  return f"finetune {pretraining} -> {task}"
+
+
+def run_all(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) -> None:
+  size, out = exp.size, exp.out
   from gbt_t5x.experiments import scoring
   from gbt_t5x_tasks import demo_pretrain
   pre_lengths = dict(demo_pretrain.DEFAULT_SEQUENCE_LENGTH)
   plain_gin = common.pretrain_gin(os.path.join(out, "gin", "pretrain.gin"))
   guided_gin = common.guided_gin(os.path.join(out, "gin", "pretrain_guided.gin"),
-                                 os.path.abspath(plain_gin), ("learning_rate", "b1"),
-                                 exp.meta_lr, size.hyper_step_every,
-                                 guide_task="demo_span_corruption_guide")
+                                 os.path.abspath(plain_gin), GUIDED_KINDS, pretrain_meta_lr(size),
+                                 size.hyper_step_every, guide_task="demo_span_corruption_guide")
   pre_spec = scoring.ScoreSpec(dev_task="demo_span_corruption", guide_task=None,
                                decode_task="demo_span_corruption", decode_split="validation",
                                module="gbt_t5x_tasks.demo_pretrain")
+  pre_bindings = [f"TASK_FEATURE_LENGTHS = {pre_lengths!r}", "PACK = False"]
 
   def pre_score(model, params):
     return scoring.score_run(model, params, pre_spec, pre_lengths, size.batch_size,
                              size.eval_batches, size.decode_examples)
 
-  records: dict[tuple[str, str], list[common.RunRecord]] = {}
-  for seed in seeds:
-    for kind, gin_file in (("plain", plain_gin), ("guided", guided_gin)):
-      label = f"pretrain {kind}"
-      pre = common.run_arm(exp, label, seed, [gin_file],
-                           [f"TASK_FEATURE_LENGTHS = {pre_lengths!r}", "PACK = False"], pre_score,
+  for seed in exp.seeds:
+    plain = common.run_arm(exp, PLAIN, seed, [plain_gin], pre_bindings, pre_score,
                            steps=size.pretrain_steps)
-      records.setdefault((kind, "pretraining"), []).append(pre)
+    guided = common.run_arm(exp, GUIDED, seed, [guided_gin], pre_bindings, pre_score,
+                            common.trajectory_extra, steps=size.pretrain_steps)
+    equal_steps = int(round(common.step_equivalents(guided, plain.seconds_per_step)))
+    equal = common.run_arm(exp, EQUAL, seed, [plain_gin], pre_bindings, pre_score,
+                           steps=equal_steps)
+    for pre in (plain, guided, equal):
       for module, task in downstream:
         ft_gin = common.finetune_gin(os.path.join(out, "gin", f"finetune_{task}.gin"), task,
                                      module)
         lengths = downstream_lengths(module, size)
-        records.setdefault((kind, task), []).append(common.run_arm(
-            exp, f"finetune {kind} -> {task}", seed, [ft_gin],
+        common.run_arm(
+            exp, finetune_label(pre.label, task), seed, [ft_gin],
             [f"TASK_FEATURE_LENGTHS = {lengths!r}", "PACK = False",
              f"INITIAL_CHECKPOINT_PATH = {os.path.abspath(os.path.join(out, pre.model_dir))!r}"],
-            downstream_scores(size, task, module, lengths), steps=size.finetune_steps))
+            downstream_scores(size, task, module, lengths), steps=size.finetune_steps)
 
+
+def write_report(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) -> str:
+  size, out, seeds = exp.size, exp.out, list(exp.seeds)
+  pre_runs = {a: [common.require_record(exp, a, s) for s in seeds] for a in ARMS}
+  plain_sps = {r.seed: r.seconds_per_step for r in pre_runs[PLAIN]}
+  compute = {a: [common.step_equivalents(r, plain_sps[r.seed]) for r in pre_runs[a]]
+             for a in ARMS}
+  pre_table = report.arm_table(ARMS, pre_runs, compute, PRETRAIN_METRICS)
+  ratio = float(np.mean(compute[GUIDED]) / size.pretrain_steps)
+
+  sections, verdicts, bars = [], [], {}
+  for _, task in downstream:
+    runs = {a: [common.require_record(exp, finetune_label(a, task), s) for s in seeds]
+            for a in ARMS}
+    keys = sorted({k for a in ARMS for r in runs[a] for k in r.scores if "/" in k})
+    metrics = [("average", "average", 2, True), *[(k, k, 2, True) for k in keys],
+               ("dev_loss", "dev loss", 3, False)]
+    table = report.arm_table(ARMS, runs, {a: [r.train_steps for r in runs[a]] for a in ARMS},
+                             metrics)
+    paired, diffs = report.paired_table(
+        [(GUIDED, PLAIN, "guided vs plain pretraining, equal steps"),
+         (GUIDED, EQUAL, "guided vs plain pretraining, equal compute")], runs, metrics)
+    mean = lambda arm, key: float(np.mean([r.scores[key] for r in runs[arm]]))  # noqa: E731
+    for ref, what in ((PLAIN, "equal pretraining steps"), (EQUAL, "equal pretraining compute")):
+      d = diffs[(GUIDED, ref)]["average"]
+      verdict = report.interval_verdict(d, True)
+      verdicts.append(
+          f"- **{task}, {what}**: downstream average {mean(GUIDED, 'average'):.2f} after guided "
+          f"pretraining vs {mean(ref, 'average'):.2f} — {verdict} (Δ {report.fmt_paired(d)}); "
+          f"claim 3 {'REPRODUCED' if verdict == 'better' else 'NOT reproduced'} here.")
+    met = [f"{k} {mean(PLAIN, k):.1f} (≥ {v:g}: {'met' if mean(PLAIN, k) >= v else 'NOT met'})"
+           for k, v in THRESHOLDS.items() if k in keys]
+    if met:
+      verdicts.append(f"- Plain pretraining then finetuning on {task} reaches " + ", ".join(met)
+                      + ": the tasks are " + ("learnable at this size." if all(
+                          "NOT" not in m for m in met) else "not all learnable at this size."))
+    sections += [f"Finetuned on `{task}` (validation splits; compute = finetuning steps):",
+                 table, paired]
+    bars.update({f"{a} -> {task}": [r.scores["average"] for r in runs[a]] for a in ARMS})
+
+  report.plot_bars(os.path.join(out, "downstream.png"), list(bars), list(bars.values()),
+                   "downstream average score (higher is better)",
+                   "pretraining plain / guided / plain at equal compute, then identical finetuning")
+  traj = pre_runs[GUIDED][0].extra.get("trajectory", {})
+  if traj:
+    report.plot_panels(os.path.join(out, "learned_values.png"),
+                       {KIND_TITLES[k]: {KIND_TITLES[k]: (traj["steps"], traj[k])}
+                        for k in GUIDED_KINDS if k in traj}, "pretraining step",
+                       f"values learned by guided pretraining (seed {seeds[0]})")
   tasks = [t for _, t in downstream]
-  pre_rows = []
-  for kind in ("plain", "guided"):
-    recs = records[(kind, "pretraining")]
-    pre_rows.append([f"{kind} pretraining", report.fmt([r.scores["dev_loss"] for r in recs]),
-                     report.fmt([r.scores["dev_accuracy"] for r in recs]),
-                     report.fmt([r.wall_seconds for r in recs], 1)])
-  pre_table = report.markdown_table(
-      ["pretraining", "span-corruption dev loss", "dev token accuracy", "wall s"], pre_rows)
-  tables, verdicts = [], []
-  for t in tasks:
-    keys = sorted({k for kind in ("plain", "guided") for r in records[(kind, t)]
-                   for k in r.scores if "/" in k}) + ["average"]
-    rows = []
-    for kind in ("plain", "guided"):
-      recs = records[(kind, t)]
-      rows.append([f"{kind} pretraining", report.fmt([r.scores["dev_loss"] for r in recs])]
-                  + [report.fmt([r.scores.get(k, float("nan")) for r in recs], 2) for k in keys])
-    tables.append(f"Finetuned on `{t}` (validation splits):\n\n" + report.markdown_table(
-        ["pretraining", "dev loss"] + keys, rows))
-    mean = lambda kind, key: float(np.mean([r.scores[key] for r in records[(kind, t)]]))
-    pa, ga = mean("plain", "average"), mean("guided", "average")
-    pl, gl = mean("plain", "dev_loss"), mean("guided", "dev_loss")
-    verdicts.append(f"**Claim 3 on {t}: {'REPRODUCED' if ga > pa else 'NOT reproduced'}** — "
-                    f"after guided pretraining the downstream average score is {ga:.2f} (dev loss "
-                    f"{gl:.3f}) vs {pa:.2f} ({pl:.3f}) after plain pretraining (a higher average "
-                    "score required).")
-  report.plot_bars(os.path.join(out, "downstream.png"),
-                   [f"{k} -> {t}" for t in tasks for k in ("plain", "guided")],
-                   [[r.scores["average"] for r in records[(k, t)]] for t in tasks
-                    for k in ("plain", "guided")], "downstream average score (higher is better)",
-                   "pretraining plain vs guided, then identical finetuning")
-  report.write_experiment_report(
+  return report.write_experiment_report(
       out, "Claim 3: hyper-parameters learned in pretraining help downstream", size.quick, [
-      *verdicts,
-      f"Tiny T5 ({size.num_layers}+{size.num_layers} layers) pretrained {size.pretrain_steps} steps "
-      f"at batch {size.batch_size} on demo_span_corruption (lengths {pre_lengths}), plain "
-      "(base LR 0.002, b1 0.9) or guided (LR multiplier and b1 learned from "
-      f"demo_span_corruption_guide, meta LR {exp.meta_lr:g}); then each is finetuned "
-      f"{size.finetune_steps} steps with the same configuration on {tasks}. Seeds {list(seeds)}; "
-      "mean ± std.",
+      "\n".join(verdicts),
+      f"Setup: tiny T5 ({size.num_layers}+{size.num_layers} layers) pretrained "
+      f"{size.pretrain_steps} steps at batch {size.batch_size} on demo_span_corruption, plain "
+      "(AdamW, base LR 0.002 after warmup, b1 0.9, label smoothing 0) or guided (LR multiplier, "
+      "b1 and label smoothing — from 0.1, a sigmoid value cannot start at 0 — learned from "
+      f"demo_span_corruption_guide, a guided step every {size.hyper_step_every} steps, meta LR "
+      f"{pretrain_meta_lr(size):g} = ln 10 / guided steps), or plain for the guided run's "
+      f"compute ({ratio:.2f}× the plain run's: "
+      f"{np.mean([r.train_steps for r in pre_runs[EQUAL]]):.0f} steps); then each checkpoint is "
+      f"finetuned {size.finetune_steps} steps with the same configuration on {tasks}. Seeds "
+      f"{seeds}; mean ± std. Compute in plain pretraining steps (steps × measured s/step ÷ the "
+      "plain run's, same seed).",
       pre_table,
-      *tables,
-      "![downstream](downstream.png)",
+      *sections,
+      report.PAIRED_NOTE,
+      "![downstream](downstream.png)" + ("\n\n![learned values](learned_values.png)"
+                                         if traj else ""),
       ], "pretrain_downstream.py", exp.results_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = common.parse_args(__doc__.splitlines()[0], argv, _add_flags)
+  downstream = parse_downstream(args.downstream)
+  exp = common.setup(args, NAME, {"downstream": [f"{m}:{t}" for m, t in downstream],
+                                  "guided": list(GUIDED_KINDS), "downstream_difficulty": "clear"})
+  if not exp.report_only:
+    run_all(exp, downstream)
+  write_report(exp, downstream)
   return 0
 
 

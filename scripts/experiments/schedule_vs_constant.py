@@ -8,6 +8,8 @@ Arms per seed s (the demo translation config at the experiment's size):
   (× the demo's base LR 2e-3) in `LR_GRID` and label smoothing in `LS_GRID` (the default run,
   multiplier 1 and label smoothing 0, is `constant: default`);
 * `GBT`: one guided run learning the LR multiplier, Adam b1 and label smoothing together;
+* `GBT, forward horizon`: the same with the long-horizon hypergradient (`HYPERGRAD_HORIZON =
+  'forward'`, damping `FORWARD_MU`) instead of the greedy one-step lookahead;
 * `best constant`: the grid run with the lowest guide-set loss (what the guided run sees; the
   test split is never used to choose), its value rerun on the unseen seed s + `UNSEEN_OFFSET`;
 * `replayed schedule`: GBT's exported schedule (`gbt_t5x.guided.export`) replayed as a fixed
@@ -41,6 +43,8 @@ GUIDED = ("learning_rate", "b1", "label_smoothing")
 UNSEEN_OFFSET = 100
 DEFAULT_ARM, GBT, BEST, REPLAY = ("constant: default", "GBT (guided run)",
                                   "best constant (unseen seed)", "replayed schedule (unseen seed)")
+FORWARD_MU = 0.99
+GBT_FORWARD = f"GBT, forward horizon (mu {FORWARD_MU:g})"
 BASE_LR = 0.002  # experiments/demo_nmt.gin
 _LR_BINDING = "learning_rate.create_learning_rate_scheduler.base_learning_rate"
 
@@ -66,6 +70,10 @@ def run_all(exp: common.Experiment) -> None:
   score = common.translation_scores(exp)
   guided_gin = common.guided_gin(os.path.join(exp.out, "gin", "guided.gin"), common.NMT_GIN,
                                  GUIDED, exp.meta_lr, exp.size.hyper_step_every)
+  forward_gin = common.guided_gin(
+      os.path.join(exp.out, "gin", "guided_forward.gin"), common.NMT_GIN, GUIDED, exp.meta_lr,
+      exp.size.hyper_step_every,
+      extra=("HYPERGRAD_HORIZON = 'forward'", f"HYPERGRAD_MU = {FORWARD_MU!r}"))
   arms = grid(exp.size.quick)
   for seed in exp.seeds:
     for label, bindings in arms.items():
@@ -79,12 +87,13 @@ def run_all(exp: common.Experiment) -> None:
                              num_knots=min(50, exp.size.train_steps))
     common.run_arm(exp, REPLAY, unseen, [common.NMT_GIN, os.path.abspath(schedule)], [], score,
                    lambda _dir: {"schedule_of_seed": seed})
+    common.run_arm(exp, GBT_FORWARD, seed, [forward_gin], [], score, common.trajectory_extra)
 
 
 def write_report(exp: common.Experiment) -> str:
   seeds = list(exp.seeds)
   unseen = [s + UNSEEN_OFFSET for s in seeds]
-  arms = [*grid(exp.size.quick), GBT]
+  arms = [*grid(exp.size.quick), GBT, GBT_FORWARD]
   get = lambda label, seed: common.require_record(exp, label, seed)
   runs = {a: [get(a, s) for s in seeds] for a in arms}
   runs[BEST] = [get(BEST, s) for s in unseen]
@@ -99,7 +108,10 @@ def write_report(exp: common.Experiment) -> str:
   table = report.arm_table(order, runs, compute)
   comparisons = [(GBT, "best constant (picked on its seed)", "GBT vs best constant (seed s)"),
                  (REPLAY, BEST, "replayed schedule vs best constant (unseen seed)"),
-                 (GBT, DEFAULT_ARM, "GBT vs default constant")]
+                 (GBT, DEFAULT_ARM, "GBT vs default constant"),
+                 (GBT_FORWARD, GBT, "GBT forward horizon vs greedy"),
+                 (GBT_FORWARD, "best constant (picked on its seed)",
+                  "GBT forward horizon vs best constant (seed s)")]
   paired, diffs = report.paired_table(comparisons, runs)
   mean = lambda arm: float(np.mean([r.scores["bleu"] for r in runs[arm]]))
   grid_compute = float(np.mean([sum(compute[a][i] for a in grid(exp.size.quick))
@@ -115,16 +127,21 @@ def write_report(exp: common.Experiment) -> str:
       f"{mean(BEST):.2f} — {report.paired_summary(diffs[(REPLAY, BEST)])}. "
       + ("The schedule itself carries the gain." if replay_beats else
          "Not reproduced: the replayed schedule does not clearly beat the best constant."),
-      f"- GBT vs the default constant: {report.paired_summary(diffs[(GBT, DEFAULT_ARM)])}."])
+      f"- GBT vs the default constant: {report.paired_summary(diffs[(GBT, DEFAULT_ARM)])}.",
+      f"- **Forward horizon** (mu {FORWARD_MU:g}; {np.mean(compute[GBT_FORWARD]):.0f} plain "
+      f"steps of compute against greedy GBT's {np.mean(compute[GBT]):.0f}): "
+      f"{mean(GBT_FORWARD):.2f} test BLEU — vs greedy GBT: "
+      f"{report.paired_summary(diffs[(GBT_FORWARD, GBT)])}; vs the best constant: "
+      f"{report.paired_summary(diffs[(GBT_FORWARD, 'best constant (picked on its seed)')])}."])
   report.plot_bars(os.path.join(exp.out, "bleu_by_arm.png"), order,
                    [[r.scores["bleu"] for r in runs[a]] for a in order], "test BLEU",
                    "schedule vs constant")
   titles = {"learning_rate": "LR multiplier", "b1": "Adam b1", "label_smoothing": "label smoothing"}
-  panels = {titles[k]: {f"seed {r.seed}": (r.extra["trajectory"]["steps"],
-                                           r.extra["trajectory"][k]) for r in runs[GBT]}
-            for k in GUIDED}
+  panels = {titles[k]: {f"{'greedy' if a == GBT else 'forward'}, seed {r.seed}": (
+      r.extra["trajectory"]["steps"], r.extra["trajectory"][k]) for a in (GBT, GBT_FORWARD)
+      for r in runs[a]} for k in GUIDED}
   report.plot_panels(os.path.join(exp.out, "learned_schedules.png"), panels, "step",
-                     "schedules learned by GBT")
+                     "schedules learned by GBT (greedy and forward horizon)")
   size = exp.size
   return report.write_experiment_report(
       exp.out, "Schedule vs constant", size.quick, [
@@ -136,7 +153,8 @@ def write_report(exp: common.Experiment) -> str:
       f"{[1.0, *(QUICK_LR_GRID if size.quick else LR_GRID)]} with label smoothing 0, and label "
       f"smoothing {list(QUICK_LS_GRID if size.quick else LS_GRID)} with "
       f"multiplier 1; picked by guide-set loss. GBT learns the LR multiplier, b1 and label "
-      f"smoothing (meta LR {exp.meta_lr:g}, a guided step every {size.hyper_step_every}). The "
+      f"smoothing (meta LR {exp.meta_lr:g}, a guided step every {size.hyper_step_every}; "
+      f"greedy one-step lookahead, and the forward horizon with mu {FORWARD_MU:g}). The "
       f"unseen seeds are s + {UNSEEN_OFFSET} (other initial params and data order). Seeds "
       f"{seeds}; test BLEU on {size.decode_examples} greedy-decoded test sentences.",
       table, report.PAIRED_NOTE, paired,
