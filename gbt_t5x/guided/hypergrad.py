@@ -31,7 +31,11 @@ f) effective -> raw by the VJP of the activations, then `meta.apply_hypergradien
 
 With `recompute_tangent=True`, e) re-runs the forward with `jax.jvp` (~2F instead of ~F) so that
 a)'s residuals are freed before c): less peak memory for one more forward (an option for large
-models; the default keeps the linearisation).
+models; the default keeps the linearisation). The re-run starts from an optimization barrier on
+the params: without it XLA merges it with a)'s forward (the same computation on the same inputs)
+and keeps a)'s residuals after all. Compiled memory of a guided step with LR + b1 + label
+smoothing + data weights, against the plain step: T5.1.1 tiny (B32, 64/40) 2.08 -> 1.97, small
+(B8, 64/32) 2.16 -> 2.15 (there, parameter-sized buffers dominate, not activations).
 
 Total: plain step (3F + U) + guide forward/backward + elementwise VJP of U, plus ~F when
 loss-side hyper-parameters are guided.
