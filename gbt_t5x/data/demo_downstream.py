@@ -453,8 +453,9 @@ def _fresh(d, seen: set, max_words: int = dw.MAX_TARGET_WORDS) -> Sentence:
 def _cola_example(label: int, k: int, d, lex: Lexicon, seed: int, seen: set,
                   clear: bool) -> tuple:
   kinds = CLEAR_CORRUPTIONS if clear else CORRUPTIONS
+  max_words = CLEAR_MAX_WORDS if clear else dw.MAX_TARGET_WORDS
   while True:
-    s = _fresh(d, seen, CLEAR_MAX_WORDS) if clear else _fresh(d, seen)
+    s = _fresh(d, seen, max_words)
     if label == 1:
       seen.add(s)
       return (dw.render_source(s, lex),), "intact", (s,)

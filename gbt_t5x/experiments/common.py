@@ -161,6 +161,12 @@ def guided_gin(path: str, base_gin: str, kinds: Sequence[str], meta_lr: float,
   ])
 
 
+def forward_horizon(mu: float) -> tuple[str, str]:
+  """The `guided_gin(extra=...)` bindings of the long-horizon ('forward') hypergradient with
+  damping `mu`."""
+  return ("HYPERGRAD_HORIZON = 'forward'", f"HYPERGRAD_MU = {mu!r}")
+
+
 def pretrain_gin(path: str) -> str:
   """A gin file: tiny T5 span-corruption pretraining on the demo world (`demo_span_corruption`),
   AdamW with the demo's defaults (base LR 0.002, b1 0.9, constant after warmup)."""

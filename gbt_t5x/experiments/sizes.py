@@ -67,11 +67,14 @@ class Size:
     """Guided (hyper-parameter) steps of one guided run."""
     return self.train_steps // self.hyper_step_every
 
-  def meta_learning_rate(self, log_range: float = math.log(10.0)) -> float:
+  def meta_learning_rate(self, log_range: float = math.log(10.0),
+                         steps: int | None = None) -> float:
     """A meta learning rate with which the guided steps can cover `log_range` (in raw, log
     space; default: a factor 10 either way): Adam moves a raw value by at most ~meta_lr per
-    guided step, so meta_lr = log_range / guided steps."""
-    return float(f"{log_range / max(1, self.guided_steps):.2g}")
+    guided step, so meta_lr = log_range / guided steps. `steps`: the guided run's model steps
+    (default `train_steps`; e.g. `pretrain_steps`), one guided step every `hyper_step_every`."""
+    guided_steps = self.guided_steps if steps is None else steps // self.hyper_step_every
+    return float(f"{log_range / max(1, guided_steps):.2g}")
 
   def as_json(self) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(self)))

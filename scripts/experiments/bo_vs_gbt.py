@@ -77,7 +77,7 @@ def run_all(exp: common.Experiment, spaces: Sequence[str], num_trials: int) -> N
         forward_gin = common.guided_gin(
             os.path.join(exp.out, "gin", f"gbt_{space.replace('=', '')}_forward.gin"),
             common.NMT_GIN, SPACES[space][1], exp.meta_lr, exp.size.hyper_step_every,
-            extra=("HYPERGRAD_HORIZON = 'forward'", f"HYPERGRAD_MU = {FORWARD_MU!r}"))
+            extra=common.forward_horizon(FORWARD_MU))
         common.run_arm(exp, gbt_label(space, forward=True), seed, [forward_gin], [], score)
 
 
@@ -167,7 +167,7 @@ def write_report(exp: common.Experiment, spaces: Sequence[str], num_trials: int)
       f"both methods). GBT: one guided run per space (meta LR {exp.meta_lr:g}, a guided step every "
       f"{size.hyper_step_every}; greedy one-step lookahead, plus the forward horizon with mu "
       f"{FORWARD_MU:g} in {list(FORWARD_SPACES)}: its cost grows with the number of guided "
-      "scalars); BO: optuna TPE, {num_trials} plain trials per space and seed, "
+      f"scalars); BO: optuna TPE, {num_trials} plain trials per space and seed, "
       "scored by guide-set loss; the GP sampler needs torch (not installed), so it does not run. "
       "Compute in plain train-step equivalents (a run's steps × its seconds per step ÷ the "
       "median plain trial's, same seed). Test BLEU: greedy decoding of "

@@ -103,12 +103,6 @@ PRETRAIN_METRICS = (("dev_loss", "span-corruption dev loss", 3, False),
                     ("dev_accuracy", "dev token accuracy", 3, True))
 
 
-def pretrain_meta_lr(size: sizes_lib.Size) -> float:
-  """ln 10 / the guided steps of a pretraining run: a value can move by a factor 10."""
-  guided_steps = max(1, size.pretrain_steps // size.hyper_step_every)
-  return float(f"{np.log(10.0) / guided_steps:.2g}")
-
-
 def finetune_label(pretraining: str, task: str) -> str:
   return f"finetune {pretraining} -> {task}"
 
@@ -120,7 +114,8 @@ def run_all(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) -> No
   pre_lengths = dict(demo_pretrain.DEFAULT_SEQUENCE_LENGTH)
   plain_gin = common.pretrain_gin(os.path.join(out, "gin", "pretrain.gin"))
   guided_gin = common.guided_gin(os.path.join(out, "gin", "pretrain_guided.gin"),
-                                 os.path.abspath(plain_gin), GUIDED_KINDS, pretrain_meta_lr(size),
+                                 os.path.abspath(plain_gin), GUIDED_KINDS,
+                                 size.meta_learning_rate(steps=size.pretrain_steps),
                                  size.hyper_step_every, guide_task="demo_span_corruption_guide")
   pre_spec = scoring.ScoreSpec(dev_task="demo_span_corruption", guide_task=None,
                                decode_task="demo_span_corruption", decode_split="validation",
@@ -180,12 +175,14 @@ def write_report(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) 
           f"- **{task}, {what}**: downstream average {mean(GUIDED, 'average'):.2f} after guided "
           f"pretraining vs {mean(ref, 'average'):.2f} — {verdict} (Δ {report.fmt_paired(d)}); "
           f"claim 3 {'REPRODUCED' if verdict == 'better' else 'NOT reproduced'} here.")
-    met = [f"{k} {mean(PLAIN, k):.1f} (≥ {v:g}: {'met' if mean(PLAIN, k) >= v else 'NOT met'})"
-           for k, v in THRESHOLDS.items() if k in keys]
+    met = {k: mean(PLAIN, k) >= v for k, v in THRESHOLDS.items() if k in keys}
     if met:
-      verdicts.append(f"- Plain pretraining then finetuning on {task} reaches " + ", ".join(met)
-                      + ": the tasks are " + ("learnable at this size." if all(
-                          "NOT" not in m for m in met) else "not all learnable at this size."))
+      verdicts.append(
+          f"- Plain pretraining then finetuning on {task} reaches " + ", ".join(
+              f"{k} {mean(PLAIN, k):.1f} (≥ {THRESHOLDS[k]:g}: {'met' if ok else 'NOT met'})"
+              for k, ok in met.items())
+          + ": the tasks are " + ("learnable at this size." if all(met.values()) else
+                                  "not all learnable at this size."))
     sections += [f"Finetuned on `{task}` (validation splits; compute = finetuning steps):",
                  table, paired]
     bars.update({f"{a} -> {task}": [r.scores["average"] for r in runs[a]] for a in ARMS})
@@ -208,7 +205,8 @@ def write_report(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) 
       "(AdamW, base LR 0.002 after warmup, b1 0.9, label smoothing 0) or guided (LR multiplier, "
       "b1 and label smoothing — from 0.1, a sigmoid value cannot start at 0 — learned from "
       f"demo_span_corruption_guide, a guided step every {size.hyper_step_every} steps, meta LR "
-      f"{pretrain_meta_lr(size):g} = ln 10 / guided steps), or plain for the guided run's "
+      f"{size.meta_learning_rate(steps=size.pretrain_steps):g} = ln 10 / guided steps), or "
+      "plain for the guided run's "
       f"compute ({ratio:.2f}× the plain run's: "
       f"{np.mean([r.train_steps for r in pre_runs[EQUAL]]):.0f} steps); then each checkpoint is "
       f"finetuned {size.finetune_steps} steps with the same configuration on {tasks}. Seeds "

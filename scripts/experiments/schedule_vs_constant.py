@@ -73,7 +73,7 @@ def run_all(exp: common.Experiment) -> None:
   forward_gin = common.guided_gin(
       os.path.join(exp.out, "gin", "guided_forward.gin"), common.NMT_GIN, GUIDED, exp.meta_lr,
       exp.size.hyper_step_every,
-      extra=("HYPERGRAD_HORIZON = 'forward'", f"HYPERGRAD_MU = {FORWARD_MU!r}"))
+      extra=common.forward_horizon(FORWARD_MU))
   arms = grid(exp.size.quick)
   for seed in exp.seeds:
     for label, bindings in arms.items():

@@ -89,7 +89,7 @@ def run_all(exp: common.Experiment) -> None:
   forward_gins = {mu: common.guided_gin(
       os.path.join(exp.out, "gin", f"forward_mu{mu:g}.gin"), common.NMT_GIN, SETS["LR"],
       exp.meta_lr, size.hyper_step_every,
-      extra=("HYPERGRAD_HORIZON = 'forward'", f"HYPERGRAD_MU = {mu!r}")) for mu in mus}
+      extra=common.forward_horizon(mu)) for mu in mus}
   for seed in exp.seeds:
     for set_name in SETS:
       greedy = common.run_arm(exp, greedy_label(set_name), seed, [gins[set_name]], keep_all,
