@@ -11,7 +11,8 @@ and gives, at a guided step, dL_guide(theta')/d phi_i = <grad L_guide(theta'), Z
 mu = 0 is the greedy one-step lookahead exactly; mu = 1 is the exact derivative of the guide
 loss after T steps with phi held constant over them (RTHO, Franceschi et al. 2017); 0 < mu < 1
 forgets old steps (MARTHE, Donini et al. 2020). When phi moves, Z is kept (the usual online
-approximation).
+approximation). A scalar's tangent that stops being finite (or whose hypergradient overflows) is
+reset to zero, i.e. its horizon restarts at that step; the metric `tangent_resets` counts them.
 
 Cost: `jax.linearize` of the whole model step (a forward and backward with their residuals, the
 primal computed once), then one tangent pass per guided scalar (a forward-over-reverse
@@ -118,7 +119,29 @@ def forward_step(params: PyTree, opt_state: Any, raw: Mapping[str, jax.Array],
   new_tangents = tuple(
       step_jvp(scale(z_params), scale(z_opt), _unit(raw, name, idx))
       for (z_params, z_opt), (name, idx) in zip(tangents, scalar_index(specs)))
+  new_tangents, resets = reset_tangents(new_tangents, [_all_finite(z) for z in new_tangents])
+  metrics = dict(metrics, tangent_resets=resets)
   return new_params, new_opt_state, new_tangents, metrics
+
+
+def _all_finite(tree: PyTree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def reset_tangents(tangents: Tangents, keep: Sequence[jax.Array]) -> tuple[Tangents, jax.Array]:
+  """Each scalar's tangent where `keep[i]` (a bool scalar), else zeros (its horizon restarts).
+
+  Used when a tangent stops being finite: with mu near 1 and a step Jacobian that expands, Z
+  grows geometrically until it overflows, and a non-finite Z would stay non-finite (and every
+  later hypergradient skipped) for the rest of the run.
+
+  Returns:
+    (tangents, number of scalars reset as a float32 scalar).
+  """
+  out = tuple(jax.tree.map(lambda z, k=k: jnp.where(k, z, jnp.zeros_like(z)), tangent)
+              for tangent, k in zip(tangents, keep))
+  resets = sum((1.0 - k.astype(jnp.float32)) for k in keep) if keep else jnp.float32(0)
+  return out, jnp.asarray(resets, jnp.float32)
 
 
 def hypergradient(params: PyTree, tangents: Tangents, raw: Mapping[str, jax.Array],
@@ -142,3 +165,10 @@ def hypergradient(params: PyTree, tangents: Tangents, raw: Mapping[str, jax.Arra
                                                       jax.tree.leaves(z_params)))
     grads[name] = grads[name].at[idx].set(contraction.astype(grads[name].dtype))
   return guide_loss, grads
+
+
+def finite_contractions(hypergrads: Mapping[str, jax.Array],
+                        specs: Sequence[specs_lib.GuidedHParam]) -> list[jax.Array]:
+  """Per guided scalar (tangent order), whether its hypergradient is finite: a finite tangent
+  whose contraction with the guide gradient overflows is reset too (`reset_tangents`)."""
+  return [jnp.isfinite(hypergrads[name][idx]) for name, idx in scalar_index(specs)]

@@ -66,9 +66,14 @@ import jax.numpy as jnp
 import optax
 
 from gbt_t5x.guided import meta as meta_lib
+from gbt_t5x.guided import optimizer_derivatives as opt_derivs
 from gbt_t5x.guided import specs as specs_lib
 
 PyTree = Any
+# How step d) differentiates the optimizer update: by `jax.vjp` of the optax update (generic, the
+# default) or by the hand-written closed form of `optimizer_derivatives` (AdamW / Adam only).
+VJP, CLOSED_FORM = "vjp", "closed_form"
+OPTIMIZER_DERIVATIVES = (VJP, CLOSED_FORM)
 Batch = Mapping[str, jax.Array]
 ForwardFn = Callable[[PyTree, Batch, jax.Array], PyTree]
 LossFromOutputs = Callable[[PyTree, Batch, Mapping[str, jax.Array]],
@@ -174,6 +179,16 @@ def set_hyperparams(opt_state: Any, values: Mapping[str, Any]) -> Any:
   return opt_state._replace(hyperparams=new)
 
 
+def _inject(opt_state: Any, opt_hparams: Mapping[str, jax.Array], base_lr: jax.Array) -> Any:
+  """`opt_state` with the optimizer-side values injected; the learning rate is base_lr *
+  multiplier for a scalar multiplier, base_lr for a vector one (applied per group after)."""
+  multiplier = opt_hparams.get(specs_lib.LEARNING_RATE)
+  vector_lr = multiplier is not None and jnp.ndim(multiplier) > 0
+  lr = base_lr if multiplier is None or vector_lr else base_lr * multiplier
+  values = {k: v for k, v in opt_hparams.items() if k != specs_lib.LEARNING_RATE}
+  return set_hyperparams(opt_state, {specs_lib.LEARNING_RATE: lr, **values})
+
+
 def optimizer_update(optimizer: optax.GradientTransformation, grads: PyTree, opt_state: Any,
                      params: PyTree, opt_hparams: Mapping[str, jax.Array], base_lr: jax.Array,
                      lr_group_ids: PyTree | None = None) -> tuple[PyTree, Any]:
@@ -200,9 +215,7 @@ def optimizer_update(optimizer: optax.GradientTransformation, grads: PyTree, opt
                      f"{sorted(hyperparams)}")
   multiplier = opt_hparams.get(specs_lib.LEARNING_RATE)
   vector_lr = multiplier is not None and jnp.ndim(multiplier) > 0
-  lr = base_lr if multiplier is None or vector_lr else base_lr * multiplier
-  values = {k: v for k, v in opt_hparams.items() if k != specs_lib.LEARNING_RATE}
-  opt_state = set_hyperparams(opt_state, {specs_lib.LEARNING_RATE: lr, **values})
+  opt_state = _inject(opt_state, opt_hparams, base_lr)
   updates, new_opt_state = optimizer.update(grads, opt_state, params)
   if vector_lr:
     if lr_group_ids is None:
@@ -340,7 +353,8 @@ def lookahead_hypergradient(
     specs: Sequence[specs_lib.GuidedHParam], optimizer: optax.GradientTransformation,
     forward_fn: ForwardFn, loss_from_outputs: LossFromOutputs, guide_loss_fn: GuideLossFn,
     loss_inputs_fn: LossInputsFn | None = None, lr_group_ids: PyTree | None = None,
-    recompute_tangent: bool = False, num_microbatches: int | None = None
+    recompute_tangent: bool = False, num_microbatches: int | None = None,
+    optimizer_derivative: str = VJP
 ) -> tuple[PyTree, Any, dict[str, jax.Array], dict[str, jax.Array]]:
   """The model step and the exact gradient of L_hyper w.r.t. the raw values (steps a-f above).
 
@@ -373,16 +387,25 @@ def lookahead_hypergradient(
                                                                               loss_inputs)
     (grads,) = backward(d_out)
 
-  # b) the model step, with the VJP of the optimizer update kept.
+  # b) the model step, with the VJP of the optimizer update kept (or nothing kept: closed form).
   def update(g, hopt):
     return optimizer_update(optimizer, g, opt_state, params, hopt, base_lr, lr_group_ids)
 
-  updates, update_vjp, new_opt_state = jax.vjp(update, grads, h_opt, has_aux=True)
+  closed_form = _closed_form(optimizer, optimizer_derivative)
+  if closed_form is None:
+    updates, update_vjp, new_opt_state = jax.vjp(update, grads, h_opt, has_aux=True)
+  else:
+    updates, new_opt_state = update(grads, h_opt)
   new_params = optax.apply_updates(params, updates)
 
   # c) guide loss at the lookahead (= model step) params; d) back through the update.
   guide_loss, v = jax.value_and_grad(guide_loss_fn)(new_params, guide_batch)
-  d_grads, d_h_opt = update_vjp(v)
+  if closed_form is None:
+    d_grads, d_h_opt = update_vjp(v)
+  else:
+    d_h_opt, d_grads = _closed_form_derivatives(
+        closed_form, grads, opt_state, params, v, h_opt, base_lr, lr_group_ids,
+        need_d_grads=bool(h_loss))
   d_values = dict(d_h_opt)
 
   # e) loss-side: mixed second derivative through the loss head only.
@@ -415,6 +438,36 @@ def lookahead_hypergradient(
   for name, g in hypergrads.items():
     metrics[f"hypergrad_norm/{name}"] = jnp.sqrt(jnp.sum(jnp.square(g)))
   return new_params, new_opt_state, hypergrads, metrics
+
+
+def _closed_form(optimizer: optax.GradientTransformation, optimizer_derivative: str
+                 ) -> opt_derivs.ClosedForm | None:
+  """The closed form to use for step d), or None for the generic VJP."""
+  if optimizer_derivative not in OPTIMIZER_DERIVATIVES:
+    raise ValueError(f"optimizer_derivative must be one of {OPTIMIZER_DERIVATIVES}, got "
+                     f"{optimizer_derivative!r}")
+  if optimizer_derivative == VJP:
+    return None
+  closed_form = opt_derivs.closed_form_of(optimizer)
+  if closed_form is None:
+    raise ValueError("optimizer_derivative='closed_form' needs an optimizer with a closed-form "
+                     "derivative (gbt_t5x.train.optimizers.adamw or adam); use 'vjp' for others")
+  return closed_form
+
+
+def _closed_form_derivatives(closed_form: opt_derivs.ClosedForm, grads: PyTree, opt_state: Any,
+                             params: PyTree, v: PyTree, h_opt: Mapping[str, jax.Array],
+                             base_lr: jax.Array, lr_group_ids: PyTree | None,
+                             need_d_grads: bool) -> tuple[dict[str, jax.Array], PyTree]:
+  """Step d) by `optimizer_derivatives`: ({name in h_opt: <v, du/dh>}, (du/dg)^T v or None)."""
+  hyperparams = _inject(opt_state, h_opt, base_lr).hyperparams
+  own = {name: (name if name == specs_lib.LEARNING_RATE else
+                specs_lib.resolve_optimizer_name(name, hyperparams)) for name in h_opt}
+  derivs, d_grads = opt_derivs.adamw_derivatives(
+      grads, opt_state, params, v, hyperparams, base_lr, [own[n] for n in h_opt], closed_form,
+      multiplier=h_opt.get(specs_lib.LEARNING_RATE), lr_group_ids=lr_group_ids,
+      need_d_grads=need_d_grads)
+  return {name: derivs[own[name]] for name in h_opt}, d_grads
 
 
 def _microbatched_loss_side_hypergradient(
@@ -451,7 +504,8 @@ def guided_step(params: PyTree, opt_state: Any, guided_state: meta_lib.GuidedSta
                 meta_optimizer: optax.GradientTransformation, forward_fn: ForwardFn,
                 loss_from_outputs: LossFromOutputs, guide_loss_fn: GuideLossFn,
                 loss_inputs_fn: LossInputsFn | None = None, lr_group_ids: PyTree | None = None,
-                recompute_tangent: bool = False, num_microbatches: int | None = None
+                recompute_tangent: bool = False, num_microbatches: int | None = None,
+                optimizer_derivative: str = VJP
                 ) -> tuple[PyTree, Any, meta_lib.GuidedState, dict[str, jax.Array]]:
   """The fused model step + exact one-step-lookahead hypergradient + meta update.
 
@@ -475,6 +529,9 @@ def guided_step(params: PyTree, opt_state: Any, guided_state: meta_lib.GuidedSta
       memory (the train activations are freed before the guide forward), one more forward.
     num_microbatches: gradient accumulation over M microbatches (None/1: one pass); step e)
       then re-runs each microbatch's forward (as with `recompute_tangent`).
+    optimizer_derivative: 'vjp' (default: `jax.vjp` of the optax update, any optimizer) or
+      'closed_form' (`optimizer_derivatives`, for optimizers registered there: AdamW / Adam;
+      the same values to rounding, without keeping the update's linearisation alive).
 
   Returns:
     (new_params, new_opt_state, new_guided_state, metrics). new_params/new_opt_state are the
@@ -486,7 +543,8 @@ def guided_step(params: PyTree, opt_state: Any, guided_state: meta_lib.GuidedSta
       params, opt_state, guided_state.raw, batch, guide_batch, rng, base_lr, specs=specs,
       optimizer=optimizer, forward_fn=forward_fn, loss_from_outputs=loss_from_outputs,
       guide_loss_fn=guide_loss_fn, loss_inputs_fn=loss_inputs_fn, lr_group_ids=lr_group_ids,
-      recompute_tangent=recompute_tangent, num_microbatches=num_microbatches)
+      recompute_tangent=recompute_tangent, num_microbatches=num_microbatches,
+      optimizer_derivative=optimizer_derivative)
   new_guided, skipped = meta_lib.apply_hypergradient(guided_state, hypergrads, specs,
                                                      meta_optimizer)
   metrics["skipped"] = skipped.astype(jnp.float32)

@@ -24,6 +24,7 @@ from gbt_t5x import fileio
 from gbt_t5x.guided import forward as forward_lib
 from gbt_t5x.guided import hypergrad
 from gbt_t5x.guided import meta as meta_lib
+from gbt_t5x.guided import optimizer_derivatives as opt_derivs
 from gbt_t5x.guided import specs as specs_lib
 from gbt_t5x.train import data as data_lib
 from gbt_t5x.train.data_weights import DATA_IDS
@@ -73,6 +74,9 @@ class GuidedTrainer(Trainer):
       trajectory, one params-and-optimizer-state-sized tangent per guided scalar, carried in
       the train state and updated at every model step; see `gbt_t5x.guided.forward`).
     mu: damping of the carried tangent with the 'forward' horizon, in [0, 1] (0 = greedy).
+    optimizer_derivative: how the greedy guided step differentiates the optimizer update: 'vjp'
+      (default, any optimizer) or 'closed_form' (AdamW / Adam from `train.optimizers`: the
+      same hypergradient to rounding with less memory; see `gbt_t5x.guided.optimizer_derivatives`).
   """
 
   def __init__(self, model: Any, train_state: Any, partitioner: Any, eval_names: Sequence[str],
@@ -84,7 +88,7 @@ class GuidedTrainer(Trainer):
                hyper_step_every: int = 1, meta_learning_rate: float = 3e-3,
                meta_clip_norm: float | None = None, fixed_guide_batch: bool = False,
                recompute_tangent: bool = False, horizon: str = "greedy", mu: float = 1.0,
-               **kwargs: Any):
+               optimizer_derivative: str = hypergrad.VJP, **kwargs: Any):
     super().__init__(model, train_state, partitioner, eval_names, summary_dir, train_state_axes,
                      rng, learning_rate_fn, num_microbatches, **kwargs)
     if not guided_hparams:
@@ -105,6 +109,14 @@ class GuidedTrainer(Trainer):
     self.guide_dataset_cfg = guide_dataset_cfg
     self.fixed_guide_batch = fixed_guide_batch
     self.recompute_tangent = recompute_tangent
+    self.optimizer_derivative = optimizer_derivative
+    if optimizer_derivative not in hypergrad.OPTIMIZER_DERIVATIVES:
+      raise ValueError(f"optimizer_derivative must be one of {hypergrad.OPTIMIZER_DERIVATIVES}, "
+                       f"got {optimizer_derivative!r}")
+    if (optimizer_derivative == hypergrad.CLOSED_FORM
+        and opt_derivs.closed_form_of(self.optimizer) is None):
+      raise ValueError("optimizer_derivative='closed_form' needs the optimizer from "
+                       "optimizers.adamw or optimizers.adam; use 'vjp' for others")
     self.meta_optimizer = meta_lib.make_meta_optimizer(meta_learning_rate, self.specs,
                                                        clip_norm=meta_clip_norm)
     for spec in self.specs:
@@ -181,7 +193,7 @@ class GuidedTrainer(Trainer):
   @functools.cached_property
   def _guidance(self) -> step_lib.Guidance:
     return step_lib.Guidance(self.specs, self.meta_optimizer, self.recompute_tangent,
-                             self.horizon, self.mu)
+                             self.horizon, self.mu, self.optimizer_derivative)
 
   def _plain_step_guidance(self) -> step_lib.Guidance | None:
     """The forward horizon carries its tangents through plain steps too."""
@@ -202,12 +214,13 @@ class GuidedTrainer(Trainer):
   def progress_view(self, report: Mapping[str, float]) -> dict[str, float]:
     """`Trainer`'s view (the LR multiplier as `lr_mult`, vector entries by name, e.g.
     `data_weights/untranslated_copy`) and, per guided value, the steps of the window whose meta
-    update skipped it (`skipped/NAME`, shown when non-zero); no hypergradient norms."""
+    update skipped it (`skipped/NAME`, shown when non-zero), the forward horizon's
+    `tangent_resets` when non-zero; no hypergradient norms."""
     view = {}
     for key, value in super().progress_view(report).items():
       if key.startswith("hypergrad_norm/") or key == "skipped":
         continue
-      if key.startswith("skipped/"):
+      if key.startswith("skipped/") or key == "tangent_resets":
         if value > 0:
           view[key] = int(value)
         continue

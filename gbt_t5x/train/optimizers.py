@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gbt_t5x.guided import optimizer_derivatives
+
 # A weight-decay mask: a pytree of bools like the params (or a prefix), or params -> such a tree.
 Mask = Any | Callable[[Any], Any] | None
 
@@ -193,10 +195,12 @@ def adamw(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: f
   _check_range("b2", b2, 0.0, 1.0)
   _check_range("eps", eps, 0.0, float("inf"))
   _check_range("weight_decay", weight_decay, 0.0, float("inf"))
-  return optax.inject_hyperparams(_adamw_inner, static_args=("mask",),
-                                  hyperparam_dtype=HYPERPARAM_DTYPE)(
+  optimizer = optax.inject_hyperparams(_adamw_inner, static_args=("mask",),
+                                       hyperparam_dtype=HYPERPARAM_DTYPE)(
       learning_rate=0.0, b1=float(b1), b2=float(b2), eps=float(eps), eps_root=float(eps_root),
       weight_decay=float(weight_decay), mask=mask)
+  return optimizer_derivatives.register(
+      optimizer, optimizer_derivatives.ClosedForm(optimizer_derivatives.ADAMW, mask))
 
 
 def adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
@@ -208,8 +212,10 @@ def adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
   _check_range("b1", b1, 0.0, 1.0)
   _check_range("b2", b2, 0.0, 1.0)
   _check_range("eps", eps, 0.0, float("inf"))
-  return optax.inject_hyperparams(_adam_inner, hyperparam_dtype=HYPERPARAM_DTYPE)(
+  optimizer = optax.inject_hyperparams(_adam_inner, hyperparam_dtype=HYPERPARAM_DTYPE)(
       learning_rate=0.0, b1=float(b1), b2=float(b2), eps=float(eps), eps_root=float(eps_root))
+  return optimizer_derivatives.register(
+      optimizer, optimizer_derivatives.ClosedForm(optimizer_derivatives.ADAMW))
 
 
 def adafactor(decay_rate: float = 0.8, momentum: float | None = None,

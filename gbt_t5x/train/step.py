@@ -91,12 +91,15 @@ class Guidance:
     horizon: 'greedy' (one-step lookahead) or 'forward' (tangents carried along the trajectory
       in `TrainState.tangents`, updated at every model step; `gbt_t5x.guided.forward`).
     mu: the forward horizon's damping in [0, 1] (0: greedy).
+    optimizer_derivative: greedy horizon: how the optimizer update is differentiated, 'vjp'
+      (generic) or 'closed_form' (AdamW / Adam; `hypergrad.guided_step`).
   """
   specs: tuple[specs_lib.GuidedHParam, ...]
   meta_optimizer: optax.GradientTransformation
   recompute_tangent: bool = False
   horizon: str = "greedy"
   mu: float = 1.0
+  optimizer_derivative: str = hypergrad.VJP
 
 
 # ------------------------------------------------------------------------------ value providers
@@ -189,6 +192,9 @@ def model_step(state: TrainState, batch: Batch, *, fns: StepFns, values_fn: Valu
           guide_loss_fn=fns.guide_loss_fn)
       guided, _ = meta_lib.apply_hypergradient(state.guided, hypergrads, guidance.specs,
                                                guidance.meta_optimizer)
+      tangents, resets = forward_lib.reset_tangents(
+          tangents, forward_lib.finite_contractions(hypergrads, guidance.specs))
+      metrics["tangent_resets"] = metrics["tangent_resets"] + resets
       metrics["guide_loss"] = guide_loss
       for name, g in hypergrads.items():
         metrics[f"hypergrad_norm/{name}"] = jnp.sqrt(jnp.sum(jnp.square(g)))
@@ -205,7 +211,7 @@ def model_step(state: TrainState, batch: Batch, *, fns: StepFns, values_fn: Valu
         state.params, state.opt_state, state.guided, batch, guide_batch, rng, base_lr,
         specs=guidance.specs, meta_optimizer=guidance.meta_optimizer,
         guide_loss_fn=fns.guide_loss_fn, recompute_tangent=guidance.recompute_tangent,
-        **fns.hypergrad_kwargs())
+        optimizer_derivative=guidance.optimizer_derivative, **fns.hypergrad_kwargs())
     metrics = dict(metrics)
   if guide_batch is not None:
     guide_tokens = jnp.sum(guide_batch["decoder_loss_weights"].astype(jnp.float32))

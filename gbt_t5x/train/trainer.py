@@ -47,8 +47,9 @@ def finalize_metrics(sums: Mapping[str, float], num_steps: int) -> dict[str, flo
   for key, value in sums.items():
     if key in ("loss", "cross_ent_loss", "z_loss", "accuracy"):
       out[key] = float(value) / tokens
-    elif key in ("num_tokens", "num_examples", "nonfinite_skipped") or key.startswith(
-        "skipped"):  # Counts: skipped steps, and guided steps that skipped a value.
+    elif key in ("num_tokens", "num_examples", "nonfinite_skipped",
+                 "tangent_resets") or key.startswith("skipped"):
+      # Counts: skipped steps, guided steps that skipped a value, reset forward tangents.
       out[key] = float(value)
     else:
       out[key] = float(value) / max(num_steps, 1)

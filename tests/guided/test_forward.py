@@ -106,3 +106,39 @@ def test_bad_horizon_settings_are_one_line_errors():
       forward.check_horizon(*args)
     assert "\n" not in str(info.value)
   forward.check_horizon("greedy", 0.0, 4)
+
+
+def test_a_non_finite_tangent_restarts_its_horizon():
+  """An overflowed tangent would poison every later hypergradient: it is reset to zero (the
+  next step's tangent is then exactly the greedy one), counted, and the others are kept."""
+  specs = SPECS
+  params, opt_state, batches, guide, kwargs = _problem(specs)
+  raw = specs_lib.init_raw(specs)
+  step = jax.jit(functools.partial(forward.forward_step, mu=1.0, specs=specs, **kwargs))
+  rng = jax.random.PRNGKey(0)
+  p, s, tangents, metrics = step(params, opt_state, raw, forward.init_tangents(
+      specs, params, opt_state), batches[0], rng, BASE_LR)
+  assert float(metrics["tangent_resets"]) == 0.0
+  # Poison the b1 tangent (scalar 1) with an inf in one parameter entry.
+  z_params, z_opt = tangents[1]
+  leaves, treedef = jax.tree.flatten(z_params)
+  leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].set(jnp.inf)
+  poisoned = (tangents[0], (jax.tree.unflatten(treedef, leaves), z_opt), tangents[2])
+  _, _, after, metrics = step(p, s, raw, poisoned, batches[1], rng, BASE_LR)
+  _, _, clean, _ = step(p, s, raw, tangents, batches[1], rng, BASE_LR)
+  _, _, fresh, _ = step(p, s, raw, forward.init_tangents(specs, p, s), batches[1], rng, BASE_LR)
+  assert float(metrics["tangent_resets"]) == 1.0
+  for got, want in [(after[0], clean[0]), (after[2], clean[2])]:  # untouched scalars
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_array_equal(a, b)
+  # The poisoned step's result is non-finite, so it is zeroed: the b1 tangent restarts there.
+  assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(after[1]))
+  assert any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(fresh[1]))
+  # A hypergradient that overflows resets its scalar too.
+  hypergrads = {"learning_rate": jnp.asarray(1.0), "b1": jnp.asarray(jnp.nan),
+                "label_smoothing": jnp.asarray(2.0)}
+  kept, resets = forward.reset_tangents(clean, forward.finite_contractions(hypergrads, specs))
+  assert float(resets) == 1.0
+  assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(kept[1]))
+  for a, b in zip(jax.tree.leaves(kept[0]), jax.tree.leaves(clean[0])):
+    np.testing.assert_array_equal(a, b)

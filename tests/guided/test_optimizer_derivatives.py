@@ -1,0 +1,128 @@
+"""The closed-form AdamW derivative (`optimizer_derivatives`) against the generic VJP path.
+
+Same problems as `test_hypergrad` (float64): the guided step with
+`optimizer_derivative='closed_form'` must give the hypergradient of the default `'vjp'` path (and
+so of finite differences, which `test_hypergrad` checks for that path) for every AdamW value,
+a per-group LR vector, weight decay with a mask, and loss-side kinds (which need (du/dg)^T v),
+with an identical model step.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gbt_t5x.guided import hypergrad
+from gbt_t5x.guided import meta as meta_lib
+from gbt_t5x.guided import optimizer_derivatives as opt_derivs
+from gbt_t5x.guided import specs as specs_lib
+from gbt_t5x.guided.specs import GuidedHParam
+from gbt_t5x.train import optimizers
+from tests.guided.test_hypergrad import (BASE_LR, DW_EXP, _mlp_data, _quad_data, mlp_forward,
+                                         mlp_guide, mlp_loss, quad_forward, quad_guide,
+                                         quad_loss)
+
+# The optimizers keep their hyper-parameters in float32 (`optimizers.HYPERPARAM_DTYPE`), so the
+# bias corrections 1 - b^t and their derivatives agree to float32 rounding only.
+RTOL = 1e-6
+
+LR_B1_B2_EPS = (GuidedHParam("learning_rate", 1.3, "exp"),
+                GuidedHParam("b1", 0.8, "sigmoid", lower=0.0, upper=0.999),
+                GuidedHParam("b2", 0.99, "sigmoid", lower=0.5, upper=0.9999),
+                GuidedHParam("eps", 1e-3, "exp"))
+CASES = {
+    # problem, optimizer factory, guided values
+    "quad adamw all values + data weights": (
+        "quad", lambda: optimizers.adamw(b2=0.99, eps=1e-3, weight_decay=0.1),
+        LR_B1_B2_EPS + (GuidedHParam("eps_root", 1e-6, "exp"),
+                        GuidedHParam("weight_decay", 0.05, "linear", lower=0.0), DW_EXP)),
+    "mlp adamw LR vector + masked decay + label smoothing": (
+        "mlp", lambda: optimizers.adamw(
+            weight_decay=0.01, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)),
+        (GuidedHParam("learning_rate", (1.0, 2.0, 0.5), "exp", shape=(3,),
+                      groups=("dense0", "dense1/w", ".*")),
+         GuidedHParam("b1", 0.8, "sigmoid", lower=0.0, upper=0.999),
+         GuidedHParam("weight_decay", 0.01, "linear", lower=0.0),
+         GuidedHParam("label_smoothing", 0.1, "sigmoid", lower=0.0, upper=0.5))),
+    "mlp adam LR + b2 + label smoothing + data weights": (
+        "mlp", lambda: optimizers.adam(eps=1e-4),
+        (GuidedHParam("learning_rate", 0.7, "softplus"),
+         GuidedHParam("b2", 0.99, "sigmoid", lower=0.5, upper=0.9999),
+         GuidedHParam("label_smoothing", 0.1, "linear", lower=0.0, upper=0.5), DW_EXP)),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def x64():
+  with jax.enable_x64(True):
+    yield
+
+
+def _both_paths(case: str):
+  problem, make_opt, specs = CASES[case]
+  params, batch, guide_batch = (_quad_data if problem == "quad" else _mlp_data)(1)
+  params, batch, guide_batch = jax.tree.map(jnp.asarray, (params, batch, guide_batch))
+  optimizer = make_opt()
+  specs_lib.validate_specs(specs, set(optimizer.init(params).hyperparams))
+  groups = next((s.groups for s in specs if s.groups), ())
+  kwargs = dict(specs=specs, optimizer=optimizer,
+                forward_fn=quad_forward if problem == "quad" else mlp_forward,
+                loss_from_outputs=quad_loss if problem == "quad" else mlp_loss,
+                guide_loss_fn=quad_guide if problem == "quad" else mlp_guide,
+                lr_group_ids=hypergrad.param_group_ids(params, groups) if groups else None)
+  guided = meta_lib.init_guided_state(specs, meta_lib.make_meta_optimizer(0.01, specs))
+  base_lr = jnp.asarray(BASE_LR)
+  rng = jax.random.PRNGKey(5)
+  opt_state = optimizer.init(params)
+  plain = jax.jit(lambda p, s, r: hypergrad.plain_step(
+      p, s, specs_lib.effective(specs, guided.raw), batch, r, base_lr,
+      **{k: v for k, v in kwargs.items() if k not in ("specs", "guide_loss_fn")}))
+  for i in range(3):  # non-trivial moments and step count
+    params, opt_state, _ = plain(params, opt_state, jax.random.fold_in(rng, i))
+  out = {}
+  for how in hypergrad.OPTIMIZER_DERIVATIVES:
+    out[how] = jax.jit(lambda p, s, raw, how=how: hypergrad.lookahead_hypergradient(
+        p, s, raw, batch, guide_batch, rng, base_lr, optimizer_derivative=how, **kwargs))(
+            params, opt_state, guided.raw)
+  return out
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_closed_form_equals_the_vjp_path(case):
+  out = _both_paths(case)
+  vjp_params, vjp_state, vjp_hg, _ = out[hypergrad.VJP]
+  cf_params, cf_state, cf_hg, _ = out[hypergrad.CLOSED_FORM]
+  # The model step is the same computation on both paths (XLA may fuse it differently: 1 ulp).
+  for a, b in zip(jax.tree.leaves((vjp_params, vjp_state)), jax.tree.leaves((cf_params, cf_state))):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-14, atol=0)
+  assert set(vjp_hg) == set(cf_hg) == {s.name for s in CASES[case][2]}
+  for name in vjp_hg:
+    expected, got = np.asarray(vjp_hg[name]), np.asarray(cf_hg[name])
+    assert np.all(expected != 0), name  # a zero would make the comparison vacuous
+    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=0, err_msg=name)
+
+
+def test_closed_form_refuses_an_unregistered_optimizer(x64):
+  import optax
+  optimizer = optax.inject_hyperparams(optax.adamw)(learning_rate=0.0)
+  params, batch, guide_batch = jax.tree.map(jnp.asarray, _quad_data(0))
+  specs = (GuidedHParam("learning_rate", 1.0, "exp"),)
+  with pytest.raises(ValueError, match="closed-form derivative"):
+    hypergrad.lookahead_hypergradient(
+        params, optimizer.init(params), {"learning_rate": jnp.zeros(())}, batch, guide_batch,
+        jax.random.PRNGKey(0), jnp.asarray(BASE_LR), specs=specs, optimizer=optimizer,
+        forward_fn=quad_forward, loss_from_outputs=quad_loss, guide_loss_fn=quad_guide,
+        optimizer_derivative=hypergrad.CLOSED_FORM)
+  with pytest.raises(ValueError, match="optimizer_derivative must be one of"):
+    hypergrad.lookahead_hypergradient(
+        params, optimizer.init(params), {"learning_rate": jnp.zeros(())}, batch, guide_batch,
+        jax.random.PRNGKey(0), jnp.asarray(BASE_LR), specs=specs, optimizer=optimizer,
+        forward_fn=quad_forward, loss_from_outputs=quad_loss, guide_loss_fn=quad_guide,
+        optimizer_derivative="jvp")
+
+
+def test_registered_families():
+  assert opt_derivs.closed_form_of(optimizers.adamw()).family == opt_derivs.ADAMW
+  assert opt_derivs.closed_form_of(optimizers.adam()).family == opt_derivs.ADAMW
+  assert opt_derivs.closed_form_of(optimizers.adafactor()) is None
