@@ -19,6 +19,9 @@ Configurations and targets (AdamW, float32 unless said otherwise):
   (d) LR + b1 + label smoothing + data weights (4 ids), every step, equal batches:
       guided / floor <= 1.2; (d') the same with `recompute_tangent`: memory guided / plain
       <= 1.3 and below (d)'s.
+  (a*), (d*) (a) and (d) with `optimizer_derivative='closed_form'` (the hand-written AdamW
+      derivative of `gbt_t5x.guided.optimizer_derivatives` instead of the update's VJP): the
+      same targets as (a) and (d).
   (g) the T5X configuration: Adafactor (factored, decay_rate 0.8, clipping 1, parameter scale),
       LR multiplier + decay_rate guided every step: guided / its floor <= 1.0, memory / its plain
       <= 1.15.
@@ -287,11 +290,11 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
                 rng=jax.random.PRNGKey(1), learning_rate_fn=lr_fn, log_every=10**9,
                 print_fn=lambda s: None)
 
-  def guided_trainer(specs, recompute_tangent=False, **horizon):
+  def guided_trainer(specs, recompute_tangent=False, **options):
     return BenchGuidedTrainer(model=model, train_state=copy_state(state0),
                               guided_hparams=specs, guide_dataset_cfg=object(),
                               hyper_step_every=1, meta_learning_rate=3e-3,
-                              recompute_tangent=recompute_tangent, **horizon, **common)
+                              recompute_tangent=recompute_tangent, **options, **common)
 
   t_compile = time.perf_counter()
   clog: dict[str, float] = {}
@@ -306,6 +309,8 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
   tr_b = guided_trainer((LR, B1, B2))
   tr_d = guided_trainer((LR, B1, LS, DW))
   tr_dr = guided_trainer((LR, B1, LS, DW), recompute_tangent=True)
+  tr_a_cf = guided_trainer((LR, B1, B2), optimizer_derivative="closed_form")
+  tr_d_cf = guided_trainer((LR, B1, LS, DW), optimizer_derivative="closed_form")
   tr_e = guided_trainer((LR,))
   tr_e_fwd = guided_trainer((LR,))
   a_c = timed_compile(clog, "a_c", tr_a._partitioned_guided_step, tr_a.train_state, batch, guide)
@@ -315,6 +320,10 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
   d_c = timed_compile(clog, "d_c", tr_d._partitioned_guided_step, tr_d.train_state, batch_dw, guide)
   dr_c = timed_compile(clog, "dr_c", tr_dr._partitioned_guided_step, tr_dr.train_state, batch_dw,
                        guide)
+  a_cf_c = timed_compile(clog, "a_cf_c", tr_a_cf._partitioned_guided_step, tr_a_cf.train_state,
+                         batch, guide)
+  d_cf_c = timed_compile(clog, "d_cf_c", tr_d_cf._partitioned_guided_step, tr_d_cf.train_state,
+                         batch_dw, guide)
   e_c = timed_compile(clog, "e_c", tr_e._partitioned_guided_step, tr_e.train_state, batch, guide)
   forward_trainers = {k: guided_trainer(specs, horizon="forward", mu=0.99)
                       for k, specs in (("f1", (LR,)), ("f3", (LR, B1, B2)))}
@@ -331,7 +340,8 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
   compile_s = time.perf_counter() - t_compile
 
   mem = {"plain": bc.memory_bytes(plain_c), "a": bc.memory_bytes(a_c),
-         "d": bc.memory_bytes(d_c), "dr": bc.memory_bytes(dr_c), "e_rev": bc.memory_bytes(e_c),
+         "d": bc.memory_bytes(d_c), "dr": bc.memory_bytes(dr_c),
+         "a_cf": bc.memory_bytes(a_cf_c), "d_cf": bc.memory_bytes(d_cf_c), "e_rev": bc.memory_bytes(e_c),
          "e_fwd": bc.memory_bytes(e_fwd_c), **g_mem, **h_mem,
          **{k: bc.memory_bytes(c) for k, c in f_c.items()}}
   if memory_only:
@@ -355,6 +365,8 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
       "guided (b)": bc.Stepper(b_c, tr_b.train_state, batch, guide_q),
       "guided (d)": bc.Stepper(d_c, tr_d.train_state, batch_dw, guide),
       "guided (d) recompute": bc.Stepper(dr_c, tr_dr.train_state, batch_dw, guide),
+      "guided (a) closed form": bc.Stepper(a_cf_c, tr_a_cf.train_state, batch, guide),
+      "guided (d) closed form": bc.Stepper(d_cf_c, tr_d_cf.train_state, batch_dw, guide),
       "guided (e) reverse": bc.Stepper(e_c, tr_e.train_state, batch, guide),
       "guided (e) forward": _DropThird(e_fwd_c, tr_e_fwd.train_state, batch, guide),
       **{f"guided ({k}) horizon": bc.Stepper(f_c[k], tr.train_state, batch, guide)
@@ -391,8 +403,12 @@ def _rows(t: dict[str, float], mem: dict[str, int | None], *, rel_diff: float | 
   memory_rows = [
       dict(cfg="(a) memory", metric="guided / plain (compiled bytes)", value=mem_ratio("a"),
            target=1.15),
+      dict(cfg="(a*) closed form, memory", metric="guided / plain (compiled bytes)",
+           value=mem_ratio("a_cf"), target=1.15),
       dict(cfg="(d) memory", metric="guided / plain (compiled bytes)", value=mem_ratio("d"),
            target=None),
+      dict(cfg="(d*) closed form, memory", metric="guided / plain (compiled bytes)",
+           value=mem_ratio("d_cf"), target=None),
       dict(cfg="(d') memory", metric="guided / plain (compiled bytes)", value=mem_ratio("dr"),
            target=1.3),
       dict(cfg="(d') memory vs (d)", metric="(d') / (d) (compiled bytes)",
@@ -412,12 +428,16 @@ def _rows(t: dict[str, float], mem: dict[str, int | None], *, rel_diff: float | 
     rows = [
         dict(cfg="(a) lr+b1+b2 every step", metric="guided / (plain + guide fb)",
              value=t["guided (a)"] / floor(), target=1.0),
+        dict(cfg="(a*) (a), closed-form derivative", metric="guided / (plain + guide fb)",
+             value=t["guided (a) closed form"] / floor(), target=1.0),
         dict(cfg="(b) 1/4 guide batch", metric="guided / plain",
              value=t["guided (b)"] / t["plain"], target=1.35),
         dict(cfg="(c) every 10 steps", metric="(9 plain_g + guided) / 10 plain",
              value=(9 * t["plain_g (a)"] + t["guided (a)"]) / (10 * t["plain"]), target=1.05),
         dict(cfg="(d) lr+b1+ls+dw every step", metric="guided / (plain + guide fb)",
              value=t["guided (d)"] / floor(), target=1.2),
+        dict(cfg="(d*) (d), closed-form derivative", metric="guided / (plain + guide fb)",
+             value=t["guided (d) closed form"] / floor(), target=1.2),
         dict(cfg="(d') (d), recompute_tangent", metric="guided / (plain + guide fb)",
              value=t["guided (d) recompute"] / floor(), target=None),
         dict(cfg="(g) Adafactor lr+decay_rate", metric="guided / (plain + guide fb)",

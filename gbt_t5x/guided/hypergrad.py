@@ -394,8 +394,8 @@ def lookahead_hypergradient(
   closed_form = _closed_form(optimizer, optimizer_derivative)
   if closed_form is None:
     updates, update_vjp, new_opt_state = jax.vjp(update, grads, h_opt, has_aux=True)
-  else:
-    updates, new_opt_state = update(grads, h_opt)
+  else:  # The new optimizer state is recomputed after d) (below), so it is not kept here.
+    updates, _ = update(grads, h_opt)
   new_params = optax.apply_updates(params, updates)
 
   # c) guide loss at the lookahead (= model step) params; d) back through the update.
@@ -406,6 +406,10 @@ def lookahead_hypergradient(
     d_h_opt, d_grads = _closed_form_derivatives(
         closed_form, grads, opt_state, params, v, h_opt, base_lr, lr_group_ids,
         need_d_grads=bool(h_loss))
+    # The same update again, after d) (the barrier orders it there): the new moments are written
+    # over the old ones instead of living next to them through the guide pass.
+    grads_after, d_h_opt = jax.lax.optimization_barrier((grads, d_h_opt))
+    _, new_opt_state = update(grads_after, h_opt)
   d_values = dict(d_h_opt)
 
   # e) loss-side: mixed second derivative through the loss head only.
