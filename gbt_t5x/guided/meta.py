@@ -123,8 +123,9 @@ def apply_hypergradient(state: GuidedState, hypergrads: Mapping[str, jax.Array],
                         ) -> tuple[GuidedState, jax.Array]:
   """One meta step: raw <- project(raw + meta_update(hypergrads)), value by value.
 
-  A value whose hypergradient has a non-finite entry is skipped: its raw value and its own meta
-  moments stay as they were and `skips[name]` is incremented, while the finite values move
+  A value whose hypergradient has a non-finite entry, or whose meta update would not be finite
+  (e.g. Adam's second moment overflowing on a huge hypergradient), is skipped: its raw value and
+  its own meta moments stay as they were and `skips[name]` is incremented, while the finite values move
   (their update is exactly the all-finite one when every value is finite). Shared meta-state
   leaves (Adam's step count) advance when any value moves.
 
@@ -142,12 +143,20 @@ def apply_hypergradient(state: GuidedState, hypergrads: Mapping[str, jax.Array],
     raise ValueError(f"hypergradients have names {sorted(hypergrads)} but the guided state has "
                      f"{sorted(state.raw)}")
   names = tuple(state.raw)
-  finite = {k: all_finite(g) for k, g in hypergrads.items()}
-  any_finite = jnp.any(jnp.stack([finite[k] for k in names]))
-  safe = {k: jnp.where(finite[k], g, jnp.zeros_like(g)).astype(state.raw[k].dtype)
+  grads_finite = {k: all_finite(g) for k, g in hypergrads.items()}
+  safe = {k: jnp.where(grads_finite[k], g, jnp.zeros_like(g)).astype(state.raw[k].dtype)
           for k, g in hypergrads.items()}
   updates, new_meta = meta_optimizer.update(safe, state.meta_opt_state, state.raw)
   new_raw = project_raw(specs, optax.apply_updates(state.raw, updates))
+  # A finite hypergradient can still overflow the meta optimizer (Adam's g^2 beyond float range:
+  # an inf second moment would freeze that value for the rest of the run): skip it too.
+  own_meta = {k: [] for k in names}
+  jax.tree_util.tree_map_with_path(
+      lambda path, leaf: own_meta[_name_in_path(path, names)].append(leaf)
+      if _name_in_path(path, names) is not None else None, new_meta)
+  finite = {k: grads_finite[k] & all_finite(new_raw[k]) & all_finite(own_meta[k])
+            for k in names}
+  any_finite = jnp.any(jnp.stack([finite[k] for k in names]))
 
   def keep_meta(path, new, old):
     name = _name_in_path(path, names)

@@ -105,6 +105,27 @@ def test_non_finite_hypergradient_skips_that_value_only(bad):
   assert not np.allclose(newer.raw["data_weights"], new.raw["data_weights"])
 
 
+def test_a_finite_hypergradient_that_overflows_adam_is_skipped_not_frozen():
+  """|g| ~ 1e20 is finite in float32 but g^2 is not: taking it would make Adam's second moment
+  inf and every later update of that value 0 (frozen without a word). It is skipped instead,
+  and the value moves again on the next ordinary hypergradient."""
+  optimizer = meta_lib.make_meta_optimizer(0.1, BOUNDED)
+  state = meta_lib.init_guided_state(BOUNDED, optimizer)
+  good = {k: jnp.ones_like(v) for k, v in state.raw.items()}
+  state, _ = meta_lib.apply_hypergradient(state, good, BOUNDED, optimizer)
+  huge = dict(good, learning_rate=jnp.asarray(1e20, jnp.float32))
+  assert np.isfinite(np.asarray(huge["learning_rate"]))
+  new, skipped = jax.jit(meta_lib.apply_hypergradient, static_argnums=(2, 3))(
+      state, huge, BOUNDED, optimizer)
+  assert bool(skipped) and int(new.skips["learning_rate"]) == 1
+  np.testing.assert_array_equal(new.raw["learning_rate"], state.raw["learning_rate"])
+  assert np.all(np.isfinite(np.asarray(_adam_state(new).nu["learning_rate"])))
+  assert not np.array_equal(new.raw["b2"], state.raw["b2"])  # the others moved
+  newer, skipped = meta_lib.apply_hypergradient(new, good, BOUNDED, optimizer)
+  assert not bool(skipped)
+  assert not np.array_equal(newer.raw["learning_rate"], new.raw["learning_rate"])
+
+
 def test_meta_lr_scale_is_a_per_name_learning_rate():
   specs = (GuidedHParam("b1", 0.5, "sigmoid", meta_lr_scale=0.0),
            GuidedHParam("b2", 0.5, "sigmoid", meta_lr_scale=1.0),
