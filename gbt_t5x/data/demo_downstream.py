@@ -12,12 +12,14 @@ a tiny model leaves at chance (kept for larger models).
 * `cola` (grammaticality, label 1 "acceptable" / 0 "unacceptable"): half the sentences are
   canonical renderings of a meaning; the other half are renderings corrupted by one rule the
   grammar forbids. 'clear' (sentences of at most `CLEAR_MAX_WORDS` words): in equal halves,
-  `verb_final` (a clause's verb moved to the start of its clause) and `duplicated_word` (a word
-  other than an adjective written twice in a row). 'hard': in equal thirds, `agreement` (the
+  `foreign_word` (one English function word of `INTRUDER_WORDS` inserted anywhere: a single-token
+  cue a tiny model learns within a few hundred steps) and `verb_final` (the main clause's verb,
+  the sentence's last word, moved to the start of the main clause: a structural cue it does not
+  learn at that size, so the task is neither at chance nor at its ceiling). 'hard': in equal thirds, `agreement` (the
   verb's person/number suffix swapped for one that disagrees with an overt subject), `verb_final`
   (the verb moved to a random earlier position of its clause) and `adjective_order` (an
   adjective moved in front of its noun, where no other noun phrase can absorb it). Every
-  corruption is kept only if `violations` reports its rule (any rule, for a duplicated word).
+  corruption is kept only if `violations` reports its rule (`unknown_word` for a foreign word).
 * `mrpc` (paraphrase, 1 "equivalent" / 0 "not equivalent"): one side is the canonical rendering
   of a meaning A, the other a *variant* rendering (see below) of A (label 1) or of another
   meaning B (label 0): 'clear' draws B afresh (an unrelated sentence; both of at most
@@ -67,7 +69,7 @@ from typing import Mapping, Optional, Sequence, Union
 from gbt_t5x.data import demo_world as dw
 from gbt_t5x.data.demo_world import Clause, Lexicon, NounPhrase, Pronoun, Sentence
 
-DOWNSTREAM_VERSION = 2
+DOWNSTREAM_VERSION = 5
 ENV_CONFIG = "GBT_T5X_DEMO_DOWNSTREAM_CONFIG"
 TASKS = ("cola", "mrpc", "sst2")
 SPLITS = ("train", "validation", "test")
@@ -82,8 +84,11 @@ AGREEMENT, VERB_FINAL, ADJECTIVE_ORDER = "agreement", "verb_final", "adjective_o
 CORRUPTIONS = (AGREEMENT, VERB_FINAL, ADJECTIVE_ORDER)
 # The 'clear' tasks' corruptions, each visible locally: a verb moved to its clause's start, a
 # word (not an adjective: those may repeat) written twice in a row.
-DUPLICATED_WORD = "duplicated_word"
-CLEAR_CORRUPTIONS = (VERB_FINAL, DUPLICATED_WORD)
+FOREIGN_WORD = "foreign_word"
+# English function words a 'clear' foreign_word corruption inserts: each is a single piece of the
+# demo SentencePiece model that never occurs in source-language text.
+INTRUDER_WORDS = ("the", "in", "that", "this", "with", "you", "will")
+CLEAR_CORRUPTIONS = (FOREIGN_WORD, VERB_FINAL)
 # The 'clear' tasks draw short sentences (at most this many English words per meaning).
 CLEAR_MAX_WORDS = 12
 CLEAR, HARD = "clear", "hard"
@@ -399,7 +404,8 @@ def _corrupt(s: Sentence, lex: Lexicon, kind: str, d, verb_first: bool = False
   """A rendering of `s` broken by rule `kind`, or None when `s` offers no place for it.
 
   `verb_final` moves a clause's verb to a random earlier position of its clause, or with
-  `verb_first` to the clause's first position.
+  `verb_first` the main clause's verb to the main clause's first position; `foreign_word`
+  inserts one of `INTRUDER_WORDS` at a random position.
   """
   tagged = dw.render_source_tagged(s, lex)
   words, tags = [w for w, _ in tagged], [t for _, t in tagged]
@@ -417,16 +423,15 @@ def _corrupt(s: Sentence, lex: Lexicon, kind: str, d, verb_first: bool = False
     verb = words[end - 1]
     words[end - 1] = verb[:len(verb) - len(lex.suffixes[right])] + lex.suffixes[wrong]
   elif kind == VERB_FINAL:
-    cands = [(start, end) for _, start, end in ranges if end - start >= 2]
+    cands = [(start, end) for name, start, end in ranges
+             if end - start >= 2 and (name == "main" or not verb_first)]
     if not cands:
       return None
     start, end = d.choice(cands)
     verb = words.pop(end - 1)
     words.insert(start if verb_first else start + d.index(end - 1 - start), verb)
-  elif kind == DUPLICATED_WORD:
-    cands = [k for k in range(len(tags)) if tags[k] != "ADJ"]
-    k = d.choice(cands)
-    words.insert(k, words[k])
+  elif kind == FOREIGN_WORD:
+    words.insert(d.index(len(words) + 1), d.choice(INTRUDER_WORDS))
   elif kind == ADJECTIVE_ORDER:
     cands = [k for k in range(len(tags) - 1) if tags[k] == "NOUN" and tags[k + 1] == "ADJ"]
     if not cands:
@@ -439,7 +444,7 @@ def _corrupt(s: Sentence, lex: Lexicon, kind: str, d, verb_first: bool = False
     words.insert(k, adj)
   else:
     raise ValueError(f"unknown corruption {kind!r}; expected one of "
-                     f"{CORRUPTIONS + (DUPLICATED_WORD,)}")
+                     f"{CORRUPTIONS + (FOREIGN_WORD,)}")
   return " ".join(words) + "."
 
 
@@ -464,8 +469,7 @@ def _cola_example(label: int, k: int, d, lex: Lexicon, seed: int, seen: set,
     if text is None:
       continue
     broken = violations(text, seed)
-    # A duplicated word breaks whichever rule its word class has; the others break their own.
-    if broken and (kind == DUPLICATED_WORD or kind in broken):
+    if kind == FOREIGN_WORD and UNKNOWN_WORD in broken or kind in broken:
       seen.add(s)
       return (text,), kind, (s,)
 

@@ -275,7 +275,40 @@ def trajectory_extra(model_dir: str, max_rows: int = 100) -> dict[str, Any]:
   out: dict[str, Any] = {"steps": [int(r["step"]) for r in kept]}
   for name in kept[0]["values"]:
     out[name] = [r["values"][name] for r in kept]
-  return {"trajectory": out}
+  return {"trajectory": out, **meta_step_counts(model_dir)}
+
+
+def meta_step_counts(model_dir: str) -> dict[str, Any]:
+  """How often a guided run's meta updates were skipped, per value, and how often the forward
+  horizon reset a tangent, summed over its metrics.jsonl windows:
+  {'skipped_meta_updates': {name: count}, 'tangent_resets': count}."""
+  from gbt_t5x.train import summaries
+  path = os.path.join(model_dir, "metrics.jsonl")
+  skipped: dict[str, float] = {}
+  resets = 0.0
+  for row in summaries.read_metrics_log(path) if os.path.exists(path) else []:
+    for key, value in row.items():
+      if key.startswith("train/skipped/"):
+        name = key[len("train/skipped/"):]
+        skipped[name] = skipped.get(name, 0.0) + float(value)
+      elif key == "train/tangent_resets":
+        resets += float(value)
+  return {"skipped_meta_updates": {k: int(v) for k, v in skipped.items()},
+          "tangent_resets": int(resets)}
+
+
+def meta_step_summary(records: Sequence[RunRecord]) -> str:
+  """One sentence: the skipped meta updates and tangent resets of guided runs (from
+  `meta_step_counts` in their records), e.g. for the forward horizon, whose tangents can grow
+  until they overflow."""
+  counts = [r.extra for r in records if "tangent_resets" in r.extra]
+  if not counts:
+    return ""
+  skipped = sum(sum(c["skipped_meta_updates"].values()) for c in counts)
+  resets = sum(c["tangent_resets"] for c in counts)
+  return (f"Over its {len(counts)} runs: {skipped} skipped meta updates (all values together; a "
+          f"hypergradient the meta optimizer cannot take) and {resets} tangent resets (an "
+          "overflowed tangent restarted at zero).")
 
 
 def use_demo_world(exp: Experiment, **overrides: Any) -> None:

@@ -132,7 +132,8 @@ def write_report(exp: common.Experiment) -> str:
       f"steps of compute against greedy GBT's {np.mean(compute[GBT]):.0f}): "
       f"{mean(GBT_FORWARD):.2f} test BLEU — vs greedy GBT: "
       f"{report.paired_summary(diffs[(GBT_FORWARD, GBT)])}; vs the best constant: "
-      f"{report.paired_summary(diffs[(GBT_FORWARD, 'best constant (picked on its seed)')])}."])
+      f"{report.paired_summary(diffs[(GBT_FORWARD, 'best constant (picked on its seed)')])}. "
+      + common.meta_step_summary(runs[GBT_FORWARD])])
   report.plot_bars(os.path.join(exp.out, "bleu_by_arm.png"), order,
                    [[r.scores["bleu"] for r in runs[a]] for a in order], "test BLEU",
                    "schedule vs constant")

@@ -159,7 +159,8 @@ def write_report(exp: common.Experiment) -> str:
   for a in horizon_arms[1:]:
     cost = np.mean(compute[a]) / np.mean(compute[horizon_arms[0]])
     verdicts.append(f"- **{a}** ({cost:.2f}× the greedy run's compute): "
-                    f"{report.paired_summary(horizon_diffs[(a, horizon_arms[0])])}.")
+                    f"{report.paired_summary(horizon_diffs[(a, horizon_arms[0])])}. "
+                    + common.meta_step_summary(runs[a]))
   lines = {}
   for a in horizon_arms:
     traj = runs[a][0].extra["trajectory"]

@@ -186,12 +186,12 @@ def test_sst2_label_follows_adjective_and_main_negation(generated, lex):
   assert len(negated) == 4  # both labels occur with and without negation
 
 
-def _clause_starts(words):
+def _main_clause_start(words):
   conj = [i for i, w in enumerate(words) if any(m.pos == "CONJ" for m in dd.analyse(w, SEED))]
-  return [0] + [i + 1 for i in conj]
+  return conj[-1] + 1 if conj else 0
 
 
-def test_clear_cola_moves_a_verb_to_its_clause_start_or_doubles_a_word(generated_clear, lex):
+def test_clear_cola_fronts_the_main_verb_or_inserts_a_foreign_word(generated_clear, lex):
   kinds = collections.Counter()
   for rows in generated_clear["cola"].values():
     for r in rows:
@@ -200,6 +200,7 @@ def test_clear_cola_moves_a_verb_to_its_clause_start_or_doubles_a_word(generated
       assert len(dw.render_target_words(r.meanings[0])) <= dd.CLEAR_MAX_WORDS
       if r.label == 1:
         assert r.info == "intact" and text == original and dd.is_grammatical(text, SEED)
+        assert not set(text[:-1].split(" ")) & set(dd.INTRUDER_WORDS)
         continue
       kinds[r.info] += 1
       assert not dd.is_grammatical(text, SEED)
@@ -207,13 +208,12 @@ def test_clear_cola_moves_a_verb_to_its_clause_start_or_doubles_a_word(generated
       if r.info == dd.VERB_FINAL:
         assert dd.VERB_FINAL in dd.violations(text, SEED)
         assert sorted(words) == sorted(before)  # only the order changed
-        assert any(any(m.pos == "VERB" for m in dd.analyse(words[i], SEED))
-                   for i in _clause_starts(words))
+        # The main clause's verb (the sentence's last word) now opens the main clause.
+        assert words[_main_clause_start(words)] == before[-1] and words[-1] != before[-1]
       else:
-        doubled = [i for i in range(len(before)) if words[:i + 1] + words[i + 2:] == before
-                   and words[i] == words[i + 1]]
-        assert doubled and not any(m.pos == "ADJ" for m in dd.analyse(words[doubled[0]], SEED))
-  assert set(kinds) == set(dd.CLEAR_CORRUPTIONS)
+        assert r.info == dd.FOREIGN_WORD and dd.UNKNOWN_WORD in dd.violations(text, SEED)
+        inserted = [i for i in range(len(words)) if words[:i] + words[i + 1:] == before]
+        assert inserted and words[inserted[0]] in dd.INTRUDER_WORDS
   assert max(kinds.values()) - min(kinds.values()) <= 3  # halves within each split
 
 
