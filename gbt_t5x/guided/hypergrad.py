@@ -391,7 +391,7 @@ def lookahead_hypergradient(
   def update(g, hopt):
     return optimizer_update(optimizer, g, opt_state, params, hopt, base_lr, lr_group_ids)
 
-  closed_form = _closed_form(optimizer, optimizer_derivative)
+  closed_form = closed_form_for(optimizer, optimizer_derivative)
   if closed_form is not None and set(h_opt) <= {specs_lib.LEARNING_RATE} and not h_loss:
     # The LR multiplier alone: the VJP keeps only the (linear-in-LR) update, less than the
     # closed form's inputs (g, m, n); both give the same value (T5.1.1 small compiled memory /
@@ -449,9 +449,11 @@ def lookahead_hypergradient(
   return new_params, new_opt_state, hypergrads, metrics
 
 
-def _closed_form(optimizer: optax.GradientTransformation, optimizer_derivative: str
+def closed_form_for(optimizer: optax.GradientTransformation, optimizer_derivative: str
                  ) -> opt_derivs.ClosedForm | None:
-  """The closed form to use for step d), or None for the generic VJP."""
+  """The closed form to use for step d), or None for the generic VJP; a one-line ValueError for
+  an unknown mode or 'closed_form' with an optimizer that has none (the trainer checks this at
+  construction)."""
   if optimizer_derivative not in OPTIMIZER_DERIVATIVES:
     raise ValueError(f"optimizer_derivative must be one of {OPTIMIZER_DERIVATIVES}, got "
                      f"{optimizer_derivative!r}")

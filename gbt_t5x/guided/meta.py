@@ -150,10 +150,11 @@ def apply_hypergradient(state: GuidedState, hypergrads: Mapping[str, jax.Array],
   new_raw = project_raw(specs, optax.apply_updates(state.raw, updates))
   # A finite hypergradient can still overflow the meta optimizer (Adam's g^2 beyond float range:
   # an inf second moment would freeze that value for the rest of the run): skip it too.
-  own_meta = {k: [] for k in names}
-  jax.tree_util.tree_map_with_path(
-      lambda path, leaf: own_meta[_name_in_path(path, names)].append(leaf)
-      if _name_in_path(path, names) is not None else None, new_meta)
+  own_meta: dict[str, list[jax.Array]] = {k: [] for k in names}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(new_meta)[0]:
+    name = _name_in_path(path, names)
+    if name is not None:
+      own_meta[name].append(leaf)
   finite = {k: grads_finite[k] & all_finite(new_raw[k]) & all_finite(own_meta[k])
             for k in names}
   any_finite = jnp.any(jnp.stack([finite[k] for k in names]))

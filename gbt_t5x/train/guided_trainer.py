@@ -24,7 +24,6 @@ from gbt_t5x import fileio
 from gbt_t5x.guided import forward as forward_lib
 from gbt_t5x.guided import hypergrad
 from gbt_t5x.guided import meta as meta_lib
-from gbt_t5x.guided import optimizer_derivatives as opt_derivs
 from gbt_t5x.guided import specs as specs_lib
 from gbt_t5x.train import data as data_lib
 from gbt_t5x.train.data_weights import DATA_IDS
@@ -110,13 +109,7 @@ class GuidedTrainer(Trainer):
     self.fixed_guide_batch = fixed_guide_batch
     self.recompute_tangent = recompute_tangent
     self.optimizer_derivative = optimizer_derivative
-    if optimizer_derivative not in hypergrad.OPTIMIZER_DERIVATIVES:
-      raise ValueError(f"optimizer_derivative must be one of {hypergrad.OPTIMIZER_DERIVATIVES}, "
-                       f"got {optimizer_derivative!r}")
-    if (optimizer_derivative == hypergrad.CLOSED_FORM
-        and opt_derivs.closed_form_of(self.optimizer) is None):
-      raise ValueError("optimizer_derivative='closed_form' needs the optimizer from "
-                       "optimizers.adamw or optimizers.adam; use 'vjp' for others")
+    hypergrad.closed_form_for(self.optimizer, optimizer_derivative)  # bad mode: one-line error
     self.meta_optimizer = meta_lib.make_meta_optimizer(meta_learning_rate, self.specs,
                                                        clip_norm=meta_clip_norm)
     for spec in self.specs:
