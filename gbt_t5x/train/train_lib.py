@@ -215,7 +215,8 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
     model_dir: run directory: checkpoints/, TensorBoard events, metrics.jsonl, config.gin, PNGs.
     total_steps: train until this global step.
     eval_steps: batches per eval (None: the whole split once).
-    eval_period: steps between evals and checkpoint opportunities (default: save period).
+    eval_period: steps between evals (default: the save period). Checkpoints follow the save
+      period on their own (a save period shorter than the eval period still saves at each one).
     random_seed: seeds params init and dropout.
     log_every: steps between progress lines.
     summarize_config_fn: called with the operative gin config text (to write config.gin).
@@ -350,6 +351,8 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
     with preemption.PreemptionGuard(sync_every=log_every) as guard:
       while step < total_steps:
         next_stop = min(total_steps, (step // eval_period + 1) * eval_period)
+        if save_period:
+          next_stop = min(next_stop, (step // save_period + 1) * save_period)
         trainer.train(train_iter, next_stop - step, start_step=step, stop_fn=guard.should_stop,
                       guide_iter=guide_iter)
         step = int(jax.device_get(trainer.train_state.step))
@@ -360,6 +363,8 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
           raise errors.Preempted(step, guard.signal_name)
         if save_period and (step % save_period == 0 or step == total_steps):
           save(step)
+        if step % eval_period and step != total_steps:
+          continue  # A checkpoint-only stop.
         eval_metrics = run_eval()
         if infer_evaluator is not None:
           eval_metrics.update(infer_evaluator(step, trainer.train_state.params))

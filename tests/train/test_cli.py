@@ -256,11 +256,15 @@ def test_train_resume_and_resume_equals_uninterrupted(cli_env, tmp_path):
   assert snapshot(resumed / "checkpoints" / "3") == ckpt3_before
   assert "TRAIN_STEPS = 8" in (resumed / "config.gin").read_text()
 
-  # Uninterrupted 8 steps, evaluating/saving every 4 (so even the chunking of steps differs).
+  # Uninterrupted 8 steps, evaluating every 4 and saving every 2 (so even the chunking of steps
+  # differs): a save period shorter than the eval period still saves at each of its steps.
   straight = tmp_path / "straight"
-  proc = run_cli(cli_env, straight, "--gin.TRAIN_STEPS=8", "--gin.EVAL_PERIOD=4")
+  proc = run_cli(cli_env, straight, "--gin.TRAIN_STEPS=8", "--gin.EVAL_PERIOD=4",
+                 "--gin.train_lib.SaveCheckpointConfig.period=2",
+                 "--gin.train_lib.SaveCheckpointConfig.keep=None")
   assert proc.returncode == 0, proc.stderr[-4000:]
-  assert checkpoint_steps(straight) == [4, 8]
+  assert checkpoint_steps(straight) == [2, 4, 6, 8]
+  assert sorted(r["step"] for r in metrics(straight) if "train_eval/loss" in r) == [4, 8]
 
   losses_resumed, losses_straight = train_losses(resumed), train_losses(straight)
   assert sorted(losses_resumed) == sorted(losses_straight) == list(range(1, 9))
