@@ -119,7 +119,10 @@ def test_sizes_balance_and_disjoint_splits(generated, generated_clear, task, dif
   assert dd.DownstreamConfig().difficulty == dd.CLEAR  # the default
   splits = (generated_clear if difficulty == dd.CLEAR else generated)[task]
   seen_texts, seen_meanings = set(), set()
-  for split, n in SMALL.sizes().items():
+  sizes = (CLEAR if difficulty == dd.CLEAR else SMALL).sizes(task)
+  if task == "mrpc" and difficulty == dd.CLEAR:
+    assert sizes["train"] == dd.MRPC_CLEAR_TRAIN_FACTOR * SMALL.num_train
+  for split, n in sizes.items():
     rows = splits[split]
     assert len(rows) == n and [r.idx for r in rows] == list(range(n))
     counts = collections.Counter(r.label for r in rows)
@@ -225,7 +228,7 @@ def test_clear_mrpc_negatives_pair_unrelated_meanings(generated_clear, lex):
       assert all(dd.is_grammatical(t, SEED) for t in r.texts)
       canonical = [t == dw.render_source(m, lex) for t, m in zip(r.texts, r.meanings)]
       assert sorted(canonical) == [False, True]
-      assert all(len(dw.render_target_words(m)) <= dd.CLEAR_MAX_WORDS for m in r.meanings)
+      assert all(len(dw.render_target_words(m)) <= dd.MRPC_CLEAR_MAX_WORDS for m in r.meanings)
       if r.label == 1:
         assert a == b and r.info.startswith("same:")
       else:
