@@ -166,15 +166,26 @@ def test_pretrain_downstream_quick(results_dir):
   run_script("pretrain_downstream.py", results_dir, "--seeds=0")
   text = (out / "report.md").read_text()
   tables = check_tables(text, "arm")
-  pretraining, finetuned, paired = tables[0], tables[1], tables[2]
+  # Pretraining; then per task (cola, mrpc, sst2) its table and paired table; then the average.
+  assert len(tables) == 1 + 2 * 3 + 2
+  pretraining, glue, glue_paired = tables[0], tables[-2], tables[-1]
   arms = ["plain pretraining", "guided pretraining", "plain pretraining, equal compute"]
-  assert [r["arm"] for r in pretraining] == arms and [r["arm"] for r in finetuned] == arms
-  # Every demo GLUE task is scored with its own metric, and their average is reported.
-  for key in ("demo_cola/matthews_corrcoef", "demo_mrpc/f1", "demo_mrpc/accuracy",
-              "demo_sst2/accuracy", "average"):
-    assert all(key in r for r in finetuned), (key, finetuned[0].keys())
-  assert [r["comparison"] for r in paired] == ["guided vs plain pretraining, equal steps",
-                                               "guided vs plain pretraining, equal compute"]
+  assert [r["arm"] for r in pretraining] == arms and [r["arm"] for r in glue] == arms
+  # Every demo GLUE task is scored with its own metric; the GLUE-style average is their mean.
+  for k, keys in enumerate((("demo_cola/matthews_corrcoef",),
+                            ("demo_mrpc/f1", "demo_mrpc/accuracy"), ("demo_sst2/accuracy",))):
+    finetuned, paired = tables[1 + 2 * k], tables[2 + 2 * k]
+    assert [r["arm"] for r in finetuned] == arms
+    for key in (*keys, "average"):
+      assert all(key in r for r in finetuned), (key, finetuned[0].keys())
+    assert [r["comparison"] for r in paired] == ["guided vs plain pretraining, equal steps",
+                                                 "guided vs plain pretraining, equal compute"]
+  for i, arm in enumerate(arms):
+    task_means = [report.parse_mean_std(tables[1 + 2 * k][i]["average"])[0] for k in range(3)]
+    glue_mean = report.parse_mean_std(glue[i]["GLUE-style average"])[0]
+    assert abs(glue_mean - sum(task_means) / 3) <= 0.01, (arm, glue_mean, task_means)
+  assert [r["comparison"] for r in glue_paired] == ["guided vs plain pretraining, equal steps",
+                                                    "guided vs plain pretraining, equal compute"]
   # The equal-compute pretraining gets the guided run's measured cost as extra steps.
   records = {json.loads(p.read_text())["label"]: json.loads(p.read_text())
              for p in (out / "records").glob("*.json")}
@@ -182,9 +193,9 @@ def test_pretrain_downstream_quick(results_dir):
   ratio = guided["seconds_per_step"] / plain["seconds_per_step"]
   assert records["plain pretraining, equal compute"]["train_steps"] == round(
       guided["train_steps"] * ratio)
-  # Each of the three checkpoints is finetuned the same number of steps.
+  # Each of the three checkpoints is finetuned on each task the same number of steps.
   finetunes = [r for label, r in records.items() if label.startswith("finetune ")]
-  assert len(finetunes) == 3 and len({r["train_steps"] for r in finetunes}) == 1
+  assert len(finetunes) == 9 and len({r["train_steps"] for r in finetunes}) == 1
   assert "learnable at this size" in text
   for png in ("downstream.png", "learned_values.png"):
     assert (out / png).stat().st_size > 1000
