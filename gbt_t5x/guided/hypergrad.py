@@ -307,6 +307,19 @@ def train_loss_and_grads(params: PyTree, batch: Batch, rng: jax.Array,
 
 
 # --------------------------------------------------------------------------- steps
+UPDATE_OK = "update_ok"  # guided-step metric: bool scalar, the non-finite guard's test
+
+
+def update_is_finite(loss: jax.Array, new_params: PyTree) -> jax.Array:
+  """The non-finite guard's test (bool scalar): the train loss and every new param finite."""
+  return jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(new_params))
+
+
+def keep_if(ok: jax.Array, new: PyTree, old: PyTree) -> PyTree:
+  """`new` where `ok` (bool scalar), else `old` (same structure)."""
+  return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+
 def _metrics(aux: Mapping[str, jax.Array], loss: jax.Array,
              values: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
   metrics = dict(aux)
@@ -363,6 +376,9 @@ def lookahead_hypergradient(
   Returns:
     (new_params, new_opt_state, hypergrads, metrics): hypergrads is name -> dL_hyper/d raw
     (shapes of `raw`, may be non-finite); metrics as `guided_step` without `skipped`.
+    new_params / new_opt_state are already guarded: `params` / `opt_state` where
+    `metrics[UPDATE_OK]` is False (a non-finite loss or update; the hypergradients of such a
+    step mean nothing, and the model step drops its meta update).
   """
   loss_inputs_fn = loss_inputs_fn or _identity_loss_inputs
   microbatched = bool(num_microbatches) and num_microbatches > 1
@@ -399,9 +415,15 @@ def lookahead_hypergradient(
     closed_form = None
   if closed_form is None:
     updates, update_vjp, new_opt_state = jax.vjp(update, grads, h_opt, has_aux=True)
-  else:  # The new optimizer state is recomputed after d) (below), so it is not kept here.
-    updates, _ = update(grads, h_opt)
+  else:  # d) reads only the updated state and g: the old params and moments die here.
+    updates, new_opt_state = update(grads, h_opt)
   new_params = optax.apply_updates(params, updates)
+  # The non-finite guard of the model step, applied before c): the old params and moments die
+  # here instead of living next to the new ones through the guide pass. (A step it drops has
+  # its guided state dropped by the model step as well.)
+  update_ok = update_is_finite(loss, new_params)
+  new_params, new_opt_state = keep_if(update_ok, (new_params, new_opt_state),
+                                      (params, opt_state))
 
   # c) guide loss at the lookahead (= model step) params; d) back through the update.
   guide_loss, v = jax.value_and_grad(guide_loss_fn)(new_params, guide_batch)
@@ -409,12 +431,8 @@ def lookahead_hypergradient(
     d_grads, d_h_opt = update_vjp(v)
   else:
     d_h_opt, d_grads = _closed_form_derivatives(
-        closed_form, grads, opt_state, params, v, h_opt, base_lr, lr_group_ids,
-        need_d_grads=bool(h_loss))
-    # The same update again, after d) (the barrier orders it there): the new moments are written
-    # over the old ones instead of living next to them through the guide pass.
-    grads_after, d_h_opt = jax.lax.optimization_barrier((grads, d_h_opt))
-    _, new_opt_state = update(grads_after, h_opt)
+        closed_form, grads, opt_state, new_opt_state, new_params, v, h_opt, base_lr,
+        lr_group_ids, need_d_grads=bool(h_loss))
   d_values = dict(d_h_opt)
 
   # e) loss-side: mixed second derivative through the loss head only.
@@ -444,6 +462,7 @@ def lookahead_hypergradient(
   (hypergrads,) = act_vjp(d_values)
   metrics = _metrics(aux, loss, values)
   metrics["guide_loss"] = guide_loss
+  metrics[UPDATE_OK] = update_ok
   for name, g in hypergrads.items():
     metrics[f"hypergrad_norm/{name}"] = jnp.sqrt(jnp.sum(jnp.square(g)))
   return new_params, new_opt_state, hypergrads, metrics
@@ -467,15 +486,19 @@ def closed_form_for(optimizer: optax.GradientTransformation, optimizer_derivativ
 
 
 def _closed_form_derivatives(closed_form: opt_derivs.ClosedForm, grads: PyTree, opt_state: Any,
-                             params: PyTree, v: PyTree, h_opt: Mapping[str, jax.Array],
-                             base_lr: jax.Array, lr_group_ids: PyTree | None,
-                             need_d_grads: bool) -> tuple[dict[str, jax.Array], PyTree]:
-  """Step d) by `optimizer_derivatives`: ({name in h_opt: <v, du/dh>}, (du/dg)^T v or None)."""
+                             new_opt_state: Any, new_params: PyTree, v: PyTree,
+                             h_opt: Mapping[str, jax.Array], base_lr: jax.Array,
+                             lr_group_ids: PyTree | None, need_d_grads: bool
+                             ) -> tuple[dict[str, jax.Array], PyTree]:
+  """Step d) by `optimizer_derivatives` from the updated state (`opt_state`, the state before
+  the update, only gives the hyper-parameter values the update used): ({name in h_opt:
+  <v, du/dh>}, (du/dg)^T v or None)."""
   hyperparams = _inject(opt_state, h_opt, base_lr).hyperparams
   own = {name: (name if name == specs_lib.LEARNING_RATE else
                 specs_lib.resolve_optimizer_name(name, hyperparams)) for name in h_opt}
   derivs, d_grads = opt_derivs.adamw_derivatives(
-      grads, opt_state, params, v, hyperparams, base_lr, [own[n] for n in h_opt], closed_form,
+      grads, new_opt_state, new_params, v, hyperparams, base_lr, [own[n] for n in h_opt],
+      closed_form,
       multiplier=h_opt.get(specs_lib.LEARNING_RATE), lr_group_ids=lr_group_ids,
       need_d_grads=need_d_grads)
   return {name: derivs[own[name]] for name in h_opt}, d_grads
@@ -549,7 +572,9 @@ def guided_step(params: PyTree, opt_state: Any, guided_state: meta_lib.GuidedSta
     (new_params, new_opt_state, new_guided_state, metrics). new_params/new_opt_state are the
     model step at the values before the meta update (identical to `plain_step`). metrics: aux
     metrics, `train_loss`, `guide_loss` (at new_params), `hypergrad_norm/NAME` (raw units),
-    `hp/NAME` (values used), `skipped` (1.0 if any value's meta update was skipped).
+    `hp/NAME` (values used), `skipped` (1.0 if any value's meta update was skipped),
+    `update_ok` (`UPDATE_OK`, bool: False when the non-finite guard kept the old params and
+    optimizer state, already applied to new_params / new_opt_state).
   """
   new_params, new_opt_state, hypergrads, metrics = lookahead_hypergradient(
       params, opt_state, guided_state.raw, batch, guide_batch, rng, base_lr, specs=specs,

@@ -178,6 +178,7 @@ def model_step(state: TrainState, batch: Batch, *, fns: StepFns, values_fn: Valu
   """
   rng = jax.random.fold_in(fns.rng, state.step)
   base_lr = fns.learning_rate_fn(state.step)
+  update_ok = None  # the guard's test, when the guided step has applied it already
   tangents = state.tangents
   if guidance is not None and guidance.horizon == "forward":
     values = specs_lib.effective(guidance.specs, state.guided.raw)
@@ -213,12 +214,14 @@ def model_step(state: TrainState, batch: Batch, *, fns: StepFns, values_fn: Valu
         guide_loss_fn=fns.guide_loss_fn, recompute_tangent=guidance.recompute_tangent,
         optimizer_derivative=guidance.optimizer_derivative, **fns.hypergrad_kwargs())
     metrics = dict(metrics)
+    update_ok = metrics.pop(hypergrad.UPDATE_OK)
   if guide_batch is not None:
     guide_tokens = jnp.sum(guide_batch["decoder_loss_weights"].astype(jnp.float32))
     metrics["guide_loss_per_token"] = metrics.pop("guide_loss") / jnp.maximum(guide_tokens, 1)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                             guided=guided, tangents=tangents)
-  new_state, nonfinite = train_state_lib.keep_finite_update(state, new_state, metrics["loss"])
+  new_state, nonfinite = train_state_lib.keep_finite_update(state, new_state, metrics["loss"],
+                                                            update_ok)
   if guide_batch is not None:  # Skips as counted in the (guarded) state.
     new_guided, old_guided = new_state.guided, state.guided
     metrics["skipped"] = (new_guided.num_skipped - old_guided.num_skipped).astype(jnp.float32)

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from gbt_t5x.guided import hypergrad
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -84,21 +86,31 @@ def train_state_shardings(abstract_boxed_params: Any, abstract_state: TrainState
   )
 
 
-def keep_finite_update(old: TrainState, new: TrainState, loss: jax.Array
-                       ) -> tuple[TrainState, jax.Array]:
+def keep_finite_update(old: TrainState, new: TrainState, loss: jax.Array,
+                       update_ok: jax.Array | None = None) -> tuple[TrainState, jax.Array]:
   """Guards a step: if the loss or any new param is non-finite, keep `old`'s params, optimizer
   state, guided state and tangents (the step counter still advances, so the data moves on) and
   count the skip.
 
+  Args:
+    old, new: the state before and after the step.
+    loss: the step's train loss (scalar).
+    update_ok: the test (`hypergrad.update_is_finite`), when the guided step has already applied
+      it to `new`'s params and optimizer state (before its guide pass, so that the old ones need
+      not outlive the update); then only the rest of the state is picked here.
+
   Returns:
     (guarded state, skipped: float32 scalar 1.0 if the update was dropped).
   """
-  ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(new.params))
-  pick = lambda n, o: jnp.where(ok, n, o)  # noqa: E731
-  guarded = new.replace(params=jax.tree.map(pick, new.params, old.params),
-                        opt_state=jax.tree.map(pick, new.opt_state, old.opt_state),
-                        guided=jax.tree.map(pick, new.guided, old.guided),
-                        tangents=jax.tree.map(pick, new.tangents, old.tangents),
+  if update_ok is None:
+    ok = hypergrad.update_is_finite(loss, new.params)
+    params, opt_state = hypergrad.keep_if(ok, (new.params, new.opt_state),
+                                          (old.params, old.opt_state))
+  else:
+    ok, params, opt_state = update_ok, new.params, new.opt_state
+  guarded = new.replace(params=params, opt_state=opt_state,
+                        guided=hypergrad.keep_if(ok, new.guided, old.guided),
+                        tangents=hypergrad.keep_if(ok, new.tangents, old.tangents),
                         num_nonfinite=old.num_nonfinite + (~ok).astype(jnp.int32))
   return guarded, (~ok).astype(jnp.float32)
 

@@ -180,6 +180,33 @@ def run_all(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) -> No
             downstream_scores(size, task, module, lengths), steps=size.finetune_steps)
 
 
+def pretraining_comparison(runs: dict[str, list], metrics: Sequence[tuple], subject: str
+                           ) -> tuple[str, list[str]]:
+  """Guided vs plain pretraining (equal steps, equal compute) on one downstream score.
+
+  Args:
+    runs: arm -> one record per seed, each with an 'average' score (0-100, higher is better).
+    metrics: `report.arm_table` metric rows (the first is 'average').
+    subject: what the average is of, for the verdict lines (a task, or the GLUE-style average).
+
+  Returns:
+    (the paired-difference table, two verdict lines: equal steps, then equal compute).
+  """
+  paired, diffs = report.paired_table(
+      [(GUIDED, PLAIN, "guided vs plain pretraining, equal steps"),
+       (GUIDED, EQUAL, "guided vs plain pretraining, equal compute")], runs, metrics)
+  mean = lambda arm: float(np.mean([r.scores["average"] for r in runs[arm]]))  # noqa: E731
+  lines = []
+  for ref, what in ((PLAIN, "equal pretraining steps"), (EQUAL, "equal pretraining compute")):
+    d = diffs[(GUIDED, ref)]["average"]
+    verdict = report.interval_verdict(d, True)
+    lines.append(
+        f"- **{subject}, {what}**: average {mean(GUIDED):.2f} after guided pretraining vs "
+        f"{mean(ref):.2f} — {verdict} (Δ {report.fmt_paired(d)}); claim 3 "
+        f"{'REPRODUCED' if verdict == 'better' else 'NOT reproduced'} here.")
+  return paired, lines
+
+
 def write_report(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) -> str:
   size, out, seeds = exp.size, exp.out, list(exp.seeds)
   pre_runs = {a: [common.require_record(exp, a, s) for s in seeds] for a in ARMS}
@@ -199,17 +226,9 @@ def write_report(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) 
                ("dev_loss", "dev loss", 3, False)]
     table = report.arm_table(ARMS, runs, {a: [r.train_steps for r in runs[a]] for a in ARMS},
                              metrics)
-    paired, diffs = report.paired_table(
-        [(GUIDED, PLAIN, "guided vs plain pretraining, equal steps"),
-         (GUIDED, EQUAL, "guided vs plain pretraining, equal compute")], runs, metrics)
+    paired, lines = pretraining_comparison(runs, metrics, task)
+    verdicts += lines
     mean = lambda arm, key: float(np.mean([r.scores[key] for r in runs[arm]]))  # noqa: E731
-    for ref, what in ((PLAIN, "equal pretraining steps"), (EQUAL, "equal pretraining compute")):
-      d = diffs[(GUIDED, ref)]["average"]
-      verdict = report.interval_verdict(d, True)
-      verdicts.append(
-          f"- **{task}, {what}**: downstream average {mean(GUIDED, 'average'):.2f} after guided "
-          f"pretraining vs {mean(ref, 'average'):.2f} — {verdict} (Δ {report.fmt_paired(d)}); "
-          f"claim 3 {'REPRODUCED' if verdict == 'better' else 'NOT reproduced'} here.")
     met = {k: mean(PLAIN, k) >= v for k, v in THRESHOLDS.items() if k in keys}
     if met:
       verdicts.append(
@@ -228,17 +247,9 @@ def write_report(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) 
     metrics = [("average", "GLUE-style average", 2, True)]
     table = report.arm_table(ARMS, glue, {a: [r.train_steps for r in glue[a]] for a in ARMS},
                              metrics)
-    paired, diffs = report.paired_table(
-        [(GUIDED, PLAIN, "guided vs plain pretraining, equal steps"),
-         (GUIDED, EQUAL, "guided vs plain pretraining, equal compute")], glue, metrics)
-    for ref, what in ((PLAIN, "equal pretraining steps"), (EQUAL, "equal pretraining compute")):
-      d = diffs[(GUIDED, ref)]["average"]
-      verdict = report.interval_verdict(d, True)
-      mean = lambda arm: float(np.mean([r.scores["average"] for r in glue[arm]]))  # noqa: E731
-      verdicts.insert(0,
-          f"- **GLUE-style average over {', '.join(per_task)}, {what}**: {mean(GUIDED):.2f} "
-          f"after guided pretraining vs {mean(ref):.2f} — {verdict} (Δ {report.fmt_paired(d)}); "
-          f"claim 3 {'REPRODUCED' if verdict == 'better' else 'NOT reproduced'} here.")
+    paired, lines = pretraining_comparison(glue, metrics,
+                                           f"GLUE-style average over {', '.join(per_task)}")
+    verdicts[:0] = lines
     sections += ["GLUE-style average over the tasks (the mean of each task's mean metric; "
                  "compute = finetuning steps of all tasks):", table, paired]
 
