@@ -411,7 +411,7 @@ def lookahead_hypergradient(
   if closed_form is not None and set(h_opt) <= {specs_lib.LEARNING_RATE} and not h_loss:
     # The LR multiplier alone: the VJP keeps only the (linear-in-LR) update, less than the
     # closed form's inputs (g, m, n); both give the same value (T5.1.1 small compiled memory /
-    # plain 1.21 against 1.76), so the VJP is used.
+    # plain 1.20 against 1.26), so the VJP is used.
     closed_form = None
   if closed_form is None:
     updates, update_vjp, new_opt_state = jax.vjp(update, grads, h_opt, has_aux=True)
