@@ -235,9 +235,13 @@ class Trainer:
     """
     if guide_iter is not None:
       self._guide_iter = guide_iter
-    self._last_flush_time = None  # The first window (compilation, evals before it) is not timed.
+    # The first window of the first call holds compilation and is not timed; a later call (the
+    # training loop calls again after every checkpoint and evaluation) starts the clock here, so
+    # its first window is timed without the evaluation or save before it.
+    first_call = not hasattr(self, "_progress")
+    self._last_flush_time = None if first_call else time.monotonic()
     start = int(start_step if start_step is not None else jax.device_get(self.train_state.step))
-    if not hasattr(self, "_progress"):
+    if first_call:
       self._progress = summaries.ProgressLine(self.total_steps or start + num_steps, start,
                                               self.log_every, print_fn=self._print)
     pending: list[tuple[int, Metrics]] = []

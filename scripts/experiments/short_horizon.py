@@ -150,15 +150,19 @@ def write_report(exp: common.Experiment) -> str:
   horizon_arms = [greedy_label("LR"), *[forward_label(mu) for mu in mus]]
   runs = {a: get(a) for a in horizon_arms}
   plain_sps = {r.seed: r.seconds_per_step for r in runs[greedy_label("LR")]}
-  compute = {a: [common.step_equivalents(r, plain_sps[r.seed]) for r in runs[a]]
-             for a in horizon_arms}
+  # Runs from before the trainer timed every window (a checkpoint every logging window left
+  # none timed) have no step time: their compute is unknown, not their step count.
+  timed = all(np.isfinite(v) for v in plain_sps.values())
+  compute = {a: [common.step_equivalents(r, plain_sps[r.seed]) if timed else float("nan")
+                 for r in runs[a]] for a in horizon_arms}
   horizon_table = report.arm_table(horizon_arms, runs, compute).replace(
       "compute (plain steps)", "compute (greedy-run steps)")
   horizon_paired, horizon_diffs = report.paired_table(
       [(a, horizon_arms[0], f"{a} vs greedy") for a in horizon_arms[1:]], runs)
   for a in horizon_arms[1:]:
-    cost = np.mean(compute[a]) / np.mean(compute[horizon_arms[0]])
-    verdicts.append(f"- **{a}** ({cost:.2f}× the greedy run's compute): "
+    cost = (f"{np.mean(compute[a]) / np.mean(compute[horizon_arms[0]]):.2f}× the greedy run's "
+            "compute" if timed else "compute not compared: the greedy runs logged no step time")
+    verdicts.append(f"- **{a}** ({cost}): "
                     f"{report.paired_summary(horizon_diffs[(a, horizon_arms[0])])}. "
                     + common.meta_step_summary(runs[a]))
   lines = {}

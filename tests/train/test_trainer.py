@@ -87,6 +87,25 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path, one_device_run):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_step_time_is_logged_for_every_window_but_the_first_calls_first(tmp_path):
+  """The training loop calls `train` again after every checkpoint and evaluation: the first
+  window of the first call (compilation) is untimed, every later window has its seconds/step."""
+  from gbt_t5x.train import summaries
+  p = PjitPartitioner(devices=jax.devices()[:1])
+  model = tiny.tiny_model()
+  state, axes = train_lib.initial_train_state(model, tiny.INPUT_SHAPES, p, jax.random.PRNGKey(0))
+  t = trainer_lib.Trainer(model=model, train_state=state, partitioner=p, eval_names=[],
+                          summary_dir=str(tmp_path), train_state_axes=axes,
+                          rng=jax.random.PRNGKey(1), learning_rate_fn=lambda step: 1e-2,
+                          log_every=2, print_fn=lambda s: None)
+  for call in range(3):
+    t.train(_batches(p, 2, start=2 * call), 2)
+  rows = summaries.read_metrics_log(str(tmp_path / "metrics.jsonl"))
+  timed = {r["step"]: r.get("train/timing/seconds_per_step") for r in rows if "step" in r}
+  assert sorted(timed) == [2, 4, 6] and timed[2] is None
+  assert timed[4] > 0 and timed[6] > 0
+
+
 def test_nonfinite_step_is_skipped_counted_and_limited():
   from gbt_t5x import errors
   p = PjitPartitioner(devices=jax.devices()[:1])
