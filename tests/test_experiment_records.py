@@ -76,3 +76,22 @@ def test_paired_difference_hand_computed():
 def test_paired_difference_needs_pairs():
   with pytest.raises(ValueError, match="equally many"):
     report.paired_difference([1.0, 2.0], [1.0])
+
+
+def test_bo_picks_at_budget_hand_computed():
+  """Trials cost 100, 100 and 200 plain steps (the third ran at twice the plain step time); BO
+  picks the lowest guide loss so far: trial 0, then 1 (loss 2 < 3), then still 1 (loss 5)."""
+  from gbt_t5x.experiments import bo
+
+  def trial(n, guide_loss, seconds_per_step):
+    return records.RunRecord(label=f"t{n}", seed=0, scores={"guide_loss": guide_loss},
+                             train_steps=100, wall_seconds=1.0,
+                             seconds_per_step=seconds_per_step)
+
+  trials = [trial(0, 3.0, 0.1), trial(1, 2.0, 0.1), trial(2, 5.0, 0.2)]
+  picked = bo.picks_at_budget(trials, plain_seconds_per_step=0.1, budget=250.0)
+  assert (picked.at_budget.label, picked.at_budget_compute) == ("t1", 200.0)
+  assert (picked.final.label, picked.final_compute) == ("t1", 400.0)
+  # A budget below the first trial still gets that trial (BO has to run at least one).
+  first = bo.picks_at_budget(trials, plain_seconds_per_step=0.1, budget=10.0)
+  assert (first.at_budget.label, first.at_budget_compute) == ("t0", 100.0)

@@ -99,8 +99,6 @@ MRPC_CLEAR_MAX_WORDS = 7
 MRPC_CLEAR_TRAIN_FACTOR = 2
 CLEAR, HARD = "clear", "hard"
 DIFFICULTIES = (CLEAR, HARD)
-# The settings `ensure_demo_downstream` and $GBT_T5X_DEMO_DOWNSTREAM_CONFIG take.
-DOWNSTREAM_KEYS = ("num_train", "num_validation", "num_test", "difficulty")
 ADJECTIVE_AGREEMENT, NOUN_PHRASE, STRUCTURE, VALENCY, UNKNOWN_WORD = (
     "adjective_agreement", "noun_phrase", "structure", "valency", "unknown_word")
 POSITIVE_ADJECTIVES = ("happy", "kind", "beautiful", "brave", "clever", "rich", "strong",
@@ -658,6 +656,11 @@ class Row:
   info: str
   idx: int
   meanings: tuple[Sentence, ...] = ()
+
+
+# The settings `ensure_demo_downstream` and $GBT_T5X_DEMO_DOWNSTREAM_CONFIG take: every field of
+# `DownstreamConfig` but the seed, which comes from the world.
+DOWNSTREAM_KEYS = tuple(f.name for f in dataclasses.fields(DownstreamConfig) if f.name != "seed")
 
 
 def generate_task(task: str, config: Optional[DownstreamConfig] = None

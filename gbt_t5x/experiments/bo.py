@@ -7,6 +7,7 @@ also written as a record `'<label> trial NN'` so reports are rebuilt from record
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Sequence
@@ -98,3 +99,21 @@ def pick_within(compute: Sequence[float], picks: Sequence[RunRecord], budget: fl
   `budget` (at least one trial)."""
   k = max(1, int(np.sum(np.asarray(compute) <= budget)))
   return compute[k - 1], picks[k - 1]
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetedPicks:
+  """BO's pick (and the compute it used, in plain train steps) at a budget and after all trials."""
+  at_budget: RunRecord
+  at_budget_compute: float
+  final: RunRecord
+  final_compute: float
+
+
+def picks_at_budget(trials: Sequence[RunRecord], plain_seconds_per_step: float, budget: float
+                    ) -> BudgetedPicks:
+  """BO's pick within `budget` plain train steps (e.g. one GBT run's compute; at least one
+  trial) and after every trial of `trials` (in trial order)."""
+  compute, picks = pick_curve(trials, plain_seconds_per_step)
+  used, pick = pick_within(compute, picks, budget)
+  return BudgetedPicks(pick, used, picks[-1], compute[-1])

@@ -85,7 +85,7 @@ def write_report(exp: common.Experiment, spaces: Sequence[str], num_trials: int)
   seeds = list(exp.seeds)
   sections, panels_bleu, panels_loss, verdicts = [], {}, {}, []
   for space in spaces:
-    gbt, curves, plain_sps_of = [], [], {}
+    gbt, curves, plain_sps_of, trials_of = [], [], {}, []
     for seed in seeds:
       g = exp.store.get(gbt_label(space), seed)
       trials = [exp.store.get(bo.trial_label(f"BO {space}", n), seed) for n in range(num_trials)]
@@ -93,6 +93,7 @@ def write_report(exp: common.Experiment, spaces: Sequence[str], num_trials: int)
         raise ValueError(f"runs of space {space} seed {seed} in {exp.out} are not finished: "
                          "rerun without --report_only")
       plain_sps = plain_sps_of[seed] = float(np.median([t.seconds_per_step for t in trials]))
+      trials_of.append(trials)
       gbt.append((g, common.step_equivalents(g, plain_sps)))
       curves.append(bo.pick_curve(trials, plain_sps))
     gbt_runs = [g for g, _ in gbt]
@@ -103,17 +104,15 @@ def write_report(exp: common.Experiment, spaces: Sequence[str], num_trials: int)
         f = common.require_record(exp, gbt_label(space, forward=True), seed)
         forward.append((f, common.step_equivalents(f, plain_sps_of[seed])))
     # BO at GBT's compute: its pick among the trials whose cumulative compute fits (at least 1).
-    within = [bo.pick_within(comp, picks, c) for (comp, picks), c in zip(curves, gbt_compute)]
-    at_equal = [pick for _, pick in within]
-    at_equal_compute = [used for used, _ in within]
-    final = [picks[-1] for _, picks in curves]
-    runs = {GBT_ROW: gbt_runs, EQUAL_ROW: at_equal,
-            f"BO after {num_trials} trials": final}
-    compute = {GBT_ROW: gbt_compute, EQUAL_ROW: at_equal_compute,
-               f"BO after {num_trials} trials": [comp[-1] for comp, _ in curves]}
+    picked = [bo.picks_at_budget(trials, plain_sps_of[seed], budget=c)
+              for seed, trials, c in zip(seeds, trials_of, gbt_compute)]
+    final_row = f"BO after {num_trials} trials"
+    runs = {GBT_ROW: gbt_runs, EQUAL_ROW: [p.at_budget for p in picked],
+            final_row: [p.final for p in picked]}
+    compute = {GBT_ROW: gbt_compute, EQUAL_ROW: [p.at_budget_compute for p in picked],
+               final_row: [p.final_compute for p in picked]}
     comparisons = [(GBT_ROW, EQUAL_ROW, "GBT vs BO at GBT's compute"),
-                   (GBT_ROW, f"BO after {num_trials} trials",
-                    f"GBT vs BO after {num_trials} trials")]
+                   (GBT_ROW, final_row, f"GBT vs BO after {num_trials} trials")]
     if forward:
       runs[FORWARD_ROW] = [f for f, _ in forward]
       compute[FORWARD_ROW] = [c for _, c in forward]

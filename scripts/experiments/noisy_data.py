@@ -98,12 +98,11 @@ def write_report(exp: common.Experiment, num_trials: int) -> str:
     runs[BO_EQUAL], runs[BO_ALL], compute[BO_EQUAL], compute[BO_ALL] = [], [], [], []
     for i, s in enumerate(seeds):
       trials = [common.require_record(exp, bo.trial_label(at("BO", noise), n), s) for n in range(num_trials)]
-      comp, picks = bo.pick_curve(trials, plain_sps[s])
-      used, pick = bo.pick_within(comp, picks, compute[GBT_DW][i])
-      runs[BO_EQUAL].append(pick)
-      compute[BO_EQUAL].append(used)
-      runs[BO_ALL].append(picks[-1])
-      compute[BO_ALL].append(comp[-1])
+      picked = bo.picks_at_budget(trials, plain_sps[s], budget=compute[GBT_DW][i])
+      runs[BO_EQUAL].append(picked.at_budget)
+      compute[BO_EQUAL].append(picked.at_budget_compute)
+      runs[BO_ALL].append(picked.final)
+      compute[BO_ALL].append(picked.final_compute)
     arms = list(runs)
     table = report.arm_table(arms, runs, compute)
     paired, diffs = report.paired_table(
