@@ -39,10 +39,14 @@ Configurations and targets (AdamW, float32 unless said otherwise):
 With --memory_only nothing is timed: only the compiled-memory rows are printed (deterministic,
 so they can be taken on a busy machine).
 
-Timing: every function of a size is compiled first (`jit(...).lower(...).compile()`), then all are
-timed round-robin (one call of each per round, after warm-up rounds), each call ended by
-`jax.block_until_ready`; the median over rounds is reported. Round-robin spreads a shared machine's
-load drift evenly over the compared functions. Memory is `compiled.memory_analysis()` argument +
+Timing: the configurations of a size are taken in groups (greedy; loss-side; forward horizon;
+Adafactor; bfloat16), so that only one group's train states are held at a time (all at once do
+not fit 24 GiB at T5.1.1 small). A group's functions are compiled
+(`jit(...).lower(...).compile()`), then timed round-robin with the plain step and the guide
+forward/backward (one call of each per round, after a warm-up round), each call ended by
+`jax.block_until_ready`; the median over rounds is reported. Round-robin spreads a shared
+machine's load drift evenly over the compared functions; a later group's times are scaled by the
+first group's plain-step median over its own (printed as `drift`, 1.00 on a quiet machine). Memory is `compiled.memory_analysis()` argument +
 output + temp − alias bytes (donated state aliases its output): deterministic, from XLA's buffer
 assignment, not a measured RSS.
 
@@ -274,6 +278,16 @@ def timed_compile(log: dict, name: str, jitted: Any, *args: Any):
 
 def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
                profile: str, layers: int | None = None, memory_only: bool = False) -> dict:
+  """Compiles and times every row's steps at one size, one group of configurations at a time.
+
+  Each group (`groups` below) builds its trainers, compiles them, is timed round-robin together
+  with the reference steps (plain step, guide forward/backward) and is freed before the next:
+  holding every configuration's train state at once (about 25 params + moments copies) does not
+  fit a 24 GiB machine at T5.1.1 small. A later group's times are scaled by the first group's
+  plain-step time over its own (`drift`, printed; 1.00 on a quiet machine), so all rows share
+  one reference.
+  """
+  import gc
   batch_size, le, ld = shape
   quarter = max(1, batch_size // 4)
   model = bc.make_model(size, dtype, layers=layers)
@@ -296,94 +310,119 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
                               hyper_step_every=1, meta_learning_rate=3e-3,
                               recompute_tangent=recompute_tangent, **options, **common)
 
-  t_compile = time.perf_counter()
   clog: dict[str, float] = {}
+  t_compile = time.perf_counter()
   plain_tr = trainer_lib.Trainer(model=model, train_state=copy_state(state0), **common)
   plain_c = timed_compile(clog, "plain_c", plain_tr._partitioned_train_step,
                           plain_tr.train_state, batch)
   guide_fb = jax.jit(jax.value_and_grad(model.guide_loss_fn))
   guide_c = timed_compile(clog, "guide_c", guide_fb, state0.params, guide)
   guide_q_c = timed_compile(clog, "guide_q_c", guide_fb, state0.params, guide_q)
-
-  tr_a = guided_trainer((LR, B1, B2))
-  tr_b = guided_trainer((LR, B1, B2))
-  tr_d = guided_trainer((LR, B1, LS, DW))
-  tr_dr = guided_trainer((LR, B1, LS, DW), recompute_tangent=True)
-  tr_a_cf = guided_trainer((LR, B1, B2), optimizer_derivative="closed_form")
-  tr_d_cf = guided_trainer((LR, B1, LS, DW), optimizer_derivative="closed_form")
-  tr_e = guided_trainer((LR,))
-  tr_e_fwd = guided_trainer((LR,))
-  a_c = timed_compile(clog, "a_c", tr_a._partitioned_guided_step, tr_a.train_state, batch, guide)
-  a_plain_c = timed_compile(clog, "a_plain_c", tr_a._partitioned_train_step,
-                            tr_a.train_state, batch)
-  b_c = timed_compile(clog, "b_c", tr_b._partitioned_guided_step, tr_b.train_state, batch, guide_q)
-  d_c = timed_compile(clog, "d_c", tr_d._partitioned_guided_step, tr_d.train_state, batch_dw, guide)
-  dr_c = timed_compile(clog, "dr_c", tr_dr._partitioned_guided_step, tr_dr.train_state, batch_dw,
-                       guide)
-  a_cf_c = timed_compile(clog, "a_cf_c", tr_a_cf._partitioned_guided_step, tr_a_cf.train_state,
-                         batch, guide)
-  d_cf_c = timed_compile(clog, "d_cf_c", tr_d_cf._partitioned_guided_step, tr_d_cf.train_state,
-                         batch_dw, guide)
-  e_c = timed_compile(clog, "e_c", tr_e._partitioned_guided_step, tr_e.train_state, batch, guide)
-  forward_trainers = {k: guided_trainer(specs, horizon="forward", mu=0.99)
-                      for k, specs in (("f1", (LR,)), ("f3", (LR, B1, B2)))}
-  f_c = {k: timed_compile(clog, f"{k}_c", tr._partitioned_guided_step, tr.train_state, batch,
-                          guide) for k, tr in forward_trainers.items()}
-  f_plain_c = {k: timed_compile(clog, f"{k}_plain_c", tr._partitioned_train_step,
-                                tr.train_state, batch) for k, tr in forward_trainers.items()}
-  fwd_step = forward_mode_lr_step(tr_e_fwd)
-  e_fwd_c = timed_compile(clog, "e_fwd_c", fwd_step, tr_e_fwd.train_state, batch, guide)
-  g_steppers, g_mem = variant_steps(size, shape, dtype, layers, optimizers.adafactor(),
-                                    (LR, DECAY_RATE), "g", clog)
-  h_steppers, h_mem = variant_steps(size, shape, "bfloat16", layers, None, (LR, B1, B2), "h",
-                                    clog)
   compile_s = time.perf_counter() - t_compile
+  reference = {"plain": bc.Stepper(plain_c, plain_tr.train_state, batch),
+               "guide fwd+bwd": lambda: guide_c(state0.params, guide),
+               "guide fwd+bwd 1/4": lambda: guide_q_c(state0.params, guide_q)}
+  mem: dict[str, int | None] = {"plain": bc.memory_bytes(plain_c)}
+  times: dict[str, float] = {}
+  checks: dict[str, float] = {}
 
-  mem = {"plain": bc.memory_bytes(plain_c), "a": bc.memory_bytes(a_c),
-         "d": bc.memory_bytes(d_c), "dr": bc.memory_bytes(dr_c),
-         "a_cf": bc.memory_bytes(a_cf_c), "d_cf": bc.memory_bytes(d_cf_c), "e_rev": bc.memory_bytes(e_c),
-         "e_fwd": bc.memory_bytes(e_fwd_c), **g_mem, **h_mem,
-         **{k: bc.memory_bytes(c) for k, c in f_c.items()}}
+  def greedy_group():
+    tr = {k: guided_trainer(specs, **kw) for k, (specs, kw) in {
+        "a": ((LR, B1, B2), {}), "b": ((LR, B1, B2), {}),
+        "a_cf": ((LR, B1, B2), {"optimizer_derivative": "closed_form"}),
+        "e": ((LR,), {}), "e_fwd": ((LR,), {})}.items()}
+    a_c = timed_compile(clog, "a_c", tr["a"]._partitioned_guided_step, tr["a"].train_state,
+                        batch, guide)
+    a_plain_c = timed_compile(clog, "a_plain_c", tr["a"]._partitioned_train_step,
+                              tr["a"].train_state, batch)
+    b_c = timed_compile(clog, "b_c", tr["b"]._partitioned_guided_step, tr["b"].train_state,
+                        batch, guide_q)
+    a_cf_c = timed_compile(clog, "a_cf_c", tr["a_cf"]._partitioned_guided_step,
+                           tr["a_cf"].train_state, batch, guide)
+    e_c = timed_compile(clog, "e_c", tr["e"]._partitioned_guided_step, tr["e"].train_state,
+                        batch, guide)
+    e_fwd_c = timed_compile(clog, "e_fwd_c", forward_mode_lr_step(tr["e_fwd"]),
+                            tr["e_fwd"].train_state, batch, guide)
+    group_mem = {"a": bc.memory_bytes(a_c), "a_cf": bc.memory_bytes(a_cf_c),
+                 "e_rev": bc.memory_bytes(e_c), "e_fwd": bc.memory_bytes(e_fwd_c)}
+    if not memory_only:  # (e)'s two hypergradients on identical state and batches.
+      state_e = copy_state(tr["e_fwd"].train_state)
+      rev = reverse_lr_hypergrads(tr["e_fwd"], state_e, batch, guide)[specs_lib.LEARNING_RATE]
+      _, _, fwd = e_fwd_c(copy_state(state_e), batch, guide)
+      fwd = fwd[specs_lib.LEARNING_RATE]
+      checks.update(rev=float(rev), fwd=float(fwd),
+                    rel_diff=float(jnp.abs(fwd - rev) / jnp.maximum(jnp.abs(rev), 1e-30)))
+    return {
+        "guided (a)": bc.Stepper(a_c, tr["a"].train_state, batch, guide),
+        "plain_g (a)": bc.Stepper(a_plain_c, copy_state(tr["a"].train_state), batch),
+        "guided (b)": bc.Stepper(b_c, tr["b"].train_state, batch, guide_q),
+        "guided (a) closed form": bc.Stepper(a_cf_c, tr["a_cf"].train_state, batch, guide),
+        "guided (e) reverse": bc.Stepper(e_c, tr["e"].train_state, batch, guide),
+        "guided (e) forward": _DropThird(e_fwd_c, tr["e_fwd"].train_state, batch, guide),
+    }, group_mem
+
+  def loss_side_group():
+    tr = {"d": guided_trainer((LR, B1, LS, DW)),
+          "dr": guided_trainer((LR, B1, LS, DW), recompute_tangent=True),
+          "d_cf": guided_trainer((LR, B1, LS, DW), optimizer_derivative="closed_form")}
+    c = {k: timed_compile(clog, f"{k}_c", t._partitioned_guided_step, t.train_state, batch_dw,
+                          guide) for k, t in tr.items()}
+    names = {"d": "guided (d)", "dr": "guided (d) recompute", "d_cf": "guided (d) closed form"}
+    return ({names[k]: bc.Stepper(c[k], tr[k].train_state, batch_dw, guide) for k in tr},
+            {k: bc.memory_bytes(c[k]) for k in tr})
+
+  def forward_horizon_group():
+    tr = {k: guided_trainer(specs, horizon="forward", mu=0.99)
+          for k, specs in (("f1", (LR,)), ("f3", (LR, B1, B2)))}
+    f_c = {k: timed_compile(clog, f"{k}_c", t._partitioned_guided_step, t.train_state, batch,
+                            guide) for k, t in tr.items()}
+    f_plain_c = {k: timed_compile(clog, f"{k}_plain_c", t._partitioned_train_step,
+                                  t.train_state, batch) for k, t in tr.items()}
+    steppers = {f"guided ({k}) horizon": bc.Stepper(f_c[k], t.train_state, batch, guide)
+                for k, t in tr.items()}
+    steppers.update({f"plain_g ({k}) horizon": bc.Stepper(f_plain_c[k], copy_state(t.train_state),
+                                                          batch) for k, t in tr.items()})
+    return steppers, {k: bc.memory_bytes(c) for k, c in f_c.items()}
+
+  groups = {
+      "greedy (a), (b), (e)": greedy_group,
+      "loss-side (d)": loss_side_group,
+      "forward horizon (f1), (f3)": forward_horizon_group,
+      "Adafactor (g)": lambda: variant_steps(size, shape, dtype, layers, optimizers.adafactor(),
+                                             (LR, DECAY_RATE), "g", clog),
+      "bfloat16 (h)": lambda: variant_steps(size, shape, "bfloat16", layers, None, (LR, B1, B2),
+                                            "h", clog),
+  }
+  drift: dict[str, float] = {}
+  for name, build in groups.items():
+    start = time.perf_counter()
+    steppers, group_mem = build()
+    compile_s += time.perf_counter() - start
+    mem.update(group_mem)
+    if not memory_only:
+      t = time_round_robin({**reference, **steppers}, iters, warmup=1)
+      if not times:
+        times.update({k: t[k] for k in reference})
+      drift[name] = times["plain"] / t["plain"]
+      times.update({k: t[k] * drift[name] for k in steppers})
+      print(f"  {size} group {name}: timed; drift x{drift[name]:.2f}", flush=True)
+    else:
+      print(f"  {size} group {name}: compiled", flush=True)
+    del steppers
+    gc.collect()
+
   if memory_only:
     return dict(size=size, shape=shape, quarter=quarter, times={}, mem=mem,
                 rows=_rows({}, mem, memory_only=True), parts=None, compile_s=compile_s,
-                clog=clog, params=bc.count_params(state0.params), rev=None, fwd=None)
-
-  # Hypergradient check for (e) on identical state and batches (before any step).
-  state_e = copy_state(tr_e_fwd.train_state)
-  rev = reverse_lr_hypergrads(tr_e_fwd, state_e, batch, guide)[specs_lib.LEARNING_RATE]
-  _, _, fwd = e_fwd_c(copy_state(state_e), batch, guide)
-  fwd = fwd[specs_lib.LEARNING_RATE]
-  rel_diff = float(jnp.abs(fwd - rev) / jnp.maximum(jnp.abs(rev), 1e-30))
-
-  steppers = {
-      "plain": bc.Stepper(plain_c, plain_tr.train_state, batch),
-      "guide fwd+bwd": lambda: guide_c(state0.params, guide),
-      "guide fwd+bwd 1/4": lambda: guide_q_c(state0.params, guide_q),
-      "guided (a)": bc.Stepper(a_c, tr_a.train_state, batch, guide),
-      "plain_g (a)": bc.Stepper(a_plain_c, copy_state(tr_a.train_state), batch),
-      "guided (b)": bc.Stepper(b_c, tr_b.train_state, batch, guide_q),
-      "guided (d)": bc.Stepper(d_c, tr_d.train_state, batch_dw, guide),
-      "guided (d) recompute": bc.Stepper(dr_c, tr_dr.train_state, batch_dw, guide),
-      "guided (a) closed form": bc.Stepper(a_cf_c, tr_a_cf.train_state, batch, guide),
-      "guided (d) closed form": bc.Stepper(d_cf_c, tr_d_cf.train_state, batch_dw, guide),
-      "guided (e) reverse": bc.Stepper(e_c, tr_e.train_state, batch, guide),
-      "guided (e) forward": _DropThird(e_fwd_c, tr_e_fwd.train_state, batch, guide),
-      **{f"guided ({k}) horizon": bc.Stepper(f_c[k], tr.train_state, batch, guide)
-         for k, tr in forward_trainers.items()},
-      **{f"plain_g ({k}) horizon": bc.Stepper(f_plain_c[k], copy_state(tr.train_state), batch)
-         for k, tr in forward_trainers.items()},
-      **g_steppers, **h_steppers,
-  }
-  times = time_round_robin(steppers, iters, warmup=1)
-  rows = _rows(times, mem, rel_diff=rel_diff)
+                clog=clog, params=bc.count_params(state0.params), rev=None, fwd=None, drift={})
+  rows = _rows(times, mem, rel_diff=checks["rel_diff"])
   missed = any(r["met"] is False for r in rows)
   parts = None
   if profile == "always" or (profile == "auto" and missed):
     parts = profile_parts(model, state0, batch, guide, guide_q, (LR, B1, B2), iters)
   return dict(size=size, shape=shape, quarter=quarter, times=times, mem=mem, rows=rows,
               parts=parts, compile_s=compile_s, clog=clog, params=bc.count_params(state0.params),
-              rev=float(rev), fwd=float(fwd))
+              rev=checks["rev"], fwd=checks["fwd"], drift=drift)
 
 
 def _rows(t: dict[str, float], mem: dict[str, int | None], *, rel_diff: float | None = None,
