@@ -39,8 +39,8 @@ Configurations and targets (AdamW, float32 unless said otherwise):
 With --memory_only nothing is timed: only the compiled-memory rows are printed (deterministic,
 so they can be taken on a busy machine).
 
-Timing: the configurations of a size are taken in groups (greedy; loss-side; forward horizon;
-Adafactor; bfloat16), so that only one group's train states are held at a time (all at once do
+Timing: the configurations of a size are taken in groups (greedy; loss-side; forward horizon
+f1, f3; Adafactor; bfloat16), so that only one group's train states are held at a time (all at once do
 not fit 24 GiB at T5.1.1 small). A group's functions are compiled
 (`jit(...).lower(...).compile()`), then timed round-robin with the plain step and the guide
 forward/backward (one call of each per round, after a warm-up round), each call ended by
@@ -269,6 +269,16 @@ def variant_steps(size: str, shape: tuple[int, int, int], dtype: str, layers: in
 
 
 # ----------------------------------------------------------------------------- one size
+def _resident_gib() -> float:
+  """This process's resident memory (GiB; Linux /proc, NaN elsewhere)."""
+  try:
+    with open("/proc/self/status") as f:
+      kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return kib / 2**20
+  except (OSError, StopIteration, ValueError):
+    return float("nan")
+
+
 def timed_compile(log: dict, name: str, jitted: Any, *args: Any):
   start = time.perf_counter()
   out = bc.compiled(jitted, *args)
@@ -352,9 +362,10 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
       fwd = fwd[specs_lib.LEARNING_RATE]
       checks.update(rev=float(rev), fwd=float(fwd),
                     rel_diff=float(jnp.abs(fwd - rev) / jnp.maximum(jnp.abs(rev), 1e-30)))
+    box_a = {"state": tr["a"].train_state}
     return {
-        "guided (a)": bc.Stepper(a_c, tr["a"].train_state, batch, guide),
-        "plain_g (a)": bc.Stepper(a_plain_c, copy_state(tr["a"].train_state), batch),
+        "guided (a)": _SharedStepper(a_c, box_a, batch, guide),
+        "plain_g (a)": _SharedStepper(a_plain_c, box_a, batch),
         "guided (b)": bc.Stepper(b_c, tr["b"].train_state, batch, guide_q),
         "guided (a) closed form": bc.Stepper(a_cf_c, tr["a_cf"].train_state, batch, guide),
         "guided (e) reverse": bc.Stepper(e_c, tr["e"].train_state, batch, guide),
@@ -371,23 +382,24 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
     return ({names[k]: bc.Stepper(c[k], tr[k].train_state, batch_dw, guide) for k in tr},
             {k: bc.memory_bytes(c[k]) for k in tr})
 
-  def forward_horizon_group():
-    tr = {k: guided_trainer(specs, horizon="forward", mu=0.99)
-          for k, specs in (("f1", (LR,)), ("f3", (LR, B1, B2)))}
-    f_c = {k: timed_compile(clog, f"{k}_c", t._partitioned_guided_step, t.train_state, batch,
-                            guide) for k, t in tr.items()}
-    f_plain_c = {k: timed_compile(clog, f"{k}_plain_c", t._partitioned_train_step,
-                                  t.train_state, batch) for k, t in tr.items()}
-    steppers = {f"guided ({k}) horizon": bc.Stepper(f_c[k], t.train_state, batch, guide)
-                for k, t in tr.items()}
-    steppers.update({f"plain_g ({k}) horizon": bc.Stepper(f_plain_c[k], copy_state(t.train_state),
-                                                          batch) for k, t in tr.items()})
-    return steppers, {k: bc.memory_bytes(c) for k, c in f_c.items()}
+  def forward_horizon_group(k: str, specs: tuple[GuidedHParam, ...]):
+    # The tangents (params + moments per guided scalar) make these the largest states: one
+    # trainer per group, its guided and plain steps sharing one state.
+    tr = guided_trainer(specs, horizon="forward", mu=0.99)
+    f_c = timed_compile(clog, f"{k}_c", tr._partitioned_guided_step, tr.train_state, batch,
+                        guide)
+    f_plain_c = timed_compile(clog, f"{k}_plain_c", tr._partitioned_train_step, tr.train_state,
+                              batch)
+    box = {"state": tr.train_state}
+    return ({f"guided ({k}) horizon": _SharedStepper(f_c, box, batch, guide),
+             f"plain_g ({k}) horizon": _SharedStepper(f_plain_c, box, batch)},
+            {k: bc.memory_bytes(f_c)})
 
   groups = {
       "greedy (a), (b), (e)": greedy_group,
       "loss-side (d)": loss_side_group,
-      "forward horizon (f1), (f3)": forward_horizon_group,
+      "forward horizon (f1)": lambda: forward_horizon_group("f1", (LR,)),
+      "forward horizon (f3)": lambda: forward_horizon_group("f3", (LR, B1, B2)),
       "Adafactor (g)": lambda: variant_steps(size, shape, dtype, layers, optimizers.adafactor(),
                                              (LR, DECAY_RATE), "g", clog),
       "bfloat16 (h)": lambda: variant_steps(size, shape, "bfloat16", layers, None, (LR, B1, B2),
@@ -410,6 +422,7 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
       print(f"  {size} group {name}: compiled", flush=True)
     del steppers
     gc.collect()
+    print(f"  {size} group {name}: freed; resident {_resident_gib():.1f} GiB", flush=True)
 
   if memory_only:
     return dict(size=size, shape=shape, quarter=quarter, times={}, mem=mem,
@@ -501,6 +514,18 @@ def _rows(t: dict[str, float], mem: dict[str, int | None], *, rel_diff: float | 
   for r in rows:
     r["met"] = None if r["target"] is None or np.isnan(r["value"]) else r["value"] <= r["target"]
   return rows
+
+
+class _SharedStepper:
+  """Like `bc.Stepper`, but the state lives in `box` (a one-entry dict) shared with the other
+  steppers of the same trainer (its guided and its plain step), so a group holds one copy."""
+
+  def __init__(self, step: Callable, box: dict, *args: Any):
+    self.step, self.box, self.args = step, box, args
+
+  def __call__(self):
+    self.box["state"], metrics = self.step(self.box["state"], *self.args)
+    return self.box["state"], metrics
 
 
 class _DropThird(bc.Stepper):
