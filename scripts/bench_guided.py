@@ -40,14 +40,15 @@ With --memory_only nothing is timed: only the compiled-memory rows are printed (
 so they can be taken on a busy machine).
 
 Timing: the configurations of a size are taken in groups (greedy; loss-side; forward horizon
-f1, f3; Adafactor; bfloat16), so that only one group's train states are held at a time (all at once do
-not fit 24 GiB at T5.1.1 small). A group's functions are compiled
+f1, f3; Adafactor; bfloat16), so that only one group's train states are held at a time (all at
+once do not fit 24 GiB at T5.1.1 small). A group's functions are compiled
 (`jit(...).lower(...).compile()`), then timed round-robin with the plain step and the guide
 forward/backward (one call of each per round, after a warm-up round), each call ended by
 `jax.block_until_ready`; the median over rounds is reported. Round-robin spreads a shared
 machine's load drift evenly over the compared functions; a later group's times are scaled by the
-first group's plain-step median over its own (printed as `drift`, 1.00 on a quiet machine). Memory is `compiled.memory_analysis()` argument +
-output + temp − alias bytes (donated state aliases its output): deterministic, from XLA's buffer
+first group's plain-step median over its own (printed as `drift`, 1.00 on a quiet machine).
+Memory is `compiled.memory_analysis()` argument + output + temp − alias bytes (donated state
+aliases its output): deterministic, from XLA's buffer
 assignment, not a measured RSS.
 
 Where a target is missed (or with --profile), a breakdown is printed: train forward+backward,
