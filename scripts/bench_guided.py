@@ -61,12 +61,14 @@ Usage:
   .venv/bin/python scripts/bench_guided.py                  # tiny (B32, 64/40), small (B8, 64/32)
   .venv/bin/python scripts/bench_guided.py --sizes small --iters 3 --small_shape 8,128,64
   .venv/bin/python scripts/bench_guided.py --memory_only    # compiled memory only, no timing
+  .venv/bin/python scripts/bench_guided.py --sizes small --groups f3   # one group per process
 
 Not a test; prints a table and a final `ratio:` line.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import time
 from typing import Any, Callable
 
@@ -95,6 +97,12 @@ B2 = GuidedHParam("b2", 0.999, "sigmoid", lower=0.5, upper=0.99999)
 LS = GuidedHParam("label_smoothing", 0.1, "sigmoid", lower=0.0, upper=0.5)
 DW = GuidedHParam("data_weights", 1.0, "exp", shape=(NUM_DATA_IDS,))
 DECAY_RATE = GuidedHParam("decay_rate", 0.8, "sigmoid", lower=0.1, upper=1.0)
+
+
+# Timing groups (see the module docstring): --groups key -> name printed.
+GROUPS = {"greedy": "greedy (a), (b), (e)", "loss_side": "loss-side (d)",
+          "f1": "forward horizon (f1)", "f3": "forward horizon (f3)", "g": "Adafactor (g)",
+          "h": "bfloat16 (h)"}
 
 
 class BenchGuidedTrainer(guided_trainer_lib.GuidedTrainer):
@@ -288,8 +296,12 @@ def timed_compile(log: dict, name: str, jitted: Any, *args: Any):
 
 
 def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
-               profile: str, layers: int | None = None, memory_only: bool = False) -> dict:
+               profile: str, layers: int | None = None, memory_only: bool = False,
+               only_groups: tuple[str, ...] | None = None) -> dict:
   """Compiles and times every row's steps at one size, one group of configurations at a time.
+
+  `only_groups` (keys of `GROUPS`) runs a subset; the other groups' rows print as nan, so a
+  machine too small for all of them can take them in separate processes.
 
   Each group (`groups` below) builds its trainers, compiles them, is timed round-robin together
   with the reference steps (plain step, guide forward/backward) and is freed before the next:
@@ -396,16 +408,17 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
              f"plain_g ({k}) horizon": _SharedStepper(f_plain_c, box, batch)},
             {k: bc.memory_bytes(f_c)})
 
-  groups = {
-      "greedy (a), (b), (e)": greedy_group,
-      "loss-side (d)": loss_side_group,
-      "forward horizon (f1)": lambda: forward_horizon_group("f1", (LR,)),
-      "forward horizon (f3)": lambda: forward_horizon_group("f3", (LR, B1, B2)),
-      "Adafactor (g)": lambda: variant_steps(size, shape, dtype, layers, optimizers.adafactor(),
-                                             (LR, DECAY_RATE), "g", clog),
-      "bfloat16 (h)": lambda: variant_steps(size, shape, "bfloat16", layers, None, (LR, B1, B2),
-                                            "h", clog),
+  builders = {
+      "greedy": greedy_group,
+      "loss_side": loss_side_group,
+      "f1": lambda: forward_horizon_group("f1", (LR,)),
+      "f3": lambda: forward_horizon_group("f3", (LR, B1, B2)),
+      "g": lambda: variant_steps(size, shape, dtype, layers, optimizers.adafactor(),
+                                 (LR, DECAY_RATE), "g", clog),
+      "h": lambda: variant_steps(size, shape, "bfloat16", layers, None, (LR, B1, B2), "h", clog),
   }
+  groups = {GROUPS[k]: build for k, build in builders.items()
+            if only_groups is None or k in only_groups}
   drift: dict[str, float] = {}
   for name, build in groups.items():
     start = time.perf_counter()
@@ -429,14 +442,15 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
     return dict(size=size, shape=shape, quarter=quarter, times={}, mem=mem,
                 rows=_rows({}, mem, memory_only=True), parts=None, compile_s=compile_s,
                 clog=clog, params=bc.count_params(state0.params), rev=None, fwd=None, drift={})
-  rows = _rows(times, mem, rel_diff=checks["rel_diff"])
+  rows = _rows(times, mem, rel_diff=checks.get("rel_diff", float("nan")))
   missed = any(r["met"] is False for r in rows)
   parts = None
   if profile == "always" or (profile == "auto" and missed):
     parts = profile_parts(model, state0, batch, guide, guide_q, (LR, B1, B2), iters)
   return dict(size=size, shape=shape, quarter=quarter, times=times, mem=mem, rows=rows,
               parts=parts, compile_s=compile_s, clog=clog, params=bc.count_params(state0.params),
-              rev=checks["rev"], fwd=checks["fwd"], drift=drift)
+              rev=checks.get("rev", float("nan")), fwd=checks.get("fwd", float("nan")),
+              drift=drift)
 
 
 def _rows(t: dict[str, float], mem: dict[str, int | None], *, rel_diff: float | None = None,
@@ -446,6 +460,8 @@ def _rows(t: dict[str, float], mem: dict[str, int | None], *, rel_diff: float | 
   `t`: median seconds by stepper name; `mem`: compiled bytes by configuration key. With
   `memory_only`, only the compiled-memory rows (t may be empty).
   """
+  t = collections.defaultdict(lambda: float("nan"), t)  # groups not run: nan rows
+
   def mem_ratio(key: str, base: str = "plain") -> float:
     return mem[key] / mem[base] if mem.get(key) and mem.get(base) else float("nan")
 
@@ -553,7 +569,13 @@ def main() -> None:
                       help="override both stack depths (default: the size's; 1 with --quick)")
   parser.add_argument("--memory_only", action="store_true",
                       help="compile and report compiled memory only (no timing)")
+  parser.add_argument("--groups", default=",".join(GROUPS),
+                      help=f"comma-separated subset of {list(GROUPS)} (default: all)")
   args = parser.parse_args()
+  only_groups = tuple(g.strip() for g in args.groups.split(",") if g.strip())
+  unknown = sorted(set(only_groups) - set(GROUPS))
+  if unknown or not only_groups:
+    parser.error(f"--groups must name some of {list(GROUPS)}, got {args.groups!r}")
 
   sizes = bc.parse_sizes(args.sizes or ("tiny" if args.quick else "tiny,small"))
   defaults = bc.QUICK_SHAPES if args.quick else GUIDED_DEFAULT_SHAPES
@@ -573,7 +595,8 @@ def main() -> None:
 
   results = []
   for size in sizes:
-    r = bench_size(size, shapes[size], iters, args.dtype, profile, layers, args.memory_only)
+    r = bench_size(size, shapes[size], iters, args.dtype, profile, layers, args.memory_only,
+                   only_groups)
     results.append(r)
     b, le, ld = r["shape"]
     print(f"\n== {size}: {r['params'] / 1e6:.2f}M params, train batch {b}, guide batch {b} "
