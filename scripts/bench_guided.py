@@ -48,8 +48,7 @@ forward/backward (one call of each per round, after a warm-up round), each call 
 machine's load drift evenly over the compared functions; a later group's times are scaled by the
 first group's plain-step median over its own (printed as `drift`, 1.00 on a quiet machine).
 Memory is `compiled.memory_analysis()` argument + output + temp − alias bytes (donated state
-aliases its output): deterministic, from XLA's buffer
-assignment, not a measured RSS.
+aliases its output): deterministic, from XLA's buffer assignment, not a measured RSS.
 
 Where a target is missed (or with --profile), a breakdown is printed: train forward+backward,
 optimizer update alone and update + its VJP, guide forward+backward, network forward alone and a
@@ -69,6 +68,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gc
 import time
 from typing import Any, Callable
 
@@ -310,7 +310,6 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
   plain-step time over its own (`drift`, printed; 1.00 on a quiet machine), so all rows share
   one reference.
   """
-  import gc
   batch_size, le, ld = shape
   quarter = max(1, batch_size // 4)
   model = bc.make_model(size, dtype, layers=layers)
@@ -419,7 +418,6 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
   }
   groups = {GROUPS[k]: build for k, build in builders.items()
             if only_groups is None or k in only_groups}
-  drift: dict[str, float] = {}
   for name, build in groups.items():
     start = time.perf_counter()
     steppers, group_mem = build()
@@ -429,9 +427,9 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
       t = time_round_robin({**reference, **steppers}, iters, warmup=1)
       if not times:
         times.update({k: t[k] for k in reference})
-      drift[name] = times["plain"] / t["plain"]
-      times.update({k: t[k] * drift[name] for k in steppers})
-      print(f"  {size} group {name}: timed; drift x{drift[name]:.2f}", flush=True)
+      drift = times["plain"] / t["plain"]
+      times.update({k: t[k] * drift for k in steppers})
+      print(f"  {size} group {name}: timed; drift x{drift:.2f}", flush=True)
     else:
       print(f"  {size} group {name}: compiled", flush=True)
     del steppers
@@ -441,7 +439,7 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
   if memory_only:
     return dict(size=size, shape=shape, quarter=quarter, times={}, mem=mem,
                 rows=_rows({}, mem, memory_only=True), parts=None, compile_s=compile_s,
-                clog=clog, params=bc.count_params(state0.params), rev=None, fwd=None, drift={})
+                clog=clog, params=bc.count_params(state0.params), rev=None, fwd=None)
   rows = _rows(times, mem, rel_diff=checks.get("rel_diff", float("nan")))
   missed = any(r["met"] is False for r in rows)
   parts = None
@@ -449,8 +447,7 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
     parts = profile_parts(model, state0, batch, guide, guide_q, (LR, B1, B2), iters)
   return dict(size=size, shape=shape, quarter=quarter, times=times, mem=mem, rows=rows,
               parts=parts, compile_s=compile_s, clog=clog, params=bc.count_params(state0.params),
-              rev=checks.get("rev", float("nan")), fwd=checks.get("fwd", float("nan")),
-              drift=drift)
+              rev=checks.get("rev", float("nan")), fwd=checks.get("fwd", float("nan")))
 
 
 def _rows(t: dict[str, float], mem: dict[str, int | None], *, rel_diff: float | None = None,

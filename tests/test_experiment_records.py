@@ -89,9 +89,10 @@ def test_bo_picks_at_budget_hand_computed():
                              seconds_per_step=seconds_per_step)
 
   trials = [trial(0, 3.0, 0.1), trial(1, 2.0, 0.1), trial(2, 5.0, 0.2)]
-  picked = bo.picks_at_budget(trials, plain_seconds_per_step=0.1, budget=250.0)
+  curve = bo.pick_curve(trials, plain_seconds_per_step=0.1)
+  picked = bo.picks_at_budget(curve, budget=250.0)
   assert (picked.at_budget.label, picked.at_budget_compute) == ("t1", 200.0)
   assert (picked.final.label, picked.final_compute) == ("t1", 400.0)
   # A budget below the first trial still gets that trial (BO has to run at least one).
-  first = bo.picks_at_budget(trials, plain_seconds_per_step=0.1, budget=10.0)
+  first = bo.picks_at_budget(curve, budget=10.0)
   assert (first.at_budget.label, first.at_budget_compute) == ("t0", 100.0)

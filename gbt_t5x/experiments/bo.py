@@ -110,10 +110,10 @@ class BudgetedPicks:
   final_compute: float
 
 
-def picks_at_budget(trials: Sequence[RunRecord], plain_seconds_per_step: float, budget: float
+def picks_at_budget(curve: tuple[Sequence[float], Sequence[RunRecord]], budget: float
                     ) -> BudgetedPicks:
   """BO's pick within `budget` plain train steps (e.g. one GBT run's compute; at least one
-  trial) and after every trial of `trials` (in trial order)."""
-  compute, picks = pick_curve(trials, plain_seconds_per_step)
+  trial) and after every trial, from `curve` = `pick_curve(trials, ...)`."""
+  compute, picks = curve
   used, pick = pick_within(compute, picks, budget)
   return BudgetedPicks(pick, used, picks[-1], compute[-1])

@@ -85,7 +85,7 @@ def write_report(exp: common.Experiment, spaces: Sequence[str], num_trials: int)
   seeds = list(exp.seeds)
   sections, panels_bleu, panels_loss, verdicts = [], {}, {}, []
   for space in spaces:
-    gbt, curves, plain_sps_of, trials_of = [], [], {}, []
+    gbt, curves, plain_sps_of = [], [], {}
     for seed in seeds:
       g = exp.store.get(gbt_label(space), seed)
       trials = [exp.store.get(bo.trial_label(f"BO {space}", n), seed) for n in range(num_trials)]
@@ -93,7 +93,6 @@ def write_report(exp: common.Experiment, spaces: Sequence[str], num_trials: int)
         raise ValueError(f"runs of space {space} seed {seed} in {exp.out} are not finished: "
                          "rerun without --report_only")
       plain_sps = plain_sps_of[seed] = float(np.median([t.seconds_per_step for t in trials]))
-      trials_of.append(trials)
       gbt.append((g, common.step_equivalents(g, plain_sps)))
       curves.append(bo.pick_curve(trials, plain_sps))
     gbt_runs = [g for g, _ in gbt]
@@ -104,8 +103,7 @@ def write_report(exp: common.Experiment, spaces: Sequence[str], num_trials: int)
         f = common.require_record(exp, gbt_label(space, forward=True), seed)
         forward.append((f, common.step_equivalents(f, plain_sps_of[seed])))
     # BO at GBT's compute: its pick among the trials whose cumulative compute fits (at least 1).
-    picked = [bo.picks_at_budget(trials, plain_sps_of[seed], budget=c)
-              for seed, trials, c in zip(seeds, trials_of, gbt_compute)]
+    picked = [bo.picks_at_budget(curve, budget=c) for curve, c in zip(curves, gbt_compute)]
     final_row = f"BO after {num_trials} trials"
     runs = {GBT_ROW: gbt_runs, EQUAL_ROW: [p.at_budget for p in picked],
             final_row: [p.final for p in picked]}

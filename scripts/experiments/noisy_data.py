@@ -98,7 +98,7 @@ def write_report(exp: common.Experiment, num_trials: int) -> str:
     runs[BO_EQUAL], runs[BO_ALL], compute[BO_EQUAL], compute[BO_ALL] = [], [], [], []
     for i, s in enumerate(seeds):
       trials = [common.require_record(exp, bo.trial_label(at("BO", noise), n), s) for n in range(num_trials)]
-      picked = bo.picks_at_budget(trials, plain_sps[s], budget=compute[GBT_DW][i])
+      picked = bo.picks_at_budget(bo.pick_curve(trials, plain_sps[s]), budget=compute[GBT_DW][i])
       runs[BO_EQUAL].append(picked.at_budget)
       compute[BO_EQUAL].append(picked.at_budget_compute)
       runs[BO_ALL].append(picked.final)
