@@ -61,6 +61,12 @@ Usage:
   .venv/bin/python scripts/bench_guided.py --sizes small --iters 3 --small_shape 8,128,64
   .venv/bin/python scripts/bench_guided.py --memory_only    # compiled memory only, no timing
   .venv/bin/python scripts/bench_guided.py --sizes small --groups f3   # one group per process
+  .venv/bin/python scripts/bench_guided.py --combine small a.log f1.log f3.log
+
+--combine SIZE LOG... rebuilds SIZE's table from the printed output of several `--groups` runs
+(nothing is compiled or timed): each log's step times are scaled by the first log's plain-step
+time over its own (printed as `drift`), as the groups of one run are; the rows whose two steps
+come from different logs (e.g. (f3) against the greedy step) therefore compare processes.
 
 Not a test; prints a table and a final `ratio:` line.
 """
@@ -70,7 +76,7 @@ import argparse
 import collections
 import gc
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import bench_common as bc  # first: sets XLA_FLAGS before jax starts
 
@@ -447,7 +453,8 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
     parts = profile_parts(model, state0, batch, guide, guide_q, (LR, B1, B2), iters)
   return dict(size=size, shape=shape, quarter=quarter, times=times, mem=mem, rows=rows,
               parts=parts, compile_s=compile_s, clog=clog, params=bc.count_params(state0.params),
-              rev=checks.get("rev", float("nan")), fwd=checks.get("fwd", float("nan")))
+              rev=checks.get("rev", float("nan")), fwd=checks.get("fwd", float("nan")),
+              rel_diff=checks.get("rel_diff", float("nan")))
 
 
 def _rows(t: dict[str, float], mem: dict[str, int | None], *, rel_diff: float | None = None,
@@ -530,6 +537,56 @@ def _rows(t: dict[str, float], mem: dict[str, int | None], *, rel_diff: float | 
   return rows
 
 
+def _read_log(path: str, size: str) -> tuple[dict[str, float], dict[str, float], float]:
+  """(step seconds, compiled bytes, (e)'s |fwd - rev| / |rev| or nan) of `size` in a log of this
+  script's output (its '== SIZE' section: the 'step ms' and 'step compiled MiB' tables)."""
+  times: dict[str, float] = {}
+  mem: dict[str, float] = {}
+  rel_diff, table, in_size = float("nan"), None, False
+  with open(path) as f:
+    for line in f:
+      text = line.strip()
+      if line.startswith("== "):
+        in_size = line.startswith(f"== {size}:")
+        continue
+      if not in_size:
+        continue
+      if text.startswith("step") and text.endswith(" ms"):
+        table = (times, 1e-3)
+      elif text.startswith("step") and text.endswith("compiled MiB"):
+        table = (mem, 2.0**20)
+      elif not text or text.startswith(("configuration", "compile s:")):
+        table = None
+      elif text.startswith("(e) hypergradient d/d raw lr:") and "relative difference" in text:
+        rel_diff = float(text.rsplit(maxsplit=1)[1])
+      elif table is not None and not text.startswith("-"):
+        name, value = text.rsplit(maxsplit=1)
+        if value != "nan":
+          table[0][name] = float(value) * table[1]
+  if not times and not mem:
+    raise SystemExit(f"--combine: no '== {size}' step tables in {path}")
+  return times, mem, rel_diff
+
+
+def combine_logs(size: str, paths: Sequence[str]) -> dict:
+  """One table of `size` from several `--groups` runs' logs (see the module docstring)."""
+  times: dict[str, float] = {}
+  mem: dict[str, float] = {}
+  rel_diff = float("nan")
+  for path in paths:
+    t, m, rd = _read_log(path, size)
+    if "plain" not in t:
+      raise SystemExit(f"--combine: {path} has no plain-step time for {size}")
+    drift = times["plain"] / t["plain"] if times else 1.0
+    print(f"  {path}: {len(t)} step times, drift x{drift:.2f}")
+    for k, v in t.items():
+      times.setdefault(k, v * drift)
+    for k, v in m.items():
+      mem.setdefault(k, v)
+    rel_diff = rd if np.isnan(rel_diff) else rel_diff
+  return dict(size=size, rows=_rows(times, mem, rel_diff=rel_diff))
+
+
 class _SharedStepper:
   """Like `bc.Stepper`, but the state lives in `box` (a one-entry dict) shared with the other
   steppers of the same trainer (its guided and its plain step), so a group holds one copy."""
@@ -568,7 +625,16 @@ def main() -> None:
                       help="compile and report compiled memory only (no timing)")
   parser.add_argument("--groups", default=",".join(GROUPS),
                       help=f"comma-separated subset of {list(GROUPS)} (default: all)")
+  parser.add_argument("--combine", nargs="+", metavar="SIZE_THEN_LOG", default=None,
+                      help="rebuild SIZE's table from the logs of --groups runs (no timing)")
   args = parser.parse_args()
+  if args.combine:
+    if len(args.combine) < 2:
+      parser.error("--combine needs a size and at least one log")
+    r = combine_logs(args.combine[0], args.combine[1:])
+    _print_rows(r["rows"])
+    print("\nratio: " + _short(r))
+    return
   only_groups = tuple(g.strip() for g in args.groups.split(",") if g.strip())
   unknown = sorted(set(only_groups) - set(GROUPS))
   if unknown or not only_groups:
@@ -604,23 +670,30 @@ def main() -> None:
     bc.print_table(["step", "compiled MiB"],
                    [[k, (v or float("nan")) / 2**20] for k, v in r["mem"].items()])
     print()
-    bc.print_table(["configuration", "measure", "value", "target", "met"],
-                   [[x["cfg"], x["metric"], x["value"],
-                     "-" if x["target"] is None else f"<= {x['target']}",
-                     "-" if x["met"] is None else ("yes" if x["met"] else "NO")]
-                    for x in r["rows"]])
-    if r["fwd"] is not None:
-      print(f"(e) hypergradient d/d raw lr: forward {r['fwd']:.6g}, reverse {r['rev']:.6g}")
+    _print_rows(r["rows"])
+    if r["fwd"] is not None and not np.isnan(r["fwd"]):  # (e) runs in the greedy group
+      print(f"(e) hypergradient d/d raw lr: forward {r['fwd']:.6g}, reverse {r['rev']:.6g}, "
+            f"relative difference {r['rel_diff']:.3g}")
     if r["parts"]:
       print("\nprofile breakdown (each piece jitted alone; tangent forward ~ JVP - forward):")
       bc.print_table(["piece", "ms"], [[k, v * 1e3] for k, v in r["parts"].items()])
 
   print()
-  def short(r):
-    return f"{r['size']}: " + ", ".join(
-        f"{x['cfg']} {x['value']:.2f}" for x in r["rows"] if x["target"] is not None)
   print("ratio: (time rows: guided / floor or / plain; memory rows: compiled bytes / plain) "
-        + "; ".join(short(r) for r in results))
+        + "; ".join(_short(r) for r in results))
+
+
+def _print_rows(rows: Sequence[dict]) -> None:
+  bc.print_table(["configuration", "measure", "value", "target", "met"],
+                 [[x["cfg"], x["metric"], x["value"],
+                   "-" if x["target"] is None else f"<= {x['target']}",
+                   "-" if x["met"] is None else ("yes" if x["met"] else "NO")]
+                  for x in rows])
+
+
+def _short(r: dict) -> str:
+  return f"{r['size']}: " + ", ".join(
+      f"{x['cfg']} {x['value']:.2f}" for x in r["rows"] if x["target"] is not None)
 
 
 if __name__ == "__main__":

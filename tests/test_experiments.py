@@ -202,6 +202,21 @@ def test_pretrain_downstream_quick(results_dir):
   before = snapshot(out / "records")
   run_script("pretrain_downstream.py", results_dir, "--seeds=0")  # every run has a record
   assert snapshot(out / "records") == before
+  # A fresh clone has the records but not the run dirs: the plain pretraining's checkpoint is
+  # re-trained (its record kept) and its lost finetunings redone, reproducing their scores.
+  shutil.rmtree(out / "runs" / "plain_pretraining__seed0")
+  lost = {p.name: json.loads(p.read_text()) for p in (out / "records").glob("*.json")
+          if json.loads(p.read_text())["label"].startswith("finetune plain pretraining -> ")}
+  assert len(lost) == 3
+  for name in lost:
+    (out / "records" / name).unlink()
+  run_script("pretrain_downstream.py", results_dir, "--seeds=0")
+  after = snapshot(out / "records")
+  assert set(after) == set(before)
+  assert after["plain_pretraining__seed0.json"] == before["plain_pretraining__seed0.json"]
+  for name, old in lost.items():
+    new = json.loads(after[name])
+    assert new["scores"]["dev_loss"] == pytest.approx(old["scores"]["dev_loss"], rel=1e-5), name
 
 
 @pytest.mark.slow

@@ -264,6 +264,28 @@ def run_arm(exp: Experiment, label: str, seed: int, gin_files: Sequence[str],
   return record
 
 
+def ensure_checkpoint(exp: Experiment, record: RunRecord, gin_files: Sequence[str],
+                      bindings: Sequence[str], steps: int | None = None) -> None:
+  """Re-trains the finished run of `record` when its final checkpoint is gone, so that runs
+  starting from it (finetunings) can go on; its record is kept as it is.
+
+  Records are committed and run dirs are not, so a fresh clone continuing an experiment has the
+  records of finished runs but not their checkpoints. The re-training uses the record's seed and
+  the same gin, so on the same machine it reproduces the run; its timing is not recorded.
+  """
+  from gbt_t5x.experiments import runner
+  model_dir = exp.run_dir(record.label, record.seed)
+  if runner.latest_step(model_dir) >= record.train_steps:
+    return
+  exp.log(f"[{record.label} | seed {record.seed}] checkpoint missing: re-training it from its "
+          "gin (record kept)")
+  runner.run_training(gin_files,
+                      sizes_lib.run_bindings(exp.size, record.seed, model_dir, steps)
+                      + list(bindings),
+                      print_fn=lambda line: exp.log(f"  [{record.label} | seed {record.seed}] "
+                                                    f"{line}"))
+
+
 def trajectory_extra(model_dir: str, max_rows: int = 100) -> dict[str, Any]:
   """A guided run's learned values for its record, thinned to about `max_rows` rows:
   {'trajectory': {'steps': [...], name: [value or vector per row]}} (the last row kept)."""

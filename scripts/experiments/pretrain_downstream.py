@@ -168,7 +168,12 @@ def run_all(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) -> No
     equal_steps = int(round(common.step_equivalents(guided, plain.seconds_per_step)))
     equal = common.run_arm(exp, EQUAL, seed, [plain_gin], pre_bindings, pre_score,
                            steps=equal_steps)
+    pre_gin = {PLAIN: plain_gin, GUIDED: guided_gin, EQUAL: plain_gin}
     for pre in (plain, guided, equal):
+      if any(exp.store.get(finetune_label(pre.label, task), seed) is None
+             for _, task in downstream):
+        common.ensure_checkpoint(exp, pre, [pre_gin[pre.label]], pre_bindings,
+                                 steps=pre.train_steps)
       for module, task in downstream:
         ft_gin = common.finetune_gin(os.path.join(out, "gin", f"finetune_{task}.gin"), task,
                                      module)
