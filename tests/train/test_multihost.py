@@ -174,7 +174,12 @@ def assert_close_states(a, b, step):
     elif a[key].dtype.kind in "iu":  # Step and skip counters: exact.
       np.testing.assert_array_equal(a[key], b[key], err_msg=f"{step} {key}")
     else:  # Optimizer moments of summed (not averaged) losses: larger magnitudes.
-      np.testing.assert_allclose(a[key], b[key], rtol=1e-3, atol=1e-4, err_msg=f"{step} {key}")
+      # Reordering error of a gradient entry scales with the magnitudes summed into it, not with
+      # the entry, so the absolute tolerance scales with the array's largest entry (measured after
+      # 2 + 2 steps on a 2-core CPU: up to 8e-5 of it, e.g. 2.9e-4 against 3.5).
+      scale = float(np.max(np.abs(b[key]))) if b[key].size else 0.0
+      np.testing.assert_allclose(a[key], b[key], rtol=1e-3, atol=5e-4 * max(scale, 0.2),
+                                 err_msg=f"{step} {key}")
 
 
 def assert_close_trajectories(a: dict, b: dict, steps):
