@@ -202,22 +202,38 @@ def test_pretrain_downstream_quick(results_dir):
   # A rerun skips every run with a record (its record file is byte-identical). A fresh clone
   # has the records but not the run dirs: with the plain pretraining's checkpoint gone and one
   # of its finetunings not recorded, the checkpoint is re-trained (its record kept) and the
-  # finetuning redone, reproducing its scores.
+  # finetuning redone, reproducing its scores. Another machine's re-training can differ from
+  # the record (simulated: the guided pretraining's recorded dev loss is off by 1): then the
+  # re-trained scores replace the record's and every finetuning made from the old checkpoint is
+  # redone.
   before = snapshot(out / "records")
-  shutil.rmtree(out / "runs" / "plain_pretraining__seed0")
-  lost = {name: json.loads(text) for name, text in before.items()
-          if json.loads(text)["label"] == "finetune plain pretraining -> demo_cola"}
-  assert len(lost) == 1
+  by_label = {json.loads(text)["label"]: name for name, text in before.items()}
+  lost = {by_label["finetune plain pretraining -> demo_cola"],
+          by_label["finetune guided pretraining -> demo_mrpc"]}
+  redone = lost | {by_label[f"finetune guided pretraining -> {task}"]
+                   for task in ("demo_cola", "demo_sst2")}
+  rescored = by_label["guided pretraining"]
+  for run in ("plain_pretraining__seed0", "guided_pretraining__seed0"):
+    shutil.rmtree(out / "runs" / run)
   for name in lost:
     (out / "records" / name).unlink()
+  tampered = json.loads(before[rescored])
+  tampered["scores"]["dev_loss"] += 1.0
+  (out / "records" / rescored).write_text(json.dumps(tampered))
   run_script("pretrain_downstream.py", results_dir, "--seeds=0")
   after = snapshot(out / "records")
   assert set(after) == set(before)
-  assert {k: v for k, v in after.items() if k not in lost} == {
-      k: v for k, v in before.items() if k not in lost}
-  for name, old in lost.items():
-    new = json.loads(after[name])
+  assert {k: v for k, v in after.items() if k not in redone | {rescored}} == {
+      k: v for k, v in before.items() if k not in redone | {rescored}}
+  for name in redone | {rescored}:
+    old, new = json.loads(before[name]), json.loads(after[name])
     assert new["scores"]["dev_loss"] == pytest.approx(old["scores"]["dev_loss"], rel=1e-5), name
+  guided_after = json.loads(after[rescored])
+  assert guided_after["extra"]["replaced_scores"] == [tampered["scores"]]
+  assert guided_after["seconds_per_step"] == tampered["seconds_per_step"]
+  note = next(line for line in (out / "report.md").read_text().splitlines()
+              if line.startswith("Runs re-trained"))
+  assert "guided pretraining (seed 0)" in note and "plain pretraining (seed 0)" not in note
 
 
 @pytest.mark.slow

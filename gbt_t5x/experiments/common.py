@@ -72,6 +72,11 @@ class Experiment:
   def run_dir(self, label: str, seed: int) -> str:
     return os.path.join(self.out, "runs", records_lib.record_key(label, seed))
 
+  def forget(self, label: str, seed: int) -> None:
+    """Deletes run (`label`, `seed`)'s record and run dir, so that it is redone from scratch."""
+    self.store.delete(label, seed)
+    shutil.rmtree(self.run_dir(label, seed), ignore_errors=True)
+
 
 def setup(args: argparse.Namespace, name: str, config: Mapping[str, Any] | None = None
           ) -> Experiment:
@@ -245,17 +250,15 @@ def run_arm(exp: Experiment, label: str, seed: int, gin_files: Sequence[str],
                      "--report_only to finish the experiment")
   from gbt_t5x.experiments import runner
   model_dir = exp.run_dir(label, seed)
-  all_bindings = sizes_lib.run_bindings(exp.size, seed, model_dir, steps) + list(bindings)
   resumed_from = runner.latest_step(model_dir)
-  exp.log(f"[{label} | seed {seed}] training{f' (resuming at step {resumed_from})' if resumed_from else ''}")
-  result = runner.run_training(gin_files, all_bindings,
-                               print_fn=lambda line: exp.log(f"  [{label} | seed {seed}] {line}"))
+  result = _train(exp, label, seed, gin_files, bindings, steps,
+                  f" (resuming at step {resumed_from})" if resumed_from else "")
   scores = {k: float(v) for k, v in score_fn(result.model, result.params).items()}
   record = RunRecord(label=label, seed=seed, scores=scores, train_steps=result.final_step,
                      wall_seconds=result.wall_seconds,
                      seconds_per_step=runner.seconds_per_step(model_dir),
                      model_dir=os.path.relpath(model_dir, exp.out),
-                     extra={"resumed_from_step": resumed_from,
+                     extra={"resumed_from_step": resumed_from, "eval_seed": sizes_lib.EVAL_SEED,
                             **(extra_fn(model_dir) if extra_fn else {})})
   exp.store.put(record)
   exp.log(f"[{label} | seed {seed}] done: "
@@ -264,26 +267,81 @@ def run_arm(exp: Experiment, label: str, seed: int, gin_files: Sequence[str],
   return record
 
 
+def _train(exp: Experiment, label: str, seed: int, gin_files: Sequence[str],
+           bindings: Sequence[str], steps: int | None, why: str = "") -> Any:
+  """Trains (or continues) run (`label`, `seed`) in its run dir: `sizes.run_bindings` (run dir,
+  steps, seed...) then `bindings` on top of `gin_files`, logging each line with the run's name.
+  Returns the `runner.TrainResult`."""
+  from gbt_t5x.experiments import runner
+  model_dir = exp.run_dir(label, seed)
+  exp.log(f"[{label} | seed {seed}] training{why}")
+  return runner.run_training(
+      gin_files, sizes_lib.run_bindings(exp.size, seed, model_dir, steps) + list(bindings),
+      print_fn=lambda line: exp.log(f"  [{label} | seed {seed}] {line}"))
+
+
+def same_scores(a: Mapping[str, float], b: Mapping[str, float], rel: float = 1e-5) -> bool:
+  """Whether two runs' scores agree (same keys, each within `rel` relative difference, or both
+  NaN: a score the run does not have)."""
+  return set(a) == set(b) and all(
+      (math.isnan(a[k]) and math.isnan(b[k]))
+      or abs(a[k] - b[k]) <= rel * max(1.0, abs(a[k]), abs(b[k])) for k in a)
+
+
 def ensure_checkpoint(exp: Experiment, record: RunRecord, gin_files: Sequence[str],
-                      bindings: Sequence[str], steps: int | None = None) -> None:
+                      bindings: Sequence[str],
+                      score_fn: Callable[[Any, Any], dict[str, float]],
+                      steps: int | None = None) -> bool:
   """Re-trains the finished run of `record` when its final checkpoint is gone, so that runs
-  starting from it (finetunings) can go on; its record is kept as it is.
+  starting from it (finetunings) can go on. Returns True when the record was replaced.
 
   Records are committed and run dirs are not, so a fresh clone continuing an experiment has the
   records of finished runs but not their checkpoints. The re-training uses the record's seed and
-  the same gin, so on the same machine it reproduces the run; its timing is not recorded.
+  the same gin; on the same machine it reproduces the run (same scores: the record is kept), but
+  another machine's floating point can train a slightly different model. Then the re-trained
+  run is what later runs start from, so its scores replace the record's (the old ones are kept
+  in `extra['replaced_scores']`; the timing stays the original measurement) and the caller must
+  redo the runs made from the old checkpoint.
   """
   from gbt_t5x.experiments import runner
   model_dir = exp.run_dir(record.label, record.seed)
   if runner.latest_step(model_dir) >= record.train_steps:
-    return
-  exp.log(f"[{record.label} | seed {record.seed}] checkpoint missing: re-training it from its "
-          "gin (record kept)")
-  runner.run_training(gin_files,
-                      sizes_lib.run_bindings(exp.size, record.seed, model_dir, steps)
-                      + list(bindings),
-                      print_fn=lambda line: exp.log(f"  [{record.label} | seed {record.seed}] "
-                                                    f"{line}"))
+    return False
+  result = _train(exp, record.label, record.seed, gin_files, bindings, steps,
+                  " (its checkpoint is missing: re-training it from its gin)")
+  scores = {k: float(v) for k, v in score_fn(result.model, result.params).items()}
+  if same_scores(scores, record.scores):
+    exp.log(f"[{record.label} | seed {record.seed}] re-trained: scores reproduced, record kept")
+    return False
+  exp.log(f"[{record.label} | seed {record.seed}] re-trained: scores differ from the record "
+          f"({json.dumps({k: round(v, 4) for k, v in scores.items()})} vs "
+          f"{json.dumps({k: round(v, 4) for k, v in record.scores.items()})}): record replaced")
+  exp.store.put(dataclasses.replace(
+      record, scores=scores,
+      extra={**record.extra, "eval_seed": sizes_lib.EVAL_SEED,
+             "replaced_scores": record.extra.get("replaced_scores", []) + [record.scores]}))
+  return True
+
+
+def rescoring_note(records: Sequence[RunRecord]) -> str:
+  """A sentence naming the runs whose checkpoint was re-trained on another machine with
+  different scores (`ensure_checkpoint`), and those scored before the scoring's random
+  preprocessing was seeded (no `eval_seed` in their record; only tasks with random
+  preprocessing, such as span corruption, are affected); '' when there are none."""
+  def names(rs):
+    return ", ".join(f"{r.label} (seed {r.seed})" for r in rs)
+  replaced = [r for r in records if r.extra.get("replaced_scores")]
+  unseeded = [r for r in records if "eval_seed" not in r.extra]
+  parts = []
+  if replaced:
+    parts.append(f"re-trained from its gin on another machine, whose floating point trained a "
+                 f"slightly different model, so its scores and the runs made from it are the "
+                 f"re-trained model's (old scores kept in its record): {names(replaced)}")
+  if unseeded:
+    parts.append("scored with unseeded random preprocessing (recorded before the scoring fixed "
+                 f"its seed at {sizes_lib.EVAL_SEED}; span-corruption noise masks differ between "
+                 f"scorings): {names(unseeded)}")
+  return ("Runs " + "; ".join(parts) + ".") if parts else ""
 
 
 def trajectory_extra(model_dir: str, max_rows: int = 100) -> dict[str, Any]:

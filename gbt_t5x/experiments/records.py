@@ -121,6 +121,11 @@ class RunStore:
     """Writes (atomically) the record of a finished run."""
     _write_json(self._path(record.label, record.seed), record.to_json())
 
+  def delete(self, label: str, seed: int) -> None:
+    """Deletes the record of run (`label`, `seed`) if there is one."""
+    if os.path.exists(self._path(label, seed)):
+      os.remove(self._path(label, seed))
+
   def all(self) -> list[RunRecord]:
     """Every record, sorted by (label, seed)."""
     out = []

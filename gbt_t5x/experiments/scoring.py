@@ -13,14 +13,17 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from gbt_t5x.experiments import sizes as sizes_lib
 from gbt_t5x.train import data as data_lib
 from gbt_t5x.train import trainer as trainer_lib
 
 
 def _config(task: str, split: str, lengths: Mapping[str, int], batch_size: int,
             module: str | None) -> data_lib.DatasetConfig:
+  # seed: random preprocessing (span corruption's noise masks) is the same for every run scored,
+  # so scores are deterministic and every arm is scored on the same examples.
   return data_lib.DatasetConfig(task, dict(lengths), split, batch_size, shuffle=False,
-                                num_epochs=1, module=module)
+                                seed=sizes_lib.EVAL_SEED, num_epochs=1, module=module)
 
 
 def teacher_forced(model: Any, params: Any, task: str, split: str, lengths: Mapping[str, int],

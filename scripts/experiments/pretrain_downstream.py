@@ -172,8 +172,10 @@ def run_all(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) -> No
     for pre in (plain, guided, equal):
       if any(exp.store.get(finetune_label(pre.label, task), seed) is None
              for _, task in downstream):
-        common.ensure_checkpoint(exp, pre, [pre_gin[pre.label]], pre_bindings,
-                                 steps=pre.train_steps)
+        if common.ensure_checkpoint(exp, pre, [pre_gin[pre.label]], pre_bindings, pre_score,
+                                    steps=pre.train_steps):
+          for _, task in downstream:  # Made from the old checkpoint: redone from the new one.
+            exp.forget(finetune_label(pre.label, task), seed)
       for module, task in downstream:
         ft_gin = common.finetune_gin(os.path.join(out, "gin", f"finetune_{task}.gin"), task,
                                      module)
@@ -284,6 +286,8 @@ def write_report(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) 
       f"{seeds}; mean ± std. Compute in plain pretraining steps (steps × measured s/step ÷ the "
       "plain run's, same seed).",
       pre_table,
+      *([note] if (note := common.rescoring_note(
+          [r for rs in pre_runs.values() for r in rs])) else []),
       *sections,
       report.PAIRED_NOTE,
       "![downstream](downstream.png)" + ("\n\n![learned values](learned_values.png)"
