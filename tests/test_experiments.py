@@ -232,7 +232,7 @@ def test_pretrain_downstream_quick(results_dir):
   assert guided_after["extra"]["replaced_scores"] == [tampered["scores"]]
   assert guided_after["seconds_per_step"] == tampered["seconds_per_step"]
   note = next(line for line in (out / "report.md").read_text().splitlines()
-              if line.startswith("Runs re-trained"))
+              if line.startswith("Re-trained from its gin"))
   assert "guided pretraining (seed 0)" in note and "plain pretraining (seed 0)" not in note
 
 

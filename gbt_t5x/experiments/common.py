@@ -334,14 +334,15 @@ def rescoring_note(records: Sequence[RunRecord]) -> str:
   unseeded = [r for r in records if "eval_seed" not in r.extra]
   parts = []
   if replaced:
-    parts.append(f"re-trained from its gin on another machine, whose floating point trained a "
-                 f"slightly different model, so its scores and the runs made from it are the "
-                 f"re-trained model's (old scores kept in its record): {names(replaced)}")
+    parts.append(f"Re-trained from its gin on another machine (run dirs are not committed), "
+                 f"whose floating point trains a slightly different model, so its scores and "
+                 f"the runs made from it are the re-trained model's (its first scores are kept "
+                 f"in its record): {names(replaced)}.")
   if unseeded:
-    parts.append("scored with unseeded random preprocessing (recorded before the scoring fixed "
-                 f"its seed at {sizes_lib.EVAL_SEED}; span-corruption noise masks differ between "
-                 f"scorings): {names(unseeded)}")
-  return ("Runs " + "; ".join(parts) + ".") if parts else ""
+    parts.append(f"Scored before the scoring seeded its random preprocessing (seed "
+                 f"{sizes_lib.EVAL_SEED} since), so their span-corruption noise masks differ "
+                 f"from the other runs': {names(unseeded)}.")
+  return " ".join(parts)
 
 
 def trajectory_extra(model_dir: str, max_rows: int = 100) -> dict[str, Any]:
