@@ -243,6 +243,7 @@ class PlainRunObjective:
     attrs: dict[str, Any] = {"train_steps": result.train_steps,
                              "wall_seconds": result.wall_seconds,
                              "seconds_per_step": runner.seconds_per_step(model_dir),
+                             "cpu_seconds_per_step": runner.seconds_per_step(model_dir, cpu=True),
                              "guide_accuracy": guide["accuracy"], "model_dir": model_dir}
     if self.extra_scores is not None:
       attrs.update(self.extra_scores(result.model, result.params))

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from gbt_t5x.experiments import records, report
+from gbt_t5x.experiments import common, records, report
 
 
 @pytest.mark.parametrize("text,expected", [("0,1,2", (0, 1, 2)), ("5", (5,)), (" 3, 4 ", (3, 4))])
@@ -33,7 +33,7 @@ def test_store_roundtrip_and_skip(tmp_path):
   store = records.RunStore(str(tmp_path / "exp"), {"size": "quick", "meta_lr": 0.1})
   assert store.get("plain", 0) is None
   rec = records.RunRecord("guided: LR multiplier", 1, {"bleu": 21.5}, 100, 12.0, 0.125,
-                          extra={"trajectory": {"steps": [1, 2]}})
+                          extra={"trajectory": {"steps": [1, 2]}}, cpu_seconds_per_step=0.25)
   store.put(rec)
   again = records.RunStore(str(tmp_path / "exp"), {"meta_lr": 0.1, "size": "quick"})
   assert again.get("guided: LR multiplier", 1) == rec
@@ -89,10 +89,32 @@ def test_bo_picks_at_budget_hand_computed():
                              seconds_per_step=seconds_per_step)
 
   trials = [trial(0, 3.0, 0.1), trial(1, 2.0, 0.1), trial(2, 5.0, 0.2)]
-  curve = bo.pick_curve(trials, plain_seconds_per_step=0.1)
+  curve = bo.pick_curve(trials, common.StepTime(wall=0.1))
   picked = bo.picks_at_budget(curve, budget=250.0)
   assert (picked.at_budget.label, picked.at_budget_compute) == ("t1", 200.0)
   assert (picked.final.label, picked.final_compute) == ("t1", 400.0)
   # A budget below the first trial still gets that trial (BO has to run at least one).
   first = bo.picks_at_budget(curve, budget=10.0)
   assert (first.at_budget.label, first.at_budget_compute) == ("t0", 100.0)
+
+
+def test_step_equivalents_prefers_cpu_seconds_hand_computed():
+  """100 steps at 0.2 wall s / 0.3 CPU s per step against a plain step of 0.1 s of each: 300
+  plain steps by CPU seconds; 200 by wall seconds when either run lacks CPU seconds (records
+  written before they were logged); the run's own steps when it has no step time at all."""
+  run = records.RunRecord(label="guided", seed=0, scores={}, train_steps=100, wall_seconds=1.0,
+                          seconds_per_step=0.2, cpu_seconds_per_step=0.3)
+  assert common.step_equivalents(run, common.StepTime(wall=0.1, cpu=0.1)) == pytest.approx(300)
+  assert common.step_equivalents(run, common.StepTime(wall=0.1)) == pytest.approx(200)
+  old = records.RunRecord(label="old", seed=0, scores={}, train_steps=100, wall_seconds=1.0,
+                          seconds_per_step=0.2)
+  assert common.step_equivalents(old, common.StepTime(wall=0.1, cpu=0.1)) == pytest.approx(200)
+  untimed = records.RunRecord(label="untimed", seed=0, scores={}, train_steps=100,
+                              wall_seconds=1.0)
+  assert common.step_equivalents(untimed, common.StepTime(wall=0.1, cpu=0.1)) == 100
+  # The median reference of several plain runs (BO's trials), per kind of seconds.
+  trials = [records.RunRecord(label=f"t{i}", seed=0, scores={}, train_steps=10, wall_seconds=1.0,
+                              seconds_per_step=w, cpu_seconds_per_step=c)
+            for i, (w, c) in enumerate([(0.1, 0.2), (0.3, 0.4), (0.2, 0.9)])]
+  assert common.StepTime.median(trials) == common.StepTime(wall=0.2, cpu=0.4)
+  assert np.isnan(common.StepTime.median([*trials, old]).cpu)

@@ -71,6 +71,7 @@ def run_study(exp: common.Experiment, label: str, space_spec: str, seed: int, nu
         label=labels[number], seed=seed, scores=scores,
         train_steps=int(attrs["train_steps"]), wall_seconds=float(attrs["wall_seconds"]),
         seconds_per_step=float(attrs.get("seconds_per_step", math.nan)),
+        cpu_seconds_per_step=float(attrs.get("cpu_seconds_per_step", math.nan)),
         model_dir=os.path.relpath(str(attrs["model_dir"]), exp.out),
         extra={"params": dict(trial.params), "optuna_trial": trial.number})
     exp.store.put(record)
@@ -78,14 +79,14 @@ def run_study(exp: common.Experiment, label: str, space_spec: str, seed: int, nu
   return records
 
 
-def pick_curve(trials: Sequence[RunRecord], plain_seconds_per_step: float
+def pick_curve(trials: Sequence[RunRecord], plain: common.StepTime
                ) -> tuple[list[float], list[RunRecord]]:
   """(cumulative compute in plain train steps, BO's pick: the lowest guide loss so far) after
   each trial, in trial order."""
   compute, picks, total, best = [], [], 0.0, None
   key = lambda r: np.nan_to_num(r.scores["guide_loss"], nan=np.inf)
   for t in trials:
-    total += common.step_equivalents(t, plain_seconds_per_step)
+    total += common.step_equivalents(t, plain)
     if best is None or key(t) < key(best):
       best = t
     compute.append(total)

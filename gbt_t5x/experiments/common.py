@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import sys
 from typing import Any, Callable, Mapping, Sequence
 
@@ -257,6 +258,7 @@ def run_arm(exp: Experiment, label: str, seed: int, gin_files: Sequence[str],
   record = RunRecord(label=label, seed=seed, scores=scores, train_steps=result.final_step,
                      wall_seconds=result.wall_seconds,
                      seconds_per_step=runner.seconds_per_step(model_dir),
+                     cpu_seconds_per_step=runner.seconds_per_step(model_dir, cpu=True),
                      model_dir=os.path.relpath(model_dir, exp.out),
                      extra={"resumed_from_step": resumed_from, "eval_seed": sizes_lib.EVAL_SEED,
                             **(extra_fn(model_dir) if extra_fn else {})})
@@ -425,9 +427,46 @@ def translation_scores(exp: Experiment) -> Callable[[Any, Any], dict[str, float]
   return score
 
 
-def step_equivalents(record: RunRecord, plain_seconds_per_step: float) -> float:
+@dataclasses.dataclass(frozen=True)
+class StepTime:
+  """A plain run's steady-state seconds per model step, the reference of `step_equivalents`:
+  wall seconds and CPU seconds of the training process (NaN where not logged)."""
+  wall: float
+  cpu: float = float("nan")
+
+  @classmethod
+  def of(cls, record: RunRecord) -> "StepTime":
+    return cls(record.seconds_per_step, record.cpu_seconds_per_step)
+
+  @classmethod
+  def median(cls, records: Sequence[RunRecord]) -> "StepTime":
+    """The median over several plain runs (e.g. BO's trials) of each kind of seconds that all
+    of them logged (else NaN)."""
+    def median_of(values: list[float]) -> float:
+      return statistics.median(values) if all(map(math.isfinite, values)) else float("nan")
+    return cls(median_of([r.seconds_per_step for r in records]),
+               median_of([r.cpu_seconds_per_step for r in records]))
+
+
+def timing_basis(records: Sequence[RunRecord]) -> str:
+  """Which seconds `step_equivalents` counted for `records` (for a report's setup line)."""
+  with_cpu = [math.isfinite(r.cpu_seconds_per_step) for r in records
+              if math.isfinite(r.seconds_per_step)]
+  if with_cpu and all(with_cpu):
+    return "CPU seconds of the training process"
+  if not any(with_cpu):
+    return "wall seconds"
+  return "CPU seconds of the training process where both runs logged them, else wall seconds"
+
+
+def step_equivalents(record: RunRecord, plain: StepTime) -> float:
   """A run's compute in plain train steps: its steps x (its seconds per step / the plain run's,
-  measured in the same experiment), so a guided run pays its overhead."""
-  if not (plain_seconds_per_step > 0) or not math.isfinite(record.seconds_per_step):
+  measured in the same experiment), so a guided run pays its overhead. CPU seconds of the
+  training process when both logged them (other processes on the machine hardly change them,
+  while they stretch wall seconds), else wall seconds; a run without a step time counts its
+  steps."""
+  if math.isfinite(record.cpu_seconds_per_step) and plain.cpu > 0:
+    return record.train_steps * record.cpu_seconds_per_step / plain.cpu
+  if not (plain.wall > 0) or not math.isfinite(record.seconds_per_step):
     return float(record.train_steps)
-  return record.train_steps * record.seconds_per_step / plain_seconds_per_step
+  return record.train_steps * record.seconds_per_step / plain.wall

@@ -32,7 +32,9 @@ class RunRecord:
     train_steps: model steps of the run (its final global step).
     wall_seconds: wall-clock seconds of training (compilation included; all attempts of a
       resumed run that this process saw).
-    seconds_per_step: steady-state seconds per model step (median over logged windows).
+    seconds_per_step: steady-state wall seconds per model step (median over logged windows).
+    cpu_seconds_per_step: the same in CPU seconds of the training process (all its threads;
+      NaN in records written before it was logged).
     model_dir: its run directory.
     extra: anything else the experiment keeps (e.g. learned values, BO trial parameters).
   """
@@ -44,6 +46,7 @@ class RunRecord:
   seconds_per_step: float = float("nan")
   model_dir: str = ""
   extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+  cpu_seconds_per_step: float = float("nan")
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

@@ -112,10 +112,10 @@ def latest_step(model_dir: str) -> int:
   return int(checkpoints.Checkpointer(ckpt_dir).latest_step() or 0)
 
 
-def seconds_per_step(model_dir: str) -> float:
-  """Steady-state wall seconds per model step of a run: the median over its logged windows
-  (`train/timing/seconds_per_step` in metrics.jsonl; windows holding compilation are not timed);
-  NaN if none."""
+def seconds_per_step(model_dir: str, cpu: bool = False) -> float:
+  """Steady-state seconds per model step of a run: the median over its logged windows
+  (`train/timing/seconds_per_step` in metrics.jsonl, or with `cpu` the process's CPU seconds
+  `train/timing/cpu_seconds_per_step`; windows holding compilation are not timed); NaN if none."""
   import math
 
   import numpy as np
@@ -124,6 +124,6 @@ def seconds_per_step(model_dir: str) -> float:
   path = os.path.join(model_dir, "metrics.jsonl")
   if not os.path.exists(path):
     return math.nan
-  values = [r["train/timing/seconds_per_step"] for r in summaries.read_metrics_log(path)
-            if r.get("train/timing/seconds_per_step") is not None]
+  key = "train/timing/cpu_seconds_per_step" if cpu else "train/timing/seconds_per_step"
+  values = [r[key] for r in summaries.read_metrics_log(path) if r.get(key) is not None]
   return float(np.median(values)) if values else math.nan

@@ -240,6 +240,7 @@ class Trainer:
     # its first window is timed without the evaluation or save before it.
     first_call = not hasattr(self, "_progress")
     self._last_flush_time = None if first_call else time.monotonic()
+    self._last_flush_cpu = time.process_time()
     start = int(start_step if start_step is not None else jax.device_get(self.train_state.step))
     if first_call:
       self._progress = summaries.ProgressLine(self.total_steps or start + num_steps, start,
@@ -274,13 +275,16 @@ class Trainer:
         window_sums[key] = window_sums.get(key, 0.0) + value
     last_step = pending[-1][0]
     report = finalize_metrics(chunk_sums, len(pending))
-    # Wall seconds per step over this window (host fetch included; the first window of a run
-    # also holds compilation): what the experiments' compute accounting reads back.
-    now = time.monotonic()
+    # Wall seconds and this process's CPU seconds (all its threads) per step over this window
+    # (host fetch included; the first window of a run also holds compilation): what the
+    # experiments' compute accounting reads back. CPU seconds hardly change when other processes
+    # share the machine, wall seconds grow with them.
+    now, now_cpu = time.monotonic(), time.process_time()
     last_flush = self._last_flush_time
     if last_flush is not None:
       report["timing/seconds_per_step"] = (now - last_flush) / len(pending)
-    self._last_flush_time = now
+      report["timing/cpu_seconds_per_step"] = (now_cpu - self._last_flush_cpu) / len(pending)
+    self._last_flush_time, self._last_flush_cpu = now, now_cpu
     skipped = int(round(chunk_sums.get("nonfinite_skipped", 0.0)))
     if skipped:
       total = int(jax.device_get(self.train_state.num_nonfinite))

@@ -92,7 +92,7 @@ def write_report(exp: common.Experiment, spaces: Sequence[str], num_trials: int)
       if g is None or any(t is None for t in trials):
         raise ValueError(f"runs of space {space} seed {seed} in {exp.out} are not finished: "
                          "rerun without --report_only")
-      plain_sps = plain_sps_of[seed] = float(np.median([t.seconds_per_step for t in trials]))
+      plain_sps = plain_sps_of[seed] = common.StepTime.median(trials)
       gbt.append((g, common.step_equivalents(g, plain_sps)))
       curves.append(bo.pick_curve(trials, plain_sps))
     gbt_runs = [g for g, _ in gbt]
@@ -167,7 +167,8 @@ def write_report(exp: common.Experiment, spaces: Sequence[str], num_trials: int)
       f"scalars); BO: optuna TPE, {num_trials} plain trials per space and seed, "
       "scored by guide-set loss; the GP sampler needs torch (not installed), so it does not run. "
       "Compute in plain train-step equivalents (a run's steps × its seconds per step ÷ the "
-      "median plain trial's, same seed). Test BLEU: greedy decoding of "
+      f"median plain trial's, same seed; {common.timing_basis(exp.store.all())}). Test BLEU: "
+      "greedy decoding of "
       f"{size.decode_examples} test sentences. Seeds {seeds}; mean ± std over seeds.",
       report.PAIRED_NOTE, *sections,
       "![test BLEU vs compute](bleu_vs_compute.png)\n\n![dev loss vs compute]"

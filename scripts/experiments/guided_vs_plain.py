@@ -8,7 +8,7 @@ Arms (every one per seed, same seed = same initial params and data order):
 * `guided (all kinds)`: the demo's guided kinds (LR multiplier, Adam b1, label smoothing, the
   four noise-bucket data weights) learned from the clean guide task;
 * `plain, equal compute`: plain with the guided run's cost as extra steps (its measured seconds
-  per step / plain's, times the steps);
+  per step / plain's, times the steps; CPU seconds of the training process, `common.StepTime`);
 * `guided: <kind>`: one kind guided at a time (the ablation).
 
 Writes RESULTS_DIR/guided_vs_plain/: report.md, bleu_by_arm.png, bleu_vs_compute.png,
@@ -52,7 +52,7 @@ def run_all(exp: common.Experiment) -> None:
   for seed in exp.seeds:
     plain = common.run_arm(exp, PLAIN, seed, [common.NMT_GIN], [], score)
     guided = common.run_arm(exp, GUIDED, seed, [guided_gins[GUIDED]], [], score, common.trajectory_extra)
-    equal_steps = int(round(common.step_equivalents(guided, plain.seconds_per_step)))
+    equal_steps = int(round(common.step_equivalents(guided, common.StepTime.of(plain))))
     common.run_arm(exp, EQUAL, seed, [common.NMT_GIN], [], score, steps=equal_steps)
     for label in ABLATION.values():
       common.run_arm(exp, label, seed, [guided_gins[label]], [], score, common.trajectory_extra)
@@ -63,7 +63,7 @@ def write_report(exp: common.Experiment) -> str:
   arms = [PLAIN, GUIDED, EQUAL, *ABLATION.values()]
   seeds = list(exp.seeds)
   runs = {a: [common.require_record(exp, a, s) for s in seeds] for a in arms}
-  plain_sps = {r.seed: r.seconds_per_step for r in runs[PLAIN]}
+  plain_sps = {r.seed: common.StepTime.of(r) for r in runs[PLAIN]}
   compute = {a: [common.step_equivalents(r, plain_sps[r.seed]) for r in runs[a]] for a in arms}
   values = lambda arm, key: [r.scores[key] for r in runs[arm]]
 
@@ -131,7 +131,7 @@ def write_report(exp: common.Experiment) -> str:
       f"{'the whole dev split' if size.eval_batches is None else f'{size.eval_batches} batches'}."
       f" Seeds {seeds}; mean ± std over seeds. Compute is counted in plain train steps: a run's "
       "steps × its measured steady-state seconds per step ÷ the plain run's (same seed, same "
-      "process).",
+      f"process; {common.timing_basis([r for rs in runs.values() for r in rs])}).",
       table,
       report.PAIRED_NOTE,
       paired,

@@ -92,7 +92,7 @@ def write_report(exp: common.Experiment, num_trials: int) -> str:
   for noise in noise_rates(exp):
     get = lambda label, seed: common.require_record(exp, at(label, noise), seed)
     runs = {a: [get(a, s) for s in seeds] for a in (NONE, GBT_DW, GBT_DW_LR, ORACLE)}
-    plain_sps = {s: get(NONE, s).seconds_per_step for s in seeds}
+    plain_sps = {s: common.StepTime.of(get(NONE, s)) for s in seeds}
     compute = {a: [common.step_equivalents(r, plain_sps[r.seed]) for r in rs]
                for a, rs in runs.items()}
     runs[BO_EQUAL], runs[BO_ALL], compute[BO_EQUAL], compute[BO_ALL] = [], [], [], []
@@ -143,7 +143,9 @@ def write_report(exp: common.Experiment, num_trials: int) -> str:
       f"weights (init 1; meta LR {exp.meta_lr:g}, a guided step every {size.hyper_step_every}) "
       f"from the clean guide task. BO: TPE over `{BO_SPACE}`, {num_trials} plain trials per seed "
       f"and noise rate, picked by guide-set loss. Seeds {seeds}; test BLEU on "
-      f"{size.decode_examples} greedy-decoded test sentences.",
+      f"{size.decode_examples} greedy-decoded test sentences. Compute in plain train steps (a "
+      "run's steps × its seconds per step ÷ the no-weighting run's, same seed and noise; "
+      f"{common.timing_basis(exp.store.all())}).",
       report.PAIRED_NOTE, *sections,
       "![test BLEU by arm](bleu_by_arm.png)\n\n![learned weights](learned_weights.png)",
       ], "noisy_data.py", exp.results_dir)

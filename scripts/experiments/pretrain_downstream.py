@@ -165,7 +165,7 @@ def run_all(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) -> No
                            steps=size.pretrain_steps)
     guided = common.run_arm(exp, GUIDED, seed, [guided_gin], pre_bindings, pre_score,
                             common.trajectory_extra, steps=size.pretrain_steps)
-    equal_steps = int(round(common.step_equivalents(guided, plain.seconds_per_step)))
+    equal_steps = int(round(common.step_equivalents(guided, common.StepTime.of(plain))))
     equal = common.run_arm(exp, EQUAL, seed, [plain_gin], pre_bindings, pre_score,
                            steps=equal_steps)
     pre_gin = {PLAIN: plain_gin, GUIDED: guided_gin, EQUAL: plain_gin}
@@ -217,10 +217,11 @@ def pretraining_comparison(runs: dict[str, list], metrics: Sequence[tuple], subj
 def write_report(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) -> str:
   size, out, seeds = exp.size, exp.out, list(exp.seeds)
   pre_runs = {a: [common.require_record(exp, a, s) for s in seeds] for a in ARMS}
-  plain_sps = {r.seed: r.seconds_per_step for r in pre_runs[PLAIN]}
+  plain_sps = {r.seed: common.StepTime.of(r) for r in pre_runs[PLAIN]}
   compute = {a: [common.step_equivalents(r, plain_sps[r.seed]) for r in pre_runs[a]]
              for a in ARMS}
   pre_table = report.arm_table(ARMS, pre_runs, compute, PRETRAIN_METRICS)
+  pre_records = [r for rs in pre_runs.values() for r in rs]
   ratio = float(np.mean(compute[GUIDED]) / size.pretrain_steps)
 
   sections, verdicts, bars = [], [], {}
@@ -284,10 +285,9 @@ def write_report(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) 
       f"{np.mean([r.train_steps for r in pre_runs[EQUAL]]):.0f} steps); then each checkpoint is "
       f"finetuned {size.finetune_steps} steps with the same configuration on {tasks}. Seeds "
       f"{seeds}; mean ± std. Compute in plain pretraining steps (steps × measured s/step ÷ the "
-      "plain run's, same seed).",
+      f"plain run's, same seed; {common.timing_basis(pre_records)}).",
       pre_table,
-      *([note] if (note := common.rescoring_note(
-          [r for rs in pre_runs.values() for r in rs])) else []),
+      *([note] if (note := common.rescoring_note(pre_records)) else []),
       *sections,
       report.PAIRED_NOTE,
       "![downstream](downstream.png)" + ("\n\n![learned values](learned_values.png)"

@@ -102,7 +102,7 @@ def write_report(exp: common.Experiment) -> str:
   picked = [runs[BEST][i].extra["grid_arm"] for i in range(len(seeds))]
   runs["best constant (picked on its seed)"] = [get(p, s) for p, s in zip(picked, seeds)]
   order = [*arms, "best constant (picked on its seed)", BEST, REPLAY]
-  plain_sps = {s: get(DEFAULT_ARM, s).seconds_per_step for s in seeds}
+  plain_sps = {s: common.StepTime.of(get(DEFAULT_ARM, s)) for s in seeds}
   plain_sps.update({s + UNSEEN_OFFSET: plain_sps[s] for s in seeds})
   compute = {a: [common.step_equivalents(r, plain_sps[r.seed]) for r in runs[a]] for a in order}
   table = report.arm_table(order, runs, compute)

@@ -149,10 +149,10 @@ def write_report(exp: common.Experiment) -> str:
     bars.update({a: [r.scores["bleu"] for r in runs[a]] for a in arms})
   horizon_arms = [greedy_label("LR"), *[forward_label(mu) for mu in mus]]
   runs = {a: get(a) for a in horizon_arms}
-  plain_sps = {r.seed: r.seconds_per_step for r in runs[greedy_label("LR")]}
+  plain_sps = {r.seed: common.StepTime.of(r) for r in runs[greedy_label("LR")]}
   # Runs from before the trainer timed every window (a checkpoint every logging window left
   # none timed) have no step time: their compute is unknown, not their step count.
-  timed = all(np.isfinite(v) for v in plain_sps.values())
+  timed = all(np.isfinite(v.wall) for v in plain_sps.values())
   compute = {a: [common.step_equivalents(r, plain_sps[r.seed]) if timed else float("nan")
                  for r in runs[a]] for a in horizon_arms}
   horizon_table = report.arm_table(horizon_arms, runs, compute).replace(

@@ -101,9 +101,10 @@ def test_step_time_is_logged_for_every_window_but_the_first_calls_first(tmp_path
   for call in range(3):
     t.train(_batches(p, 2, start=2 * call), 2)
   rows = summaries.read_metrics_log(str(tmp_path / "metrics.jsonl"))
-  timed = {r["step"]: r.get("train/timing/seconds_per_step") for r in rows if "step" in r}
-  assert sorted(timed) == [2, 4, 6] and timed[2] is None
-  assert timed[4] > 0 and timed[6] > 0
+  for kind in ("seconds_per_step", "cpu_seconds_per_step"):
+    timed = {r["step"]: r.get(f"train/timing/{kind}") for r in rows if "step" in r}
+    assert sorted(timed) == [2, 4, 6] and timed[2] is None, kind
+    assert timed[4] > 0 and timed[6] > 0, kind
 
 
 def test_nonfinite_step_is_skipped_counted_and_limited():
