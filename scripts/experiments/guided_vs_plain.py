@@ -51,7 +51,8 @@ def run_all(exp: common.Experiment) -> None:
          for kind, label in ABLATION.items()}}
   for seed in exp.seeds:
     plain = common.run_arm(exp, PLAIN, seed, [common.NMT_GIN], [], score)
-    guided = common.run_arm(exp, GUIDED, seed, [guided_gins[GUIDED]], [], score, common.trajectory_extra)
+    guided = common.run_arm(exp, GUIDED, seed, [guided_gins[GUIDED]], [], score,
+                            common.trajectory_extra)
     equal_steps = int(round(common.step_equivalents(guided, common.StepTime.of(plain))))
     common.run_arm(exp, EQUAL, seed, [common.NMT_GIN], [], score, steps=equal_steps)
     for label in ABLATION.values():
@@ -118,7 +119,8 @@ def write_report(exp: common.Experiment) -> str:
   return report.write_experiment_report(
       exp.out, "Guided vs plain: the demo configuration", size.quick, [
       verdicts,
-      f"Setup: the demo world with English sentences of at most {size.world.get('max_target_words', 25)} "
+      "Setup: the demo world with English sentences of at most "
+      f"{size.world.get('max_target_words', 25)} "
       f"words, packed {size.lengths['inputs']}/{size.lengths['targets']}-token rows, tiny T5 "
       f"({size.num_layers}+{size.num_layers} layers), {size.train_steps} steps of "
       f"{size.batch_size} rows, the demo's schedule (AdamW 2e-3, 100 warmup steps, linear decay "

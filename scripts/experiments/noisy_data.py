@@ -97,7 +97,8 @@ def write_report(exp: common.Experiment, num_trials: int) -> str:
                for a, rs in runs.items()}
     runs[BO_EQUAL], runs[BO_ALL], compute[BO_EQUAL], compute[BO_ALL] = [], [], [], []
     for i, s in enumerate(seeds):
-      trials = [common.require_record(exp, bo.trial_label(at("BO", noise), n), s) for n in range(num_trials)]
+      trials = [common.require_record(exp, bo.trial_label(at("BO", noise), n), s)
+                for n in range(num_trials)]
       picked = bo.picks_at_budget(bo.pick_curve(trials, plain_sps[s]), budget=compute[GBT_DW][i])
       runs[BO_EQUAL].append(picked.at_budget)
       compute[BO_EQUAL].append(picked.at_budget_compute)
@@ -119,7 +120,8 @@ def write_report(exp: common.Experiment, num_trials: int) -> str:
         f"- **Noise {noise:g}**: no weighting {mean(NONE):.2f} test BLEU, GBT data weights "
         f"{mean(GBT_DW):.2f}, oracle {mean(ORACLE):.2f}, BO at GBT's compute "
         f"{mean(BO_EQUAL):.2f}. GBT closes {closed:.0%} of the gap to the oracle. GBT vs no "
-        f"weighting — {report.paired_summary(diffs[(GBT_DW, NONE)])}; GBT vs BO at its compute — "
+        f"weighting — {report.paired_summary(diffs[(GBT_DW, NONE)])}; "
+        "GBT vs BO at its compute — "
         f"{report.paired_summary(diffs[(GBT_DW, BO_EQUAL)])}.")
     sections += [f"### Train noise {noise:g}", table, paired]
     bars.update({at(a, noise): [r.scores["bleu"] for r in runs[a]] for a in arms})
@@ -138,7 +140,8 @@ def write_report(exp: common.Experiment, num_trials: int) -> str:
       "\n".join(verdicts),
       f"Setup: as guided_vs_plain ({size.train_steps} steps of {size.batch_size} packed rows, "
       f"tiny T5 {size.num_layers}+{size.num_layers} layers, the demo's schedule), with the "
-      f"demo world's train noise at {list(noise_rates(exp))} (misaligned, truncated and untranslated "
+      f"demo world's train noise at {list(noise_rates(exp))} (misaligned, truncated and "
+      "untranslated "
       "copies in equal parts; guide, dev and test are clean). GBT learns the four bucket "
       f"weights (init 1; meta LR {exp.meta_lr:g}, a guided step every {size.hyper_step_every}) "
       f"from the clean guide task. BO: TPE over `{BO_SPACE}`, {num_trials} plain trials per seed "
