@@ -221,7 +221,7 @@ def test_pretrain_downstream_quick(results_dir):
   tampered = json.loads(before[rescored])
   tampered["scores"]["dev_loss"] += 1.0
   (out / "records" / rescored).write_text(json.dumps(tampered))
-  run_script("pretrain_downstream.py", results_dir, "--seeds=0")
+  run_script("pretrain_downstream.py", results_dir, "--seeds=0", timeout=900)
   after = snapshot(out / "records")
   assert set(after) == set(before)
   assert {k: v for k, v in after.items() if k not in redone | {rescored}} == {
