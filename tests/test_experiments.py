@@ -125,6 +125,19 @@ def test_bad_flags_are_one_line_errors_and_touch_nothing(results_dir, flags, mes
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("args, message", [
+    (["nosuch.gin"], "no gin file nosuch.gin"),
+    (["gin/experiments/demo_nmt.gin", "--steps=10"], "--steps must be >= 40"),
+])
+def test_cost_probe_bad_input_is_one_line_error(results_dir, args, message):
+  proc = run_script("cost_probe.py", results_dir, *args, check=False, timeout=120)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and message in lines[0], proc.stderr
+  assert not (results_dir / "cost_probe" / "runs").exists()
+
+
+@pytest.mark.slow
 def test_schedule_vs_constant_quick(results_dir):
   out = results_dir / "schedule_vs_constant"
   run_script("schedule_vs_constant.py", results_dir, "--seeds=0")
