@@ -115,11 +115,21 @@ def write_report(exp: common.Experiment, num_trials: int) -> str:
          (BO_ALL, NONE, "BO (all trials) vs no weighting")], runs)
     mean = lambda arm: float(np.mean([r.scores["bleu"] for r in runs[arm]]))
     gap = mean(ORACLE) - mean(NONE)
-    closed = ((mean(GBT_DW) - mean(NONE)) / gap) if abs(gap) > 1e-9 else float("nan")
+    if gap > 1e-9:
+      to_oracle = (f"GBT closes {(mean(GBT_DW) - mean(NONE)) / gap:.0%} of the gap from no "
+                   "weighting to the oracle.")
+    else:
+      to_oracle = (f"The oracle scores {-gap:.2f} BLEU below no weighting (the noisy pairs "
+                   f"still carry signal), GBT {mean(GBT_DW) - mean(ORACLE):+.2f} from the oracle.")
+    final_weights = np.mean([r.extra["trajectory"]["data_weights"][-1] for r in runs[GBT_DW]],
+                            axis=0)
+    learned = ", ".join(f"{name} {w:.2f}" for name, w in zip(demo_world.NOISE_BUCKET_NAMES,
+                                                             final_weights))
     verdicts.append(
         f"- **Noise {noise:g}**: no weighting {mean(NONE):.2f} test BLEU, GBT data weights "
         f"{mean(GBT_DW):.2f}, oracle {mean(ORACLE):.2f}, BO at GBT's compute "
-        f"{mean(BO_EQUAL):.2f}. GBT closes {closed:.0%} of the gap to the oracle. GBT vs no "
+        f"{mean(BO_EQUAL):.2f}. {to_oracle} Final learned weights (mean over seeds): "
+        f"{learned}. GBT vs no "
         f"weighting — {report.paired_summary(diffs[(GBT_DW, NONE)])}; "
         "GBT vs BO at its compute — "
         f"{report.paired_summary(diffs[(GBT_DW, BO_EQUAL)])}.")

@@ -1,0 +1,48 @@
+"""Helpers of the experiment test modules (`test_experiments*.py`): a runner for the `--quick`
+scripts, checks of a report's tables, a snapshot of a records folder."""
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+from gbt_t5x.experiments import report
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SCRIPTS = REPO / "scripts" / "experiments"
+
+
+def run_script(script: str, results_dir: pathlib.Path, *flags: str, check: bool = True,
+               timeout: int = 600) -> subprocess.CompletedProcess:
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  proc = subprocess.run([sys.executable, str(SCRIPTS / script), "--quick",
+                         f"--results_dir={results_dir}", *flags], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+  if check:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
+
+
+def check_tables(text: str, first_col: str) -> list[list[dict[str, str]]]:
+  """Checks the report's mean ± std tables (finite cells) and paired-difference tables."""
+  assert report.QUICK_NOTE in text
+  tables = report.parse_tables(text)
+  assert tables
+  for table in tables:
+    for row in table:
+      cells = {k: v for k, v in row.items() if k not in (first_col, "comparison", "method")}
+      for cell in cells.values():
+        if "seeds >0" in cell:  # a paired difference: '+1.2 [-0.3, +2.0] (2/3 seeds >0)'
+          mean = float(cell.split(" ")[0])
+          assert math.isfinite(mean), (row, cell)
+        else:
+          mean, std = report.parse_mean_std(cell)
+          assert math.isfinite(mean) and math.isfinite(std) and std >= 0, (row, cell)
+  return tables
+
+
+def snapshot(folder: pathlib.Path) -> dict[str, bytes]:
+  return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+          if p.is_file()}
