@@ -348,6 +348,7 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
                f"loss {r.get('loss', float('nan')):.4f} accuracy {r.get('accuracy', float('nan')):.4f}")
       return {f"train_eval/{k}": v for k, v in r.items()}
 
+    last_plot_time = -float("inf")
     with preemption.PreemptionGuard(sync_every=log_every) as guard:
       while step < total_steps:
         next_stop = min(total_steps, (step // eval_period + 1) * eval_period)
@@ -373,8 +374,10 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
             {"param_shapes": shape_fingerprint(trainer.train_state.params)}):
           print_fn(f"best {best_keeper.metric} {best_keeper.best['value']:.4f} at step {step}: "
                    f"saved to {best_keeper.directory}")
-        if jax.process_index() == 0:
+        if jax.process_index() == 0 and (
+            step == total_steps or time.monotonic() - last_plot_time >= PLOT_MIN_INTERVAL_S):
           write_plots(model_dir, trainer)
+          last_plot_time = time.monotonic()
     checkpointer.wait_until_finished()
     trainer.close()
     if infer_evaluator is not None:
@@ -442,6 +445,9 @@ def _infer_eval_and_best(model: Any, cfg: data_lib.DatasetConfig | None,
   return hook, eval_hooks.BestCheckpointKeeper(model_dir, best_metric, best_mode)
 
 
+# The PNG plots are redrawn after an eval at most this often (seconds), and always at the end:
+# drawing takes ~0.5 s, which short runs with frequent evals would otherwise pay at every eval.
+PLOT_MIN_INTERVAL_S = 60.0
 LOSS_CURVE_KEYS = ("train/loss", "train_eval/loss", "train/accuracy", "train_eval/accuracy")
 
 
