@@ -15,7 +15,7 @@ SCRIPTS = REPO / "scripts" / "experiments"
 
 
 def run_script(script: str, results_dir: pathlib.Path, *flags: str, check: bool = True,
-               timeout: int = 600) -> subprocess.CompletedProcess:
+               timeout: int = 900) -> subprocess.CompletedProcess:
   env = dict(os.environ, PYTHONPATH=str(REPO))
   proc = subprocess.run([sys.executable, str(SCRIPTS / script), "--quick",
                          f"--results_dir={results_dir}", *flags], cwd=REPO, env=env,
