@@ -14,12 +14,6 @@ import pytest
 from tests.experiment_helpers import check_tables, run_script, snapshot
 
 
-@pytest.fixture(scope="module")
-def results_dir(tmp_path_factory):
-  """One results dir for the module, so its demo world and JAX cache are built once."""
-  return tmp_path_factory.mktemp("results")
-
-
 @pytest.mark.slow
 def test_guided_vs_plain_quick_skips_finished_runs_and_resumes(results_dir):
   out = results_dir / "guided_vs_plain"

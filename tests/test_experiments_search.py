@@ -12,12 +12,6 @@ from gbt_t5x.experiments import report
 from tests.experiment_helpers import check_tables, run_script, snapshot
 
 
-@pytest.fixture(scope="module")
-def results_dir(tmp_path_factory):
-  """One results dir for the module, so its demo world and JAX cache are built once."""
-  return tmp_path_factory.mktemp("results")
-
-
 @pytest.mark.slow
 def test_bo_vs_gbt_quick(results_dir):
   out = results_dir / "bo_vs_gbt"
