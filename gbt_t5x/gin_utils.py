@@ -15,7 +15,7 @@ import pathlib
 import re
 import sys
 import tokenize
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import gin
 
@@ -242,9 +242,25 @@ def _tolerate_namespace_packages() -> None:
     readers[i] = (reader, safe)
 
 
+def train_configurable() -> Callable[..., Any]:
+  """`train_lib.train` as a gin configurable, registered under its own module path once per
+  process (the train entry point and the experiments' runner both call it).
+
+  Registered before any gin file is parsed: a file's `import __main__ as train_script` then finds
+  it registered instead of registering a second name `train_script.train`, which would make a
+  command-line binding `train_script.train.x` (parsed as `train.x`) ambiguous.
+  """
+  from gbt_t5x.train import train_lib
+  try:
+    return gin.configurable(train_lib.train)
+  except ValueError:  # Registered already.
+    return gin.get_configurable(train_lib.train)
+
+
 def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
               gin_search_paths: Sequence[str] = ()) -> None:
   """Parses gin files then bindings; raises a one-line ValueError on any gin problem."""
+  train_configurable()
   logging.getLogger().addFilter(_HideGinSearchMisses())
   _tolerate_namespace_packages()
   paths = [p for group in gin_search_paths for p in group.split(",") if p]

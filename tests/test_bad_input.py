@@ -195,7 +195,8 @@ def test_bad_guided_specs(case):
 def test_bad_guided_config_through_the_entry_point(case, cli, tmp_path):
   flags, fragments = {
       "b1_init_on_sigmoid_bound": (
-          ["--gin.b1/specs.GuidedHParam.init=0.9999"],
+          ["--gin_file=experiments/demo_nmt_guided_all.gin",
+           "--gin.b1/specs.GuidedHParam.init=0.9999"],
           ["guided hyper-parameter 'b1': init 0.9999 is on a bound of the sigmoid range "
            "[0.0, 0.9999]"]),
       "unknown_guide_task": (

@@ -76,6 +76,12 @@ def parsed(monkeypatch):
 @pytest.mark.parametrize("path", sorted(REAL_FILES))
 def test_real_data_gin_file_parses_and_names_registered_tasks(parsed, path):
   parsed(path)
+  # The file's `import __main__ as train_script` did not register a second `train` beside the
+  # train entry point's: a command-line binding of train_script.train (parsed as `train.x`)
+  # stays unambiguous in a process that has both.
+  with gin.unlock_config():
+    import gbt_t5x.train.__main__  # pylint: disable=unused-import,import-outside-toplevel
+    gin.parse_config("train.train_eval_dataset_cfg = None")
   task, guide = REAL_FILES[path]
   assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == task
   seqio.get_mixture_or_task(task)  # Raises if not registered.
@@ -151,6 +157,8 @@ TRAIN_RUNS = {
                                   "--gin.INFER_EVAL_EXAMPLES=4"], None),
     "experiments/demo_nmt_guided.gin": (["--gin_file=experiments/demo_nmt_guided.gin",
                                          "--gin.INFER_EVAL_EXAMPLES=4", *GUIDED], None),
+    "experiments/demo_nmt_guided_all.gin": (["--gin_file=experiments/demo_nmt_guided_all.gin",
+                                             "--gin.INFER_EVAL_EXAMPLES=4", *GUIDED], None),
     "experiments/demo_nmt_finetune.gin": (["--gin_file=experiments/demo_nmt.gin",
                                            "--gin_file=experiments/demo_nmt_finetune.gin",
                                            "--gin.INFER_EVAL_EXAMPLES=4"],
@@ -200,10 +208,12 @@ SCORE_RUNS = {
                          "--gin.MIXTURE_OR_TASK_NAME='super_glue_v102_proportional'",
                          "--gin.INFER_EVAL_EXAMPLES=1"], "experiments/real/glue_finetune.gin"),
 }
-GUIDED_FILES = {"experiments/demo_nmt_guided.gin", "experiments/real/c4_t5_small_guided.gin",
+GUIDED_FILES = {"experiments/demo_nmt_guided.gin", "experiments/demo_nmt_guided_all.gin",
+                "experiments/real/c4_t5_small_guided.gin",
                 "experiments/real/wmt19_lt_en_guided.gin"}
 # Training files that decode and score (infer_eval) every EVAL_PERIOD steps.
 DECODING_FILES = {"experiments/demo_nmt.gin", "experiments/demo_nmt_guided.gin",
+                  "experiments/demo_nmt_guided_all.gin",
                   "experiments/demo_nmt_finetune.gin", "experiments/real/wmt19_lt_en_guided.gin",
                   "experiments/real/glue_finetune.gin"}
 

@@ -19,10 +19,7 @@ import gin
 from gbt_t5x import gin_utils
 from gbt_t5x.train import train_lib
 
-try:
-  _train_using_gin = gin.configurable(train_lib.train)
-except ValueError:  # Already registered (e.g. `gbt_t5x.train.__main__` was imported first).
-  _train_using_gin = gin.get_configurable(train_lib.train)
+_train_using_gin = gin_utils.train_configurable()
 
 
 @gin.configurable

@@ -11,12 +11,10 @@ from gbt_t5x import console
 if __name__ == "__main__":
   console.configure(sys.argv)  # Before TensorFlow and JAX load (they log when imported).
 
-import gin
-
 from gbt_t5x import gin_utils
-from gbt_t5x.train.train_lib import train
+from gbt_t5x.train.train_lib import train  # `__main__.train`, which gin files bind.
 
-_train_using_gin = gin.configurable(train)
+_train_using_gin = gin_utils.train_configurable()
 
 
 def main(args) -> int:

@@ -265,7 +265,7 @@ def test_finetune_plain_and_guided_from_a_checkpoint(cli_env, tmp_path):
 
   # Guided, params only: step 0, guided hyper-parameters on the progress line.
   guided = tmp_path / "guided"
-  proc = run_cli(cli_env, guided, "--gin_file=experiments/demo_nmt_guided.gin", *finetune,
+  proc = run_cli(cli_env, guided, "--gin_file=experiments/demo_nmt_guided_all.gin", *finetune,
                  "--gin.GUIDE_BATCH_SIZE=8", "--gin.TRAIN_STEPS=2")
   assert proc.returncode == 0, proc.stderr[-4000:]
   assert f"initialised params from {source}" in proc.stdout

@@ -36,7 +36,7 @@ from tests.train.test_cli import DEMO_CONFIG, checkpoint_steps
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TOTAL = 10
 GUIDED_FLAGS = (
-    "--gin_file=experiments/demo_nmt_guided.gin", f"--gin.TRAIN_STEPS={TOTAL}",
+    "--gin_file=experiments/demo_nmt_guided_all.gin", f"--gin.TRAIN_STEPS={TOTAL}",
     "--gin.BATCH_SIZE=8", "--gin.GUIDE_BATCH_SIZE=8", "--gin.LOG_EVERY=1",
     "--gin.NUM_EMBEDDINGS=512", "--gin.train_script.train.train_eval_dataset_cfg=None",
     "--gin.train_script.train.infer_eval_dataset_cfg=None", "--gin.BEST_CHECKPOINT_METRIC=None")
