@@ -224,26 +224,6 @@ def test_every_shipped_run_and_experiment_file_has_a_smoke_run():
   assert shipped == set(TRAIN_RUNS) | {name.split("[")[0] for name in SCORE_RUNS}
 
 
-@contextlib.contextmanager
-def _compilation_cache(folder: pathlib.Path):
-  """JAX's persistent compilation cache in `folder` while the runs last: the runs share one
-  model size, lengths and batch size, so a later run loads the executables (init, eval, decode,
-  and train steps of the same optimizer) that an earlier one compiled, instead of compiling."""
-  import jax
-  from jax.experimental.compilation_cache import compilation_cache
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-  before = {name: getattr(jax.config, name) for name in names}
-  jax.config.update("jax_compilation_cache_dir", str(folder))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
-  compilation_cache.reset_cache()  # Picks the folder up even if something compiled before.
-  try:
-    yield
-  finally:
-    for name, value in before.items():
-      jax.config.update(name, value)
-    compilation_cache.reset_cache()
-
-
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory):
   """One demo world (its SentencePiece model is the vocabulary of every run), the real task
@@ -265,8 +245,7 @@ def runner(tmp_path_factory):
     glue.register_tasks(vocab, guide_percent=GUIDE_PERCENT)
     run = Runner(tmp_path_factory.mktemp("smoke_runs"), spm_model)
     try:
-      with _compilation_cache(tmp_path_factory.mktemp("jax_cache")):
-        yield run
+      yield run  # The runs share the session's JAX compilation cache (tests/conftest.py).
     finally:
       c4.register_c4_tasks()
       wmt.register_wmt_tasks(configs=lt_en)
