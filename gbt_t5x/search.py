@@ -36,6 +36,7 @@ import re
 import shutil
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import optuna
 
 from gbt_t5x.experiments import search_space
@@ -83,13 +84,22 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 def open_study(study_dir: str, space: Sequence[search_space.Param], sampler: str = "auto",
                seed: int = 0, prune: bool = False) -> optuna.Study:
-  """Creates or loads the study in `study_dir/study.db`, refusing one of another space."""
+  """Creates or loads the study in `study_dir/study.db`, refusing one of another space.
+
+  A new study's sampler is seeded with `seed`. A loaded study that already has trials gets a seed
+  derived from (`seed`, its number of trials): a sampler seeded with `seed` again would replay
+  the random start-up proposals of the first trials, so a resumed search would repeat them.
+  """
   os.makedirs(study_dir, exist_ok=True)
   storage = f"sqlite:///{os.path.abspath(os.path.join(study_dir, STUDY_FILE))}"
   pruner = optuna.pruners.MedianPruner() if prune else optuna.pruners.NopPruner()
   study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction="minimize",
                               sampler=make_sampler(sampler, seed), pruner=pruner,
                               load_if_exists=True)
+  num_trials = len(study.get_trials(deepcopy=False))
+  if num_trials:
+    resumed_seed = int(np.random.SeedSequence([seed, num_trials]).generate_state(1)[0])
+    study.sampler = make_sampler(sampler, resumed_seed)
   wanted = search_space.canonical(tuple(space))
   stored = study.user_attrs.get(SPACE_ATTR)
   if stored is None:

@@ -123,6 +123,25 @@ def test_killed_search_resumes_without_repeating_finished_trials(tmp_path):
   assert again.calls == []
 
 
+def test_resumed_search_proposes_new_values_not_the_first_ones_again(tmp_path):
+  """A search stopped between trials and started again (a new process: the study reloaded, its
+  sampler made anew with the same seed) must not replay the proposals of its first trials."""
+  space = search_space.parse_space("b1=0.5:0.99")
+  first = StubObjective()
+  search.run_search(search.open_study(str(tmp_path), space, "tpe", seed=0), space, 3, first,
+                    print_fn=lambda _l: None)
+  resumed = StubObjective()
+  search.run_search(search.open_study(str(tmp_path), space, "tpe", seed=0), space, 6, resumed,
+                    print_fn=lambda _l: None)
+  values = [c["b1"] for c in first.calls + resumed.calls]
+  assert len(values) == 6 and len(set(values)) == 6, values
+  # A new study with that seed still starts from the seed's own sequence (reproducible).
+  fresh = StubObjective()
+  search.run_search(search.open_study(str(tmp_path / "again"), space, "tpe", seed=0), space, 3,
+                    fresh, print_fn=lambda _l: None)
+  assert fresh.calls == first.calls
+
+
 def test_non_finite_score_is_recorded_as_diverged(tmp_path):
   space = search_space.parse_space("b1=0.5:0.99")
   study = search.open_study(str(tmp_path), space, "tpe")
