@@ -8,7 +8,8 @@ guide set a guided run learns from: the teacher-forced per-token loss on `--guid
 
 The study lives in `--study_dir/study.db` (SQLite), so a killed search resumes: finished trials
 are kept and only COMPLETE trials count toward `--num_trials`; a trial left RUNNING by the kill is
-marked failed and its parameters are queued to run again. The search space is stored in the
+marked failed and its parameters are queued to run again; the resumed sampler is seeded anew
+(from the seed and the trial count), so it proposes new values. The search space is stored in the
 study's user attrs; resuming with another space is refused. Every trial records its compute
 (`train_steps`, `wall_seconds`) as trial user attrs and in `--study_dir/trials.csv`; trial runs are
 in `--study_dir/trial_NNNN/`. `--prune` turns on optuna's MedianPruner over the periodic eval loss
