@@ -66,8 +66,10 @@ def gbt_label(space: str, forward: bool = False) -> str:
 
 def run_all(exp: common.Experiment, spaces: Sequence[str], num_trials: int) -> None:
   score = common.translation_scores(exp)
-  for seed in exp.seeds:
-    for space in spaces:
+  # Space by space, every seed before the next space: an experiment stopped part way leaves
+  # whole spaces with all their seeds, which `--spaces ... --report_only` can already report.
+  for space in spaces:
+    for seed in exp.seeds:
       gin = common.guided_gin(os.path.join(exp.out, "gin", f"gbt_{space.replace('=', '')}.gin"),
                               common.NMT_GIN, SPACES[space][1], exp.meta_lr,
                               exp.size.hyper_step_every)
