@@ -46,3 +46,17 @@ def check_tables(text: str, first_col: str) -> list[list[dict[str, str]]]:
 def snapshot(folder: pathlib.Path) -> dict[str, bytes]:
   return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
           if p.is_file()}
+
+
+def assert_rerun_skips_finished_runs(script: str, results_dir: pathlib.Path,
+                                     *flags: str) -> None:
+  """Reruns a finished `--quick` experiment: it trains nothing, leaves every record (and optuna
+  study) byte-identical and writes the same report."""
+  out = results_dir / script.removesuffix(".py")
+  kept = [p for p in (out / "records", out / "studies") if p.exists()]
+  before = [snapshot(p) for p in kept]
+  report_text = (out / "report.md").read_text()
+  proc = run_script(script, results_dir, *flags)
+  assert "training" not in proc.stdout and "trial " not in proc.stdout, proc.stdout[-2000:]
+  assert [snapshot(p) for p in kept] == before
+  assert (out / "report.md").read_text() == report_text

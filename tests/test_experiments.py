@@ -11,7 +11,8 @@ import shutil
 
 import pytest
 
-from tests.experiment_helpers import check_tables, run_script, snapshot
+from tests.experiment_helpers import (assert_rerun_skips_finished_runs, check_tables, run_script,
+                                      snapshot)
 
 
 @pytest.mark.slow
@@ -36,11 +37,7 @@ def test_guided_vs_plain_quick_skips_finished_runs_and_resumes(results_dir):
   assert "untranslated copy" in text  # learned data weights carry the bucket names
 
   # A rerun skips every finished run: no training, records untouched, same report.
-  before = snapshot(out / "records")
-  proc = run_script("guided_vs_plain.py", results_dir, "--seeds=0")
-  assert "training" not in proc.stdout
-  assert snapshot(out / "records") == before
-  assert (out / "report.md").read_text() == text
+  assert_rerun_skips_finished_runs("guided_vs_plain.py", results_dir, "--seeds=0")
 
   # An interrupted run (no record, its last checkpoint lost) resumes from the checkpoint before
   # and ends with the same scores as the uninterrupted run.
@@ -107,6 +104,7 @@ def test_schedule_vs_constant_quick(results_dir):
   assert (out / "records" / "replayed_schedule_unseen_seed__seed100.json").exists()
   assert (out / "runs" / "GBT_guided_run__seed0" / "learned_schedule.gin").exists()
   assert (out / "learned_schedules.png").stat().st_size > 1000
+  assert_rerun_skips_finished_runs("schedule_vs_constant.py", results_dir, "--seeds=0")
 
 
 @pytest.mark.slow
@@ -127,3 +125,4 @@ def test_short_horizon_quick(results_dir):
   assert branch["extra"]["constants"]["learning_rate"] == pytest.approx(2 * at_8["learning_rate"])
   assert branch["extra"]["constants"]["b1"] == pytest.approx(at_8["b1"])
   assert (out / "lr_trajectories.png").stat().st_size > 1000
+  assert_rerun_skips_finished_runs("short_horizon.py", results_dir, "--seeds=0")

@@ -9,7 +9,8 @@ import shutil
 import pytest
 
 from gbt_t5x.experiments import report
-from tests.experiment_helpers import check_tables, run_script, snapshot
+from tests.experiment_helpers import (assert_rerun_skips_finished_runs, check_tables, run_script,
+                                      snapshot)
 
 
 @pytest.mark.slow
@@ -30,6 +31,7 @@ def test_bo_vs_gbt_quick(results_dir):
   trial = json.loads((out / "records" / "BO_d_10_trial_01__seed0.json").read_text())
   assert set(trial["extra"]["params"]) >= {f"data_weight_{i}" for i in range(4)}
   assert (out / "bleu_vs_compute.png").stat().st_size > 1000
+  assert_rerun_skips_finished_runs("bo_vs_gbt.py", results_dir, "--seeds=0", "--spaces=d=1,d=10")
 
 
 @pytest.mark.slow
@@ -126,3 +128,4 @@ def test_noisy_data_quick(results_dir):
   config = (out / "runs" / "oracle_noisy_weight_0_noise_0.4__seed0" / "config.gin").read_text()
   assert "DATA_WEIGHT_1 = 0.0" in config
   assert (out / "learned_weights.png").stat().st_size > 1000
+  assert_rerun_skips_finished_runs("noisy_data.py", results_dir, "--seeds=0")
