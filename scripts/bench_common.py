@@ -233,6 +233,11 @@ def count_params(params: Any) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
+def params_bytes(params: Any) -> int:
+  """Bytes of one copy of `params` (each leaf's size × its dtype's item size)."""
+  return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(params)))
+
+
 def train_step_flops(config: network.T5Config, batch_size: int, inputs_length: int,
                      targets_length: int) -> float:
   """Analytic model FLOPs of one forward+backward train step (the optimizer is not counted).

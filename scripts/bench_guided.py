@@ -36,6 +36,9 @@ Configurations and targets (AdamW, float32 unless said otherwise):
       the guide loss (no guide backward, no VJP of the update). Reported: forward / reverse time
       and the relative difference of the two hypergradients (d raw, same state and batches).
 
+Memory floor rows (a), (g) "exact-derivative floor": (plain + one params copy) / plain, where an
+exact b1 / b2 / decay_rate hypergradient can get to at best (`PARAMS_COPY`); no target.
+
 With --memory_only nothing is timed: only the compiled-memory rows are printed (deterministic,
 so they can be taken on a busy machine).
 
@@ -103,7 +106,13 @@ B2 = GuidedHParam("b2", 0.999, "sigmoid", lower=0.5, upper=0.99999)
 LS = GuidedHParam("label_smoothing", 0.1, "sigmoid", lower=0.0, upper=0.5)
 DW = GuidedHParam("data_weights", 1.0, "exp", shape=(NUM_DATA_IDS,))
 DECAY_RATE = GuidedHParam("decay_rate", 0.8, "sigmoid", lower=0.1, upper=1.0)
-
+# The size of one copy of the params (a row of the memory table). An exact hypergradient of b1,
+# b2 (AdamW) or decay_rate (Adafactor) needs, per element, something the updated params and
+# moments do not determine (for b1: m - g, where only m' = b1 m + (1 - b1) g is kept), so one
+# params-sized copy (the train gradient g, or a tangent) must outlive the model step through the
+# guide forward/backward. With equal train and guide batches, (plain + that copy) / plain is
+# thus where the memory rows (a) and (g) can get to without recomputing the train backward.
+PARAMS_COPY = "one params copy"
 
 # Timing groups (see the module docstring): --groups key -> name printed.
 GROUPS = {"greedy": "greedy (a), (b), (e)", "loss_side": "loss-side (d)",
@@ -350,7 +359,8 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
   reference = {"plain": bc.Stepper(plain_c, plain_tr.train_state, batch),
                "guide fwd+bwd": lambda: guide_c(state0.params, guide),
                "guide fwd+bwd 1/4": lambda: guide_q_c(state0.params, guide_q)}
-  mem: dict[str, int | None] = {"plain": bc.memory_bytes(plain_c)}
+  mem: dict[str, int | None] = {"plain": bc.memory_bytes(plain_c),
+                                PARAMS_COPY: bc.params_bytes(state0.params)}
   times: dict[str, float] = {}
   checks: dict[str, float] = {}
 
@@ -469,6 +479,12 @@ def _rows(t: dict[str, float], mem: dict[str, int | None], *, rel_diff: float | 
   def mem_ratio(key: str, base: str = "plain") -> float:
     return mem[key] / mem[base] if mem.get(key) and mem.get(base) else float("nan")
 
+  def exact_floor(base: str) -> float:
+    """(plain + one params-sized copy) / plain: see `PARAMS_COPY`."""
+    if not mem.get(base) or not mem.get(PARAMS_COPY):
+      return float("nan")
+    return (mem[base] + mem[PARAMS_COPY]) / mem[base]
+
   def floor(tag: str = "") -> float:
     suffix = f" ({tag})" if tag else ""
     return t[f"plain{suffix}"] + t[f"guide fwd+bwd{suffix}"]
@@ -478,6 +494,8 @@ def _rows(t: dict[str, float], mem: dict[str, int | None], *, rel_diff: float | 
            target=1.15),
       dict(cfg="(a*) closed form, memory", metric="guided / plain (compiled bytes)",
            value=mem_ratio("a_cf"), target=1.15),
+      dict(cfg="(a) exact-derivative floor", metric="(plain + 1 params copy) / plain",
+           value=exact_floor("plain"), target=None),
       dict(cfg="(d) memory", metric="guided / plain (compiled bytes)", value=mem_ratio("d"),
            target=None),
       dict(cfg="(d*) closed form, memory", metric="guided / plain (compiled bytes)",
@@ -489,6 +507,8 @@ def _rows(t: dict[str, float], mem: dict[str, int | None], *, rel_diff: float | 
            target=0.999),
       dict(cfg="(g) Adafactor memory", metric="guided / plain (compiled bytes)",
            value=mem_ratio("g", "plain_g"), target=1.15),
+      dict(cfg="(g) exact-derivative floor", metric="(plain + 1 params copy) / plain",
+           value=exact_floor("plain_g"), target=None),
       dict(cfg="(h) bfloat16 memory", metric="guided / plain (compiled bytes)",
            value=mem_ratio("h", "plain_h"), target=1.15),
       dict(cfg="(f1) memory", metric="guided / plain (compiled bytes)", value=mem_ratio("f1"),

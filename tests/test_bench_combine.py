@@ -19,9 +19,10 @@ device: cpu
     guided (e) reverse  2500.0
 compile s: plain_c 5.6, guide_c 2.9
 
-   step  compiled MiB
--------  ------------
-  plain        1500.0
+           step  compiled MiB
+---------------  ------------
+          plain        1500.0
+one params copy         300.0
 
 (e) hypergradient d/d raw lr: forward -2.5, reverse -2.5, relative difference 1.76e-06
 """
@@ -77,6 +78,9 @@ def test_combine_scales_each_log_by_its_plain_step(tmp_path):
   assert rows[("(f1) forward horizon, lr", "guided / (plain + guide fb)")] == "1.33"
   assert rows[("(f1) forward horizon, lr", "plain step with tangents / plain")] == "1.5"
   assert rows[("(f1) memory", "guided / plain (compiled bytes)")] == "2"
+  # What an exact b1/b2 derivative must keep beyond a plain step: (1500 + 300) / 1500.
+  assert rows[("(a) exact-derivative floor", "(plain + 1 params copy) / plain")] == "1.2"
+  assert rows[("(g) exact-derivative floor", "(plain + 1 params copy) / plain")] == "nan"
   assert rows[("(e) hypergradient", "|fwd - rev| / |rev|")] == "1.76e-06"
   assert rows[("(a) lr+b1+b2 every step", "guided / (plain + guide fb)")] == "nan"
 
