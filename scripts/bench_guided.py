@@ -36,8 +36,8 @@ Configurations and targets (AdamW, float32 unless said otherwise):
       the guide loss (no guide backward, no VJP of the update). Reported: forward / reverse time
       and the relative difference of the two hypergradients (d raw, same state and batches).
 
-Memory floor rows (a), (g) "exact-derivative floor": (plain + one params copy) / plain, where an
-exact b1 / b2 / decay_rate hypergradient can get to at best (`PARAMS_COPY`); no target.
+Memory rows (a), (g) "exact-derivative floor": (plain + one params copy) / plain, an estimate of
+where an exact b1 / b2 / decay_rate hypergradient can get to (`PARAMS_COPY`); no target.
 
 With --memory_only nothing is timed: only the compiled-memory rows are printed (deterministic,
 so they can be taken on a busy machine).
@@ -110,8 +110,10 @@ DECAY_RATE = GuidedHParam("decay_rate", 0.8, "sigmoid", lower=0.1, upper=1.0)
 # b2 (AdamW) or decay_rate (Adafactor) needs, per element, something the updated params and
 # moments do not determine (for b1: m - g, where only m' = b1 m + (1 - b1) g is kept), so one
 # params-sized copy (the train gradient g, or a tangent) must outlive the model step through the
-# guide forward/backward. With equal train and guide batches, (plain + that copy) / plain is
-# thus where the memory rows (a) and (g) can get to without recomputing the train backward.
+# guide forward/backward, beside that pass's working set (with equal batches about the train
+# pass's). (plain + that copy) / plain thus estimates where the memory rows (a) and (g) can get
+# to without recomputing the train backward (an estimate: XLA may free the copy piece by piece as
+# the guide backward consumes it).
 PARAMS_COPY = "one params copy"
 
 # Timing groups (see the module docstring): --groups key -> name printed.
