@@ -20,11 +20,19 @@ def test_bo_vs_gbt_quick(results_dir):
   text = (out / "report.md").read_text()
   tables = check_tables(text, "method")
   assert len(tables) == 4  # a result table and a paired table per space
-  methods = ["GBT (1 guided run)", "BO at GBT's compute", "BO after 2 trials"]
+  methods = ["plain (demo defaults)", "GBT (1 guided run)", "BO at GBT's compute",
+             "BO after 2 trials"]
   # d = 1 also has the long-horizon GBT run (forward mode is priced per guided scalar).
   assert [row["method"] for row in tables[0]] == methods + ["GBT, forward horizon (mu 0.99)"]
   assert [row["method"] for row in tables[2]] == methods
-  assert tables[1][-1]["comparison"] == "GBT forward horizon vs greedy"
+  assert [row["comparison"] for row in tables[1]][2:] == [
+      "GBT vs the defaults it starts from", "BO after 2 trials vs the defaults",
+      "GBT forward horizon vs greedy"]
+  # The defaults' plain run is one per seed, shared by every space's table (its compute is in
+  # units of that space's median BO trial).
+  same = lambda row: {k: v for k, v in row.items() if k != "compute (plain steps)"}  # noqa: E731
+  assert same(tables[0][0]) == same(tables[2][0])
+  assert len(list((out / "records").glob("plain_demo_defaults*.json"))) == 1
   for space in ("BO_d_1", "BO_d_10"):
     assert (out / "studies" / f"{space}_seed0" / "study.db").exists()
     assert (out / "studies" / f"{space}_seed0" / "trials.csv").exists()

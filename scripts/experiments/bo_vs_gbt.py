@@ -7,8 +7,11 @@ Per seed and search space (`SPACES`: d = 1, 6 and 10 hyper-parameters), both met
 the demo's defaults:
 * `GBT`: one guided run learning the space's hyper-parameters from the clean guide task;
 * `BO`: `--bo_trials` plain runs, each holding the values TPE samples constant, scored by the
-  teacher-forced loss on the same guide set (what the tuner may look at; never the test split).
-BO's pick after k trials is the trial with the lowest guide loss among the first k. Optuna's GP
+  teacher-forced loss on the same guide set (what the tuner may look at; never the test split);
+* `plain (demo defaults)`: one plain run per seed at the values both methods start from (the
+  same for every space), the reference a tuning method has to beat.
+BO's pick after k trials is the trial with the lowest guide loss among the first k (its first
+trials are TPE's random start, not the defaults). Optuna's GP
 sampler needs torch, which the project does not install, so GP does not run here.
 
 Writes RESULTS_DIR/bo_vs_gbt/: report.md, quality_vs_compute.png, experiment.json, records/ (one
@@ -45,6 +48,7 @@ SPACES = {
              (*_D6_KINDS, "data_weights")),
 }
 GBT_ROW, EQUAL_ROW = "GBT (1 guided run)", "BO at GBT's compute"
+DEFAULT_ROW = "plain (demo defaults)"
 # The long-horizon ('forward') hypergradient runs in the spaces listed here only: it carries one
 # tangent of the params and optimizer state per guided scalar through every model step, so its
 # cost grows with d (about d times a plain step's tangent work) -- affordable for d = 1.
@@ -66,6 +70,8 @@ def gbt_label(space: str, forward: bool = False) -> str:
 
 def run_all(exp: common.Experiment, spaces: Sequence[str], num_trials: int) -> None:
   score = common.translation_scores(exp)
+  for seed in exp.seeds:
+    common.run_arm(exp, DEFAULT_ROW, seed, [common.NMT_GIN], [], score)
   # Space by space, every seed before the next space: an experiment stopped part way leaves
   # whole spaces with all their seeds, which `--spaces ... --report_only` can already report.
   for space in spaces:
@@ -86,6 +92,7 @@ def run_all(exp: common.Experiment, spaces: Sequence[str], num_trials: int) -> N
 def write_report(exp: common.Experiment, spaces: Sequence[str], num_trials: int) -> str:
   seeds = list(exp.seeds)
   sections, panels_bleu, panels_loss, verdicts = [], {}, {}, []
+  defaults = [common.require_record(exp, DEFAULT_ROW, seed) for seed in seeds]
   for space in spaces:
     gbt, curves, plain_sps_of = [], [], {}
     for seed in seeds:
@@ -111,13 +118,18 @@ def write_report(exp: common.Experiment, spaces: Sequence[str], num_trials: int)
             final_row: [p.final for p in picked]}
     compute = {GBT_ROW: gbt_compute, EQUAL_ROW: [p.at_budget_compute for p in picked],
                final_row: [p.final_compute for p in picked]}
+    runs[DEFAULT_ROW] = defaults
+    compute[DEFAULT_ROW] = [common.step_equivalents(d, plain_sps_of[d.seed]) for d in defaults]
     comparisons = [(GBT_ROW, EQUAL_ROW, "GBT vs BO at GBT's compute"),
-                   (GBT_ROW, final_row, f"GBT vs BO after {num_trials} trials")]
+                   (GBT_ROW, final_row, f"GBT vs BO after {num_trials} trials"),
+                   (GBT_ROW, DEFAULT_ROW, "GBT vs the defaults it starts from"),
+                   (final_row, DEFAULT_ROW, f"BO after {num_trials} trials vs the defaults")]
     if forward:
       runs[FORWARD_ROW] = [f for f, _ in forward]
       compute[FORWARD_ROW] = [c for _, c in forward]
       comparisons.append((FORWARD_ROW, GBT_ROW, "GBT forward horizon vs greedy"))
-    table = report.arm_table(list(runs), runs, compute).replace("| arm |", "| method |", 1)
+    order = [DEFAULT_ROW] + [arm for arm in runs if arm != DEFAULT_ROW]
+    table = report.arm_table(order, runs, compute).replace("| arm |", "| method |", 1)
     paired, diffs = report.paired_table(comparisons, runs)
     # When does BO's pick first reach GBT's test BLEU (per seed)?
     matches = []
@@ -133,7 +145,9 @@ def write_report(exp: common.Experiment, spaces: Sequence[str], num_trials: int)
     if matched and len(matched) < len(seeds):
       when += f", and never within {num_trials} trials on the others"
     versus_equal = report.paired_summary(diffs[(GBT_ROW, EQUAL_ROW)])
-    verdicts.append(f"- **{space}**: {when}. GBT vs BO at GBT's compute: {versus_equal}."
+    versus_default = report.paired_summary(diffs[(GBT_ROW, DEFAULT_ROW)])
+    verdicts.append(f"- **{space}**: {when}. GBT vs BO at GBT's compute: {versus_equal}. "
+                    f"GBT vs the plain run at the defaults it starts from: {versus_default}."
                     + (f" Forward horizon (mu {FORWARD_MU:g}, "
                        f"{np.mean(compute[FORWARD_ROW]):.0f} plain steps of compute) vs greedy "
                        f"GBT: {report.paired_summary(diffs[(FORWARD_ROW, GBT_ROW)])}."
@@ -146,6 +160,8 @@ def write_report(exp: common.Experiment, spaces: Sequence[str], num_trials: int)
           "BO (TPE), pick by guide loss": (mean_x, list(np.mean(
               [[p.scores[key] for p in picks[:n]] for _, picks in curves], axis=0))),
           GBT_ROW: ([gbt_mean], [float(np.mean([g.scores[key] for g in gbt_runs]))]),
+          DEFAULT_ROW: ([float(np.mean(compute[DEFAULT_ROW]))],
+                        [float(np.mean([d.scores[key] for d in defaults]))]),
           **({FORWARD_ROW: ([float(np.mean(compute[FORWARD_ROW]))],
                             [float(np.mean([f.scores[key] for f in runs[FORWARD_ROW]]))])}
              if forward else {})}
