@@ -8,11 +8,13 @@ the demo's defaults:
 * `GBT`: one guided run learning the space's hyper-parameters from the clean guide task;
 * `BO`: `--bo_trials` plain runs, each holding the values TPE samples constant, scored by the
   teacher-forced loss on the same guide set (what the tuner may look at; never the test split);
-* `plain (demo defaults)`: one plain run per seed at the values both methods start from (the
-  same for every space), the reference a tuning method has to beat.
+* `plain (demo defaults)`: one plain run per seed at the demo's values (the same run for every
+  space), the reference a tuning method has to beat. GBT starts from them too, except that a
+  guided label smoothing starts at 0.1 (`gin/guided/label_smoothing.gin`: a sigmoid-activated
+  value cannot start at the default 0).
 BO's pick after k trials is the trial with the lowest guide loss among the first k (its first
-trials are TPE's random start, not the defaults). Optuna's GP
-sampler needs torch, which the project does not install, so GP does not run here.
+trials are TPE's random start, not the defaults). Optuna's GP sampler needs torch, which the
+project does not install, so GP does not run here.
 
 Writes RESULTS_DIR/bo_vs_gbt/: report.md, quality_vs_compute.png, experiment.json, records/ (one
 JSON per finished run or trial), studies/BO_<space>_seed<s>/ (optuna's study.db and trials.csv;
