@@ -106,14 +106,10 @@ B2 = GuidedHParam("b2", 0.999, "sigmoid", lower=0.5, upper=0.99999)
 LS = GuidedHParam("label_smoothing", 0.1, "sigmoid", lower=0.0, upper=0.5)
 DW = GuidedHParam("data_weights", 1.0, "exp", shape=(NUM_DATA_IDS,))
 DECAY_RATE = GuidedHParam("decay_rate", 0.8, "sigmoid", lower=0.1, upper=1.0)
-# The size of one copy of the params (a row of the memory table). An exact hypergradient of b1,
-# b2 (AdamW) or decay_rate (Adafactor) needs, per element, something the updated params and
-# moments do not determine (for b1: m - g, where only m' = b1 m + (1 - b1) g is kept), so one
-# params-sized copy (the train gradient g, or a tangent) must outlive the model step through the
-# guide forward/backward, beside that pass's working set (with equal batches about the train
-# pass's). (plain + that copy) / plain thus estimates where the memory rows (a) and (g) can get
-# to without recomputing the train backward (an estimate: XLA may free the copy piece by piece as
-# the guide backward consumes it).
+# The size of one copy of the params (a row of the memory table): an exact b1 / b2 /
+# decay_rate hypergradient keeps one such copy (the train gradient) through the guide pass, so
+# (plain + it) / plain estimates the floor of rows (a) and (g) (docs/DESIGN.md, the guided step's
+# memory).
 PARAMS_COPY = "one params copy"
 
 # Timing groups (see the module docstring): --groups key -> name printed.
@@ -483,9 +479,7 @@ def _rows(t: dict[str, float], mem: dict[str, int | None], *, rel_diff: float | 
 
   def exact_floor(base: str) -> float:
     """(plain + one params-sized copy) / plain: see `PARAMS_COPY`."""
-    if not mem.get(base) or not mem.get(PARAMS_COPY):
-      return float("nan")
-    return (mem[base] + mem[PARAMS_COPY]) / mem[base]
+    return 1.0 + mem_ratio(PARAMS_COPY, base)
 
   def floor(tag: str = "") -> float:
     suffix = f" ({tag})" if tag else ""

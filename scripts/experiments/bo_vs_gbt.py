@@ -77,17 +77,19 @@ def run_all(exp: common.Experiment, spaces: Sequence[str], num_trials: int) -> N
   # Space by space, every seed before the next space: an experiment stopped part way leaves
   # whole spaces with all their seeds, which `--spaces ... --report_only` can already report.
   for space in spaces:
+    gin = common.guided_gin(os.path.join(exp.out, "gin", f"gbt_{space.replace('=', '')}.gin"),
+                            common.NMT_GIN, SPACES[space][1], exp.meta_lr,
+                            exp.size.hyper_step_every)
+    forward_gin = None
+    if space in FORWARD_SPACES:
+      forward_gin = common.guided_gin(
+          os.path.join(exp.out, "gin", f"gbt_{space.replace('=', '')}_forward.gin"),
+          common.NMT_GIN, SPACES[space][1], exp.meta_lr, exp.size.hyper_step_every,
+          extra=common.forward_horizon(FORWARD_MU))
     for seed in exp.seeds:
-      gin = common.guided_gin(os.path.join(exp.out, "gin", f"gbt_{space.replace('=', '')}.gin"),
-                              common.NMT_GIN, SPACES[space][1], exp.meta_lr,
-                              exp.size.hyper_step_every)
       common.run_arm(exp, gbt_label(space), seed, [gin], [], score)
       bo.run_study(exp, f"BO {space}", SPACES[space][0], seed, num_trials)
-      if space in FORWARD_SPACES:
-        forward_gin = common.guided_gin(
-            os.path.join(exp.out, "gin", f"gbt_{space.replace('=', '')}_forward.gin"),
-            common.NMT_GIN, SPACES[space][1], exp.meta_lr, exp.size.hyper_step_every,
-            extra=common.forward_horizon(FORWARD_MU))
+      if forward_gin is not None:
         common.run_arm(exp, gbt_label(space, forward=True), seed, [forward_gin], [], score)
 
 
@@ -158,15 +160,14 @@ def write_report(exp: common.Experiment, spaces: Sequence[str], num_trials: int)
     n = min(len(comp) for comp, _ in curves)
     mean_x = list(np.mean([comp[:n] for comp, _ in curves], axis=0))
     for key, panels in (("bleu", panels_bleu), ("dev_loss", panels_loss)):
+      # One point per single-run method: (mean compute, mean score) over seeds.
+      points = {arm: ([float(np.mean(compute[arm]))],
+                      [float(np.mean([r.scores[key] for r in runs[arm]]))])
+                for arm in (GBT_ROW, DEFAULT_ROW, FORWARD_ROW) if arm in runs}
       panels[space] = {
           "BO (TPE), pick by guide loss": (mean_x, list(np.mean(
               [[p.scores[key] for p in picks[:n]] for _, picks in curves], axis=0))),
-          GBT_ROW: ([gbt_mean], [float(np.mean([g.scores[key] for g in gbt_runs]))]),
-          DEFAULT_ROW: ([float(np.mean(compute[DEFAULT_ROW]))],
-                        [float(np.mean([d.scores[key] for d in defaults]))]),
-          **({FORWARD_ROW: ([float(np.mean(compute[FORWARD_ROW]))],
-                            [float(np.mean([f.scores[key] for f in runs[FORWARD_ROW]]))])}
-             if forward else {})}
+          **points}
   report.plot_panels(os.path.join(exp.out, "bleu_vs_compute.png"), panels_bleu,
                      "cumulative compute (plain train-step equivalents)",
                      f"test BLEU of the pick vs compute (mean over {len(seeds)} seeds)",
