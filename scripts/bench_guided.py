@@ -401,10 +401,13 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
   def loss_side_group():
     tr = {"d": guided_trainer((LR, B1, LS, DW)),
           "dr": guided_trainer((LR, B1, LS, DW), recompute_tangent=True),
-          "d_cf": guided_trainer((LR, B1, LS, DW), optimizer_derivative="closed_form")}
+          "d_cf": guided_trainer((LR, B1, LS, DW), optimizer_derivative="closed_form"),
+          "dr_cf": guided_trainer((LR, B1, LS, DW), recompute_tangent=True,
+                                  optimizer_derivative="closed_form")}
     c = {k: timed_compile(clog, f"{k}_c", t._partitioned_guided_step, t.train_state, batch_dw,
                           guide) for k, t in tr.items()}
-    names = {"d": "guided (d)", "dr": "guided (d) recompute", "d_cf": "guided (d) closed form"}
+    names = {"d": "guided (d)", "dr": "guided (d) recompute", "d_cf": "guided (d) closed form",
+             "dr_cf": "guided (d) recompute, closed form"}
     return ({names[k]: bc.Stepper(c[k], tr[k].train_state, batch_dw, guide) for k in tr},
             {k: bc.memory_bytes(c[k]) for k in tr})
 
@@ -501,6 +504,8 @@ def _rows(t: dict[str, float], mem: dict[str, int | None], *, rel_diff: float | 
       dict(cfg="(d') memory vs (d)", metric="(d') / (d) (compiled bytes)",
            value=mem_ratio("dr", "d"),
            target=0.999),
+      dict(cfg="(d'*) recompute_tangent + closed form, memory",
+           metric="guided / plain (compiled bytes)", value=mem_ratio("dr_cf"), target=1.3),
       dict(cfg="(g) Adafactor memory", metric="guided / plain (compiled bytes)",
            value=mem_ratio("g", "plain_g"), target=1.15),
       dict(cfg="(g) exact-derivative floor", metric="(plain + 1 params copy) / plain",
@@ -529,6 +534,9 @@ def _rows(t: dict[str, float], mem: dict[str, int | None], *, rel_diff: float | 
              value=t["guided (d) closed form"] / floor(), target=1.2),
         dict(cfg="(d') (d), recompute_tangent", metric="guided / (plain + guide fb)",
              value=t["guided (d) recompute"] / floor(), target=None),
+        dict(cfg="(d'*) (d), recompute_tangent + closed form",
+             metric="guided / (plain + guide fb)",
+             value=t["guided (d) recompute, closed form"] / floor(), target=1.2),
         dict(cfg="(g) Adafactor lr+decay_rate", metric="guided / (plain + guide fb)",
              value=t["guided (g)"] / floor("g"), target=1.0),
         dict(cfg="(h) bfloat16 lr+b1+b2", metric="guided / (plain + guide fb)",

@@ -8,6 +8,8 @@ with an identical model step.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,6 +61,7 @@ def x64():
     yield
 
 
+@functools.lru_cache(maxsize=None)  # one compile per case, shared by the parametrized tests
 def _both_paths(case: str):
   problem, make_opt, specs = CASES[case]
   params, batch, guide_batch = (_quad_data if problem == "quad" else _mlp_data)(1)
@@ -81,18 +84,24 @@ def _both_paths(case: str):
   for i in range(3):  # non-trivial moments and step count
     params, opt_state, _ = plain(params, opt_state, jax.random.fold_in(rng, i))
   out = {}
-  for how in hypergrad.OPTIMIZER_DERIVATIVES:
-    out[how] = jax.jit(lambda p, s, raw, how=how: hypergrad.lookahead_hypergradient(
-        p, s, raw, batch, guide_batch, rng, base_lr, optimizer_derivative=how, **kwargs))(
-            params, opt_state, guided.raw)
+  for how, recompute in ((hypergrad.VJP, False), (hypergrad.CLOSED_FORM, False),
+                         (hypergrad.CLOSED_FORM, True)):
+    key = how + (" + recompute_tangent" if recompute else "")
+    out[key] = jax.jit(lambda p, s, raw, how=how, recompute=recompute:
+                       hypergrad.lookahead_hypergradient(
+                           p, s, raw, batch, guide_batch, rng, base_lr, optimizer_derivative=how,
+                           recompute_tangent=recompute, **kwargs))(params, opt_state, guided.raw)
   return out
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_closed_form_equals_the_vjp_path(case):
+@pytest.mark.parametrize("how", [hypergrad.CLOSED_FORM,
+                                 hypergrad.CLOSED_FORM + " + recompute_tangent"])
+def test_closed_form_equals_the_vjp_path(case, how):
+  """Also with `recompute_tangent` (the loss-side tangent from a re-run forward)."""
   out = _both_paths(case)
   vjp_params, vjp_state, vjp_hg, _ = out[hypergrad.VJP]
-  cf_params, cf_state, cf_hg, _ = out[hypergrad.CLOSED_FORM]
+  cf_params, cf_state, cf_hg, _ = out[how]
   # The model step is the same computation on both paths (XLA may fuse it differently: 1 ulp).
   for a, b in zip(jax.tree.leaves((vjp_params, vjp_state)), jax.tree.leaves((cf_params, cf_state))):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-14, atol=0)
@@ -101,6 +110,7 @@ def test_closed_form_equals_the_vjp_path(case):
     expected, got = np.asarray(vjp_hg[name]), np.asarray(cf_hg[name])
     assert np.all(expected != 0), name  # a zero would make the comparison vacuous
     np.testing.assert_allclose(got, expected, rtol=RTOL, atol=0, err_msg=name)
+
 
 
 def test_closed_form_refuses_an_unregistered_optimizer(x64):
