@@ -43,25 +43,32 @@ def is_verbose(argv: Sequence[str] = ()) -> bool:
   return VERBOSE_FLAG in argv or os.environ.get(VERBOSE_ENV, "").lower() in ("1", "true", "yes")
 
 
-def configure(argv: Sequence[str] = ()) -> bool:
+def configure(argv: Sequence[str] = (), import_tensorflow: bool = True) -> bool:
   """Quiets the libraries' console output unless verbose; returns whether it is verbose.
 
   Call at the top of an entry point, before TensorFlow or JAX are imported (their C++ logging
   reads `TF_CPP_MIN_LOG_LEVEL` once, at load). A level the user set in the environment is kept.
+  `import_tensorflow=False` leaves the (quiet) TensorFlow import to a later
+  `import_tensorflow_quietly()`, for entry points that check their flags first: importing
+  TensorFlow takes seconds, a one-line error about a flag should not.
   """
   verbose = is_verbose(argv)
   if verbose:
     return True
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  _import_tensorflow_quietly()
+  if import_tensorflow:
+    import_tensorflow_quietly()
   drop = _DropKnownNotices()
   for name in ("absl", ""):  # SeqIO logs through absl's logger; filters apply where records start.
     logging.getLogger(name).addFilter(drop)
   return False
 
 
-def _import_tensorflow_quietly() -> None:
-  """Imports TensorFlow with fd 2 redirected; on failure the captured output is shown."""
+def import_tensorflow_quietly() -> None:
+  """Imports TensorFlow with fd 2 redirected; on failure the captured output is shown. (Does
+  nothing more once TensorFlow is loaded.)"""
+  if "tensorflow" in sys.modules:
+    return
   sys.stderr.flush()
   saved = os.dup(2)
   with tempfile.TemporaryFile() as captured:

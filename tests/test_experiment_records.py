@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from gbt_t5x import errors
 from gbt_t5x.experiments import common, records, report
 
 
@@ -118,3 +119,17 @@ def test_step_equivalents_prefers_cpu_seconds_hand_computed():
             for i, (w, c) in enumerate([(0.1, 0.2), (0.3, 0.4), (0.2, 0.9)])]
   assert common.StepTime.median(trials) == common.StepTime(wall=0.2, cpu=0.4)
   assert np.isnan(common.StepTime.median([*trials, old]).cpu)
+
+
+@pytest.mark.parametrize("error, line, status", [
+    (ValueError("bad --seeds\n  In call to configurable 'train'"), "error: bad --seeds", 2),
+    (errors.Preempted(7, "SIGTERM"), "preempted: stopped by SIGTERM at step 7 after saving a "
+                                     "checkpoint; rerun the same command to continue",
+     errors.PREEMPTED_EXIT_CODE),
+])
+def test_script_errors_are_one_line(capsys, error, line, status):
+  """A script's ValueError (gin appends a second line) or a preempted run: one stderr line."""
+  def main(argv):
+    raise error
+  assert common.main_with_one_line_errors(main) == status
+  assert capsys.readouterr().err == line + "\n"

@@ -16,6 +16,7 @@ import statistics
 import sys
 from typing import Any, Callable, Mapping, Sequence
 
+from gbt_t5x import console
 from gbt_t5x.experiments import records as records_lib
 from gbt_t5x.experiments import sizes as sizes_lib
 from gbt_t5x.experiments.records import RunRecord
@@ -109,6 +110,8 @@ def setup(args: argparse.Namespace, name: str, config: Mapping[str, Any] | None 
                        "(--quick, --meta_lr, ...) as the run that wrote them")
   else:
     store = records_lib.RunStore(out, full_config)
+  if not (args.verbose or console.is_verbose()):
+    console.import_tensorflow_quietly()  # The flags are fine: now load the libraries.
   os.environ["GBT_T5X_DEMO_DIR"] = os.path.abspath(
       os.path.join(args.results_dir, f"_demo_world_{size.name}"))
   os.environ["GBT_T5X_DEMO_CONFIG"] = size.world_json()
@@ -122,11 +125,18 @@ def setup(args: argparse.Namespace, name: str, config: Mapping[str, Any] | None 
 
 
 def main_with_one_line_errors(main: Callable[[Sequence[str] | None], int]) -> int:
-  """Runs a script's `main`; a ValueError becomes one line on stderr and exit status 2."""
+  """Runs a script's `main`; a ValueError becomes one line on stderr and exit status 2, a run
+  stopped by SIGTERM / SIGINT (checkpoint saved; rerunning continues) one line and exit status
+  `errors.PREEMPTED_EXIT_CODE`, as the train entry point does."""
+  from gbt_t5x import errors
+  first_line = lambda e: (str(e).splitlines() or [""])[0]  # noqa: E731 (gin adds a 2nd line)
   try:
     return main(None)
+  except errors.Preempted as e:
+    print(f"preempted: {first_line(e)}", file=sys.stderr)
+    return errors.PREEMPTED_EXIT_CODE
   except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {first_line(e)}", file=sys.stderr)
     return 2
 
 

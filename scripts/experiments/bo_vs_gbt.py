@@ -29,7 +29,9 @@ import sys
 from gbt_t5x import console
 
 if __name__ == "__main__":
-  console.configure(sys.argv)  # Before TensorFlow and JAX load (they log when imported).
+  # Before TensorFlow and JAX load (they log when imported); TensorFlow itself loads in
+  # `common.setup`, once the flags are checked.
+  console.configure(sys.argv, import_tensorflow=False)
 
 import os
 from typing import Sequence

@@ -23,14 +23,16 @@ import sys
 from gbt_t5x import console
 
 if __name__ == "__main__":
-  console.configure(sys.argv)  # Before TensorFlow and JAX load (they log when imported).
+  # Before TensorFlow and JAX load (they log when imported); TensorFlow itself loads in
+  # `common.setup`, once the flags are checked.
+  console.configure(sys.argv, import_tensorflow=False)
 
 import os
 import shutil
 import statistics
 from typing import Sequence
 
-from gbt_t5x.experiments import common, runner, sizes
+from gbt_t5x.experiments import common, sizes
 
 
 def _add_flags(parser) -> None:
@@ -48,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise ValueError(f"--steps must be >= 40 (timed windows) and --rounds >= 1, got "
                      f"{args.steps}, {args.rounds}")
   exp = common.setup(args, "cost_probe")
+  from gbt_t5x.experiments import runner  # (loads gin and TensorFlow: after the flag checks)
   common.use_demo_world(exp)
   configs = {"plain": [common.NMT_GIN], "guided": [os.path.abspath(args.guided_gin)]}
   times: dict[str, list[tuple[float, float]]] = {label: [] for label in configs}
