@@ -16,7 +16,7 @@ import statistics
 import sys
 from typing import Any, Callable, Mapping, Sequence
 
-from gbt_t5x import console
+from gbt_t5x import console, errors
 from gbt_t5x.experiments import records as records_lib
 from gbt_t5x.experiments import sizes as sizes_lib
 from gbt_t5x.experiments.records import RunRecord
@@ -128,7 +128,6 @@ def main_with_one_line_errors(main: Callable[[Sequence[str] | None], int]) -> in
   """Runs a script's `main`; a ValueError becomes one line on stderr and exit status 2, a run
   stopped by SIGTERM / SIGINT (checkpoint saved; rerunning continues) one line and exit status
   `errors.PREEMPTED_EXIT_CODE`, as the train entry point does."""
-  from gbt_t5x import errors
   first_line = lambda e: (str(e).splitlines() or [""])[0]  # noqa: E731 (gin adds a 2nd line)
   try:
     return main(None)
