@@ -7,6 +7,16 @@ the entry points' exit codes. Imports nothing of gbt_t5x (every layer may import
 PREEMPTED_EXIT_CODE = 75
 
 
+def one_line(e: BaseException) -> str:
+  """The first line of an error's message (the entry points print nothing more); gin appends
+  "In file ..., line N" context lines, whose location is kept in parentheses."""
+  text = str(e).strip() or type(e).__name__
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  head = lines[0]
+  where = next((l for l in lines[1:] if l.startswith("In file") or l.startswith("In bindings")), "")
+  return f"{head} ({where})" if where else head
+
+
 class TrainingStopped(RuntimeError):
   """Training cannot safely continue (e.g. too many non-finite losses); checkpoints are intact."""
 

@@ -169,7 +169,7 @@ def check_tfds_data_dir(path: str) -> None:
   try:
     ok = tf.io.gfile.isdir(path)
   except Exception as e:  # pylint: disable=broad-except  (GCS auth, unreachable host, ...)
-    raise ValueError(f"--tfds_data_dir {path} cannot be read: {_first_line(e)}") from None
+    raise ValueError(f"--tfds_data_dir {path} cannot be read: {errors.one_line(e)}") from None
   if not ok:
     raise ValueError(f"--tfds_data_dir {path} is not a folder (it should hold the datasets "
                      "prepared with `tfds build ... --data_dir`)")
@@ -281,7 +281,7 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
   try:
     gin.finalize()
   except Exception as e:
-    raise ValueError(f"gin config: {_first_line(e)}") from None
+    raise ValueError(f"gin config: {errors.one_line(e)}") from None
 
 
 # `train_script.train.x = ...` as written in gin files (after `import __main__ as train_script`).
@@ -300,17 +300,8 @@ def _gin_error_text(e: BaseException) -> str:
     msg = e.args[0] if e.args else "tokenizer error"
     return f"syntax error: {msg} (unbalanced brackets or quotes?)"
   if isinstance(e, SyntaxError):
-    return f"syntax error: {_first_line(e)}"
-  return _first_line(e)
-
-
-def _first_line(e: BaseException) -> str:
-  text = str(e).strip() or type(e).__name__
-  lines = [l.strip() for l in text.splitlines() if l.strip()]
-  head = lines[0]
-  # gin appends "In file ..., line N" context lines; keep the location when present.
-  where = next((l for l in lines[1:] if l.startswith("In file") or l.startswith("In bindings")), "")
-  return f"{head} ({where})" if where else head
+    return f"syntax error: {errors.one_line(e)}"
+  return errors.one_line(e)
 
 
 def import_task_module() -> str | None:
@@ -333,7 +324,7 @@ def import_task_module() -> str | None:
   try:
     importlib.import_module(name)
   except ImportError as e:
-    raise ValueError(f"MIXTURE_OR_TASK_MODULE {name!r} cannot be imported: {_first_line(e)}"
+    raise ValueError(f"MIXTURE_OR_TASK_MODULE {name!r} cannot be imported: {errors.one_line(e)}"
                      ) from None
   return name
 
@@ -358,10 +349,10 @@ def run(main: Callable[[argparse.Namespace], int | None], description: str,
     import_task_module()
     return int(main(args) or 0)
   except errors.Preempted as e:
-    print(f"preempted: {_first_line(e)}", file=sys.stderr)
+    print(f"preempted: {errors.one_line(e)}", file=sys.stderr)
     return errors.PREEMPTED_EXIT_CODE
   except (ValueError, FileNotFoundError, NotADirectoryError, errors.TrainingStopped) as e:
-    print(f"error: {_first_line(e)}", file=sys.stderr)
+    print(f"error: {errors.one_line(e)}", file=sys.stderr)
     return 2
 
 

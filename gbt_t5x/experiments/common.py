@@ -128,14 +128,13 @@ def main_with_one_line_errors(main: Callable[[Sequence[str] | None], int]) -> in
   """Runs a script's `main`; a ValueError becomes one line on stderr and exit status 2, a run
   stopped by SIGTERM / SIGINT (checkpoint saved; rerunning continues) one line and exit status
   `errors.PREEMPTED_EXIT_CODE`, as the train entry point does."""
-  first_line = lambda e: (str(e).splitlines() or [""])[0]  # noqa: E731 (gin adds a 2nd line)
   try:
     return main(None)
   except errors.Preempted as e:
-    print(f"preempted: {first_line(e)}", file=sys.stderr)
+    print(f"preempted: {errors.one_line(e)}", file=sys.stderr)
     return errors.PREEMPTED_EXIT_CODE
   except ValueError as e:
-    print(f"error: {first_line(e)}", file=sys.stderr)
+    print(f"error: {errors.one_line(e)}", file=sys.stderr)
     return 2
 
 

@@ -112,7 +112,6 @@ def test_closed_form_equals_the_vjp_path(case, how):
     np.testing.assert_allclose(got, expected, rtol=RTOL, atol=0, err_msg=name)
 
 
-
 def test_closed_form_refuses_an_unregistered_optimizer(x64):
   import optax
   optimizer = optax.inject_hyperparams(optax.adamw)(learning_rate=0.0)
