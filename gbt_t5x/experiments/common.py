@@ -115,6 +115,7 @@ def setup(args: argparse.Namespace, name: str, config: Mapping[str, Any] | None 
   os.environ["GBT_T5X_DEMO_DIR"] = os.path.abspath(
       os.path.join(args.results_dir, f"_demo_world_{size.name}"))
   os.environ["GBT_T5X_DEMO_CONFIG"] = size.world_json()
+  _trust_demo_world()
   from gbt_t5x import gin_utils
   gin_utils.quiet_tensorflow()
   if not args.report_only:
@@ -412,6 +413,15 @@ def use_demo_world(exp: Experiment, **overrides: Any) -> None:
   os.environ["GBT_T5X_DEMO_DIR"] = os.path.abspath(
       os.path.join(exp.results_dir, f"_demo_world_{exp.size.name}{suffix}"))
   os.environ["GBT_T5X_DEMO_CONFIG"] = text
+  _trust_demo_world()
+
+
+def _trust_demo_world() -> None:
+  """The demo world a script's runs read is written once and not changed (its folder and
+  settings name it): datasets are checked and evaluation splits read once per process."""
+  from gbt_t5x.train import data as data_lib
+  data_lib.trust_unchanged_data(
+      f"{os.environ['GBT_T5X_DEMO_DIR']}|{os.environ['GBT_T5X_DEMO_CONFIG']}")
 
 
 def require_record(exp: Experiment, label: str, seed: int) -> RunRecord:

@@ -47,7 +47,7 @@ def teacher_forced(model: Any, params: Any, task: str, split: str, lengths: Mapp
   cfg = _config(task, split, lengths, batch_size, module)
   step = jax.jit(lambda p, b: trainer_lib.eval_step(model, p, b))
   sums: dict[str, float] = {}
-  for i, batch in enumerate(data_lib.get_dataset(cfg).as_numpy_iterator()):
+  for i, batch in enumerate(data_lib.single_pass_batches(cfg)):
     if max_batches is not None and i >= max_batches:
       break
     batch = data_lib.pad_batch(batch, batch_size)
@@ -74,7 +74,7 @@ def greedy_decode_scores(model: Any, params: Any, task: str, split: str,
   predict = jax.jit(lambda p, b: model.predict_batch(p, b))
   predictions, references = [], []
   correct = total = 0
-  for batch in data_lib.get_dataset(cfg).as_numpy_iterator():
+  for batch in data_lib.single_pass_batches(cfg):
     if len(references) >= num_examples:
       break
     batch = data_lib.pad_batch(batch, batch_size)

@@ -9,7 +9,8 @@ Arms (every one per seed, same seed = same initial params and data order):
   four noise-bucket data weights) learned from the clean guide task;
 * `plain, equal compute`: plain with the guided run's cost as extra steps (its measured seconds
   per step / plain's, times the steps; CPU seconds of the training process, `common.StepTime`);
-* `guided: <kind>`: one kind guided at a time (the ablation).
+* `guided: <kind>`: one kind guided at a time (the ablation; `--quick`: LR multiplier and data
+  weights only).
 
 Writes RESULTS_DIR/guided_vs_plain/: report.md, bleu_by_arm.png, bleu_vs_compute.png,
 learned_values.png, experiment.json, records/ (one JSON per finished run) and runs/. Rerunning
@@ -31,18 +32,25 @@ from typing import Sequence
 
 import numpy as np
 
-from gbt_t5x.experiments import common, report
+from gbt_t5x.experiments import common, report, sizes
 
 NAME = "guided_vs_plain"
 ALL_KINDS = ("learning_rate", "b1", "label_smoothing", "data_weights")
 KIND_TITLES = {"learning_rate": "LR multiplier", "b1": "Adam b1",
                "label_smoothing": "label smoothing", "data_weights": "data weights"}
 PLAIN, GUIDED, EQUAL = "plain", "guided (all kinds)", "plain, equal compute"
-ABLATION = {kind: f"guided: {KIND_TITLES[kind]}" for kind in ALL_KINDS}
+QUICK_ABLATION_KINDS = ("learning_rate", "data_weights")  # --quick: a scalar and a vector kind
+
+
+def ablation(size: sizes.Size) -> dict[str, str]:
+  """Kind -> the label of the arm guiding it alone (--quick: two kinds, to keep CI short)."""
+  kinds = QUICK_ABLATION_KINDS if size.quick else ALL_KINDS
+  return {kind: f"guided: {KIND_TITLES[kind]}" for kind in kinds}
 
 
 def run_all(exp: common.Experiment) -> None:
   size = exp.size
+  ablation_arms = ablation(size)
   score = common.translation_scores(exp)
   gin_dir = os.path.join(exp.out, "gin")
   guided_gins = {
@@ -50,20 +58,21 @@ def run_all(exp: common.Experiment) -> None:
                                 ALL_KINDS, exp.meta_lr, size.hyper_step_every),
       **{label: common.guided_gin(os.path.join(gin_dir, f"guided_{kind}.gin"), common.NMT_GIN,
                                   (kind,), exp.meta_lr, size.hyper_step_every)
-         for kind, label in ABLATION.items()}}
+         for kind, label in ablation_arms.items()}}
   for seed in exp.seeds:
     plain = common.run_arm(exp, PLAIN, seed, [common.NMT_GIN], [], score)
     guided = common.run_arm(exp, GUIDED, seed, [guided_gins[GUIDED]], [], score,
                             common.trajectory_extra)
     equal_steps = int(round(common.step_equivalents(guided, common.StepTime.of(plain))))
     common.run_arm(exp, EQUAL, seed, [common.NMT_GIN], [], score, steps=equal_steps)
-    for label in ABLATION.values():
+    for label in ablation_arms.values():
       common.run_arm(exp, label, seed, [guided_gins[label]], [], score, common.trajectory_extra)
 
 
 def write_report(exp: common.Experiment) -> str:
   size = exp.size
-  arms = [PLAIN, GUIDED, EQUAL, *ABLATION.values()]
+  ablation_arms = ablation(size)
+  arms = [PLAIN, GUIDED, EQUAL, *ablation_arms.values()]
   seeds = list(exp.seeds)
   runs = {a: [common.require_record(exp, a, s) for s in seeds] for a in arms}
   plain_sps = {r.seed: common.StepTime.of(r) for r in runs[PLAIN]}
@@ -73,11 +82,12 @@ def write_report(exp: common.Experiment) -> str:
   table = report.arm_table(arms, runs, compute)
   comparisons = [(GUIDED, PLAIN, "guided vs plain, equal steps"),
                  (GUIDED, EQUAL, "guided vs plain, equal compute"),
-                 *[(label, PLAIN, f"{label} vs plain") for label in ABLATION.values()]]
+                 *[(label, PLAIN, f"{label} vs plain") for label in ablation_arms.values()]]
   paired, diffs = report.paired_table(comparisons, runs)
   verdict_of = lambda a, b: report.interval_verdict(diffs[(a, b)]["bleu"], True)
-  helps = [KIND_TITLES[k] for k, label in ABLATION.items() if verdict_of(label, PLAIN) == "better"]
-  hurts = [KIND_TITLES[k] for k, label in ABLATION.items() if verdict_of(label, PLAIN) == "worse"]
+  verdicts_by_kind = {k: verdict_of(label, PLAIN) for k, label in ablation_arms.items()}
+  helps = [KIND_TITLES[k] for k, verdict in verdicts_by_kind.items() if verdict == "better"]
+  hurts = [KIND_TITLES[k] for k, verdict in verdicts_by_kind.items() if verdict == "worse"]
   mean = lambda arm, key: float(np.mean(values(arm, key)))
   ratio = float(np.mean(compute[GUIDED]) / np.mean([r.train_steps for r in runs[GUIDED]]))
   ratios = ", ".join(f"seed {r.seed}: {c / r.train_steps:.2f}"
@@ -89,7 +99,7 @@ def write_report(exp: common.Experiment) -> str:
       f"so plain gets {np.mean([r.train_steps for r in runs[EQUAL]]):.0f} steps): plain "
       f"{mean(EQUAL, 'bleu'):.2f} — {report.paired_summary(diffs[(GUIDED, EQUAL)])}.",
       *[f"- **{label}**: {mean(label, 'bleu'):.2f} — "
-        f"{report.paired_summary(diffs[(label, PLAIN)])}." for label in ABLATION.values()],
+        f"{report.paired_summary(diffs[(label, PLAIN)])}." for label in ablation_arms.values()],
       f"- Guided one kind at a time, test BLEU is better with: {', '.join(helps) or 'none'}; "
       f"worse with: {', '.join(hurts) or 'none'}."])
 

@@ -40,7 +40,7 @@ from gbt_t5x.experiments import common, report
 NAME = "schedule_vs_constant"
 LR_GRID = (0.5, 2.0, 4.0)  # LR multipliers besides the default 1
 LS_GRID = (0.05, 0.1, 0.2)  # label smoothing values besides the default 0
-QUICK_LR_GRID, QUICK_LS_GRID = (2.0,), (0.1,)  # --quick: one point each
+QUICK_LR_GRID, QUICK_LS_GRID = (2.0,), ()  # --quick: one LR point (CI time)
 GUIDED = ("learning_rate", "b1", "label_smoothing")
 UNSEEN_OFFSET = 100
 DEFAULT_ARM, GBT, BEST, REPLAY = ("constant: default", "GBT (guided run)",
@@ -51,12 +51,18 @@ BASE_LR = 0.002  # experiments/demo_nmt.gin
 _LR_BINDING = "learning_rate.create_learning_rate_scheduler.base_learning_rate"
 
 
+def grid_values(quick: bool) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """(LR multipliers, label smoothing values) of the grid besides the default run."""
+  return (QUICK_LR_GRID, QUICK_LS_GRID) if quick else (LR_GRID, LS_GRID)
+
+
 def grid(quick: bool) -> dict[str, list[str]]:
   """Grid arm label -> its bindings."""
+  lr_values, ls_values = grid_values(quick)
   arms = {DEFAULT_ARM: []}
-  for m in QUICK_LR_GRID if quick else LR_GRID:
+  for m in lr_values:
     arms[f"constant: LR multiplier {m:g}"] = [f"{_LR_BINDING} = {BASE_LR * m!r}"]
-  for v in QUICK_LS_GRID if quick else LS_GRID:
+  for v in ls_values:
     arms[f"constant: label smoothing {v:g}"] = [f"LABEL_SMOOTHING = {v!r}"]
   return arms
 
@@ -146,6 +152,7 @@ def write_report(exp: common.Experiment) -> str:
   report.plot_panels(os.path.join(exp.out, "learned_schedules.png"), panels, "step",
                      "schedules learned by GBT (greedy and forward horizon)")
   size = exp.size
+  lr_values, ls_values = grid_values(size.quick)
   return report.write_experiment_report(
       exp.out, "Schedule vs constant", size.quick, [
       verdicts,
@@ -153,9 +160,9 @@ def write_report(exp: common.Experiment) -> str:
       f"{size.world.get('max_target_words', 25)} words, tiny T5 {size.num_layers}+"
       f"{size.num_layers} layers, {size.train_steps} steps of {size.batch_size} packed rows, "
       "AdamW 2e-3 with warmup and linear decay). Grid: LR multiplier "
-      f"{[1.0, *(QUICK_LR_GRID if size.quick else LR_GRID)]} with label smoothing 0, and label "
-      f"smoothing {list(QUICK_LS_GRID if size.quick else LS_GRID)} with "
-      f"multiplier 1; picked by guide-set loss. GBT learns the LR multiplier, b1 and label "
+      f"{[1.0, *lr_values]} with label smoothing 0"
+      + (f", and label smoothing {list(ls_values)} with multiplier 1" if ls_values else "") +
+      f"; picked by guide-set loss. GBT learns the LR multiplier, b1 and label "
       f"smoothing (meta LR {exp.meta_lr:g}, a guided step every {size.hyper_step_every}; "
       f"greedy one-step lookahead, and the forward horizon with mu {FORWARD_MU:g}). The "
       f"unseen seeds are s + {UNSEEN_OFFSET} (other initial params and data order). Seeds "
