@@ -45,17 +45,20 @@ def test_bo_vs_gbt_quick(results_dir):
 @pytest.mark.slow
 def test_pretrain_downstream_quick(results_dir):
   out = results_dir / "pretrain_downstream"
-  run_script("pretrain_downstream.py", results_dir, "--seeds=0")
+  # Two of the three demo GLUE tasks (CI time): each has its own metric.
+  flags = ("--seeds=0", "--downstream=gbt_t5x_tasks.demo_glue:demo_cola,"
+           "gbt_t5x_tasks.demo_glue:demo_mrpc")
+  run_script("pretrain_downstream.py", results_dir, *flags)
   text = (out / "report.md").read_text()
   tables = check_tables(text, "arm")
-  # Pretraining; then per task (cola, mrpc, sst2) its table and paired table; then the average.
-  assert len(tables) == 1 + 2 * 3 + 2
+  # Pretraining; then per task (cola, mrpc) its table and paired table; then the average.
+  assert len(tables) == 1 + 2 * 2 + 2
   pretraining, glue, glue_paired = tables[0], tables[-2], tables[-1]
   arms = ["plain pretraining", "guided pretraining", "plain pretraining, equal compute"]
   assert [r["arm"] for r in pretraining] == arms and [r["arm"] for r in glue] == arms
   # Every demo GLUE task is scored with its own metric; the GLUE-style average is their mean.
   for k, keys in enumerate((("demo_cola/matthews_corrcoef",),
-                            ("demo_mrpc/f1", "demo_mrpc/accuracy"), ("demo_sst2/accuracy",))):
+                            ("demo_mrpc/f1", "demo_mrpc/accuracy"))):
     finetuned, paired = tables[1 + 2 * k], tables[2 + 2 * k]
     assert [r["arm"] for r in finetuned] == arms
     for key in (*keys, "average"):
@@ -63,9 +66,9 @@ def test_pretrain_downstream_quick(results_dir):
     assert [r["comparison"] for r in paired] == ["guided vs plain pretraining, equal steps",
                                                  "guided vs plain pretraining, equal compute"]
   for i, arm in enumerate(arms):
-    task_means = [report.parse_mean_std(tables[1 + 2 * k][i]["average"])[0] for k in range(3)]
+    task_means = [report.parse_mean_std(tables[1 + 2 * k][i]["average"])[0] for k in range(2)]
     glue_mean = report.parse_mean_std(glue[i]["GLUE-style average"])[0]
-    assert abs(glue_mean - sum(task_means) / 3) <= 0.01, (arm, glue_mean, task_means)
+    assert abs(glue_mean - sum(task_means) / 2) <= 0.01, (arm, glue_mean, task_means)
   assert [r["comparison"] for r in glue_paired] == ["guided vs plain pretraining, equal steps",
                                                     "guided vs plain pretraining, equal compute"]
   # The equal-compute pretraining gets the guided run's measured cost as extra steps.
@@ -77,7 +80,7 @@ def test_pretrain_downstream_quick(results_dir):
       guided["train_steps"] * ratio)
   # Each of the three checkpoints is finetuned on each task the same number of steps.
   finetunes = [r for label, r in records.items() if label.startswith("finetune ")]
-  assert len(finetunes) == 9 and len({r["train_steps"] for r in finetunes}) == 1
+  assert len(finetunes) == 6 and len({r["train_steps"] for r in finetunes}) == 1
   assert "learnable at this size" in text
   for png in ("downstream.png", "learned_values.png"):
     assert (out / png).stat().st_size > 1000
@@ -93,8 +96,7 @@ def test_pretrain_downstream_quick(results_dir):
   by_label = {json.loads(text)["label"]: name for name, text in before.items()}
   lost = {by_label["finetune plain pretraining -> demo_cola"],
           by_label["finetune guided pretraining -> demo_mrpc"]}
-  redone = lost | {by_label[f"finetune guided pretraining -> {task}"]
-                   for task in ("demo_cola", "demo_sst2")}
+  redone = lost | {by_label["finetune guided pretraining -> demo_cola"]}
   rescored = by_label["guided pretraining"]
   shutil.rmtree(out / "runs" / "guided_pretraining__seed0")
   for name in lost:
@@ -102,7 +104,7 @@ def test_pretrain_downstream_quick(results_dir):
   tampered = json.loads(before[rescored])
   tampered["scores"]["dev_loss"] += 1.0
   (out / "records" / rescored).write_text(json.dumps(tampered))
-  run_script("pretrain_downstream.py", results_dir, "--seeds=0", timeout=900)
+  run_script("pretrain_downstream.py", results_dir, *flags, timeout=900)
   after = snapshot(out / "records")
   assert set(after) == set(before)
   assert {k: v for k, v in after.items() if k not in redone | {rescored}} == {
