@@ -120,7 +120,9 @@ def setup(args: argparse.Namespace, name: str, config: Mapping[str, Any] | None 
   gin_utils.quiet_tensorflow()
   if not args.report_only:
     from gbt_t5x.experiments import runner
-    runner.enable_compilation_cache(os.path.join(args.results_dir, "_jax_cache"))
+    # A cache the caller names wins (the test suite shares one among all its experiment runs).
+    runner.enable_compilation_cache(os.environ.get("JAX_COMPILATION_CACHE_DIR")
+                                    or os.path.join(args.results_dir, "_jax_cache"))
   return Experiment(name, size, out, seeds, store, meta_lr, bool(args.report_only),
                     args.results_dir)
 
