@@ -236,14 +236,14 @@ def first_batch_or_error(cfg: DatasetConfig) -> dict[str, np.ndarray]:
   """Reads one local batch, raising a one-line ValueError when the split yields no examples or
   its first batch cannot be parsed (e.g. a truncated TSV line). Under `trust_unchanged_data`
   each configuration is read once per data version."""
-  key = _trusted_key(cfg, "first batch")
-  if key is not None and key in _trusted_reads:
-    return _trusted_reads[key]
+  key = _trusted_key(cfg)
+  if key is not None and key in _checked_first_batches:
+    return _checked_first_batches[key]
   ds = get_dataset(dataclasses.replace(cfg, num_epochs=1))
   try:
     for batch in ds.take(1).as_numpy_iterator():
       if key is not None:
-        _trusted_reads[key] = _read_only(batch)
+        _checked_first_batches[key] = _read_only(batch)
       return batch
   except tf.errors.OpError as e:
     raise ValueError(_bad_data_message(cfg, e, 0)) from None
@@ -257,13 +257,13 @@ def single_pass_batches(cfg: DatasetConfig) -> Iterator[dict[str, np.ndarray]]:
   if cfg.shuffle or cfg.num_epochs != 1:
     raise ValueError(f"single_pass_batches needs shuffle=False and num_epochs=1, got shuffle="
                      f"{cfg.shuffle} num_epochs={cfg.num_epochs}")
-  key = _trusted_key(cfg, "single pass")
+  key = _trusted_key(cfg)
   if key is None:
     yield from get_dataset(cfg).as_numpy_iterator()
     return
-  if key not in _trusted_reads:
-    _trusted_reads[key] = (get_dataset(cfg).as_numpy_iterator(), [])
-  iterator, read = _trusted_reads[key]
+  if key not in _single_pass_reads:
+    _single_pass_reads[key] = (get_dataset(cfg).as_numpy_iterator(), [])
+  iterator, read = _single_pass_reads[key]
   for i in itertools.count():
     if i == len(read):
       try:
@@ -276,7 +276,11 @@ def single_pass_batches(cfg: DatasetConfig) -> Iterator[dict[str, np.ndarray]]:
 # Experiment scripts train and score many runs in one process on data written once before the
 # first run; there the same configuration need not be read again (`trust_unchanged_data`).
 _trusted_version: str | None = None
-_trusted_reads: dict[tuple[Any, ...], Any] = {}
+# (data version, configuration) -> its first batch, checked.
+_checked_first_batches: dict[tuple[Any, ...], dict[str, np.ndarray]] = {}
+# (data version, configuration) -> (its numpy iterator, the batches read from it so far).
+_single_pass_reads: dict[tuple[Any, ...],
+                         tuple[Iterator[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]] = {}
 
 
 def trust_unchanged_data(version: str | None) -> None:
@@ -290,16 +294,18 @@ def trust_unchanged_data(version: str | None) -> None:
   global _trusted_version
   _trusted_version = version
   if version is None:
-    _trusted_reads.clear()
+    _checked_first_batches.clear()
+    _single_pass_reads.clear()
 
 
-def _trusted_key(cfg: DatasetConfig, what: str) -> tuple[Any, ...] | None:
+def _trusted_key(cfg: DatasetConfig) -> tuple[Any, ...] | None:
+  """(data version, every field of `cfg`, this process's shard), or None when not trusted."""
   if _trusted_version is None:
     return None
-  return (what, _trusted_version, cfg.mixture_or_task_name,
-          tuple(sorted(cfg.task_feature_lengths.items())), cfg.split, cfg.batch_size,
-          cfg.shuffle, cfg.seed, cfg.use_cached, cfg.pack, cfg.module, cfg.data_id_feature,
-          cfg.num_epochs, jax.process_index(), jax.process_count())
+  fields = dataclasses.asdict(cfg)
+  fields["task_feature_lengths"] = tuple(sorted(cfg.task_feature_lengths.items()))
+  return (_trusted_version, tuple(sorted(fields.items())), jax.process_index(),
+          jax.process_count())
 
 
 def _read_only(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
