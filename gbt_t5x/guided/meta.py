@@ -62,7 +62,7 @@ def _scale_by_name(scales: Mapping[str, float]) -> optax.GradientTransformation:
 def make_meta_optimizer(learning_rate: float | optax.Schedule,
                         specs: Sequence[specs_lib.GuidedHParam],
                         clip_norm: float | None = None, b1: float = 0.9,
-                        b2: float = 0.999) -> optax.GradientTransformation:
+                        b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
   """Adam on the raw values, per-name scaled by `meta_lr_scale`, optionally norm-clipped.
 
   Args:
@@ -71,13 +71,18 @@ def make_meta_optimizer(learning_rate: float | optax.Schedule,
     specs: the guided hyper-parameters (for the per-name scales).
     clip_norm: if set, hypergradients are clipped to this global norm before Adam.
     b1, b2: Adam decay rates of the meta optimizer.
+    eps: Adam's epsilon, in hypergradient units. Adam normalises each step to about
+      `learning_rate` whatever the hypergradient's size; a hypergradient much smaller than `eps`
+      moves its value by only `learning_rate * |g| / eps` instead.
   """
   if clip_norm is not None and not clip_norm > 0:
     raise ValueError(f"meta clip_norm must be > 0 or None, got {clip_norm}")
   parts = []
   if clip_norm is not None:
     parts.append(optax.clip_by_global_norm(clip_norm))
-  parts.append(optax.adam(learning_rate, b1=b1, b2=b2))
+  if not eps > 0:
+    raise ValueError(f"meta eps must be > 0, got {eps}")
+  parts.append(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps))
   parts.append(_scale_by_name({s.name: float(s.meta_lr_scale) for s in specs}))
   return optax.chain(*parts)
 

@@ -65,6 +65,8 @@ class GuidedTrainer(Trainer):
     hyper_step_every: a guided step every k model steps (1: every step).
     meta_learning_rate: Adam learning rate of the meta optimizer (on raw values).
     meta_clip_norm: optional global-norm clip of hypergradients.
+    meta_eps: the meta optimizer's Adam epsilon (hypergradient units; see
+      `meta.make_meta_optimizer`).
     fixed_guide_batch: reuse one guide batch for the whole run (the reference implementation's
       behaviour, for parity); default rotates through the repeated guide set.
     recompute_tangent: with loss-side hyper-parameters (label smoothing, data weights), trade one
@@ -85,7 +87,8 @@ class GuidedTrainer(Trainer):
                guided_hparams: Sequence[specs_lib.GuidedHParam] = (),
                guide_dataset_cfg: data_lib.DatasetConfig | None = None,
                hyper_step_every: int = 1, meta_learning_rate: float = 3e-3,
-               meta_clip_norm: float | None = None, fixed_guide_batch: bool = False,
+               meta_clip_norm: float | None = None, meta_eps: float = 1e-8,
+               fixed_guide_batch: bool = False,
                recompute_tangent: bool = False, horizon: str = "greedy", mu: float = 1.0,
                optimizer_derivative: str = hypergrad.VJP, **kwargs: Any):
     super().__init__(model, train_state, partitioner, eval_names, summary_dir, train_state_axes,
@@ -111,7 +114,8 @@ class GuidedTrainer(Trainer):
     self.optimizer_derivative = optimizer_derivative
     hypergrad.closed_form_for(self.optimizer, optimizer_derivative)  # bad mode: one-line error
     self.meta_optimizer = meta_lib.make_meta_optimizer(meta_learning_rate, self.specs,
-                                                       clip_norm=meta_clip_norm)
+                                                       clip_norm=meta_clip_norm,
+                                                       eps=meta_eps)
     for spec in self.specs:
       if spec.name == "learning_rate" and spec.groups:
         self._lr_group_ids = hypergrad.param_group_ids(train_state.params, spec.groups)

@@ -141,6 +141,18 @@ def test_meta_lr_scale_is_a_per_name_learning_rate():
   assert moved["eps"] == pytest.approx(-0.025, rel=1e-4)
 
 
+def test_eps_damps_the_step_of_a_hypergradient_below_it():
+  specs = (GuidedHParam("b1", 0.5, "sigmoid"), GuidedHParam("b2", 0.5, "sigmoid"))
+  optimizer = meta_lib.make_meta_optimizer(0.01, specs, eps=1e-3)
+  state = meta_lib.init_guided_state(specs, optimizer)
+  new, _ = meta_lib.apply_hypergradient(
+      state, {"b1": jnp.asarray(1e-5), "b2": jnp.asarray(1.0)}, specs, optimizer)
+  # Adam's first step: -lr * g / (|g| + eps).
+  assert float(state.raw["b1"] - new.raw["b1"]) == pytest.approx(0.01 * 1e-5 / (1e-5 + 1e-3),
+                                                                 rel=1e-3)
+  assert float(state.raw["b2"] - new.raw["b2"]) == pytest.approx(0.01 / (1 + 1e-3), rel=1e-4)
+
+
 def test_clip_norm_clips_hypergradients_before_adam():
   specs = (GuidedHParam("b1", 0.5, "sigmoid"), GuidedHParam("b2", 0.5, "sigmoid"))
   clipped = meta_lib.make_meta_optimizer(0.01, specs, clip_norm=1.0)
@@ -175,3 +187,5 @@ def test_initial_state_and_errors():
     meta_lib.apply_hypergradient(state, {"b2": jnp.asarray(1.0)}, BOUNDED, optimizer)
   with pytest.raises(ValueError, match="clip_norm must be > 0"):
     meta_lib.make_meta_optimizer(0.1, BOUNDED, clip_norm=0.0)
+  with pytest.raises(ValueError, match="meta eps must be > 0"):
+    meta_lib.make_meta_optimizer(0.1, BOUNDED, eps=0.0)
