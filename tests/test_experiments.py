@@ -6,13 +6,17 @@ bad flags are one-line errors that touch nothing. (The searches and pretraining 
 workers.)"""
 from __future__ import annotations
 
+import importlib.util
 import json
+import pathlib
 import shutil
 
 import pytest
 
-from tests.experiment_helpers import (assert_rerun_skips_finished_runs, check_tables, run_script,
-                                      snapshot)
+from gbt_t5x.experiments import records as records_lib
+from gbt_t5x.experiments import sizes
+from tests.experiment_helpers import (SCRIPTS, assert_rerun_skips_finished_runs, check_tables,
+                                      run_script, snapshot)
 
 
 @pytest.mark.slow
@@ -63,6 +67,18 @@ def test_guided_vs_plain_quick_skips_finished_runs_and_resumes(results_dir):
   assert (out / "report.md").read_text() == report_text
 
 
+def write_records_of_another_meta_lr(out) -> None:
+  """A guided_vs_plain --quick folder as a run with --meta_lr=0.25 leaves it (its configuration
+  as `common.setup` writes it, and one record)."""
+  spec = importlib.util.spec_from_file_location("guided_vs_plain", SCRIPTS / "guided_vs_plain.py")
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  store = records_lib.RunStore(str(out), {"experiment": "guided_vs_plain",
+                                          "size": sizes.QUICK.as_json(), "meta_lr": 0.25,
+                                          "kinds": list(script.ALL_KINDS)})
+  (pathlib.Path(store.records_dir) / "plain__seed0.json").write_text('{"label": "plain"}')
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("flags, message", [
     (["--seeds="], "--seeds must be a comma-separated list"),
@@ -70,10 +86,12 @@ def test_guided_vs_plain_quick_skips_finished_runs_and_resumes(results_dir):
     (["--seeds=0", "--meta_lr=0.5"], "holds records of another configuration (differs in "
                                      "meta_lr)"),
 ])
-def test_bad_flags_are_one_line_errors_and_touch_nothing(results_dir, flags, message):
-  out = results_dir / "guided_vs_plain"
+def test_bad_flags_are_one_line_errors_and_touch_nothing(tmp_path, flags, message):
+  out = tmp_path / "guided_vs_plain"
+  if any(f.startswith("--meta_lr") for f in flags):
+    write_records_of_another_meta_lr(out)
   before = snapshot(out) if out.exists() else {}
-  proc = run_script("guided_vs_plain.py", results_dir, *flags, check=False, timeout=120)
+  proc = run_script("guided_vs_plain.py", tmp_path, *flags, check=False, timeout=120)
   assert proc.returncode == 2
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and message in lines[0], proc.stderr
