@@ -4,13 +4,17 @@ skips finished runs and redoes only what lost its record or checkpoint."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
 from gbt_t5x.experiments import report
-from tests.experiment_helpers import (assert_rerun_skips_finished_runs, check_tables, run_script,
-                                      snapshot)
+from tests.experiment_helpers import (REPO, SCRIPTS, assert_rerun_skips_finished_runs,
+                                      check_tables, run_script, snapshot)
 
 
 @pytest.mark.slow
@@ -22,12 +26,11 @@ def test_bo_vs_gbt_quick(results_dir):
   assert len(tables) == 4  # a result table and a paired table per space
   methods = ["plain (demo defaults)", "GBT (1 guided run)", "BO at GBT's compute",
              "BO after 2 trials"]
-  # d = 1 also has the long-horizon GBT run (forward mode is priced per guided scalar).
-  assert [row["method"] for row in tables[0]] == methods + ["GBT, forward horizon (mu 0.99)"]
+  # (--quick runs no long-horizon GBT run: see the next test for its report.)
+  assert [row["method"] for row in tables[0]] == methods
   assert [row["method"] for row in tables[2]] == methods
   assert [row["comparison"] for row in tables[1]][2:] == [
-      "GBT vs the defaults it starts from", "BO after 2 trials vs the defaults",
-      "GBT forward horizon vs greedy"]
+      "GBT vs the defaults it starts from", "BO after 2 trials vs the defaults"]
   # The defaults' plain run is one per seed, shared by every space's table (its compute is in
   # units of that space's median BO trial).
   same = lambda row: {k: v for k, v in row.items() if k != "compute (plain steps)"}  # noqa: E731
@@ -40,6 +43,30 @@ def test_bo_vs_gbt_quick(results_dir):
   assert set(trial["extra"]["params"]) >= {f"data_weight_{i}" for i in range(4)}
   assert (out / "bleu_vs_compute.png").stat().st_size > 1000
   assert_rerun_skips_finished_runs("bo_vs_gbt.py", results_dir, "--seeds=0", "--spaces=d=1,d=10")
+
+
+def test_bo_vs_gbt_report_of_the_committed_default_records(tmp_path):
+  """The forward-horizon rows (not run by --quick) rebuilt by --report_only from the default
+  size's committed d = 1 records: its mean test BLEU is the records' mean."""
+  committed = REPO / "docs" / "results" / "bo_vs_gbt"
+  out = tmp_path / "bo_vs_gbt"
+  out.mkdir()
+  shutil.copy(committed / "experiment.json", out)
+  shutil.copytree(committed / "records", out / "records")
+  proc = subprocess.run([sys.executable, str(SCRIPTS / "bo_vs_gbt.py"), f"--results_dir={tmp_path}",
+                         "--spaces=d=1", "--report_only"], cwd=REPO, capture_output=True,
+                        text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  tables = report.parse_tables((out / "report.md").read_text())
+  rows = {row["method"]: row for row in tables[0]}
+  forward = rows["GBT, forward horizon (mu 0.99)"]
+  bleus = [json.loads(p.read_text())["scores"]["bleu"]
+           for p in sorted((out / "records").glob("GBT_d_1_forward_mu_0.99__seed*.json"))]
+  assert len(bleus) == 3
+  mean, std = report.parse_mean_std(forward["test BLEU"])
+  assert mean == pytest.approx(np.mean(bleus), abs=0.006)
+  assert std > 0
+  assert [row["comparison"] for row in tables[1]][-1] == "GBT forward horizon vs greedy"
 
 
 @pytest.mark.slow

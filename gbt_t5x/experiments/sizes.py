@@ -111,7 +111,7 @@ def get_size(quick: bool) -> Size:
 def run_bindings(size: Size, seed: int, model_dir: str, steps: int | None = None) -> list[str]:
   """Gin bindings of every run of an experiment on top of its gin files: model depth, steps,
   batch, packing, seed, lengths; a checkpoint every quarter of the run (so an interrupted run
-  resumes); no periodic evals (scores are computed after training, `scoring`). `steps` overrides
+  resumes; --quick: every half, CI time); no periodic evals (scores are computed after training, `scoring`). `steps` overrides
   `size.train_steps` (the demo's LR decays to 0 at the run's last step, whatever its length)."""
   steps = size.train_steps if steps is None else int(steps)
   return [
@@ -120,7 +120,7 @@ def run_bindings(size: Size, seed: int, model_dir: str, steps: int | None = None
       f"BATCH_SIZE = {size.batch_size}",
       f"TASK_FEATURE_LENGTHS = {dict(size.lengths)!r}",
       f"PACK = {size.pack}",
-      f"EVAL_PERIOD = {max(1, steps // 4)}",
+      f"EVAL_PERIOD = {max(1, steps // (2 if size.quick else 4))}",
       "EVAL_STEPS = 1",
       f"LOG_EVERY = {max(1, steps // 20)}",
       f"RANDOM_SEED = {seed}",

@@ -348,7 +348,7 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
                f"loss {r.get('loss', float('nan')):.4f} accuracy {r.get('accuracy', float('nan')):.4f}")
       return {f"train_eval/{k}": v for k, v in r.items()}
 
-    last_plot_time = -float("inf")
+    last_plot_time = time.monotonic()  # The first plot after PLOT_MIN_INTERVAL_S, or at the end.
     with preemption.PreemptionGuard(sync_every=log_every) as guard:
       while step < total_steps:
         next_stop = min(total_steps, (step // eval_period + 1) * eval_period)
@@ -445,8 +445,9 @@ def _infer_eval_and_best(model: Any, cfg: data_lib.DatasetConfig | None,
   return hook, eval_hooks.BestCheckpointKeeper(model_dir, best_metric, best_mode)
 
 
-# The PNG plots are redrawn after an eval at most this often (seconds), and always at the end:
-# drawing takes ~0.5 s, which short runs with frequent evals would otherwise pay at every eval.
+# The PNG plots are drawn after an eval once this many seconds (of this process) have passed since
+# the last drawing or the start of training, and always at the end: drawing takes ~0.5 s, which
+# short runs with frequent evals would otherwise pay at every eval.
 PLOT_MIN_INTERVAL_S = 60.0
 LOSS_CURVE_KEYS = ("train/loss", "train_eval/loss", "train/accuracy", "train_eval/accuracy")
 

@@ -57,7 +57,8 @@ DEFAULT_ROW = "plain (demo defaults)"
 # tangent of the params and optimizer state per guided scalar through every model step, so its
 # cost grows with d (about d times a plain step's tangent work) -- affordable for d = 1.
 FORWARD_MU = 0.99
-FORWARD_SPACES = ("d=1",)
+FORWARD_SPACES = ("d=1",)  # (--quick: none, for CI time; its report is tested on the default
+                           # size's committed records)
 FORWARD_ROW = f"GBT, forward horizon (mu {FORWARD_MU:g})"
 
 
@@ -72,6 +73,11 @@ def gbt_label(space: str, forward: bool = False) -> str:
   return f"GBT {space}" + (f" forward mu {FORWARD_MU:g}" if forward else "")
 
 
+def forward_spaces(size) -> tuple[str, ...]:
+  """The spaces with a forward-horizon GBT run at this size."""
+  return () if size.quick else FORWARD_SPACES
+
+
 def run_all(exp: common.Experiment, spaces: Sequence[str], num_trials: int) -> None:
   score = common.translation_scores(exp)
   for seed in exp.seeds:
@@ -83,7 +89,7 @@ def run_all(exp: common.Experiment, spaces: Sequence[str], num_trials: int) -> N
                             common.NMT_GIN, SPACES[space][1], exp.meta_lr,
                             exp.size.hyper_step_every)
     forward_gin = None
-    if space in FORWARD_SPACES:
+    if space in forward_spaces(exp.size):
       forward_gin = common.guided_gin(
           os.path.join(exp.out, "gin", f"gbt_{space.replace('=', '')}_forward.gin"),
           common.NMT_GIN, SPACES[space][1], exp.meta_lr, exp.size.hyper_step_every,
@@ -113,7 +119,7 @@ def write_report(exp: common.Experiment, spaces: Sequence[str], num_trials: int)
     gbt_runs = [g for g, _ in gbt]
     gbt_compute = [c for _, c in gbt]
     forward = []
-    if space in FORWARD_SPACES:
+    if space in forward_spaces(exp.size):
       for seed in seeds:
         f = common.require_record(exp, gbt_label(space, forward=True), seed)
         forward.append((f, common.step_equivalents(f, plain_sps_of[seed])))
@@ -186,7 +192,7 @@ def write_report(exp: common.Experiment, spaces: Sequence[str], num_trials: int)
       f"tiny T5 {size.num_layers}+{size.num_layers} layers, the demo's defaults as the start of "
       f"both methods). GBT: one guided run per space (meta LR {exp.meta_lr:g}, a guided step every "
       f"{size.hyper_step_every}; greedy one-step lookahead, plus the forward horizon with mu "
-      f"{FORWARD_MU:g} in {list(FORWARD_SPACES)}: its cost grows with the number of guided "
+      f"{FORWARD_MU:g} in {list(forward_spaces(size))}: its cost grows with the number of guided "
       f"scalars); BO: optuna TPE, {num_trials} plain trials per space and seed, "
       "scored by guide-set loss; the GP sampler needs torch (not installed), so it does not run. "
       "Compute in plain train-step equivalents (a run's steps × its seconds per step ÷ the "
