@@ -111,8 +111,9 @@ def get_size(quick: bool) -> Size:
 def run_bindings(size: Size, seed: int, model_dir: str, steps: int | None = None) -> list[str]:
   """Gin bindings of every run of an experiment on top of its gin files: model depth, steps,
   batch, packing, seed, lengths; a checkpoint every quarter of the run (so an interrupted run
-  resumes; --quick: every half, CI time); no periodic evals (scores are computed after training, `scoring`). `steps` overrides
-  `size.train_steps` (the demo's LR decays to 0 at the run's last step, whatever its length)."""
+  resumes; --quick: every half, for CI time); no periodic evals (scores are computed after
+  training, `scoring`). `steps` overrides `size.train_steps` (the demo's LR decays to 0 at the
+  run's last step, whatever its length)."""
   steps = size.train_steps if steps is None else int(steps)
   return [
       f"MODEL_DIR = {model_dir!r}",

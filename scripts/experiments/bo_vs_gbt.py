@@ -38,7 +38,7 @@ from typing import Sequence
 
 import numpy as np
 
-from gbt_t5x.experiments import bo, common, report
+from gbt_t5x.experiments import bo, common, report, sizes
 
 NAME = "bo_vs_gbt"
 _D6 = ("lr_multiplier=0.1:10:log,b1=0.5:0.99,b2=0.9:0.9999,eps=1e-10:1e-6:log,"
@@ -73,7 +73,7 @@ def gbt_label(space: str, forward: bool = False) -> str:
   return f"GBT {space}" + (f" forward mu {FORWARD_MU:g}" if forward else "")
 
 
-def forward_spaces(size) -> tuple[str, ...]:
+def forward_spaces(size: sizes.Size) -> tuple[str, ...]:
   """The spaces with a forward-horizon GBT run at this size."""
   return () if size.quick else FORWARD_SPACES
 
@@ -211,7 +211,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   unknown = [s for s in spaces if s not in SPACES]
   if unknown or not spaces:
     raise ValueError(f"--spaces must list some of {list(SPACES)}, got {args.spaces!r}")
-  from gbt_t5x.experiments import sizes
   exp_trials = args.bo_trials if args.bo_trials is not None else sizes.get_size(
       args.quick).bo_trials
   if exp_trials < 1:
