@@ -40,6 +40,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import optuna
 
+from gbt_t5x import errors
 from gbt_t5x.experiments import search_space
 
 STUDY_NAME = "gbt_t5x_search"
@@ -166,7 +167,15 @@ def run_search(study: optuna.Study, space: Sequence[search_space.Param], num_tri
       if trial.should_prune():
         raise optuna.TrialPruned(f"pruned at step {step} (eval loss {value:.4f})")
 
-    score, attrs = objective(TrialContext(trial=trial, values=values, report=report))
+    try:
+      score, attrs = objective(TrialContext(trial=trial, values=values, report=report))
+    except errors.Preempted:
+      # Stopped gracefully (SIGTERM / SIGINT): the trial fails like a killed one, and like a
+      # killed one its parameters run again first when the search resumes.
+      trial.set_user_attr("interrupted", True)
+      study.enqueue_trial(dict(trial.params), user_attrs={"rerun_of": trial.number},
+                          skip_if_exists=False)
+      raise
     for key, value in attrs.items():
       trial.set_user_attr(key, value)
     if not math.isfinite(score):

@@ -7,7 +7,7 @@ import os
 import optuna
 import pytest
 
-from gbt_t5x import search
+from gbt_t5x import errors, search
 from gbt_t5x.experiments import search_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -210,3 +210,24 @@ def test_noisy_data_weight_is_one_weight_for_the_three_noisy_buckets():
   assert search_space.gin_files(["noisy_data_weight"]) == [search_space.DATA_WEIGHTS_GIN]
   with pytest.raises(ValueError, match="either noisy_data_weight or data_weight_1..3"):
     search_space.parse_space("noisy_data_weight=0.01:1:log,data_weight_2=0.01:1:log")
+
+
+def test_preempted_trial_runs_again_first_when_the_search_resumes(tmp_path):
+  space = search_space.parse_space("b1=0.5:0.99")
+  study = search.open_study(str(tmp_path), space, "tpe", seed=0)
+  search.run_search(study, space, 1, StubObjective(), print_fn=lambda _l: None)
+  stopped: list[float] = []
+
+  def preempted(ctx: search.TrialContext):
+    stopped.append(ctx.values["b1"])
+    raise errors.Preempted(3, "SIGTERM")
+
+  with pytest.raises(errors.Preempted):
+    search.run_search(study, space, 2, preempted, print_fn=lambda _l: None)
+  resumed = StubObjective()
+  search.run_search(search.open_study(str(tmp_path), space, "tpe", seed=0), space, 2, resumed,
+                    print_fn=lambda _l: None)
+  assert resumed.calls == [{"b1": stopped[0]}]
+  states = [t.state for t in study.trials]
+  assert states.count(optuna.trial.TrialState.FAIL) == 1
+  assert states.count(optuna.trial.TrialState.COMPLETE) == 2
