@@ -128,11 +128,15 @@ def requeue_interrupted(study: optuna.Study) -> list[int]:
     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
     storage.set_trial_user_attr(trial_id, "interrupted", True)
     storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
-    if trial.params:
-      study.enqueue_trial(dict(trial.params), user_attrs={"rerun_of": trial.number},
-                          skip_if_exists=False)
+    _queue_again(study, trial.params, trial.number)
     numbers.append(trial.number)
   return numbers
+
+
+def _queue_again(study: optuna.Study, params: Mapping[str, float], number: int) -> None:
+  """Queues the parameters of interrupted trial `number` to run first when the search goes on."""
+  if params:
+    study.enqueue_trial(dict(params), user_attrs={"rerun_of": number}, skip_if_exists=False)
 
 
 def complete_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -173,8 +177,7 @@ def run_search(study: optuna.Study, space: Sequence[search_space.Param], num_tri
       # Stopped gracefully (SIGTERM / SIGINT): the trial fails like a killed one, and like a
       # killed one its parameters run again first when the search resumes.
       trial.set_user_attr("interrupted", True)
-      study.enqueue_trial(dict(trial.params), user_attrs={"rerun_of": trial.number},
-                          skip_if_exists=False)
+      _queue_again(study, trial.params, trial.number)
       raise
     for key, value in attrs.items():
       trial.set_user_attr(key, value)

@@ -15,9 +15,9 @@ SCRIPTS = REPO / "scripts" / "experiments"
 
 
 def run_script(script: str, results_dir: pathlib.Path, *flags: str, check: bool = True,
-               timeout: int = 900) -> subprocess.CompletedProcess:
+               timeout: int = 900, quick: bool = True) -> subprocess.CompletedProcess:
   env = dict(os.environ, PYTHONPATH=str(REPO))
-  proc = subprocess.run([sys.executable, str(SCRIPTS / script), "--quick",
+  proc = subprocess.run([sys.executable, str(SCRIPTS / script), *(["--quick"] if quick else []),
                          f"--results_dir={results_dir}", *flags], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=timeout)
   if check:

@@ -13,8 +13,8 @@ import shutil
 
 import pytest
 
+from gbt_t5x.experiments import common, sizes
 from gbt_t5x.experiments import records as records_lib
-from gbt_t5x.experiments import sizes
 from tests.experiment_helpers import (SCRIPTS, assert_rerun_skips_finished_runs, check_tables,
                                       run_script, snapshot)
 
@@ -73,9 +73,8 @@ def write_records_of_another_meta_lr(out) -> None:
   spec = importlib.util.spec_from_file_location("guided_vs_plain", SCRIPTS / "guided_vs_plain.py")
   script = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(script)
-  store = records_lib.RunStore(str(out), {"experiment": "guided_vs_plain",
-                                          "size": sizes.QUICK.as_json(), "meta_lr": 0.25,
-                                          "kinds": list(script.ALL_KINDS)})
+  store = records_lib.RunStore(str(out), common.experiment_config(
+      "guided_vs_plain", sizes.QUICK, 0.25, {"kinds": list(script.ALL_KINDS)}))
   (pathlib.Path(store.records_dir) / "plain__seed0.json").write_text('{"label": "plain"}')
 
 

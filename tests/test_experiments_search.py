@@ -4,17 +4,14 @@ skips finished runs and redoes only what lost its record or checkpoint."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from gbt_t5x.experiments import report
-from tests.experiment_helpers import (REPO, SCRIPTS, assert_rerun_skips_finished_runs,
-                                      check_tables, run_script, snapshot)
+from tests.experiment_helpers import (REPO, assert_rerun_skips_finished_runs, check_tables,
+                                      run_script, snapshot)
 
 
 @pytest.mark.slow
@@ -53,10 +50,7 @@ def test_bo_vs_gbt_report_of_the_committed_default_records(tmp_path):
   out.mkdir()
   shutil.copy(committed / "experiment.json", out)
   shutil.copytree(committed / "records", out / "records")
-  proc = subprocess.run([sys.executable, str(SCRIPTS / "bo_vs_gbt.py"), f"--results_dir={tmp_path}",
-                         "--spaces=d=1", "--report_only"], cwd=REPO, capture_output=True,
-                        text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  run_script("bo_vs_gbt.py", tmp_path, "--spaces=d=1", "--report_only", timeout=300, quick=False)
   tables = report.parse_tables((out / "report.md").read_text())
   rows = {row["method"]: row for row in tables[0]}
   forward = rows["GBT, forward horizon (mu 0.99)"]

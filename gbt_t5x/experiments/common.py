@@ -101,8 +101,7 @@ def setup(args: argparse.Namespace, name: str, config: Mapping[str, Any] | None 
   out = os.path.join(args.results_dir, name)
   if args.fresh and not args.report_only:
     shutil.rmtree(out, ignore_errors=True)
-  full_config = {"experiment": name, "size": size.as_json(), "meta_lr": meta_lr,
-                 **dict(config or {})}
+  full_config = experiment_config(name, size, meta_lr, config)
   if args.report_only:
     store = records_lib.load_store(out)
     if store.config != json.loads(json.dumps(full_config, sort_keys=True)):
@@ -125,6 +124,13 @@ def setup(args: argparse.Namespace, name: str, config: Mapping[str, Any] | None 
                                     or os.path.join(args.results_dir, "_jax_cache"))
   return Experiment(name, size, out, seeds, store, meta_lr, bool(args.report_only),
                     args.results_dir)
+
+
+def experiment_config(name: str, size: sizes_lib.Size, meta_lr: float,
+                      config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """What keys an experiment's records (`experiment.json`): its name, size, meta learning rate
+  and the script's own settings `config`."""
+  return {"experiment": name, "size": size.as_json(), "meta_lr": meta_lr, **dict(config or {})}
 
 
 def main_with_one_line_errors(main: Callable[[Sequence[str] | None], int]) -> int:
