@@ -133,3 +133,17 @@ def test_script_errors_are_one_line(capsys, error, line, status):
     raise error
   assert common.main_with_one_line_errors(main) == status
   assert capsys.readouterr().err == line + "\n"
+
+
+@pytest.mark.parametrize("name", ["bo_vs_gbt", "guided_vs_plain", "noisy_data",
+                                  "pretrain_downstream", "schedule_vs_constant", "short_horizon"])
+def test_default_size_still_keys_the_committed_records(name):
+  """A field added to `Size` must not change the default size's key: the committed records
+  would then be refused as another configuration's (its optional fields at their default are
+  left out of `as_json`)."""
+  from gbt_t5x.experiments import sizes
+  committed = os.path.join(os.path.dirname(__file__), "..", "docs", "results", name,
+                           "experiment.json")
+  with open(committed) as f:
+    assert json.load(f)["size"] == sizes.DEFAULT.as_json()
+  assert "downstream_world" in sizes.QUICK.as_json()

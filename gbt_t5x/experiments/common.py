@@ -111,10 +111,8 @@ def setup(args: argparse.Namespace, name: str, config: Mapping[str, Any] | None 
     store = records_lib.RunStore(out, full_config)
   if not (args.verbose or console.is_verbose()):
     console.import_tensorflow_quietly()  # The flags are fine: now load the libraries.
-  os.environ["GBT_T5X_DEMO_DIR"] = os.path.abspath(
-      os.path.join(args.results_dir, f"_demo_world_{size.name}"))
-  os.environ["GBT_T5X_DEMO_CONFIG"] = size.world_json()
-  _trust_demo_world()
+  _point_at_demo_world(os.path.join(args.results_dir, f"_demo_world_{size.name}"),
+                       size.world_json(), size.downstream_json())
   from gbt_t5x import gin_utils
   gin_utils.quiet_tensorflow()
   if not args.report_only:
@@ -418,18 +416,25 @@ def use_demo_world(exp: Experiment, **overrides: Any) -> None:
   world = {**dict(exp.size.world), **overrides}
   text = json.dumps(world, sort_keys=True)
   suffix = "" if not overrides else "_" + hashlib.sha1(text.encode()).hexdigest()[:8]
-  os.environ["GBT_T5X_DEMO_DIR"] = os.path.abspath(
-      os.path.join(exp.results_dir, f"_demo_world_{exp.size.name}{suffix}"))
-  os.environ["GBT_T5X_DEMO_CONFIG"] = text
-  _trust_demo_world()
+  _point_at_demo_world(
+      os.path.join(exp.results_dir, f"_demo_world_{exp.size.name}{suffix}"), text,
+      exp.size.downstream_json())
 
 
-def _trust_demo_world() -> None:
-  """The demo world a script's runs read is written once and not changed (its folder and
-  settings name it): datasets are checked and evaluation splits read once per process."""
+def _point_at_demo_world(folder: str, world_json: str, downstream_json: str) -> None:
+  """Points the demo tasks at `folder` holding the world of `world_json` (and its demo GLUE
+  data of `downstream_json`, '' for the demo's own sizes). The world is written once and not
+  changed (its folder and settings name it): datasets are checked and evaluation splits read
+  once per process."""
+  from gbt_t5x.data import demo_downstream
   from gbt_t5x.train import data as data_lib
-  data_lib.trust_unchanged_data(
-      f"{os.environ['GBT_T5X_DEMO_DIR']}|{os.environ['GBT_T5X_DEMO_CONFIG']}")
+  os.environ["GBT_T5X_DEMO_DIR"] = os.path.abspath(folder)
+  os.environ["GBT_T5X_DEMO_CONFIG"] = world_json
+  if downstream_json:
+    os.environ[demo_downstream.ENV_CONFIG] = downstream_json
+  else:
+    os.environ.pop(demo_downstream.ENV_CONFIG, None)
+  data_lib.trust_unchanged_data(f"{os.path.abspath(folder)}|{world_json}|{downstream_json}")
 
 
 def require_record(exp: Experiment, label: str, seed: int) -> RunRecord:

@@ -45,6 +45,8 @@ class Size:
     bo_trials: Bayesian-optimisation trials per seed and search space.
     pretrain_steps: steps of each span-corruption pretraining run (pretrain_downstream).
     finetune_steps: steps of each downstream finetuning run (pretrain_downstream).
+    downstream_world: `demo_downstream.DownstreamConfig` sizes of the demo GLUE data
+      (`GBT_T5X_DEMO_DOWNSTREAM_CONFIG`; None: the demo's own sizes).
   """
   name: str
   world: Mapping[str, Any]
@@ -60,6 +62,7 @@ class Size:
   bo_trials: int
   pretrain_steps: int
   finetune_steps: int
+  downstream_world: Mapping[str, int] | None = None
 
   @property
   def quick(self) -> bool:
@@ -80,10 +83,21 @@ class Size:
     return float(f"{log_range / max(1, guided_steps):.2g}")
 
   def as_json(self) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(self)))
+    """The fields as JSON, without the optional ones (fields with a default, added after the
+    first records were written) left at their default: records written before a field was added
+    keep their key (`experiment.json`)."""
+    fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+              if f.default is dataclasses.MISSING or getattr(self, f.name) != f.default}
+    return json.loads(json.dumps(fields, default=dict))
 
   def world_json(self) -> str:
     return json.dumps(dict(self.world), sort_keys=True)
+
+  def downstream_json(self) -> str:
+    """`downstream_world` as `GBT_T5X_DEMO_DOWNSTREAM_CONFIG` text ('' for the demo's own)."""
+    if self.downstream_world is None:
+      return ""
+    return json.dumps(dict(self.downstream_world), sort_keys=True)
 
 
 _SHORT = {"max_target_words": 12}
@@ -94,7 +108,10 @@ QUICK = Size(
            "num_mono": 600, **_SHORT},
     num_layers=1, train_steps=16, batch_size=8, lengths={"inputs": 32, "targets": 24},
     pack=True, eval_batches=1, decode_examples=8, seeds=(0, 1), hyper_step_every=2,
-    bo_trials=2, pretrain_steps=10, finetune_steps=10)
+    bo_trials=2, pretrain_steps=10, finetune_steps=10,
+    # 10 finetuning steps of 8 rows read 80 train examples, scores 8 validation ones: generating
+    # the demo's 4000-example tasks took longer than training on them.
+    downstream_world={"num_train": 200, "num_validation": 32, "num_test": 32})
 
 DEFAULT = Size(
     name="default",
