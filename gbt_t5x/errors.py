@@ -1,6 +1,11 @@
-"""Exceptions that the entry points turn into a one-line `error: ...` message (exit code 2), and
-the entry points' exit codes. Imports nothing of gbt_t5x (every layer may import it).
+"""Exceptions that the entry points turn into a one-line `error: ...` message (exit code 2), the
+entry points' exit codes, and the one place that maps them (`exit_code_of`). Imports nothing of
+gbt_t5x (every layer may import it).
 """
+from __future__ import annotations
+
+import sys
+from typing import Callable
 
 # Exit code of a run stopped by SIGTERM/SIGINT after saving a checkpoint (EX_TEMPFAIL: "try
 # again"; rerunning the same command resumes). User errors exit with 2.
@@ -15,6 +20,22 @@ def one_line(e: BaseException) -> str:
   head = lines[0]
   where = next((l for l in lines[1:] if l.startswith("In file") or l.startswith("In bindings")), "")
   return f"{head} ({where})" if where else head
+
+
+def exit_code_of(body: Callable[[], int | None],
+                 user_errors: tuple[type[BaseException], ...] = (ValueError,)) -> int:
+  """Runs an entry point's `body` and returns its exit code: 0 (or what it returns); a user
+  error (`user_errors`) becomes one `error: ...` line on stderr and 2; a run stopped by
+  SIGTERM/SIGINT (checkpoint saved; rerunning continues) one `preempted: ...` line and
+  `PREEMPTED_EXIT_CODE`. Anything else propagates with its traceback (a bug, not bad input)."""
+  try:
+    return int(body() or 0)
+  except Preempted as e:
+    print(f"preempted: {one_line(e)}", file=sys.stderr)
+    return PREEMPTED_EXIT_CODE
+  except user_errors as e:
+    print(f"error: {one_line(e)}", file=sys.stderr)
+    return 2
 
 
 class TrainingStopped(RuntimeError):

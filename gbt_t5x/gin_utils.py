@@ -335,7 +335,8 @@ def run(main: Callable[[argparse.Namespace], int | None], description: str,
 
   `entry` ('train', 'eval', 'infer') selects the macros that `--help` lists."""
   parser = make_parser(description, entry)
-  try:
+
+  def body() -> int | None:
     args = parser.parse_args(rewrite_gin_args(sys.argv[1:] if argv is None else argv))
     distributed.maybe_initialize(
         distributed.spec_from(args.coordinator_address, args.process_count, args.process_index),
@@ -347,13 +348,10 @@ def run(main: Callable[[argparse.Namespace], int | None], description: str,
     parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
     check_macros(args.gin_bindings)
     import_task_module()
-    return int(main(args) or 0)
-  except errors.Preempted as e:
-    print(f"preempted: {errors.one_line(e)}", file=sys.stderr)
-    return errors.PREEMPTED_EXIT_CODE
-  except (ValueError, FileNotFoundError, NotADirectoryError, errors.TrainingStopped) as e:
-    print(f"error: {errors.one_line(e)}", file=sys.stderr)
-    return 2
+    return main(args)
+
+  return errors.exit_code_of(body, user_errors=(ValueError, FileNotFoundError, NotADirectoryError,
+                                                errors.TrainingStopped))
 
 
 def config_str() -> str:

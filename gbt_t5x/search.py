@@ -299,7 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--guide_task", default="demo_nmt_guide")
   parser.add_argument("--guide_split", default="validation")
   parser.add_argument("--guide_eval_batches", type=int, default=None)
-  try:
+
+  def body() -> int:
     args = parser.parse_args(gin_utils.rewrite_gin_args(sys.argv[1:] if argv is None else argv))
     if not args.gin_file:
       raise ValueError("give at least one --gin_file (e.g. experiments/demo_nmt.gin)")
@@ -313,15 +314,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   base_learning_rate=base_lr)
     study = run_search(study, space, args.num_trials, objective,
                        csv_path=os.path.join(args.study_dir, CSV_FILE))
-  except ValueError as e:
-    print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-    return 2
-  best = study.best_trial
-  print(f"best trial {best.number}: guide loss {best.value:.4f} with {best.params}; "
-        f"{len(complete_trials(study))} complete trials, "
-        f"{sum(int(t.user_attrs.get('train_steps', 0)) for t in study.trials)} train steps, "
-        f"{sum(float(t.user_attrs.get('wall_seconds', 0.0)) for t in study.trials):.0f} s")
-  return 0
+    best = study.best_trial
+    print(f"best trial {best.number}: guide loss {best.value:.4f} with {best.params}; "
+          f"{len(complete_trials(study))} complete trials, "
+          f"{sum(int(t.user_attrs.get('train_steps', 0)) for t in study.trials)} train steps, "
+          f"{sum(float(t.user_attrs.get('wall_seconds', 0.0)) for t in study.trials):.0f} s")
+    return 0
+
+  return errors.exit_code_of(body)
 
 
 if __name__ == "__main__":

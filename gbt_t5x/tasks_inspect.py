@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 
-from gbt_t5x import console
+from gbt_t5x import console, errors
 
 if __name__ == "__main__":
   console.configure(sys.argv)  # Before TensorFlow and JAX load (they log when imported).
@@ -145,7 +145,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """CLI entry point; returns the exit status (0, or 2 with one `error:` line on stderr)."""
   args = _parser().parse_args(argv)
-  try:
+
+  def body() -> None:
     for module in args.module or [DEFAULT_MODULE]:
       try:
         importlib.import_module(module)
@@ -156,10 +157,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     task = train_data.get_mixture_or_task(args.task)
     inspect_task(task, split=args.split, num=args.num, lengths=parse_lengths(args.lengths),
                  seed=args.seed)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
+
+  return errors.exit_code_of(body)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import time
 
 import gin
 
-from gbt_t5x import fileio
+from gbt_t5x import errors, fileio
 from gbt_t5x import gin_utils
 from gbt_t5x.train.train_lib import train  # noqa: F401 (gin binds __main__.train)
 
@@ -92,11 +92,13 @@ def main(argv: list[str]) -> int:
   args = parser.parse_args(gin_utils.rewrite_gin_args(argv))
   gin_file = "experiments/demo_nmt.gin" if args.plain else "experiments/demo_nmt_guided.gin"
   bindings = [f"MODEL_DIR = '{args.model_dir}'", "demo_model.model = %MODEL"] + args.gin_bindings
-  try:
-    gin_utils.parse_gin([gin_file], bindings)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  return errors.exit_code_of(lambda: train_and_report(args, gin_file, bindings),
+                             user_errors=(ValueError, errors.TrainingStopped))
+
+
+def train_and_report(args: argparse.Namespace, gin_file: str, bindings: list[str]) -> int:
+  """Trains the demo from `gin_file` + `bindings`, decodes dev, writes and prints the report."""
+  gin_utils.parse_gin([gin_file], bindings)
   start = time.time()
   _, state = train_using_gin(summarize_config_fn=gin_utils.write_config_gin)
   train_seconds = time.time() - start

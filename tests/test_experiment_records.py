@@ -135,6 +135,15 @@ def test_script_errors_are_one_line(capsys, error, line, status):
   assert capsys.readouterr().err == line + "\n"
 
 
+def test_a_bug_is_not_turned_into_a_user_error(capsys):
+  """Only user errors become one line: anything else (a bug) keeps its traceback."""
+  def main(argv):
+    return {}["missing"]
+  with pytest.raises(KeyError):
+    common.main_with_one_line_errors(main)
+  assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("name", ["bo_vs_gbt", "guided_vs_plain", "noisy_data",
                                   "pretrain_downstream", "schedule_vs_constant", "short_horizon"])
 def test_default_size_still_keys_the_committed_records(name):

@@ -48,6 +48,8 @@ from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
+from gbt_t5x import errors
+
 DEMO_WORLD_VERSION = 1
 ENV_DATA_DIR = "GBT_T5X_DEMO_DIR"
 ENV_CONFIG = "GBT_T5X_DEMO_CONFIG"
@@ -753,15 +755,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    default=getattr(defaults, f.name))
   args = p.parse_args(argv)
   config = {f.name: getattr(args, f.name) for f in dataclasses.fields(DemoWorldConfig)}
-  try:
+
+  def body() -> None:
     start = time.perf_counter()
     out = ensure_demo_world(args.out_dir, **config)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  manifest = _read_manifest(out) or {}
-  print(f"demo world in {out} ({time.perf_counter() - start:.1f}s): {manifest.get('counts')}")
-  return 0
+    manifest = _read_manifest(out) or {}
+    print(f"demo world in {out} ({time.perf_counter() - start:.1f}s): {manifest.get('counts')}")
+
+  return errors.exit_code_of(body)
 
 
 if __name__ == "__main__":

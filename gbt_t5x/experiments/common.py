@@ -132,17 +132,10 @@ def experiment_config(name: str, size: sizes_lib.Size, meta_lr: float,
 
 
 def main_with_one_line_errors(main: Callable[[Sequence[str] | None], int]) -> int:
-  """Runs a script's `main`; a ValueError becomes one line on stderr and exit status 2, a run
-  stopped by SIGTERM / SIGINT (checkpoint saved; rerunning continues) one line and exit status
-  `errors.PREEMPTED_EXIT_CODE`, as the train entry point does."""
-  try:
-    return main(None)
-  except errors.Preempted as e:
-    print(f"preempted: {errors.one_line(e)}", file=sys.stderr)
-    return errors.PREEMPTED_EXIT_CODE
-  except ValueError as e:
-    print(f"error: {errors.one_line(e)}", file=sys.stderr)
-    return 2
+  """Runs a script's `main` on the command line's flags; a ValueError becomes one line on stderr
+  and exit status 2, a preempted run one line and `errors.PREEMPTED_EXIT_CODE`, as the train
+  entry point does (`errors.exit_code_of`)."""
+  return errors.exit_code_of(lambda: main(None))
 
 
 def write_gin(path: str, lines: Sequence[str]) -> str:

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from gbt_t5x import fileio
+from gbt_t5x import errors, fileio
 from gbt_t5x.guided import schedule as schedule_lib
 
 TRAJECTORY_FILE = "guided_trajectory.jsonl"
@@ -130,13 +130,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--num_knots", type=int, default=50)
   parser.add_argument("--out", default=None)
   args = parser.parse_args(argv)
-  try:
-    path = export(args.model_dir, args.num_knots, args.out)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  print(f"wrote {path}")
-  return 0
+
+  def body() -> None:
+    print(f"wrote {export(args.model_dir, args.num_knots, args.out)}")
+
+  return errors.exit_code_of(body)
 
 
 if __name__ == "__main__":
