@@ -13,7 +13,6 @@ import math
 import os
 import shutil
 import statistics
-import sys
 from typing import Any, Callable, Mapping, Sequence
 
 from gbt_t5x import console, errors
