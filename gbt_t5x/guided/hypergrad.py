@@ -463,9 +463,20 @@ def lookahead_hypergradient(
   metrics = _metrics(aux, loss, values)
   metrics["guide_loss"] = guide_loss
   metrics[UPDATE_OK] = update_ok
+  metrics.update(hypergrad_metrics(hypergrads))
+  return new_params, new_opt_state, hypergrads, metrics
+
+
+def hypergrad_metrics(hypergrads: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """The metrics of one guided step's hypergradients (raw units): `hypergrad_norm/NAME` (L2 norm)
+  for every value and the signed `hypergrad/NAME` for scalar values (its sign says which way the
+  guide pulls; its mean / std over a window is the hypergradient's signal-to-noise ratio)."""
+  metrics = {}
   for name, g in hypergrads.items():
     metrics[f"hypergrad_norm/{name}"] = jnp.sqrt(jnp.sum(jnp.square(g)))
-  return new_params, new_opt_state, hypergrads, metrics
+    if jnp.ndim(g) == 0:
+      metrics[f"hypergrad/{name}"] = g
+  return metrics
 
 
 def closed_form_for(optimizer: optax.GradientTransformation, optimizer_derivative: str

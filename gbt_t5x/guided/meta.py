@@ -62,7 +62,8 @@ def _scale_by_name(scales: Mapping[str, float]) -> optax.GradientTransformation:
 def make_meta_optimizer(learning_rate: float | optax.Schedule,
                         specs: Sequence[specs_lib.GuidedHParam],
                         clip_norm: float | None = None, b1: float = 0.9,
-                        b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
+                        b2: float = 0.999, eps: float = 1e-8,
+                        average_every: int = 1) -> optax.GradientTransformation:
   """Adam on the raw values, per-name scaled by `meta_lr_scale`, optionally norm-clipped.
 
   Args:
@@ -74,6 +75,10 @@ def make_meta_optimizer(learning_rate: float | optax.Schedule,
     eps: Adam's epsilon, in hypergradient units. Adam normalises each step to about
       `learning_rate` whatever the hypergradient's size; a hypergradient much smaller than `eps`
       moves its value by only `learning_rate * |g| / eps` instead.
+    average_every: K >= 1: the hypergradients of K guided steps are averaged before one meta
+      step (`optax.MultiSteps`; the values stay put in between). Adam moves a value by about
+      `learning_rate` per meta step whatever the hypergradient's sign-to-noise ratio, so a noisy
+      hypergradient makes a random walk; averaging K of them raises the ratio by up to sqrt(K).
   """
   if clip_norm is not None and not clip_norm > 0:
     raise ValueError(f"meta clip_norm must be > 0 or None, got {clip_norm}")
@@ -84,7 +89,12 @@ def make_meta_optimizer(learning_rate: float | optax.Schedule,
     raise ValueError(f"meta eps must be > 0, got {eps}")
   parts.append(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps))
   parts.append(_scale_by_name({s.name: float(s.meta_lr_scale) for s in specs}))
-  return optax.chain(*parts)
+  if int(average_every) != average_every or average_every < 1:
+    raise ValueError(f"meta average_every must be an integer >= 1, got {average_every}")
+  if average_every == 1:
+    return optax.chain(*parts)
+  return optax.MultiSteps(optax.chain(*parts),
+                          every_k_schedule=int(average_every)).gradient_transformation()
 
 
 def init_guided_state(specs: Sequence[specs_lib.GuidedHParam],

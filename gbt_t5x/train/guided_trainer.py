@@ -44,7 +44,7 @@ def flatten_trajectory_row(row: Mapping[str, Any]) -> dict[str, float]:
   or, for rows without names (files written before names existed), the index (`data_weights/3`).
   Keys keep the row's order: values in spec order, entries in id order.
   """
-  flat = {k: v for k, v in row.items() if k not in ("values", "entry_names")}
+  flat = {k: v for k, v in row.items() if k not in ("values", "entry_names", "hypergrad")}
   names = row.get("entry_names", {})
   for name, value in row.get("values", {}).items():
     if isinstance(value, list):
@@ -67,6 +67,10 @@ class GuidedTrainer(Trainer):
     meta_clip_norm: optional global-norm clip of hypergradients.
     meta_eps: the meta optimizer's Adam epsilon (hypergradient units; see
       `meta.make_meta_optimizer`).
+    meta_average_every: average the hypergradients of this many guided steps before one meta
+      step (see `meta.make_meta_optimizer`; 1: a meta step per guided step).
+    guide_from_step: no guided steps before this model step (e.g. the end of the LR warmup, where
+      the one-step lookahead sees a schedule about to change); plain steps until then.
     fixed_guide_batch: reuse one guide batch for the whole run (the reference implementation's
       behaviour, for parity); default rotates through the repeated guide set.
     recompute_tangent: with loss-side hyper-parameters (label smoothing, data weights), trade one
@@ -88,6 +92,7 @@ class GuidedTrainer(Trainer):
                guide_dataset_cfg: data_lib.DatasetConfig | None = None,
                hyper_step_every: int = 1, meta_learning_rate: float = 3e-3,
                meta_clip_norm: float | None = None, meta_eps: float = 1e-8,
+               meta_average_every: int = 1, guide_from_step: int = 0,
                fixed_guide_batch: bool = False,
                recompute_tangent: bool = False, horizon: str = "greedy", mu: float = 1.0,
                optimizer_derivative: str = hypergrad.VJP, **kwargs: Any):
@@ -108,6 +113,9 @@ class GuidedTrainer(Trainer):
     specs_lib.validate_specs(self.specs, optimizer_names)
     self.entry_names = {s.name: s.entry_names for s in self.specs if s.entry_names}
     self.hyper_step_every = int(hyper_step_every)
+    if guide_from_step < 0:
+      raise ValueError(f"guide_from_step must be >= 0, got {guide_from_step}")
+    self.guide_from_step = int(guide_from_step)
     self.guide_dataset_cfg = guide_dataset_cfg
     self.fixed_guide_batch = fixed_guide_batch
     self.recompute_tangent = recompute_tangent
@@ -115,7 +123,8 @@ class GuidedTrainer(Trainer):
     hypergrad.closed_form_for(self.optimizer, optimizer_derivative)  # bad mode: one-line error
     self.meta_optimizer = meta_lib.make_meta_optimizer(meta_learning_rate, self.specs,
                                                        clip_norm=meta_clip_norm,
-                                                       eps=meta_eps)
+                                                       eps=meta_eps,
+                                                       average_every=meta_average_every)
     for spec in self.specs:
       if spec.name == "learning_rate" and spec.groups:
         self._lr_group_ids = hypergrad.param_group_ids(train_state.params, spec.groups)
@@ -215,7 +224,7 @@ class GuidedTrainer(Trainer):
     `tangent_resets` when non-zero; no hypergradient norms."""
     view = {}
     for key, value in super().progress_view(report).items():
-      if key.startswith("hypergrad_norm/") or key == "skipped":
+      if key.startswith(("hypergrad_norm/", "hypergrad/")) or key == "skipped":
         continue
       if key.startswith("skipped/") or key == "tangent_resets":
         if value > 0:
@@ -229,7 +238,8 @@ class GuidedTrainer(Trainer):
     if self._host_step is None:
       self._host_step = int(jax.device_get(self.train_state.step))
     batch = next(batch_iter)
-    if self._host_step % self.hyper_step_every == 0:
+    if (self._host_step % self.hyper_step_every == 0
+        and self._host_step >= self.guide_from_step):
       guide_batch = self._next_guide_batch()
       self.train_state, metrics = self._partitioned_guided_step(self.train_state, batch,
                                                                 guide_batch)
@@ -245,7 +255,8 @@ class GuidedTrainer(Trainer):
     "values": {spec name: effective value used (float, or list in entry order for vectors)},
     "entry_names": {spec name: its entries' names} for vectors with names (e.g.
     {"data_weights": ["clean", "misaligned", "truncated", "untranslated copy"]}),
-    "guide_loss_per_token"/"skipped" on guided steps}.
+    "guide_loss_per_token"/"skipped" and "hypergrad" ({scalar spec name: signed hypergradient,
+    raw units}) on guided steps}.
     """
     lines = []
     for step, metrics in zip(steps, host_metrics):
@@ -263,6 +274,10 @@ class GuidedTrainer(Trainer):
       for key in ("guide_loss_per_token", "skipped"):
         if key in metrics:
           row[key] = float(metrics[key])
+      hypergrads = {k[len("hypergrad/"):]: float(v) for k, v in metrics.items()
+                    if k.startswith("hypergrad/")}
+      if hypergrads:
+        row["hypergrad"] = hypergrads
       lines.append(json.dumps(row))
     fileio.append_lines(fileio.join(self.summary_dir, TRAJECTORY_FILE), lines)
 

@@ -173,7 +173,7 @@ def model_step(state: TrainState, batch: Batch, *, fns: StepFns, values_fn: Valu
     zeroed on a skipped step), `train_loss`, `hp/NAME` (`hp/NAME/ENTRY`) values used,
     `learning_rate`,
     `nonfinite_skipped`; on guided steps also `guide_loss_per_token` (nats per guide token),
-    `hypergrad_norm/NAME`, `skipped` (1 if any value's meta update was skipped) and
+    `hypergrad_norm/NAME` (`hypergrad/NAME`, signed, for scalars), `skipped` (1 if any value's meta update was skipped) and
     `skipped/NAME` per value.
   """
   rng = jax.random.fold_in(fns.rng, state.step)
@@ -197,8 +197,7 @@ def model_step(state: TrainState, batch: Batch, *, fns: StepFns, values_fn: Valu
           tangents, forward_lib.finite_contractions(hypergrads, guidance.specs))
       metrics["tangent_resets"] = metrics["tangent_resets"] + resets
       metrics["guide_loss"] = guide_loss
-      for name, g in hypergrads.items():
-        metrics[f"hypergrad_norm/{name}"] = jnp.sqrt(jnp.sum(jnp.square(g)))
+      metrics.update(hypergrad.hypergrad_metrics(hypergrads))
   elif guide_batch is None:
     values = values_fn(state)
     params, opt_state, metrics = hypergrad.plain_step(
@@ -229,7 +228,7 @@ def model_step(state: TrainState, batch: Batch, *, fns: StepFns, values_fn: Valu
       metrics[f"skipped/{name}"] = (new_guided.skips[name] - old_guided.skips[name]).astype(
           jnp.float32)
   model_sums = {k: v for k, v in metrics.items()
-                if not k.startswith(("hp/", "hypergrad_norm/", "skipped", "guide_loss"))}
+                if not k.startswith(("hp/", "hypergrad", "skipped", "guide_loss"))}
   metrics.update({k: jnp.where(nonfinite > 0, jnp.zeros_like(v), v)
                   for k, v in model_sums.items()})
   metrics = {k: v for k, v in metrics.items() if not k.startswith("hp/")}

@@ -177,6 +177,32 @@ def test_clip_norm_clips_hypergradients_before_adam():
   assert abs(float(other.raw["b1"] - state.raw["b1"])) > 1e-4
 
 
+def test_average_every_takes_one_adam_step_on_the_mean_of_k_hypergradients():
+  specs = (GuidedHParam("learning_rate", 1.0, "exp"), GuidedHParam("b1", 0.5, "sigmoid"))
+  averaged = meta_lib.make_meta_optimizer(0.01, specs, average_every=3)
+  reference = optax.adam(0.01)
+  hypergrads = [{"learning_rate": jnp.asarray(g), "b1": jnp.asarray(-2.0 * g)}
+                for g in (3.0, -1.0, 0.4, 5.0, 5.0, -7.0)]
+  state = meta_lib.init_guided_state(specs, averaged)
+  raw, ref_state = dict(state.raw), reference.init(state.raw)
+  for i, g in enumerate(hypergrads):
+    before = dict(state.raw)
+    state, skipped = meta_lib.apply_hypergradient(state, g, specs, averaged)
+    assert not bool(skipped)
+    if (i + 1) % 3:  # Accumulating: the values stay put.
+      for k in raw:
+        assert float(state.raw[k]) == float(before[k])
+      continue
+    mean = jax.tree.map(lambda *xs: sum(xs) / 3, *hypergrads[i - 2:i + 1])
+    updates, ref_state = reference.update(mean, ref_state)
+    raw = optax.apply_updates(raw, updates)
+    for k in raw:
+      np.testing.assert_allclose(state.raw[k], raw[k], rtol=1e-6)
+  assert int(state.num_hyper_steps) == 6
+  with pytest.raises(ValueError, match="average_every must be an integer >= 1"):
+    meta_lib.make_meta_optimizer(0.1, specs, average_every=0)
+
+
 def test_initial_state_and_errors():
   optimizer = meta_lib.make_meta_optimizer(0.1, BOUNDED)
   state = meta_lib.init_guided_state(BOUNDED, optimizer)
