@@ -13,9 +13,15 @@ Must not import: jax, flax, or anything of `gbt_t5x.models` / `train` / `guided`
 """
 from __future__ import annotations
 
+import importlib
+import math
 from typing import Sequence
 
 import seqio
+
+# The `data_id_feature` value that means "the index of each example's leaf task in the train
+# mixture" (guided mixture weights, gin/guided/mixture_weights.gin) instead of a task feature.
+MIXTURE_TASK = "mixture_task"
 
 # (task name, feature) -> names of the feature's values 0, 1, ..., in order.
 _NAMES: dict[tuple[str, str], tuple[str, ...]] = {}
@@ -49,15 +55,52 @@ def data_id_names(task_name: str | None = None, feature: str | None = None,
     names: explicit names, returned as given (they win over the task's).
 
   Returns:
-    `names` if given; else the names registered for `feature` of `task_name` (for a mixture:
-    the names all its tasks register, if they agree); else () (entries are then numbered).
+    `names` if given; with `feature` = `MIXTURE_TASK`, the mixture's leaf task names; else the
+    names registered for `feature` of `task_name` (for a mixture: the names all its tasks
+    register, if they agree); else () (entries are then numbered).
   """
   if names is not None:
     return tuple(str(n) for n in names)
   if not task_name or not feature:
     return ()
+  if feature == MIXTURE_TASK:
+    return tuple(t.name for t in mixture_leaf_tasks(task_name))
   if task_name in seqio.MixtureRegistry.names():
     found = {registered_names(t.name, feature)
              for t in seqio.get_subtasks(seqio.get_mixture_or_task(task_name))}
     return found.pop() if len(found) == 1 else ()
   return registered_names(task_name, feature)
+
+
+def mixture_leaf_tasks(mixture_name: str, module: str | None = None) -> list[seqio.Task]:
+  """The leaf tasks of a SeqIO mixture (nested mixtures flattened), in SeqIO's order (by name):
+  leaf task i has mixture-task id i.
+
+  Args:
+    mixture_name: a registered mixture.
+    module: a module to import first that registers it (T5X's MIXTURE_OR_TASK_MODULE).
+
+  Raises:
+    ValueError: one line, when `mixture_name` is a task (mixture weights need a mixture) or
+      unknown, or a leaf task's rate is not a positive finite number.
+  """
+  if module:
+    importlib.import_module(module)
+  if mixture_name not in seqio.MixtureRegistry.names():
+    what = "a task" if mixture_name in seqio.TaskRegistry.names() else "not registered"
+    raise ValueError(f"mixture weights need a SeqIO mixture as the train task; "
+                     f"{mixture_name!r} is {what}")
+  mixture = seqio.get_mixture_or_task(mixture_name)
+  tasks = list(mixture.tasks)
+  for task in tasks:
+    rate = mixture.get_rate(task)
+    if not (math.isfinite(rate) and rate > 0):
+      raise ValueError(f"mixture {mixture_name}: rate of task {task.name} must be a positive "
+                       f"number, got {rate}")
+  return tasks
+
+
+def mixture_weights_shape(mixture_name: str, module: str | None = None) -> tuple[int]:
+  """(number of leaf tasks,): the shape of a mixture's weight table (gin:
+  gin/guided/mixture_weights.gin)."""
+  return (len(mixture_leaf_tasks(mixture_name, module)),)

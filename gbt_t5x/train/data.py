@@ -22,7 +22,10 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from gbt_t5x.data import data_ids
+
 DATA_IDS_FEATURE = "data_ids"
+ID_OFFSET = 1  # data ids are stored plus one in the pipeline (see the converter below)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +64,10 @@ class EncDecWithDataIdsFeatureConverter(seqio.EncDecFeatureConverter):
 
   The task's per-example id is first copied onto every target token as `data_ids` (see
   `add_data_ids`); this converter pads/packs it with the targets, so it works with packing, where
-  seqio's passthrough features are not allowed.
+  seqio's passthrough features are not allowed. In the pipeline the ids are stored plus one
+  (`ID_OFFSET`): SeqIO's packing takes zeros for padding and drops them, which would drop the
+  ids of id-0 examples and shift the next example's ids onto their tokens. The converter
+  subtracts the offset again (padding: 0, with zero loss weight).
   """
   TASK_FEATURES = {
       **seqio.EncDecFeatureConverter.TASK_FEATURES,
@@ -74,7 +80,7 @@ class EncDecWithDataIdsFeatureConverter(seqio.EncDecFeatureConverter):
 
   def _convert_example(self, features: Mapping[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
     converted = dict(super()._convert_example(features))
-    converted["decoder_data_ids"] = features[DATA_IDS_FEATURE]
+    converted["decoder_data_ids"] = tf.maximum(features[DATA_IDS_FEATURE] - ID_OFFSET, 0)
     return converted
 
   def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
@@ -129,10 +135,59 @@ def add_data_ids(ds: tf.data.Dataset, feature: str, task_name: str) -> tf.data.D
 
   def add(ex):
     ex = dict(ex)
-    ex[DATA_IDS_FEATURE] = tf.fill(tf.shape(ex["targets"]), tf.cast(ex[feature], tf.int32))
+    ex[DATA_IDS_FEATURE] = tf.fill(tf.shape(ex["targets"]),
+                                   tf.cast(ex[feature], tf.int32) + ID_OFFSET)
     return ex
 
   return ds.map(add, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def mixture_with_task_ids(cfg: DatasetConfig, shard_info: seqio.ShardInfo) -> tf.data.Dataset:
+  """`cfg`'s mixture sampled as `seqio.Mixture.get_dataset` samples it, each example carrying its
+  leaf task's id (`data_ids.mixture_leaf_tasks` order) on every target token as `data_ids`.
+
+  Why not `seqio.Mixture.get_dataset`: its examples do not say which task they came from. This
+  builds the same stream from SeqIO's own pieces (`Mixture.get_task_dataset` per leaf task, the
+  leaf rates `Mixture.get_rate`, `tf.data.Dataset.sample_from_datasets` with SeqIO's seed rule),
+  so that dropping `data_ids` gives SeqIO's stream example for example (tested).
+
+  Raises:
+    ValueError: one line, when the train task is not a mixture, a rate is not positive, or a
+      leaf task lacks `cfg.split` (SeqIO would skip it, shifting every id after it).
+  """
+  tasks = data_ids.mixture_leaf_tasks(cfg.mixture_or_task_name, cfg.module)
+  mixture = seqio.get_mixture_or_task(cfg.mixture_or_task_name)
+  keys = set(mixture.output_features)
+  datasets = []
+  for index, leaf in enumerate(tasks):
+    if cfg.split not in leaf.splits:
+      raise ValueError(f"mixture {mixture.name}: task {leaf.name} has no split {cfg.split!r} "
+                       f"(it has {list(leaf.splits)})")
+    ds = mixture.get_task_dataset(leaf, keys, dict(cfg.task_feature_lengths), cfg.split,
+                                  cfg.use_cached, cfg.shuffle, cfg.seed, shard_info,
+                                  cfg.num_epochs)
+    datasets.append(ds.map(
+        lambda ex, i=index: {**ex,
+                             DATA_IDS_FEATURE: tf.fill(tf.shape(ex["targets"]), i + ID_OFFSET)},
+        num_parallel_calls=tf.data.AUTOTUNE))
+  rates = [mixture.get_rate(leaf) for leaf in tasks]
+  seed = cfg.seed if cfg.seed is not None else (None if cfg.shuffle else 42)  # SeqIO's rule
+  return tf.data.Dataset.sample_from_datasets(datasets, rates, seed,
+                                              stop_on_empty_dataset=True)
+
+
+def check_mixture_members(cfg: DatasetConfig) -> None:
+  """With mixture-task ids: a one-line ValueError naming the first leaf task of the mixture
+  whose `cfg.split` yields no examples (the mixed stream would end without saying which)."""
+  if cfg.data_id_feature != data_ids.MIXTURE_TASK:
+    return
+  mixture = seqio.get_mixture_or_task(cfg.mixture_or_task_name)
+  for leaf in data_ids.mixture_leaf_tasks(cfg.mixture_or_task_name, cfg.module):
+    ds = leaf.get_dataset(sequence_length=dict(cfg.task_feature_lengths), split=cfg.split,
+                          shuffle=False, num_epochs=1)
+    if not any(True for _ in ds.take(1)):
+      raise ValueError(f"mixture {mixture.name}: task {leaf.name} split {cfg.split!r} yields no "
+                       "examples")
 
 
 def get_dataset(cfg: DatasetConfig, shard_id: int | None = None,
@@ -147,11 +202,15 @@ def get_dataset(cfg: DatasetConfig, shard_id: int | None = None,
   shard_info = seqio.ShardInfo(index=jax.process_index() if shard_id is None else shard_id,
                                num_shards=jax.process_count() if num_shards is None else num_shards)
   lengths = dict(cfg.task_feature_lengths)
-  ds = task.get_dataset(sequence_length=lengths, split=cfg.split, use_cached=cfg.use_cached,
-                        shuffle=cfg.shuffle, seed=cfg.seed, shard_info=shard_info,
-                        num_epochs=cfg.num_epochs)
+  if cfg.data_id_feature == data_ids.MIXTURE_TASK:
+    ds = mixture_with_task_ids(cfg, shard_info)
+  else:
+    ds = task.get_dataset(sequence_length=lengths, split=cfg.split, use_cached=cfg.use_cached,
+                          shuffle=cfg.shuffle, seed=cfg.seed, shard_info=shard_info,
+                          num_epochs=cfg.num_epochs)
   if cfg.data_id_feature:
-    ds = add_data_ids(ds, cfg.data_id_feature, cfg.mixture_or_task_name)
+    if cfg.data_id_feature != data_ids.MIXTURE_TASK:
+      ds = add_data_ids(ds, cfg.data_id_feature, cfg.mixture_or_task_name)
     lengths[DATA_IDS_FEATURE] = lengths["targets"]
     converter = EncDecWithDataIdsFeatureConverter(pack=cfg.pack)
   else:
@@ -233,12 +292,14 @@ def _bad_data_message(cfg: DatasetConfig, e: BaseException, position: int) -> st
 
 
 def first_batch_or_error(cfg: DatasetConfig) -> dict[str, np.ndarray]:
-  """Reads one local batch, raising a one-line ValueError when the split yields no examples or
-  its first batch cannot be parsed (e.g. a truncated TSV line). Under `trust_unchanged_data`
+  """Reads one local batch, raising a one-line ValueError when the split (or, with mixture-task
+  ids, one of the mixture's tasks) yields no examples or its first batch cannot be parsed (e.g. a
+  truncated TSV line). Under `trust_unchanged_data`
   each configuration is read once per data version."""
   key = _trusted_key(cfg)
   if key is not None and key in _checked_first_batches:
     return _checked_first_batches[key]
+  check_mixture_members(cfg)
   ds = get_dataset(dataclasses.replace(cfg, num_epochs=1))
   try:
     for batch in ds.take(1).as_numpy_iterator():
