@@ -115,3 +115,34 @@ def test_a_names_list_of_the_wrong_length_is_refused():
   spec = specs_lib.GuidedHParam("data_weights", 1.0, "exp", shape=(2,), entry_names=names)
   with pytest.raises(ValueError, match="3 entry names for a data-weight table of 2 entries"):
     specs_lib.validate_specs([spec], ())
+
+
+def _bucket_source(split, shuffle_files, seed=None):
+  del split, shuffle_files, seed
+  rng = np.random.RandomState(0)
+  rows = [(b, list(rng.randint(10 + 20 * b, 20 + 20 * b, size=rng.randint(2, 7))))
+          for b in rng.randint(0, 2, size=60)]
+  return tf.data.Dataset.from_generator(
+      lambda: ({"inputs": r[:2], "targets": r, "bucket": b} for b, r in rows),
+      output_signature={"inputs": tf.TensorSpec([None], tf.int32),
+                        "targets": tf.TensorSpec([None], tf.int32),
+                        "bucket": tf.TensorSpec([], tf.int32)})
+
+
+def test_task_feature_ids_survive_packing_id_zero_included():
+  """The data-weights path (an integer task feature, e.g. the demo's noise bucket): a packed row
+  that holds an id-0 example keeps every segment's own id (SeqIO's packing drops zeros)."""
+  name = "gbt_t5x_bucket_task"
+  seqio.TaskRegistry.remove(name)
+  seqio.TaskRegistry.add(name, source=seqio.FunctionDataSource(_bucket_source, splits=("train",)),
+                         preprocessors=[seqio.preprocessors.append_eos], output_features=FEATURES)
+  cfg = data_lib.DatasetConfig(name, {"inputs": 8, "targets": 16}, "train", 4, shuffle=False,
+                               pack=True, data_id_feature="bucket")
+  mixed_rows = 0
+  for batch in data_lib.get_dataset(cfg).take(10).as_numpy_iterator():
+    real = (batch["decoder_loss_weights"] > 0) & (batch["decoder_target_tokens"] != 1)
+    tokens = batch["decoder_target_tokens"][real]
+    assert batch["decoder_data_ids"][real].tolist() == ((tokens >= 30).astype(int)).tolist()
+    mixed_rows += sum(len(set(r[w > 0].tolist())) > 1 for r, w in
+                      zip(batch["decoder_data_ids"], batch["decoder_loss_weights"]))
+  assert mixed_rows > 0  # Rows that pack a bucket-0 and a bucket-1 example exist.
