@@ -14,8 +14,9 @@ import dataclasses
 import difflib
 import importlib
 import itertools
+import math
 import re
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -45,6 +46,9 @@ class DatasetConfig:
     data_id_feature: name of an integer per-example feature of the task (e.g. 'noise_bucket')
       to copy onto every target token as `decoder_data_ids` (for guided data weights).
     num_epochs: None repeats forever (training); 1 for a single pass (evaluation).
+    mixture_weights: with mixture-task ids, one multiplier per leaf task of the mixture's own
+      rates (tasks are then sampled with probability ∝ rate × weight; online sampling rates of
+      guided mixture weights set it per `SamplingSegment`); None: the mixture's rates.
   """
   mixture_or_task_name: str
   task_feature_lengths: Mapping[str, int]
@@ -57,6 +61,7 @@ class DatasetConfig:
   module: str | None = None
   data_id_feature: str | None = None
   num_epochs: int | None = None
+  mixture_weights: tuple[float, ...] | None = None
 
 
 class EncDecWithDataIdsFeatureConverter(seqio.EncDecFeatureConverter):
@@ -171,6 +176,12 @@ def mixture_with_task_ids(cfg: DatasetConfig, shard_info: seqio.ShardInfo) -> tf
                              DATA_IDS_FEATURE: tf.fill(tf.shape(ex["targets"]), i + ID_OFFSET)},
         num_parallel_calls=tf.data.AUTOTUNE))
   rates = [mixture.get_rate(leaf) for leaf in tasks]
+  if cfg.mixture_weights is not None:
+    weights = [float(w) for w in cfg.mixture_weights]
+    if len(weights) != len(rates) or not all(math.isfinite(w) and w > 0 for w in weights):
+      raise ValueError(f"mixture {mixture.name}: mixture_weights must be {len(rates)} positive "
+                       f"numbers (one per leaf task), got {weights}")
+    rates = [r * w for r, w in zip(rates, weights)]
   seed = cfg.seed if cfg.seed is not None else (None if cfg.shuffle else 42)  # SeqIO's rule
   return tf.data.Dataset.sample_from_datasets(datasets, rates, seed,
                                               stop_on_empty_dataset=True)
@@ -236,24 +247,80 @@ def pad_batch(batch: Mapping[str, np.ndarray], batch_size: int) -> dict[str, np.
           for k, v in batch.items()}
 
 
+@dataclasses.dataclass(frozen=True)
+class SamplingSegment:
+  """A stretch of the train stream with fixed mixture sampling weights (online sampling rates).
+
+  Each refresh of the weights starts a new segment: the mixture pipeline is rebuilt with the new
+  weights and a seed of its own (`seed_of`), so the stream is a function of the run's seed and
+  the weights' history alone. A checkpoint keeps the current segment (`as_json`), so a resumed
+  run rebuilds it and skips the batches already read from it.
+
+  Attributes:
+    index: segment number (0 for the first).
+    start_position: batches the iterator had handed out when the segment began.
+    weights: one multiplier per leaf task of the mixture's rates.
+  """
+  index: int
+  start_position: int
+  weights: tuple[float, ...]
+
+  def seed_of(self, seed: int | None) -> int | None:
+    """The segment's pipeline seed (None stays None: nondeterministic)."""
+    return None if seed is None else (int(seed) * 1_000_003 + self.index) % (2**31 - 1)
+
+  def config(self, cfg: DatasetConfig) -> DatasetConfig:
+    return dataclasses.replace(cfg, mixture_weights=self.weights, seed=self.seed_of(cfg.seed))
+
+  def as_json(self) -> dict[str, Any]:
+    return {"index": self.index, "start_position": self.start_position,
+            "weights": list(self.weights)}
+
+  @classmethod
+  def from_json(cls, value: Mapping[str, Any]) -> "SamplingSegment":
+    return cls(int(value["index"]), int(value["start_position"]),
+               tuple(float(w) for w in value["weights"]))
+
+
 class BatchIterator:
   """Infinite (or single-pass) iterator of global batches with a consumed-batch counter.
 
   `position` counts batches handed out since the start of the pipeline, so a restored run can
-  rebuild the same iterator and `skip` to it for an exact resume.
+  rebuild the same iterator and `skip` to it for an exact resume. With online mixture sampling
+  rates the stream is cut into `SamplingSegment`s (`start_segment`); `segment` is then the one
+  being read.
   """
 
   def __init__(self, cfg: DatasetConfig, sharding: Any, start_position: int = 0,
-               check_fn: Callable[[Mapping[str, np.ndarray]], None] | None = None):
+               check_fn: Callable[[Mapping[str, np.ndarray]], None] | None = None,
+               segment: SamplingSegment | None = None):
     self.cfg = cfg
     self._check_fn = check_fn
     self._sharding = sharding
     self._local_batch_size = _per_process_batch_size(cfg)
-    ds = get_dataset(cfg)
-    if start_position:
-      ds = ds.skip(start_position)
-    self._it = ds.as_numpy_iterator()
     self.position = start_position
+    self.segment = segment
+    self._open(start_position - (segment.start_position if segment else 0))
+
+  def _open(self, skip: int) -> None:
+    cfg = self.segment.config(self.cfg) if self.segment else self.cfg
+    ds = get_dataset(cfg)
+    if skip:
+      ds = ds.skip(skip)
+    self._it = ds.as_numpy_iterator()
+
+  def start_segment(self, weights: Sequence[float]) -> None:
+    """From the next batch on, samples the mixture's tasks ∝ rate × `weights` (a new segment).
+
+    Raises:
+      ValueError: one line, when the config carries no mixture-task ids.
+    """
+    if self.cfg.data_id_feature != data_ids.MIXTURE_TASK:
+      raise ValueError("online mixture sampling rates need a mixture as the train task with "
+                       "mixture-task ids (include gin/guided/mixture_weights.gin)")
+    index = 0 if self.segment is None else self.segment.index + 1
+    self.segment = SamplingSegment(index, self.position, tuple(float(w) for w in weights))
+    self._open(0)
 
   def __iter__(self) -> Iterator[dict[str, jax.Array]]:
     return self

@@ -37,6 +37,10 @@ from gbt_t5x.train.trainer import Trainer
 TRAJECTORY_FILE = "guided_trajectory.jsonl"
 
 
+# How guided mixture weights act (`GuidedTrainer.mixture_sampling`).
+LOSS_WEIGHTS, SAMPLING_RATES = "loss_weights", "sampling_rates"
+MIXTURE_SAMPLING_MODES = (LOSS_WEIGHTS, SAMPLING_RATES)
+
 def flatten_trajectory_row(row: Mapping[str, Any]) -> dict[str, float]:
   """A trajectory row with vector values spread into `NAME/ENTRY` keys (for plotting).
 
@@ -71,6 +75,13 @@ class GuidedTrainer(Trainer):
       step (see `meta.make_meta_optimizer`; 1: a meta step per guided step).
     guide_from_step: no guided steps before this model step (e.g. the end of the LR warmup, where
       the one-step lookahead sees a schedule about to change); plain steps until then.
+    mixture_sampling: how guided mixture weights (`data_weights` over mixture-task ids, see
+      gin/guided/mixture_weights.gin) act: 'loss_weights' (each task's tokens weighted in the
+      train loss, the batches drawn at the mixture's fixed rates) or 'sampling_rates' (tasks
+      sampled ∝ rate × weight, the weights read from the guided state every `resample_every`
+      steps; the loss weights are then 1 and the hypergradient is taken through them, i.e.
+      through a multiplicative change of each task's share of the batch).
+    resample_every: model steps between two refreshes of the sampling rates.
     fixed_guide_batch: reuse one guide batch for the whole run (the reference implementation's
       behaviour, for parity); default rotates through the repeated guide set.
     recompute_tangent: with loss-side hyper-parameters (label smoothing, data weights), trade one
@@ -93,6 +104,7 @@ class GuidedTrainer(Trainer):
                hyper_step_every: int = 1, meta_learning_rate: float = 3e-3,
                meta_clip_norm: float | None = None, meta_eps: float = 1e-8,
                meta_average_every: int = 1, guide_from_step: int = 0,
+               mixture_sampling: str = LOSS_WEIGHTS, resample_every: int = 100,
                fixed_guide_batch: bool = False,
                recompute_tangent: bool = False, horizon: str = "greedy", mu: float = 1.0,
                optimizer_derivative: str = hypergrad.VJP, **kwargs: Any):
@@ -116,6 +128,16 @@ class GuidedTrainer(Trainer):
     if guide_from_step < 0:
       raise ValueError(f"guide_from_step must be >= 0, got {guide_from_step}")
     self.guide_from_step = int(guide_from_step)
+    if mixture_sampling not in MIXTURE_SAMPLING_MODES:
+      raise ValueError(f"mixture_sampling must be one of {MIXTURE_SAMPLING_MODES}, got "
+                       f"{mixture_sampling!r}")
+    if mixture_sampling == SAMPLING_RATES and not any(s.name == "data_weights"
+                                                      for s in guided_hparams):
+      raise ValueError("mixture_sampling='sampling_rates' needs guided mixture weights "
+                       "(include gin/guided/mixture_weights.gin)")
+    if resample_every < 1:
+      raise ValueError(f"resample_every must be >= 1, got {resample_every}")
+    self.mixture_sampling, self.resample_every = mixture_sampling, int(resample_every)
     self.guide_dataset_cfg = guide_dataset_cfg
     self.fixed_guide_batch = fixed_guide_batch
     self.recompute_tangent = recompute_tangent
@@ -196,6 +218,20 @@ class GuidedTrainer(Trainer):
   def _step_kwargs(self) -> dict[str, Any]:
     return dict(super()._step_kwargs(), specs=self.specs)
 
+  def mixture_weight_values(self) -> list[float]:
+    """The effective guided data (mixture) weights now, one per id (host floats)."""
+    values = specs_lib.effective(self.specs, self.train_state.guided.raw)
+    return [float(w) for w in np.asarray(jax.device_get(values["data_weights"])).reshape(-1)]
+
+  def _loss_inputs(self, loss_values: Mapping[str, jax.Array], batch: Batch
+                   ) -> dict[str, jax.Array]:
+    """With online sampling rates the weights act through the sampling: the loss weights are
+    w / stop_gradient(w) (exactly 1), so the hypergradient still flows through them."""
+    if self.mixture_sampling == SAMPLING_RATES and "data_weights" in loss_values:
+      weights = loss_values["data_weights"]
+      loss_values = {**loss_values, "data_weights": weights / jax.lax.stop_gradient(weights)}
+    return super()._loss_inputs(loss_values, batch)
+
   @functools.cached_property
   def _guidance(self) -> step_lib.Guidance:
     return step_lib.Guidance(self.specs, self.meta_optimizer, self.recompute_tangent,
@@ -237,6 +273,8 @@ class GuidedTrainer(Trainer):
   def _run_one_step(self, batch_iter: Iterator[Batch]) -> Metrics:
     if self._host_step is None:
       self._host_step = int(jax.device_get(self.train_state.step))
+    if self.mixture_sampling == SAMPLING_RATES and self._host_step % self.resample_every == 0:
+      batch_iter.start_segment(self.mixture_weight_values())
     batch = next(batch_iter)
     if (self._host_step % self.hyper_step_every == 0
         and self._host_step >= self.guide_from_step):

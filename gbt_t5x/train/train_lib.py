@@ -54,6 +54,11 @@ class CheckpointConfig:
   restore: RestoreCheckpointConfig | None = None
 
 
+# Checkpoint metadata key of the online mixture sampling segment being read (its weights are
+# part of the data stream, so a resumed run needs them).
+SAMPLING_SEGMENT_KEY = "train_sampling_segment"
+
+
 def input_shapes(cfg: data_lib.DatasetConfig) -> dict[str, tuple[int, int]]:
   lengths = cfg.task_feature_lengths
   return {"encoder_input_tokens": (1, int(lengths["inputs"])),
@@ -272,6 +277,7 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
   checkpointer = checkpoints_lib.Checkpointer(ckpt_dir, keep=keep)
   latest = checkpointer.latest_step()
   data_positions: dict[str, int] = {}
+  sampling_segment = None  # online mixture sampling rates: the segment being read
   if latest is not None:
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             trainer.train_state, trainer.train_state_axes)
@@ -285,6 +291,8 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
             "HYPERGRAD_HORIZON='forward' in a new MODEL_DIR") from None
       raise
     data_positions = dict(metadata.get("data_positions", {}))
+    if metadata.get(SAMPLING_SEGMENT_KEY):
+      sampling_segment = data_lib.SamplingSegment.from_json(metadata[SAMPLING_SEGMENT_KEY])
     print_fn(f"restored checkpoint step {latest} from {ckpt_dir}")
   elif checkpoint_cfg.restore is not None and checkpoint_cfg.restore.path:
     if checkpoint_cfg.restore.reset_optimizer:
@@ -312,7 +320,8 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
     step = int(jax.device_get(state.step))
     train_iter = data_lib.BatchIterator(train_dataset_cfg, partitioner.data_sharding,
                                         start_position=data_positions.get("train", step),
-                                        check_fn=getattr(trainer, "check_train_batch", None))
+                                        check_fn=getattr(trainer, "check_train_batch", None),
+                                        segment=sampling_segment)
     # The guide task (GuidedTrainer) is read here too, so both positions resume together.
     guide_cfg = getattr(trainer, "guide_dataset_cfg", None)
     guide_iter = None
@@ -331,9 +340,11 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
       positions = {"train": train_iter.position}
       if guide_iter is not None:
         positions["guide"] = guide_iter.position
-      checkpointer.save(current_step, trainer.train_state,
-                        {"data_positions": positions,
-                         "param_shapes": shape_fingerprint(trainer.train_state.params)})
+      metadata = {"data_positions": positions,
+                  "param_shapes": shape_fingerprint(trainer.train_state.params)}
+      if train_iter.segment is not None:
+        metadata[SAMPLING_SEGMENT_KEY] = train_iter.segment.as_json()
+      checkpointer.save(current_step, trainer.train_state, metadata)
 
     def run_eval() -> dict[str, float]:
       if train_eval_dataset_cfg is None:

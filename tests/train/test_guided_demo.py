@@ -119,3 +119,89 @@ def test_guided_lr_multiplier_repairs_a_bad_constant_lr(demo_world, well_tuned_d
   assert abs(guided_loss - well_tuned_dev_loss) < abs(plain_loss - well_tuned_dev_loss)
   # The multiplier moved towards the well-tuned LR.
   assert (mult > 1.0) if factor < 1 else (mult < 1.0)
+
+
+# ---------------------------------------------------------------- guided mixture weights
+NOISE_TASK, MIXTURE = "gbt_t5x_test_pure_noise", "gbt_t5x_test_nmt_and_noise"
+MIX_STEPS = 120
+
+
+@pytest.fixture(scope="module")
+def noise_mixture(demo_world):
+  """A two-task mixture: `demo_nmt` and a task of the same inputs with random-token targets."""
+  import seqio
+  import tensorflow as tf
+
+  def random_targets(ds):
+    def scramble(ex):
+      seed = tf.stack([tf.cast(ex["example_id"], tf.int32), 7])
+      noise = tf.random.stateless_uniform(tf.shape(ex["targets"]), seed, 3, 1100, tf.int32)
+      return {**ex, "targets": noise}
+    return ds.map(scramble)
+
+  seqio.TaskRegistry.remove(NOISE_TASK)
+  seqio.TaskRegistry.add(
+      NOISE_TASK, source=seqio.FunctionDataSource(
+          demo_world._make_dataset_fn({"train": "train.tsv"}), splits=("train",)),
+      preprocessors=[*demo_world._preprocessors()[:-1], random_targets,
+                     seqio.preprocessors.append_eos_after_trim],
+      output_features=demo_world.OUTPUT_FEATURES)
+  seqio.MixtureRegistry.remove(MIXTURE)
+  seqio.MixtureRegistry.add(MIXTURE, [("demo_nmt", 1.0), (NOISE_TASK, 1.0)])
+  return MIXTURE
+
+
+def run_mixture(demo, model_dir, steps, seed, sampling="loss_weights", save_period=None):
+  """A guided mixture-weights run; returns (final train state, trajectory rows)."""
+  from gbt_t5x.data import data_ids
+  from gbt_t5x.guided.specs import GuidedHParam
+  from gbt_t5x.train import data, guided_trainer, train_lib
+  from gbt_t5x.train.partitioning import PjitPartitioner
+  train = data.DatasetConfig(MIXTURE, LENGTHS, "train", BATCH, shuffle=True, seed=seed,
+                             pack=True, data_id_feature=data_ids.MIXTURE_TASK)
+  guide = data.DatasetConfig("demo_nmt_guide", LENGTHS, "train", BATCH, shuffle=True, seed=1)
+  names = data_ids.data_id_names(MIXTURE, data_ids.MIXTURE_TASK)
+  specs = (GuidedHParam("data_weights", 1.0, "exp", shape=(len(names),), entry_names=names),)
+  trainer_cls = functools.partial(
+      guided_trainer.GuidedTrainer, learning_rate_fn=lambda step: GOOD_LR, guided_hparams=specs,
+      guide_dataset_cfg=guide, meta_learning_rate=3e-2, mixture_sampling=sampling,
+      resample_every=10)
+  save = train_lib.SaveCheckpointConfig(period=save_period) if save_period else None
+  _, state = train_lib.train(model=_model(demo), train_dataset_cfg=train,
+                             partitioner=PjitPartitioner(devices=jax.devices()[:1]),
+                             trainer_cls=trainer_cls, random_seed=seed,
+                             checkpoint_cfg=train_lib.CheckpointConfig(save=save),
+                             model_dir=str(model_dir), total_steps=steps, eval_period=steps,
+                             log_every=10, print_fn=lambda s: None)
+  rows = [json.loads(line) for line in open(os.path.join(model_dir, "guided_trajectory.jsonl"))]
+  return state, rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_guided_mixture_weight_of_a_pure_noise_task_falls(demo_world, noise_mixture, tmp_path,
+                                                          seed):
+  _, rows = run_mixture(demo_world, tmp_path, MIX_STEPS, seed)
+  names, final = rows[-1]["entry_names"]["data_weights"], rows[-1]["values"]["data_weights"]
+  weights = dict(zip(names, final))
+  print(f"seed {seed}: mixture weights after {MIX_STEPS} steps: {weights}")
+  assert weights[NOISE_TASK] < 1.0 < weights["demo_nmt"], weights
+
+
+@pytest.mark.slow
+def test_online_sampling_rates_resume_reproduces_the_uninterrupted_run(demo_world, noise_mixture,
+                                                                       tmp_path):
+  """Sampling rates refreshed every 10 steps; a run stopped at step 25 (mid-segment) and resumed
+  ends with the same params, guided values and trajectory as one that never stopped."""
+  full, full_rows = run_mixture(demo_world, tmp_path / "full", 40, 0, "sampling_rates")
+  run_mixture(demo_world, tmp_path / "resumed", 25, 0, "sampling_rates", save_period=5)
+  resumed, resumed_rows = run_mixture(demo_world, tmp_path / "resumed", 40, 0, "sampling_rates",
+                                      save_period=5)
+  for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert np.array_equal(np.asarray(full.guided.raw["data_weights"]),
+                        np.asarray(resumed.guided.raw["data_weights"]))
+  by_step = {r["step"]: r["values"] for r in resumed_rows}
+  assert [r["values"] for r in full_rows] == [by_step[r["step"]] for r in full_rows]
+  # The weights moved, so the sampling rates changed between segments.
+  assert full_rows[-1]["values"]["data_weights"] != full_rows[0]["values"]["data_weights"]
