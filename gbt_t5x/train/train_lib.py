@@ -22,6 +22,7 @@ from gbt_t5x.train import preemption
 from gbt_t5x.train import run_lock
 from gbt_t5x.train import data as data_lib
 from gbt_t5x.train import summaries
+from gbt_t5x.train import t5x_checkpoints
 from gbt_t5x.train import train_state as train_state_lib
 from gbt_t5x.train.partitioning import PjitPartitioner
 
@@ -116,6 +117,9 @@ def _restore_params_and_optimizer_from(path: str, state: Any, axes: Any) -> Any:
   Raises a one-line ValueError naming the first leaf whose shape (or presence) differs.
   """
   import orbax.checkpoint as ocp
+  if t5x_checkpoints.locate(path) is not None:
+    raise ValueError(f"{path} is a T5X checkpoint: only its params are read (T5X's optimizer "
+                     "state is dropped); set RestoreCheckpointConfig.reset_optimizer = True")
   ckpt, step = checkpoints_lib.find_checkpoint(path)
   item = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
   item_axes = {"step": axes.step, "params": axes.params, "opt_state": axes.opt_state}
@@ -146,11 +150,17 @@ def load_params(model_dir: str, params: Any, param_axes: Any, step: int | None =
     params: pytree with the model's param shapes/dtypes (arrays or ShapeDtypeStructs).
     param_axes: matching pytree of shardings.
     step: checkpoint step, or None for the one the path names (a step folder) or the latest.
+
+  A T5X checkpoint (`t5x_checkpoints.locate`: `.../checkpoint_1000000`, its `checkpoint` file or
+  a T5X model dir) is read too: its params only, mapped by name.
   """
-  ckpt, found = checkpoints_lib.find_checkpoint(model_dir)
-  step = found if step is None else step
   target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         params, param_axes)
+  t5x = t5x_checkpoints.locate(model_dir)
+  if t5x is not None and step is None:
+    return t5x_checkpoints.read_params(t5x, target)
+  ckpt, found = checkpoints_lib.find_checkpoint(model_dir)
+  step = found if step is None else step
   return ckpt.restore_params(step, target)
 
 
@@ -180,8 +190,12 @@ def restore_inference_params(checkpoint_path: str, target: Any) -> tuple[Any, in
       random train state is needed.
 
   Returns:
-    (params on the target's shardings, step). Only the params are read.
+    (params on the target's shardings, step). Only the params are read; a T5X checkpoint
+    (`t5x_checkpoints.locate`) is read too.
   """
+  t5x = t5x_checkpoints.locate(checkpoint_path)
+  if t5x is not None:
+    return t5x_checkpoints.read_params(t5x, target), t5x_checkpoints.step_of(t5x)
   ckpt, step = checkpoints_lib.find_checkpoint(checkpoint_path)
   return ckpt.restore_params(step, target), step
 
