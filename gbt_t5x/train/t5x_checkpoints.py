@@ -218,9 +218,9 @@ def _read_orbax(ckpt: T5XCheckpoint, target: Any) -> Any:
   state_dir = fileio.join(ckpt.step_dir, ORBAX_STATE_DIR)
   checkpointer = ocp.PyTreeCheckpointer()
   try:
-    meta = checkpointer.metadata(state_dir)
-    tree = getattr(meta, "item_metadata", meta)
-    tree = getattr(tree, "tree", tree)
+    from etils import epath
+    meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir))
+    tree = getattr(meta, "tree", meta)
   except Exception as e:
     raise ValueError(f"T5X orbax checkpoint {state_dir} cannot be read "
                      f"({type(e).__name__}: {errors.one_line(e)[:200]})") from None
