@@ -44,9 +44,14 @@ class RestoreCheckpointConfig:
     reset_optimizer: keep only params from `path` (fresh optimizer state and step 0); False also
       restores the optimizer state and the step (the optimizer must be the same kind, so that
       the state's shapes match; the guided state, if any, starts fresh either way).
+    keep_step: with `reset_optimizer`, continue the checkpoint's step count instead of starting
+      at 0 -- T5X's finetuning semantics (its gin files set TRAIN_STEPS = pretrained steps +
+      finetuning steps, e.g. 1_020_000 from checkpoint_1000000); T5X's runs/finetune.gin as
+      provided by `gbt_t5x.t5x_compat` sets it.
   """
   path: str | None = None
   reset_optimizer: bool = True
+  keep_step: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,9 +111,16 @@ def shape_fingerprint(params: Any) -> dict[str, list[int]]:
   return {jax.tree_util.keystr(path): list(leaf.shape) for path, leaf in flat}
 
 
-def _restore_params_from(path: str, state: Any, axes: Any) -> Any:
-  """Loads the params (only) of the latest checkpoint in another model dir into `state`."""
-  return state.replace(params=load_params(path, state.params, axes.params))
+def _restore_params_from(path: str, state: Any, axes: Any, keep_step: bool = False) -> Any:
+  """Loads the params (only) of the latest checkpoint in another model dir (or a T5X checkpoint)
+  into `state`; `keep_step` also sets the step to the checkpoint's (T5X's finetuning)."""
+  state = state.replace(params=load_params(path, state.params, axes.params))
+  if not keep_step:
+    return state
+  t5x = t5x_checkpoints.locate(path)
+  step = (t5x_checkpoints.step_of(t5x) if t5x is not None
+          else checkpoints_lib.find_checkpoint(path)[1])
+  return state.replace(step=jax.device_put(np.asarray(step, state.step.dtype), axes.step))
 
 
 def _restore_params_and_optimizer_from(path: str, state: Any, axes: Any) -> Any:
@@ -303,7 +315,10 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
   elif checkpoint_cfg.restore is not None and checkpoint_cfg.restore.path:
     if checkpoint_cfg.restore.reset_optimizer:
       trainer.train_state = _restore_params_from(checkpoint_cfg.restore.path,
-                                                 trainer.train_state, trainer.train_state_axes)
+                                                 trainer.train_state, trainer.train_state_axes,
+                                                 checkpoint_cfg.restore.keep_step)
+      if checkpoint_cfg.restore.keep_step:
+        data_positions = {"train": 0}  # A new task: read it from its start, not at the step.
       print_fn(f"initialised params from {checkpoint_cfg.restore.path}")
     else:
       trainer.train_state = _restore_params_and_optimizer_from(
