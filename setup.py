@@ -40,7 +40,10 @@ setuptools.setup(
     packages=(setuptools.find_packages(include=["gbt_t5x", "gbt_t5x.*"]) + ["gbt_t5x_tasks"]
               + list(GIN_PACKAGES)),
     package_dir={"gbt_t5x_tasks": "tasks", **GIN_PACKAGES},
-    package_data={name: ["*.gin"] for name in GIN_PACKAGES},
+    # T5X's gin file names (gbt_t5x/t5x_compat/t5x/...), included by T5X users' gin files.
+    package_data={**{name: ["*.gin"] for name in GIN_PACKAGES},
+                  "gbt_t5x.t5x_compat.t5x.examples.t5.t5_1_1": ["*.gin"],
+                  "gbt_t5x.t5x_compat.t5x.configs.runs": ["*.gin"]},
     install_requires=_requirements("base.txt"),
     extras_require={"test": _requirements("test.txt")},
     classifiers=[

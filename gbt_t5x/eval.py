@@ -60,9 +60,14 @@ def checkpoint_step(checkpoint_path: str) -> int:
   """The step `checkpoint_path` names: a step folder's own step, else the latest checkpoint's.
 
   `checkpoint_path` is a model dir, its checkpoints/ folder or a step folder
-  (`.../checkpoints/524288`), local or `gs://`. Raises ValueError if it holds no checkpoint.
+  (`.../checkpoints/524288`) or a T5X checkpoint, local or `gs://`. Raises ValueError if it
+  holds no checkpoint.
   """
   from gbt_t5x.train import checkpoints as checkpoints_lib
+  from gbt_t5x.train import t5x_checkpoints
+  t5x = t5x_checkpoints.locate(checkpoint_path)
+  if t5x is not None:
+    return t5x_checkpoints.step_of(t5x)
   return checkpoints_lib.find_checkpoint(checkpoint_path)[1]
 
 

@@ -191,3 +191,25 @@ def rmtree(path: str) -> None:
 def copy_file(src: str, dst: str) -> None:
   """Copies one file (any filesystem to any other), replacing `dst` atomically."""
   write_bytes(dst, read_bytes(src))
+
+
+def rename(src: str, dst: str) -> None:
+  """Renames folder or file `src` to `dst` on a local disk (atomic there). Object stores have no
+  rename: callers write remote folders in place and mark completion with a last file."""
+  if is_remote(src) or is_remote(dst):
+    raise ValueError(f"cannot rename {src} to {dst}: object stores have no rename")
+  os.replace(src, dst)
+
+
+def tensorstore_kvstore(path: str) -> dict:
+  """The tensorstore kvstore spec of `path` (a local path or `gs://bucket/...`), for zarr arrays
+  that tensorstore reads and writes itself (T5X's checkpoint layout): `file` locally, `gcs` for
+  `gs://` (pointed at an emulator by `TENSORSTORE_GCS_HTTP_URL`)."""
+  path = str(path)
+  if not is_remote(path):
+    return {"driver": "file", "path": os.path.abspath(path)}
+  scheme, rest = path.split("://", 1)
+  if scheme != "gs":
+    raise ValueError(f"tensorstore arrays on {scheme}:// are not supported (only local and gs://)")
+  bucket, _, key = rest.partition("/")
+  return {"driver": "gcs", "bucket": bucket, "path": key}

@@ -259,7 +259,12 @@ def train_configurable() -> Callable[..., Any]:
 
 def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
               gin_search_paths: Sequence[str] = ()) -> None:
-  """Parses gin files then bindings; raises a one-line ValueError on any gin problem."""
+  """Parses gin files then bindings; raises a one-line ValueError on any gin problem.
+
+  T5X users' files run as written: `t5x_compat.activate()` makes `from t5x import ...` and
+  `include 't5x/...gin'` resolve to this project's equivalents when T5X is not installed."""
+  from gbt_t5x import t5x_compat
+  t5x_compat.activate()
   train_configurable()
   logging.getLogger().addFilter(_HideGinSearchMisses())
   _tolerate_namespace_packages()
@@ -295,7 +300,12 @@ def _strip_train_script_alias(binding: str) -> str:
 
 
 def _gin_error_text(e: BaseException) -> str:
-  """One line for a gin parse error; syntax errors say so (gin's tokenizer errors are tuples)."""
+  """One line for a gin parse error; syntax errors say so (gin's tokenizer errors are tuples);
+  a T5X binding without an equivalent here is named as such (`t5x_compat`)."""
+  from gbt_t5x import t5x_compat
+  unsupported = t5x_compat.unsupported_message(str(e))
+  if unsupported is not None:
+    return unsupported
   if isinstance(e, tokenize.TokenError):
     msg = e.args[0] if e.args else "tokenizer error"
     return f"syntax error: {msg} (unbalanced brackets or quotes?)"

@@ -50,6 +50,11 @@ def test_wheel_trains_and_exports_from_an_empty_directory(tmp_path, tmp_path_fac
                 "print(gbt_t5x.__file__, gbt_t5x_tasks.__file__, gin_utils.PACKAGE_GIN_DIR)"],
                cwd=work, env=env)
   assert all(path.startswith(str(site)) for path in probe.stdout.split()), probe.stdout
+  # T5X's gin file names (gbt_t5x.t5x_compat) ship too.
+  compat = _run([sys.executable, "-c", "from gbt_t5x import t5x_compat as c\n"
+                 "print(all((c.ROOT / 't5x' / p).is_file() for p in ('configs/runs/pretrain.gin', "
+                 "'examples/t5/t5_1_1/small.gin')))"], cwd=work, env=env)
+  assert compat.stdout.strip() == "True", compat.stdout
 
   _run([sys.executable, "-m", "gbt_t5x.train", *GUIDED_FLAGS, "--gin.TRAIN_STEPS=2",
         "--gin.HYPER_STEP_EVERY=1", "--gin.MODEL_DIR='run'"], cwd=work, env=env)

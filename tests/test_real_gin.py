@@ -1,4 +1,5 @@
-"""Every shipped gin file under gin/experiments/ (with real/) and gin/runs/ runs.
+"""Every shipped gin file under gin/experiments/ (with real/) and gin/runs/ runs; so do T5X users'
+files (T5X's `t5x/...` includes and module names, `gbt_t5x.t5x_compat`), from a T5X checkpoint.
 
 * Fast: the README's "Running on real data" files parse, name registered SeqIO tasks (train and
   guide), configure T5.1.1 small and valid guided hyper-parameters.
@@ -297,3 +298,139 @@ def test_eval_and_infer_file_runs(runner, name, tmp_path):
   if main_module == "gbt_t5x.eval":
     report = json.loads((out_dir / "metrics.json").read_text())
     assert report["step"] == 2 and report["infer_eval"], report
+
+
+# ----------------------------------------------------------------------------------------------
+# T5X users' gin files, unmodified (gbt_t5x.t5x_compat), and T5X checkpoints in.
+
+T5X_PRETRAIN = """\
+from __gin__ import dynamic_registration
+
+import __main__ as train_script
+from t5x import partitioning
+from t5x import utils
+
+include 't5x/examples/t5/t5_1_1/small.gin'
+include 't5x/configs/runs/pretrain.gin'
+
+MIXTURE_OR_TASK_NAME = 'c4_span_corruption'
+MIXTURE_OR_TASK_MODULE = 'gbt_t5x_tasks.c4'
+TASK_FEATURE_LENGTHS = {'inputs': 512, 'targets': 114}
+TRAIN_STEPS = 524288
+DROPOUT_RATE = 0.0
+BATCH_SIZE = 256
+
+utils.SaveCheckpointConfig.period = 2000
+partitioning.PjitPartitioner.num_partitions = 1
+"""
+# As T5X's docs finetune (examples/t5/t5_1_1/examples/base_wmt_finetune.gin: run file first).
+T5X_FINETUNE = """\
+from __gin__ import dynamic_registration
+
+import __main__ as train_script
+from t5x import utils
+from t5x import models
+
+include 't5x/configs/runs/finetune.gin'
+include 't5x/examples/t5/t5_1_1/small.gin'
+
+BATCH_SIZE = 128
+MIXTURE_OR_TASK_NAME = 'c4_span_corruption'
+MIXTURE_OR_TASK_MODULE = 'gbt_t5x_tasks.c4'
+TASK_FEATURE_LENGTHS = {'inputs': 256, 'targets': 256}
+DROPOUT_RATE = 0.1
+TRAIN_STEPS = 1_020_000
+LOSS_NORMALIZING_FACTOR = 233472
+INITIAL_CHECKPOINT_PATH = %(checkpoint)r
+"""
+
+
+def _t5x_file(tmp_path: pathlib.Path, name: str, text: str) -> str:
+  path = tmp_path / name
+  path.write_text(text)
+  return f"--gin_file={path}"
+
+
+@pytest.fixture(scope="module")
+def t5x_runs(runner, tmp_path_factory):
+  """A T5X users' pretraining file run for 2 steps, and its params as T5X checkpoint_0."""
+  from gbt_t5x.train import checkpoints, t5x_checkpoints
+  root = tmp_path_factory.mktemp("t5x_user")
+  model_dir = runner.train("t5x_user_pretrain", [_t5x_file(root, "pretrain.gin", T5X_PRETRAIN)])
+  params = checkpoints.Checkpointer(str(model_dir / "checkpoints")).saved_params(2)
+  return model_dir, pathlib.Path(t5x_checkpoints.write(params, 0, str(root / "t5x")))
+
+
+@pytest.mark.slow
+def test_t5x_users_pretraining_and_finetuning_files_run_unmodified(runner, t5x_runs, tmp_path):
+  model_dir, t5x_checkpoint = t5x_runs
+  config = (model_dir / "config.gin").read_text()
+  assert "period = 2000" in config and "TRAIN_STEPS = 2" in config
+  finetune = T5X_FINETUNE % {"checkpoint": str(t5x_checkpoint)}
+  finetuned = runner.train("t5x_user_finetune", [_t5x_file(tmp_path, "ft.gin", finetune)])
+  assert "keep_step = True" in (finetuned / "config.gin").read_text()
+  assert sorted(p.name for p in (finetuned / "checkpoints").iterdir()) == ["2"]
+
+
+def _other_architecture(step_dir: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+  from gbt_t5x.train import t5x_checkpoints
+  import numpy as np
+  del step_dir  # A checkpoint of another (one-parameter) network.
+  params = {"encoder": {"layers_0": {"attention": {"query": {"kernel": np.zeros((8, 8))}}}}}
+  return pathlib.Path(t5x_checkpoints.write(params, 0, str(tmp_path / "other")))
+
+
+def _truncated_array(step_dir: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+  import shutil
+  copy = tmp_path / "checkpoint_0"
+  shutil.copytree(step_dir, copy)
+  chunk = copy / "target.token_embedder.embedding" / "0.0"
+  chunk.write_bytes(chunk.read_bytes()[:100])
+  return copy
+
+
+def _no_checkpoint_file(step_dir: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+  import shutil
+  copy = tmp_path / "checkpoint_0"
+  shutil.copytree(step_dir, copy)
+  (copy / "checkpoint").unlink()
+  return copy
+
+
+BAD_T5X_CHECKPOINTS = {
+    "other_architecture": (_other_architecture, "does not fit the model: model parameter "
+                           "decoder/decoder_norm/scale (shape (32,)) is not in the checkpoint"),
+    "truncated_array_file": (_truncated_array, "parameter token_embedder/embedding cannot be "
+                             "read (corrupt or incomplete"),
+    "no_checkpoint_file": (_no_checkpoint_file, "has no `checkpoint` file"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(BAD_T5X_CHECKPOINTS))
+def test_bad_t5x_checkpoint_is_one_line_and_writes_nothing(runner, t5x_runs, tmp_path, case):
+  damage, fragment = BAD_T5X_CHECKPOINTS[case]
+  checkpoint = damage(t5x_runs[1], tmp_path)
+  model_dir = tmp_path / "run"
+  finetune = T5X_FINETUNE % {"checkpoint": str(checkpoint)}
+  rc, out, err = runner(f"t5x_bad_{case}", "gbt_t5x.train.__main__",
+                        [_t5x_file(tmp_path, "ft.gin", finetune),
+                         f"--gin.MODEL_DIR={str(model_dir)!r}"])
+  last = [line for line in err.splitlines() if line.strip()][-1]
+  assert rc == 2 and "Traceback" not in err and last.startswith("error: "), err[-3000:]
+  assert fragment in last, last
+  assert not model_dir.exists()
+
+
+def test_unsupported_t5x_binding_is_one_line_naming_it(tmp_path, monkeypatch):
+  _entry_points(monkeypatch)
+  path = tmp_path / "pretrain.gin"
+  path.write_text(T5X_PRETRAIN + "train_script.train.stats_period = 100\n")
+  gin.clear_config()
+  try:
+    with pytest.raises(ValueError) as excinfo:
+      gin_utils.parse_gin([str(path)], REQUIRED)
+  finally:
+    gin.clear_config()
+  assert "T5X binding train.stats_period is not supported by gbt_t5x" in str(excinfo.value)
+  assert "\n" not in str(excinfo.value)

@@ -256,6 +256,23 @@ class Checkpointer:
       raise self._unreadable(step, e) from None
     return restored["params"]
 
+  def saved_params(self, step: int) -> Any:
+    """The `params` of checkpoint `step` as saved (structure, shapes, dtypes from orbax's
+    metadata), on one device: for tools that have no model, such as `gbt_t5x.export_t5x`."""
+    step = int(step)
+    self._require_step(step)
+    try:
+      from etils import epath
+      meta = ocp.PyTreeCheckpointHandler().metadata(
+          epath.Path(fileio.join(self.directory, str(step), _STATE)))
+      params_meta = getattr(meta, "tree", meta)["params"]
+    except Exception as e:  # Missing or corrupt metadata.
+      raise self._unreadable(step, e) from None
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device),
+                          params_meta)
+    return self.restore_params(step, target)
+
   def wait_until_finished(self) -> None:
     """Blocks until any pending save is complete (saves here are already synchronous)."""
     if self._manager is not None:

@@ -22,6 +22,7 @@ from gbt_t5x.train import preemption
 from gbt_t5x.train import run_lock
 from gbt_t5x.train import data as data_lib
 from gbt_t5x.train import summaries
+from gbt_t5x.train import t5x_checkpoints
 from gbt_t5x.train import train_state as train_state_lib
 from gbt_t5x.train.partitioning import PjitPartitioner
 
@@ -43,9 +44,14 @@ class RestoreCheckpointConfig:
     reset_optimizer: keep only params from `path` (fresh optimizer state and step 0); False also
       restores the optimizer state and the step (the optimizer must be the same kind, so that
       the state's shapes match; the guided state, if any, starts fresh either way).
+    keep_step: with `reset_optimizer`, continue the checkpoint's step count instead of starting
+      at 0 -- T5X's finetuning semantics (its gin files set TRAIN_STEPS = pretrained steps +
+      finetuning steps, e.g. 1_020_000 from checkpoint_1000000); T5X's runs/finetune.gin as
+      provided by `gbt_t5x.t5x_compat` sets it.
   """
   path: str | None = None
   reset_optimizer: bool = True
+  keep_step: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,9 +116,16 @@ def shape_fingerprint(params: Any) -> dict[str, list[int]]:
   return {jax.tree_util.keystr(path): list(leaf.shape) for path, leaf in flat}
 
 
-def _restore_params_from(path: str, state: Any, axes: Any) -> Any:
-  """Loads the params (only) of the latest checkpoint in another model dir into `state`."""
-  return state.replace(params=load_params(path, state.params, axes.params))
+def _restore_params_from(path: str, state: Any, axes: Any, keep_step: bool = False) -> Any:
+  """Loads the params (only) of the latest checkpoint in another model dir (or a T5X checkpoint)
+  into `state`; `keep_step` also sets the step to the checkpoint's (T5X's finetuning)."""
+  state = state.replace(params=load_params(path, state.params, axes.params))
+  if not keep_step:
+    return state
+  t5x = t5x_checkpoints.locate(path)
+  step = (t5x_checkpoints.step_of(t5x) if t5x is not None
+          else checkpoints_lib.find_checkpoint(path)[1])
+  return state.replace(step=jax.device_put(np.asarray(step, state.step.dtype), axes.step))
 
 
 def _restore_params_and_optimizer_from(path: str, state: Any, axes: Any) -> Any:
@@ -121,6 +134,9 @@ def _restore_params_and_optimizer_from(path: str, state: Any, axes: Any) -> Any:
   Raises a one-line ValueError naming the first leaf whose shape (or presence) differs.
   """
   import orbax.checkpoint as ocp
+  if t5x_checkpoints.locate(path) is not None:
+    raise ValueError(f"{path} is a T5X checkpoint: only its params are read (T5X's optimizer "
+                     "state is dropped); set RestoreCheckpointConfig.reset_optimizer = True")
   ckpt, step = checkpoints_lib.find_checkpoint(path)
   item = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
   item_axes = {"step": axes.step, "params": axes.params, "opt_state": axes.opt_state}
@@ -151,11 +167,17 @@ def load_params(model_dir: str, params: Any, param_axes: Any, step: int | None =
     params: pytree with the model's param shapes/dtypes (arrays or ShapeDtypeStructs).
     param_axes: matching pytree of shardings.
     step: checkpoint step, or None for the one the path names (a step folder) or the latest.
+
+  A T5X checkpoint (`t5x_checkpoints.locate`: `.../checkpoint_1000000`, its `checkpoint` file or
+  a T5X model dir) is read too: its params only, mapped by name.
   """
-  ckpt, found = checkpoints_lib.find_checkpoint(model_dir)
-  step = found if step is None else step
   target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         params, param_axes)
+  t5x = t5x_checkpoints.locate(model_dir)
+  if t5x is not None and step is None:
+    return t5x_checkpoints.read_params(t5x, target)
+  ckpt, found = checkpoints_lib.find_checkpoint(model_dir)
+  step = found if step is None else step
   return ckpt.restore_params(step, target)
 
 
@@ -185,8 +207,12 @@ def restore_inference_params(checkpoint_path: str, target: Any) -> tuple[Any, in
       random train state is needed.
 
   Returns:
-    (params on the target's shardings, step). Only the params are read.
+    (params on the target's shardings, step). Only the params are read; a T5X checkpoint
+    (`t5x_checkpoints.locate`) is read too.
   """
+  t5x = t5x_checkpoints.locate(checkpoint_path)
+  if t5x is not None:
+    return t5x_checkpoints.read_params(t5x, target), t5x_checkpoints.step_of(t5x)
   ckpt, step = checkpoints_lib.find_checkpoint(checkpoint_path)
   return ckpt.restore_params(step, target), step
 
@@ -297,7 +323,10 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
   elif checkpoint_cfg.restore is not None and checkpoint_cfg.restore.path:
     if checkpoint_cfg.restore.reset_optimizer:
       trainer.train_state = _restore_params_from(checkpoint_cfg.restore.path,
-                                                 trainer.train_state, trainer.train_state_axes)
+                                                 trainer.train_state, trainer.train_state_axes,
+                                                 checkpoint_cfg.restore.keep_step)
+      if checkpoint_cfg.restore.keep_step:
+        data_positions = {"train": 0}  # A new task: read it from its start, not at the step.
       print_fn(f"initialised params from {checkpoint_cfg.restore.path}")
     else:
       trainer.train_state = _restore_params_and_optimizer_from(
