@@ -434,3 +434,29 @@ def test_unsupported_t5x_binding_is_one_line_naming_it(tmp_path, monkeypatch):
     gin.clear_config()
   assert "T5X binding train.stats_period is not supported by gbt_t5x" in str(excinfo.value)
   assert "\n" not in str(excinfo.value)
+
+
+SMOKE_MIXTURE = "gbt_t5x_smoke_c4_and_wmt"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampling", ["loss_weights", "sampling_rates"])
+def test_mixture_weights_file_runs_on_a_mixture_of_mock_c4_and_wmt(runner, sampling):
+  """gin/guided/mixture_weights.gin on a SeqIO mixture of the mock C4 and WMT tasks: one guided
+  weight per member task, named by task in the trajectory, both ways of applying them."""
+  seqio.MixtureRegistry.remove(SMOKE_MIXTURE)
+  seqio.MixtureRegistry.add(SMOKE_MIXTURE, [("c4_span_corruption", 2.0),
+                                            ("wmt19_translate_lt_en", 1.0)])
+  try:
+    model_dir = runner.train(f"guided/mixture_weights.gin[{sampling}]", [
+        "--gin_file=experiments/real/c4_t5_small_guided.gin",
+        "--gin_file=guided/mixture_weights.gin", f"--gin.MIXTURE_OR_TASK_NAME={SMOKE_MIXTURE!r}",
+        "--gin.GUIDE_MIXTURE_OR_TASK_NAME='c4_span_corruption_guide'",
+        f"--gin.MIXTURE_SAMPLING={sampling!r}", "--gin.MIXTURE_RESAMPLE_EVERY=1", *GUIDED])
+  finally:
+    seqio.MixtureRegistry.remove(SMOKE_MIXTURE)
+  rows = _jsonl(model_dir / "guided_trajectory.jsonl")
+  assert [r["step"] for r in rows] == [1, 2], rows
+  assert rows[0]["entry_names"] == {"data_weights": ["c4_span_corruption",
+                                                     "wmt19_translate_lt_en"]}
+  assert list(rows[-1]["values"]) == ["data_weights"]
