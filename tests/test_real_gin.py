@@ -27,6 +27,7 @@ import sys
 import time
 
 import gin
+import numpy as np
 import pytest
 import seqio
 
@@ -443,7 +444,9 @@ SMOKE_MIXTURE = "gbt_t5x_smoke_c4_and_wmt"
 @pytest.mark.parametrize("sampling", ["loss_weights", "sampling_rates"])
 def test_mixture_weights_file_runs_on_a_mixture_of_mock_c4_and_wmt(runner, sampling):
   """gin/guided/mixture_weights.gin on a SeqIO mixture of the mock C4 and WMT tasks: one guided
-  weight per member task, named by task in the trajectory, both ways of applying them."""
+  weight per member task, named by task in the trajectory, both ways of applying them; the
+  learned weights export as a mixture (`--as_mixture`) that a plain run trains on."""
+  from gbt_t5x.guided import export
   seqio.MixtureRegistry.remove(SMOKE_MIXTURE)
   seqio.MixtureRegistry.add(SMOKE_MIXTURE, [("c4_span_corruption", 2.0),
                                             ("wmt19_translate_lt_en", 1.0)])
@@ -453,10 +456,28 @@ def test_mixture_weights_file_runs_on_a_mixture_of_mock_c4_and_wmt(runner, sampl
         "--gin_file=guided/mixture_weights.gin", f"--gin.MIXTURE_OR_TASK_NAME={SMOKE_MIXTURE!r}",
         "--gin.GUIDE_MIXTURE_OR_TASK_NAME='c4_span_corruption_guide'",
         f"--gin.MIXTURE_SAMPLING={sampling!r}", "--gin.MIXTURE_RESAMPLE_EVERY=1", *GUIDED])
+    rows = _jsonl(model_dir / "guided_trajectory.jsonl")
+    assert [r["step"] for r in rows] == [1, 2], rows
+    assert rows[0]["entry_names"] == {"data_weights": ["c4_span_corruption",
+                                                       "wmt19_translate_lt_en"]}
+    assert list(rows[-1]["values"]) == ["data_weights"]
+    if sampling == "sampling_rates":
+      return
+    assert export.main([str(model_dir), "--as_mixture", "--rates", "mean"]) == 0
+    exported = model_dir / "learned_mixture.gin"
+    assert f"name = '{SMOKE_MIXTURE}_learned'" in exported.read_text()
+    replay = runner.train("learned mixture replay", [
+        "--gin_file=models/t5_1_1_tiny.gin", "--gin_file=runs/pretrain.gin",
+        f"--gin_file={exported}"])
+    weights = dict(zip(rows[0]["entry_names"]["data_weights"],
+                       np.mean([r["values"]["data_weights"] for r in rows], axis=0)))
+    learned = seqio.get_mixture_or_task(f"{SMOKE_MIXTURE}_learned")
+    assert {t.name: learned.get_rate(t) for t in learned.tasks} == pytest.approx(
+        {"c4_span_corruption": 2.0 * weights["c4_span_corruption"],
+         "wmt19_translate_lt_en": 1.0 * weights["wmt19_translate_lt_en"]})
+    config = (replay / "config.gin").read_text()
+    assert "MIXTURE_OR_TASK_NAME = @data_ids.learned_mixture()" in config
+    assert f"'{SMOKE_MIXTURE}_learned'" in config
   finally:
     seqio.MixtureRegistry.remove(SMOKE_MIXTURE)
-  rows = _jsonl(model_dir / "guided_trajectory.jsonl")
-  assert [r["step"] for r in rows] == [1, 2], rows
-  assert rows[0]["entry_names"] == {"data_weights": ["c4_span_corruption",
-                                                     "wmt19_translate_lt_en"]}
-  assert list(rows[-1]["values"]) == ["data_weights"]
+    seqio.MixtureRegistry.remove(f"{SMOKE_MIXTURE}_learned")

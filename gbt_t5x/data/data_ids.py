@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import seqio
 
@@ -104,3 +104,34 @@ def mixture_weights_shape(mixture_name: str, module: str | None = None) -> tuple
   """(number of leaf tasks,): the shape of a mixture's weight table (gin:
   gin/guided/mixture_weights.gin)."""
   return (len(mixture_leaf_tasks(mixture_name, module)),)
+
+
+def learned_mixture(name: str, source: str, weights: Mapping[str, float],
+                    module: str | None = None) -> str:
+  """Registers `name`: the mixture `source` with each leaf task's rate multiplied by its learned
+  weight (what `python -m gbt_t5x.guided.export --as_mixture` writes); returns `name`, so gin can
+  bind `MIXTURE_OR_TASK_NAME = @data_ids.learned_mixture()` and a plain run trains on it.
+
+  Args:
+    name: the new mixture's name (e.g. '<source>_learned'); re-registered on every call.
+    source: the mixture the guided run trained on.
+    weights: {leaf task name: learned weight > 0}, one per leaf task of `source`.
+    module: a module to import first that registers `source` (MIXTURE_OR_TASK_MODULE).
+
+  Raises:
+    ValueError: one line, when the weights do not name exactly the leaf tasks of `source` or a
+      weight is not a positive number.
+  """
+  tasks = mixture_leaf_tasks(source, module)
+  names = [t.name for t in tasks]
+  if sorted(weights) != sorted(names):
+    raise ValueError(f"learned mixture {name}: weights name {sorted(weights)} but {source} has "
+                     f"the tasks {sorted(names)}")
+  bad = {k: w for k, w in weights.items() if not (math.isfinite(float(w)) and float(w) > 0)}
+  if bad:
+    raise ValueError(f"learned mixture {name}: weights must be positive numbers, got {bad}")
+  mixture = seqio.get_mixture_or_task(source)
+  rates = [(t.name, mixture.get_rate(t) * float(weights[t.name])) for t in tasks]
+  seqio.MixtureRegistry.remove(name)
+  seqio.MixtureRegistry.add(name, rates)
+  return name

@@ -1,6 +1,7 @@
 """Export a learned hyper-parameter trajectory as a gin-loadable fixed schedule.
 
     python -m gbt_t5x.guided.export MODEL_DIR [--num_knots 50] [--out FILE]
+    python -m gbt_t5x.guided.export MODEL_DIR --as_mixture [--rates final|mean]
 
 Reads `MODEL_DIR/guided_trajectory.jsonl` (one row per model step, written by GuidedTrainer) and
 writes `MODEL_DIR/learned_schedule.gin` (or `--out`): a plain run that includes it follows the
@@ -129,10 +130,24 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("model_dir")
   parser.add_argument("--num_knots", type=int, default=50)
   parser.add_argument("--out", default=None)
+  parser.add_argument("--as_mixture", action="store_true",
+                      help="write learned_mixture.gin: the learned mixture weights as a SeqIO "
+                           "mixture a plain run trains on (see gbt_t5x.guided.mixture_export)")
+  parser.add_argument("--rates", default="final", choices=("final", "mean"),
+                      help="--as_mixture: the final weights or their mean over the run")
+  parser.add_argument("--mixture", default=None,
+                      help="--as_mixture: the run's train mixture (default: from config.gin)")
+  parser.add_argument("--module", default=None, help="--as_mixture: its task module")
   args = parser.parse_args(argv)
 
   def body() -> None:
-    print(f"wrote {export(args.model_dir, args.num_knots, args.out)}")
+    if args.as_mixture:
+      from gbt_t5x.guided import mixture_export
+      path = mixture_export.export_mixture(args.model_dir, read_trajectory(args.model_dir),
+                                           args.rates, args.mixture, args.module, args.out)
+    else:
+      path = export(args.model_dir, args.num_knots, args.out)
+    print(f"wrote {path}")
 
   return errors.exit_code_of(body)
 
