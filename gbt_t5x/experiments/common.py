@@ -32,6 +32,7 @@ GUIDED_KINDS: dict[str, tuple[str, str]] = {
     "weight_decay": ("guided/adam_eps_weight_decay.gin", "@weight_decay/specs.GuidedHParam()"),
     "label_smoothing": ("guided/label_smoothing.gin", "@label_smoothing/specs.GuidedHParam()"),
     "data_weights": ("guided/data_weights.gin", "@data_weights/specs.GuidedHParam()"),
+    "mixture_weights": ("guided/mixture_weights.gin", "@data_weights/specs.GuidedHParam()"),
 }
 
 

@@ -1,0 +1,277 @@
+"""Mixture weights: does a pretraining mixture whose task rates are learned in one guided run beat
+the mixtures users pick today, downstream?
+
+    python scripts/experiments/mixture_weights.py [--results_dir results] [--quick] [--seeds 0,1,2]
+        [--downstream MODULE:TASK[,MODULE:TASK...]]   # default: demo_cola, demo_mrpc
+
+Tiny T5 (2+2 layers, as pretrain_downstream) is pretrained with span corruption on the demo
+pretraining mixture (`gbt_t5x_tasks.demo_mixture`: the world's source-language text, English-like
+target-language text, the source sentences with shuffled words, a second invented language,
+web boilerplate), then each pretrained checkpoint is finetuned identically on the downstream
+tasks and scored. Pretraining arms (per seed):
+
+* `natural rates`: the mixture at its size-proportional rates (what T5's C4-style mixtures do);
+* `stratified rates`: every member at the same rate;
+* `oracle`: the source-language text alone (the one corpus the downstream tasks read);
+* `GBT, loss weights`: one guided run at the natural rates learning one weight per member
+  (gin/guided/mixture_weights.gin) from the guide `demo_span_corruption_guide` — held-out
+  source-language text, the downstream tasks' input domain — applied as loss weights;
+* `GBT, sampling rates`: the same, the weights applied as online sampling rates (refreshed every
+  `RESAMPLE_EVERY` steps);
+* `learned rates replayed (unseen seed)` and `natural rates (unseen seed)`: the sampling-rate
+  run's time-averaged rates exported as a plain mixture (`export --as_mixture --rates mean`),
+  and the natural mixture, on seed s + `UNSEEN_OFFSET`.
+
+Scores: after pretraining, the span-corruption loss on held-out source-language text (dev, the
+primary metric) and on the guide; downstream, each task's SeqIO metrics on its validation split
+and their GLUE-style average. Compute in plain pretraining-step equivalents.
+
+Writes RESULTS_DIR/mixture_weights/: report.md, learned_weights.png, downstream.png,
+experiment.json, records/ and runs/. Rerunning skips finished runs and resumes an interrupted one;
+`--report_only` rebuilds the report from the records.
+"""
+from __future__ import annotations
+
+import sys
+
+from gbt_t5x import console
+
+if __name__ == "__main__":
+  console.configure(sys.argv, import_tensorflow=False)
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+import pretrain_downstream as pd  # the sibling script: finetuning and downstream scoring
+from gbt_t5x.experiments import common, report
+
+NAME = "mixture_weights"
+MODULE = "gbt_t5x_tasks.demo_mixture"
+DEFAULT_DOWNSTREAM = ",".join(f"gbt_t5x_tasks.demo_glue:demo_{t}" for t in ("cola", "mrpc"))
+QUICK_DOWNSTREAM = "gbt_t5x_tasks.demo_glue:demo_cola"
+RESAMPLE_EVERY = 50
+UNSEEN_OFFSET = 100
+NATURAL, STRATIFIED, ORACLE = "natural rates", "stratified rates", "oracle (source text only)"
+GBT_LW, GBT_SR = "GBT, loss weights", "GBT, sampling rates"
+REPLAY, NATURAL_UNSEEN = ("learned rates replayed (unseen seed)", "natural rates (unseen seed)")
+PRETRAIN_ARMS = (NATURAL, STRATIFIED, ORACLE, GBT_LW, GBT_SR)
+QUICK_ARMS = (NATURAL, GBT_SR)
+PRETRAIN_METRICS = (("dev_loss", "source-text dev loss", 3, False),
+                    ("guide_loss", "guide loss", 3, False))
+
+
+def _add_flags(parser) -> None:
+  parser.add_argument("--downstream", default=None,
+                      help=f"comma-separated MODULE:TASK downstream tasks (default "
+                      f"{DEFAULT_DOWNSTREAM}; --quick: {QUICK_DOWNSTREAM})")
+
+
+def pretrain_arms(quick: bool) -> tuple[str, ...]:
+  return QUICK_ARMS if quick else PRETRAIN_ARMS
+
+
+def pretrain_score(exp: common.Experiment):
+  """(model, params) -> {'dev_loss', 'dev_accuracy', 'guide_loss'} (span corruption, per token)."""
+  from gbt_t5x.experiments import scoring
+  from gbt_t5x_tasks import demo_mixture, demo_pretrain
+  lengths = dict(demo_pretrain.DEFAULT_SEQUENCE_LENGTH)
+  size = exp.size
+
+  def score(model, params) -> dict[str, float]:
+    dev = scoring.teacher_forced(model, params, demo_mixture.SOURCE_TASK, "validation", lengths,
+                                 size.batch_size, size.eval_batches, MODULE)
+    guide = scoring.teacher_forced(model, params, demo_mixture.GUIDE_TASK, "validation",
+                                   lengths, size.batch_size, size.eval_batches, MODULE)
+    return {"dev_loss": dev["loss"], "dev_accuracy": dev["accuracy"], "guide_loss": guide["loss"]}
+
+  return score
+
+
+def weights_extra(model_dir: str) -> dict[str, Any]:
+  """The learned weights by task name (trajectory) for the record."""
+  from gbt_t5x.guided import export
+  extra = common.trajectory_extra(model_dir)
+  rows = export.read_trajectory(model_dir)
+  extra["task_names"] = rows[-1]["entry_names"]["data_weights"]
+  return extra
+
+
+def run_all(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) -> None:
+  from gbt_t5x.guided import export, mixture_export
+  from gbt_t5x_tasks import demo_mixture, demo_pretrain
+  size, out = exp.size, exp.out
+  lengths = dict(demo_pretrain.DEFAULT_SEQUENCE_LENGTH)
+  plain_gin = common.pretrain_gin(os.path.join(out, "gin", "pretrain.gin"))
+  meta_lr = size.meta_learning_rate(steps=size.pretrain_steps)
+  guided = {
+      mode: common.guided_gin(
+          os.path.join(out, "gin", f"pretrain_guided_{mode}.gin"), os.path.abspath(plain_gin),
+          ("mixture_weights",), meta_lr, size.hyper_step_every,
+          guide_task=demo_mixture.GUIDE_TASK,
+          extra=[f"MIXTURE_SAMPLING = {mode!r}", f"MIXTURE_RESAMPLE_EVERY = {RESAMPLE_EVERY}"])
+      for mode in ("loss_weights", "sampling_rates")}
+  base = [f"TASK_FEATURE_LENGTHS = {lengths!r}", "PACK = False", *pd.layer_bindings(size),
+          f"MIXTURE_OR_TASK_MODULE = {MODULE!r}"]
+  task = lambda name: [f"MIXTURE_OR_TASK_NAME = {name!r}"]  # noqa: E731
+  arms = {NATURAL: ([plain_gin], task(demo_mixture.MIXTURE), None),
+          STRATIFIED: ([plain_gin], task(demo_mixture.STRATIFIED), None),
+          ORACLE: ([plain_gin], task(demo_mixture.SOURCE_TASK), None),
+          GBT_LW: ([guided["loss_weights"]], task(demo_mixture.MIXTURE), weights_extra),
+          GBT_SR: ([guided["sampling_rates"]], task(demo_mixture.MIXTURE), weights_extra)}
+  score = pretrain_score(exp)
+  for seed in exp.seeds:
+    done = {}
+    for label in pretrain_arms(size.quick):
+      gin_files, bindings, extra = arms[label]
+      done[label] = common.run_arm(exp, label, seed, gin_files, [*base, *bindings], score, extra,
+                                   steps=size.pretrain_steps)
+    unseen = seed + UNSEEN_OFFSET
+    learned = os.path.abspath(os.path.join(out, "gin", f"learned_mixture_seed{seed}.gin"))
+    if not os.path.exists(learned):  # The time-averaged rates of this seed's sampling-rate run.
+      gbt_dir = os.path.join(out, done[GBT_SR].model_dir)
+      mixture_export.export_mixture(gbt_dir, export.read_trajectory(gbt_dir), "mean",
+                                    demo_mixture.MIXTURE, MODULE, learned)
+    arms[REPLAY] = ([plain_gin, learned], [], lambda _d, s=seed: {"weights_of_seed": s})
+    arms[NATURAL_UNSEEN] = arms[NATURAL]
+    for label in (REPLAY, NATURAL_UNSEEN):
+      gin_files, bindings, extra = arms[label]
+      done[label] = common.run_arm(exp, label, unseen, gin_files, [*base, *bindings], score,
+                                   extra, steps=size.pretrain_steps)
+    for label, record in done.items():
+      _finetune_all(exp, downstream, record, arms[label][0], [*base, *arms[label][1]])
+
+
+def _finetune_all(exp: common.Experiment, downstream: Sequence[tuple[str, str]], pre: Any,
+                  pre_gin: Sequence[str], base: Sequence[str]) -> None:
+  """Finetunes `pre`'s checkpoint on every downstream task (as pretrain_downstream does)."""
+  size, out = exp.size, exp.out
+  if any(exp.store.get(pd.finetune_label(pre.label, t), pre.seed) is None for _, t in downstream):
+    if common.ensure_checkpoint(exp, pre, list(pre_gin), list(base), pretrain_score(exp),
+                                steps=pre.train_steps):
+      for _, t in downstream:
+        exp.forget(pd.finetune_label(pre.label, t), pre.seed)
+  for module, t in downstream:
+    ft_gin = common.finetune_gin(os.path.join(out, "gin", f"finetune_{t}.gin"), t, module)
+    lengths = pd.downstream_lengths(module, size)
+    common.run_arm(
+        exp, pd.finetune_label(pre.label, t), pre.seed, [ft_gin],
+        [f"TASK_FEATURE_LENGTHS = {lengths!r}", "PACK = False", *pd.layer_bindings(size),
+         f"INITIAL_CHECKPOINT_PATH = {os.path.abspath(os.path.join(out, pre.model_dir))!r}"],
+        pd.downstream_scores(size, t, module, lengths), steps=size.finetune_steps)
+
+
+def write_report(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) -> str:
+  size, seeds = exp.size, list(exp.seeds)
+  unseen = [s + UNSEEN_OFFSET for s in seeds]
+  arms = list(pretrain_arms(size.quick))
+  get = lambda label, seed: common.require_record(exp, label, seed)  # noqa: E731
+  pre = {a: [get(a, s) for s in seeds] for a in arms}
+  pre[REPLAY] = [get(REPLAY, s) for s in unseen]
+  pre[NATURAL_UNSEEN] = [get(NATURAL_UNSEEN, s) for s in unseen]
+  order = [*arms, NATURAL_UNSEEN, REPLAY]
+  plain_sps = {r.seed: common.StepTime.of(r) for r in pre[NATURAL]}
+  plain_sps.update({s + UNSEEN_OFFSET: plain_sps[s] for s in seeds})
+  compute = {a: [common.step_equivalents(r, plain_sps[r.seed]) for r in pre[a]] for a in order}
+  pre_table = report.arm_table(order, pre, compute, PRETRAIN_METRICS)
+  tasks = [t for _, t in downstream]
+  glue = {a: [pd.across_tasks([get(pd.finetune_label(a, t), r.seed) for t in tasks])
+              for r in pre[a]] for a in order}
+  glue_metrics = [("average", "GLUE-style average", 2, True)]
+  glue_table = report.arm_table(order, glue, {a: [r.train_steps for r in glue[a]] for a in order},
+                                glue_metrics)
+  gbt = [a for a in (GBT_LW, GBT_SR) if a in arms]
+  references = [a for a in (NATURAL, STRATIFIED, ORACLE) if a in arms]
+  comparisons = [(g, ref, f"{g} vs {ref}") for g in gbt for ref in references]
+  comparisons.append((REPLAY, NATURAL_UNSEEN, "learned rates replayed vs natural (unseen seed)"))
+  pre_paired, pre_diffs = report.paired_table(comparisons, pre, PRETRAIN_METRICS)
+  glue_paired, glue_diffs = report.paired_table(comparisons, glue, glue_metrics)
+  verdicts = []
+  for a, b, name in comparisons:
+    dev, avg = pre_diffs[(a, b)]["dev_loss"], glue_diffs[(a, b)]["average"]
+    verdicts.append(f"- **{name}**: source-text dev loss {report.interval_verdict(dev, False)} "
+                    f"(Δ {report.fmt_paired(dev, 3)}); GLUE-style average "
+                    f"{report.interval_verdict(avg, True)} (Δ {report.fmt_paired(avg)}).")
+  verdicts.append(_useless_below_useful(pre, gbt))
+  _plot(exp, pre, gbt, glue, order)
+  sections = [
+      "\n".join(verdicts),
+      f"Setup: tiny T5 ({pd.model_layers(size)}+{pd.model_layers(size)} layers) pretrained "
+      f"{size.pretrain_steps} steps at batch {size.batch_size} with span corruption, AdamW (base "
+      "LR 0.002 after warmup), on the demo pretraining mixture; GBT learns one weight per member "
+      f"task from `demo_span_corruption_guide` (meta LR "
+      f"{size.meta_learning_rate(steps=size.pretrain_steps):g}, a guided step every "
+      f"{size.hyper_step_every} steps; sampling rates refreshed every {RESAMPLE_EVERY} steps). "
+      f"Each pretrained checkpoint is finetuned {size.finetune_steps} steps on {tasks} "
+      f"(validation splits scored). Seeds {seeds} (unseen: s + {UNSEEN_OFFSET}); mean ± std. "
+      "Compute in plain pretraining steps (the natural-rates run's s/step, same seed; "
+      f"{common.timing_basis([r for rs in pre.values() for r in rs])}). DoReMi and BO arms: "
+      "not run yet.",
+      "Pretraining (span-corruption loss per target token):", pre_table,
+      "Downstream (GLUE-style average over the tasks; compute = finetuning steps):", glue_table,
+      report.PAIRED_NOTE, pre_paired, glue_paired,
+      "![learned weights](learned_weights.png)\n\n![downstream](downstream.png)"]
+  return report.write_experiment_report(exp.out, "Mixture weights", size.quick, sections,
+                                        "mixture_weights.py", exp.results_dir)
+
+
+USEFUL = ("demo_span_corruption",)
+USELESS = ("demo_mix_other_language_span_corruption", "demo_mix_boilerplate_span_corruption")
+
+
+def final_weights(record: Any) -> dict[str, float]:
+  traj = record.extra["trajectory"]
+  return dict(zip(record.extra["task_names"], traj["data_weights"][-1]))
+
+
+def _useless_below_useful(pre: dict[str, list], gbt: Sequence[str]) -> str:
+  """One line per GBT arm: whether every useless member's final weight is below every useful
+  member's, seed by seed."""
+  lines = []
+  for arm in gbt:
+    ok = []
+    for r in pre[arm]:
+      w = final_weights(r)
+      ok.append(max(w[u] for u in USELESS if u in w) < min(w[u] for u in USEFUL if u in w))
+    lines.append(f"- {arm}: the useless members' final weights ({', '.join(USELESS)}) are below "
+                 f"the source text's on {sum(ok)}/{len(ok)} seeds"
+                 + ("." if all(ok) else " — not on every seed."))
+  return "\n".join(lines)
+
+
+def _plot(exp, pre, gbt, glue, order) -> None:
+  panels = {}
+  for arm in gbt:
+    for r in pre[arm]:
+      traj = r.extra["trajectory"]
+      values = np.asarray(traj["data_weights"])
+      panels[f"{arm}, seed {r.seed}"] = {
+          name.replace("_span_corruption", ""): (traj["steps"], values[:, i].tolist())
+          for i, name in enumerate(r.extra["task_names"])}
+  if panels:
+    report.plot_panels(os.path.join(exp.out, "learned_weights.png"), panels, "pretraining step",
+                       "learned mixture weights by member task")
+  report.plot_bars(os.path.join(exp.out, "downstream.png"), order,
+                   [[r.scores["average"] for r in glue[a]] for a in order],
+                   "GLUE-style average (validation)", "downstream score by pretraining mixture")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = common.parse_args(__doc__.splitlines()[0], argv, _add_flags)
+  from gbt_t5x.experiments import sizes as sizes_lib
+  size = sizes_lib.get_size(args.quick)
+  downstream = pd.parse_downstream(args.downstream or (QUICK_DOWNSTREAM if size.quick
+                                                       else DEFAULT_DOWNSTREAM))
+  exp = common.setup(args, NAME, {"downstream": [f"{m}:{t}" for m, t in downstream],
+                                  "layers": pd.model_layers(size),
+                                  "resample_every": RESAMPLE_EVERY,
+                                  "unseen_offset": UNSEEN_OFFSET})
+  if not exp.report_only:
+    run_all(exp, downstream)
+  write_report(exp, downstream)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(common.main_with_one_line_errors(main))
