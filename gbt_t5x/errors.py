@@ -53,3 +53,15 @@ class Preempted(Exception):
 
 class ModelDirInUse(ValueError):
   """Another live run holds MODEL_DIR's run lock (the message names its host, pid, start time)."""
+
+
+class CorruptCheckpoint(ValueError):
+  """A listed checkpoint cannot be read or fails verification (a checksum differs, a restored
+  array is non-finite, an item is missing or cut short). The message is one line naming the step
+  and, where known, the failing array; the training entry falls back to an older checkpoint."""
+
+  def __init__(self, step: int, reason: str, hint: str = ""):
+    """`reason`: what is wrong (one line); `hint`: what to do, appended to the message."""
+    super().__init__(reason + hint)
+    self.step = int(step)
+    self.reason = reason

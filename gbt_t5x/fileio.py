@@ -191,3 +191,10 @@ def rmtree(path: str) -> None:
 def copy_file(src: str, dst: str) -> None:
   """Copies one file (any filesystem to any other), replacing `dst` atomically."""
   write_bytes(dst, read_bytes(src))
+
+
+def rename(src: str, dst: str) -> None:
+  """Moves file or folder `src` to `dst` (same filesystem; `dst` must not exist), creating
+  `dst`'s parent folder."""
+  makedirs(dirname(dst))
+  _p(src).rename(_p(dst))

@@ -270,22 +270,14 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
   ckpt_dir = fileio.join(model_dir, checkpoints_lib.CHECKPOINTS_DIR)
   keep = checkpoint_cfg.save.keep if checkpoint_cfg.save else None
   checkpointer = checkpoints_lib.Checkpointer(ckpt_dir, keep=keep)
-  latest = checkpointer.latest_step()
+  restored = _restore_newest_valid(checkpointer, trainer, print_fn)
   data_positions: dict[str, int] = {}
-  if latest is not None:
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            trainer.train_state, trainer.train_state_axes)
-    try:
-      trainer.train_state, metadata = checkpointer.restore(latest, abstract)
-    except ValueError as e:
-      if trainer.train_state.tangents is not None and ".tangents" in str(e):
-        raise ValueError(
-            f"checkpoint step {latest} in {ckpt_dir} holds no long-horizon tangents (its run "
-            "used HYPERGRAD_HORIZON='greedy'); resume it with the greedy horizon, or start "
-            "HYPERGRAD_HORIZON='forward' in a new MODEL_DIR") from None
-      raise
+  failed_steps: list[int] = []
+  if restored is not None:
+    latest, trainer.train_state, metadata, failed_steps = restored
     data_positions = dict(metadata.get("data_positions", {}))
     print_fn(f"restored checkpoint step {latest} from {ckpt_dir}")
+    check_total_steps(latest, total_steps, ckpt_dir)
   elif checkpoint_cfg.restore is not None and checkpoint_cfg.restore.path:
     if checkpoint_cfg.restore.reset_optimizer:
       trainer.train_state = _restore_params_from(checkpoint_cfg.restore.path,
@@ -306,6 +298,10 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
   _acquire_on_chief(lock)
   try:
     fileio.makedirs(model_dir)
+    for bad in failed_steps:  # Out of the way (not deleted), so that the step can be saved anew.
+      if chief:
+        print_fn(f"moved checkpoint step {bad}, which fails verification, to "
+                 f"{checkpointer.quarantine(bad)}")
     if summarize_config_fn is not None and jax.process_index() == 0:
       summarize_config_fn(model_dir)
     state = trainer.train_state
@@ -385,6 +381,32 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
     return step, trainer.train_state
   finally:
     lock.release()
+
+
+def _restore_newest_valid(checkpointer: checkpoints_lib.Checkpointer, trainer: Any,
+                          print_fn: Callable[[str], None]
+                          ) -> tuple[int, Any, dict[str, Any], list[int]] | None:
+  """The newest checkpoint of `checkpointer` that verifies, restored into the trainer's state
+  structure and shardings (`Checkpointer.restore_newest_valid`), or None without checkpoints."""
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          trainer.train_state, trainer.train_state_axes)
+  try:
+    return checkpointer.restore_newest_valid(abstract, print_fn)
+  except ValueError as e:
+    if trainer.train_state.tangents is not None and ".tangents" in str(e):
+      raise ValueError(
+          f"checkpoint step {checkpointer.latest_step()} in {checkpointer.directory} holds no "
+          "long-horizon tangents (its run used HYPERGRAD_HORIZON='greedy'); resume it with the "
+          "greedy horizon, or start HYPERGRAD_HORIZON='forward' in a new MODEL_DIR") from None
+    raise
+
+
+def check_total_steps(checkpoint_step: int, total_steps: int, ckpt_dir: str) -> None:
+  """Refuses a TRAIN_STEPS below the step of the checkpoint the run resumes from (one line)."""
+  if total_steps < checkpoint_step:
+    raise ValueError(f"total_steps (TRAIN_STEPS) {total_steps} is below the step of the "
+                     f"checkpoint to resume, {checkpoint_step} in {ckpt_dir}: raise TRAIN_STEPS "
+                     "to continue, or use another MODEL_DIR to train a new model")
 
 
 def _acquire_on_chief(lock: run_lock.RunLock) -> None:
