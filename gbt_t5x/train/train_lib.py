@@ -2,9 +2,10 @@
 
 Order of work, chosen so that a failed start never touches an existing run: validate the
 configuration (tasks, lengths, vocabulary vs model), build the mesh and the abstract train state,
-restore the latest checkpoint if `model_dir` has one (refusing a checkpoint of another shape), and
-only then write `config.gin`, train, evaluate, checkpoint and plot. Must be driven by gin only
-through its arguments (no gin import here).
+restore the newest checkpoint of `model_dir` that verifies (falling back past corrupt ones,
+refusing one of another shape), and only then write `config.gin`, train, evaluate, checkpoint
+(see `last_good.py` for what is saved and kept after non-finite steps) and plot. Must be driven
+by gin only through its arguments (no gin import here).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import numpy as np
 from gbt_t5x import errors
 from gbt_t5x import fileio
 from gbt_t5x.train import checkpoints as checkpoints_lib
+from gbt_t5x.train import last_good as last_good_lib
 from gbt_t5x.train import preemption
 from gbt_t5x.train import run_lock
 from gbt_t5x.train import data as data_lib
@@ -200,7 +202,8 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
           best_checkpoint_metric: str | None = None,
           best_checkpoint_mode: str = "max", allow_guide_equals_train: bool = False,
           run_lock_heartbeat_s: float = 60.0,
-          run_lock_stale_after_s: float = 600.0) -> tuple[int, Any]:
+          run_lock_stale_after_s: float = 600.0,
+          divergence_factor: float | None = 10.0) -> tuple[int, Any]:
   """Trains `model` on `train_dataset_cfg` until `total_steps`, resuming from `model_dir`.
 
   Args:
@@ -230,6 +233,9 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
     run_lock_heartbeat_s: seconds between refreshes of MODEL_DIR/run.lock's heartbeat.
     run_lock_stale_after_s: a run lock whose heartbeat is older than this (seconds) is stale and
       taken over (a lock of a dead process on the same host is taken over at once).
+    divergence_factor: a training window whose mean loss exceeds this times the lowest one so
+      far counts as diverged: the checkpoint before it is kept out of rotation (see
+      `last_good.LastKnownGood`); None: only non-finite steps count.
 
   Returns:
     (final step, final TrainState).
@@ -321,6 +327,8 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
     print_fn(f"model: {n_params / 1e6:.2f}M params; mesh {dict(partitioner.mesh.shape)}; "
              f"training steps {step} -> {total_steps}")
 
+    last_good = last_good_lib.LastKnownGood(checkpointer, divergence_factor, print_fn)
+
     def save(current_step: int) -> None:
       if checkpoint_cfg.save is None:
         return
@@ -350,16 +358,27 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
         next_stop = min(total_steps, (step // eval_period + 1) * eval_period)
         if save_period:
           next_stop = min(next_stop, (step // save_period + 1) * save_period)
-        trainer.train(train_iter, next_stop - step, start_step=step, stop_fn=guard.should_stop,
-                      guide_iter=guide_iter)
+        window_start = step
+        try:
+          window = trainer.train(train_iter, next_stop - step, start_step=step,
+                                 stop_fn=guard.should_stop, guide_iter=guide_iter)
+        except errors.TrainingStopped as e:
+          last_good.observe(window_start, {}, trainer.first_nonfinite_step)
+          raise errors.TrainingStopped(f"{e}; {last_good.newest_text()}") from None
         step = int(jax.device_get(trainer.train_state.step))
+        healthy = last_good.observe(window_start, window, trainer.first_nonfinite_step)
         if guard.requested:
+          # Saved even after non-finite steps: skipped steps leave the params as they were, and
+          # the rerun must continue from exactly here.
           save(step)
           checkpointer.wait_until_finished()
           print_fn(f"preempted ({guard.signal_name}) at step {step}: checkpoint saved")
           raise errors.Preempted(step, guard.signal_name)
         if save_period and (step % save_period == 0 or step == total_steps):
-          save(step)
+          if healthy:
+            save(step)
+          else:
+            print_fn(last_good.skip_notice(step, window))
         if step % eval_period and step != total_steps:
           continue  # A checkpoint-only stop.
         eval_metrics = run_eval()
