@@ -221,13 +221,23 @@ class Checkpointer:
     manifest = leaf_shapes(state)
     checksums = {"algorithm": CHECKSUM_ALGORITHM, "arrays": state_checksums(state),
                  "metadata": json_checksum(metadata), "manifest": json_checksum(manifest)}
-    saved = manager.save(step, args=ocp.args.Composite(**{
-        _STATE: ocp.args.StandardSave(state),
-        _METADATA: ocp.args.JsonSave(metadata),
-        _MANIFEST: ocp.args.JsonSave(manifest),
-        _CHECKSUMS: ocp.args.JsonSave(checksums),
-    }), force=True)
-    manager.wait_until_finished()
+    try:
+      saved = manager.save(step, args=ocp.args.Composite(**{
+          _STATE: ocp.args.StandardSave(state),
+          _METADATA: ocp.args.JsonSave(metadata),
+          _MANIFEST: ocp.args.JsonSave(manifest),
+          _CHECKSUMS: ocp.args.JsonSave(checksums),
+      }), force=True)
+      manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      reason = errors.write_failure(e)
+      if reason is None:
+        raise
+      # The unfinished `<step>.orbax-checkpoint-tmp*` folder is never listed; older steps stand.
+      raise errors.WriteFailed(
+          f"cannot write checkpoint step {step} to {self.directory}: {reason}; the checkpoints "
+          f"saved before it are intact (steps {self.all_steps()}): free space or make the folder "
+          "writable, then rerun the same command") from None
     self._rotate()
     return bool(saved)
 

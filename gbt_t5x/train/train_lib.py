@@ -258,6 +258,7 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
   chief = jax.process_index() == 0
   if chief:
     run_lock.check_free(model_dir, run_lock_stale_after_s)
+    check_metrics_log(model_dir)
 
   # Fresh state (the trainer adds its own parts, e.g. the guided state), then restore over it.
   init_rng, trainer_rng = jax.random.split(jax.random.PRNGKey(random_seed))
@@ -420,6 +421,17 @@ def _restore_newest_valid(checkpointer: checkpoints_lib.Checkpointer, trainer: A
     raise
 
 
+def check_metrics_log(model_dir: str) -> None:
+  """Reads an existing MODEL_DIR/metrics.jsonl before training (the plots read it after each
+  eval): a broken line is a one-line error now, not after the run."""
+  path = fileio.join(model_dir, "metrics.jsonl")
+  if fileio.exists(path):
+    try:
+      summaries.read_metrics_log(path)
+    except ValueError as e:
+      raise ValueError(f"{e}; fix or remove that line, then rerun") from None
+
+
 def check_total_steps(checkpoint_step: int, total_steps: int, ckpt_dir: str) -> None:
   """Refuses a TRAIN_STEPS below the step of the checkpoint the run resumes from (one line)."""
   if total_steps < checkpoint_step:
@@ -452,6 +464,8 @@ def check_guide_is_not_train(trainer: Any, train_cfg: data_lib.DatasetConfig,
     ValueError: one line, unless `allow` (`train.allow_guide_equals_train = True`).
   """
   guide = getattr(trainer, "guide_dataset_cfg", None)
+  if guide is not None:
+    data_lib.validate_batch_size(guide)
   if guide is None or allow:
     return
   if (guide.mixture_or_task_name == train_cfg.mixture_or_task_name

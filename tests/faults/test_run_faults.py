@@ -10,6 +10,7 @@ ends equal to an uninterrupted run), and that a refusal is one line. One plain 5
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pathlib
@@ -128,3 +129,85 @@ def test_train_steps_below_the_checkpoint_is_one_line(cli, good_run, tmp_path): 
   assert_one_line_error(rc, err, "total_steps (TRAIN_STEPS) 2 is below the step of the checkpoint "
                         f"to resume, 5 in {model_dir / 'checkpoints'}")
   assert snapshot(model_dir) == before
+
+
+# ----------------------------------------------------------------------------------------------
+# Typos and impossible values: one line, nothing written.
+
+BAD_VALUES = {
+    "misspelled_macro": (["--gin.TRAIN_STEP=20"],
+                         ["gin binding 'TRAIN_STEP = 20': no gin file binds or uses the macro "
+                          "TRAIN_STEP (a typo?); did you mean TRAIN_STEPS"]),
+    "batch_size_zero": (["--gin.BATCH_SIZE=0"], ["batch_size (BATCH_SIZE) must be an int > 0, "
+                                                 "got 0"]),
+    "negative_meta_lr": (["--gin_file=experiments/demo_nmt_guided.gin", "--gin.GUIDE_BATCH_SIZE=8",
+                          "--gin.META_LEARNING_RATE=-0.01"],
+                         ["the meta learning rate (META_LEARNING_RATE) must be finite and > 0, "
+                          "got -0.01"]),
+    "nan_meta_lr": (["--gin_file=experiments/demo_nmt_guided.gin",
+                     "--gin.META_LEARNING_RATE=nan"],
+                    ["gin binding 'META_LEARNING_RATE = nan'", "nan is not one, and no "
+                     "hyper-parameter may be non-finite"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_VALUES))
+def test_typos_and_impossible_values_are_one_line(case, cli, tmp_path):  # noqa: F811
+  flags, fragments = BAD_VALUES[case]
+  model_dir = tmp_path / "run"
+  model_dir.mkdir()
+  (model_dir / "notes.txt").write_text("kept\n")
+  before = snapshot(model_dir)
+  rc, err = cli(model_dir, *flags)
+  assert_one_line_error(rc, err, *fragments)
+  assert snapshot(model_dir) == before
+
+
+def test_broken_metrics_line_is_refused_before_training(cli, good_run, tmp_path):  # noqa: F811
+  model_dir = _copy(good_run, tmp_path)
+  path = model_dir / "metrics.jsonl"
+  lines = path.read_text().splitlines(keepends=True)
+  path.write_text("".join([lines[0][:10] + "\n", *lines[1:]]))
+  before = snapshot(model_dir)
+  rc, err = cli(model_dir, "--gin.TRAIN_STEPS=6")
+  assert_one_line_error(rc, err, f"{path}:1: not a JSON line", "fix or remove that line")
+  assert snapshot(model_dir) == before
+
+
+# ----------------------------------------------------------------------------------------------
+# A full or read-only MODEL_DIR (write hooks: as root, file modes do not stop writes).
+
+def test_full_disk_at_a_checkpoint_is_one_line_and_the_rerun_resumes(cli, good_run, tmp_path,  # noqa: F811
+                                                                      monkeypatch):
+  import orbax.checkpoint as ocp
+  model_dir = _copy(good_run, tmp_path)
+  kept = {s: _state_files(model_dir / "checkpoints" / str(s)) for s in (3, 4, 5)}
+
+  def full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device", str(model_dir / "checkpoints"))
+
+  with monkeypatch.context() as patch:
+    patch.setattr(ocp.CheckpointManager, "save", full)
+    rc, err = cli(model_dir, "--gin.TRAIN_STEPS=7")
+  assert_one_line_error(rc, err, f"cannot write checkpoint step 6 to {model_dir / 'checkpoints'}: "
+                        "no space left on device", "(steps [3, 4, 5])")
+  assert {s: _state_files(model_dir / "checkpoints" / str(s)) for s in (3, 4, 5)} == kept
+  rc, err = cli(model_dir, "--gin.TRAIN_STEPS=7")
+  assert rc == 0, err
+  assert checkpoint_steps(model_dir) == [5, 6, 7]
+
+
+def test_read_only_model_dir_is_one_line(cli, tmp_path, monkeypatch):  # noqa: F811
+  from gbt_t5x import fileio
+  model_dir = tmp_path / "run"
+  real_makedirs = fileio.makedirs
+
+  def read_only(path):
+    if str(path).startswith(str(model_dir)):
+      raise OSError(errno.EROFS, "Read-only file system", str(path))
+    real_makedirs(path)
+
+  monkeypatch.setattr(fileio, "makedirs", read_only)
+  rc, err = cli(model_dir)
+  assert_one_line_error(rc, err, f"cannot write: read-only file system ({model_dir})")
+  assert not model_dir.exists()
