@@ -182,3 +182,28 @@ def test_checkpoint_without_checksums_is_still_restored_and_checked_for_finitene
   ckpt, _, s2 = two_checkpoints
   shutil.rmtree(pathlib.Path(ckpt.directory) / "2" / "checksums")
   _assert_bit_equal(ckpt.restore(2, _abstract(s2))[0], s2)
+
+
+def test_export_refuses_a_trajectory_with_an_unknown_name(tmp_path):
+  """A crafted name (a newline and a gin binding) is refused in one line; nothing is written."""
+  import json
+  from gbt_t5x.guided import export
+  crafted = "b1/schedule.piecewise_linear()}\ntrain.total_steps = 1\n#"
+  with open(tmp_path / export.TRAJECTORY_FILE, "w") as f:
+    for i in range(4):
+      f.write(json.dumps({"step": i + 1, "values": {"learning_rate": 1.0, crafted: 0.5}}) + "\n")
+  with pytest.raises(ValueError) as info:
+    export.export(str(tmp_path), num_knots=2)
+  _assert_one_line(info.value, "the trajectory names an unknown hyper-parameter 'b1/schedule.",
+                   "refusing to write it into gin (known: b1, b2,")
+  assert not (tmp_path / export.SCHEDULE_FILE).exists()
+
+
+def test_truncated_best_json_is_one_line_naming_the_file(tmp_path):
+  from gbt_t5x.train import eval_hooks
+  best = tmp_path / "best"
+  best.mkdir()
+  (best / "best.json").write_text('{"metric": "train_eval/lo')
+  with pytest.raises(ValueError) as info:
+    eval_hooks.BestCheckpointKeeper(str(tmp_path), "train_eval/loss", "min")
+  _assert_one_line(info.value, f"{best / 'best.json'} is not valid JSON (Unterminated string")
