@@ -27,6 +27,8 @@ from tests.test_bad_input import BASE_FLAGS, assert_one_line_error, cli, world  
 from tests.train.test_cli import DEMO_CONFIG, checkpoint_steps, snapshot
 
 STEPS = ("--gin.TRAIN_STEPS=5",)
+# End-to-end runs (about 2 minutes of CPU in all): scheduled early with the other slow modules.
+pytestmark = pytest.mark.slow
 
 
 def _run_in_process(model_dir: pathlib.Path, world_dir: pathlib.Path, *flags: str) -> int:
