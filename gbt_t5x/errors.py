@@ -4,6 +4,7 @@ gbt_t5x (every layer may import it).
 """
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Callable
 
@@ -36,6 +37,38 @@ def exit_code_of(body: Callable[[], int | None],
   except user_errors as e:
     print(f"error: {one_line(e)}", file=sys.stderr)
     return 2
+  except Exception as e:  # pylint: disable=broad-except
+    reason = write_failure(e)
+    if reason is None:
+      raise
+    print(f"error: cannot write: {reason}; free space or make the output folder writable, then "
+          "rerun the same command (completed checkpoints are intact)", file=sys.stderr)
+    return 2
+
+
+# errno of a write refused by the filesystem (full, read-only, not permitted): the user's to fix.
+_WRITE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                 errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                 errno.EPERM: "operation not permitted"}
+
+
+def write_failure(e: BaseException) -> str | None:
+  """What stopped a write, when `e` (or an exception it was raised from) is the filesystem
+  refusing it (full, read-only, not permitted): e.g. 'no space left on device (/run/x)';
+  else None. Libraries that wrap the OSError (orbax, tensorstore) are matched by its text."""
+  chain: list[BaseException] = []
+  while e is not None and all(e is not seen for seen in chain):
+    chain.append(e)
+    e = e.__cause__ or e.__context__
+  for link in chain:
+    if isinstance(link, OSError) and link.errno in _WRITE_ERRNOS:
+      return _WRITE_ERRNOS[link.errno] + (f" ({link.filename})" if link.filename else "")
+  for link in chain:
+    text = str(link).lower()
+    for reason in _WRITE_ERRNOS.values():
+      if reason in text:
+        return reason
+  return None
 
 
 class TrainingStopped(RuntimeError):
@@ -53,3 +86,20 @@ class Preempted(Exception):
 
 class ModelDirInUse(ValueError):
   """Another live run holds MODEL_DIR's run lock (the message names its host, pid, start time)."""
+
+
+class CorruptCheckpoint(ValueError):
+  """A listed checkpoint cannot be read or fails verification (a checksum differs, a restored
+  array is non-finite, an item is missing or cut short). The message is one line naming the step
+  and, where known, the failing array; the training entry falls back to an older checkpoint."""
+
+  def __init__(self, step: int, reason: str, hint: str = ""):
+    """`reason`: what is wrong (one line); `hint`: what to do, appended to the message."""
+    super().__init__(reason + hint)
+    self.step = int(step)
+    self.reason = reason
+
+
+class WriteFailed(ValueError):
+  """The filesystem refused a write (full, read-only, not permitted); one line naming what was
+  being written and what is still intact."""

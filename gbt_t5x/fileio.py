@@ -194,11 +194,10 @@ def copy_file(src: str, dst: str) -> None:
 
 
 def rename(src: str, dst: str) -> None:
-  """Renames folder or file `src` to `dst` on a local disk (atomic there). Object stores have no
-  rename: callers write remote folders in place and mark completion with a last file."""
-  if is_remote(src) or is_remote(dst):
-    raise ValueError(f"cannot rename {src} to {dst}: object stores have no rename")
-  os.replace(src, dst)
+  """Moves file or folder `src` to `dst` (same filesystem; `dst` must not exist), creating
+  `dst`'s parent folder."""
+  makedirs(dirname(dst))
+  _p(src).rename(_p(dst))
 
 
 def tensorstore_kvstore(path: str) -> dict:

@@ -258,11 +258,14 @@ def train_configurable() -> Callable[..., Any]:
 
 
 def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
-              gin_search_paths: Sequence[str] = ()) -> None:
+              gin_search_paths: Sequence[str] = (), check_macro_typos: bool = False) -> None:
   """Parses gin files then bindings; raises a one-line ValueError on any gin problem.
 
   T5X users' files run as written: `t5x_compat.activate()` makes `from t5x import ...` and
-  `include 't5x/...gin'` resolve to this project's equivalents when T5X is not installed."""
+  `include 't5x/...gin'` resolve to this project's equivalents when T5X is not installed. With
+  `check_macro_typos` (the entry points' command lines), a binding of a macro that no gin file
+  binds and nothing references (`--gin.TRAIN_STEP=20`) is refused, naming close matches; a gin
+  file's own unused macros stay allowed."""
   from gbt_t5x import t5x_compat
   t5x_compat.activate()
   train_configurable()
@@ -278,15 +281,78 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
       gin.parse_config_file(f)
     except Exception as e:  # gin raises several types, with multi-line messages.
       raise ValueError(f"gin file {f}: {_gin_error_text(e)}") from None
+  file_macros = bound_macros()
   for binding in gin_bindings:
     try:
       gin.parse_config(_strip_train_script_alias(binding))
     except Exception as e:
-      raise ValueError(f"gin binding {binding!r}: {_gin_error_text(e)}") from None
+      raise ValueError(f"gin binding {binding!r}: {_gin_error_text(e)}{_value_hint(binding)}"
+                       ) from None
+  if check_macro_typos:
+    check_unused_macro_bindings(gin_bindings, file_macros)
   try:
     gin.finalize()
   except Exception as e:
     raise ValueError(f"gin config: {errors.one_line(e)}") from None
+
+
+def bound_macros() -> set[str]:
+  """The names of the macros bound so far (gin's parsed config)."""
+  return {name for (name, selector) in gin.config._CONFIG  # pylint: disable=protected-access
+          if selector == "gin.macro"}
+
+
+def referenced_macros() -> set[str]:
+  """The names of the macros that some parsed binding references as `%NAME`."""
+  found: set[str] = set()
+
+  def walk(value: Any) -> None:
+    if isinstance(value, gin.config.ConfigurableReference):
+      text = repr(value)
+      if text.startswith("%"):
+        found.add(text[1:])
+    elif isinstance(value, dict):
+      for v in value.values():
+        walk(v)
+    elif isinstance(value, (list, tuple, set)):
+      for v in value:
+        walk(v)
+
+  for params in gin.config._CONFIG.values():  # pylint: disable=protected-access
+    for value in params.values():
+      walk(value)
+  return found
+
+
+_MACRO_BINDING = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
+
+
+def check_unused_macro_bindings(gin_bindings: Sequence[str], file_macros: set[str]) -> None:
+  """Refuses (one line, with close matches) a command-line macro binding whose macro no gin file
+  binds and nothing references: a misspelled `--gin.TRAIN_STEP=20` would otherwise be ignored."""
+  import difflib
+  referenced = referenced_macros()
+  for binding in gin_bindings:
+    match = _MACRO_BINDING.match(binding)
+    if match is None:
+      continue
+    name = match.group(1)
+    if name in file_macros or name in referenced:
+      continue
+    known = sorted(file_macros | referenced | {m.name for m in MACROS})
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(f"gin binding {binding!r}: no gin file binds or uses the macro {name} "
+                     f"(a typo?){hint}")
+
+
+def _value_hint(binding: str) -> str:
+  """A hint for a binding whose value is a bare nan/inf (no gin literal)."""
+  value = binding.split("=", 1)[-1].strip().lower().lstrip("+-")
+  if value in ("nan", "inf", "infinity"):
+    return (f" (gin values are Python literals: {value} is not one, and no hyper-parameter may be "
+            "non-finite)")
+  return ""
 
 
 # `train_script.train.x = ...` as written in gin files (after `import __main__ as train_script`).
@@ -355,7 +421,7 @@ def run(main: Callable[[argparse.Namespace], int | None], description: str,
       check_tfds_data_dir(args.tfds_data_dir)
       import seqio
       seqio.set_tfds_data_dir_override(args.tfds_data_dir)
-    parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
+    parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths, check_macro_typos=True)
     check_macros(args.gin_bindings)
     import_task_module()
     return main(args)

@@ -259,17 +259,21 @@ def _drop_state_item(step_dir: pathlib.Path) -> None:
   shutil.rmtree(step_dir / "state")
 
 
+# A damaged checkpoint with a good older one is a fallback, not an error (tests/faults/): the
+# damage cases here damage every checkpoint.
+_NONE_VERIFIES = "no checkpoint in {ckpt} verifies (steps 2, 1); the newest: "
 CHECKPOINT_CASES = {
     "truncated_array_files": (
         _truncate_arrays, [],
-        ["checkpoint step 2 in {ckpt} is unreadable (corrupt or incomplete: ",
-         "; move it out of the way to resume from step 1"]),
+        [_NONE_VERIFIES + "checkpoint step 2 in {ckpt} is unreadable (corrupt or incomplete: "]),
     "corrupt_manifest_json": (
         _corrupt_manifest, [],
-        ["checkpoint step 2 in {ckpt} is unreadable (corrupt or incomplete: JSONDecodeError"]),
+        [_NONE_VERIFIES + "checkpoint step 2 in {ckpt} is unreadable (corrupt or incomplete: "
+         "JSONDecodeError"]),
     "state_item_missing": (
         _drop_state_item, [],
-        ["checkpoint step 2 in {ckpt} is unreadable (corrupt or incomplete: KeyError"]),
+        [_NONE_VERIFIES + "checkpoint step 2 in {ckpt} is unreadable (corrupt or incomplete: "
+         "KeyError"]),
     "other_vocab_size": (
         None, ["--gin.NUM_EMBEDDINGS=640"],
         ["checkpoint step 2 in {ckpt} does not fit the target: leaf "
@@ -289,7 +293,8 @@ def test_bad_checkpoint(case, cli, good_run, tmp_path):
   model_dir = tmp_path / "run"
   shutil.copytree(good_run, model_dir)
   if damage is not None:
-    damage(model_dir / "checkpoints" / "2")
+    for step in ("1", "2"):
+      damage(model_dir / "checkpoints" / step)
   before = snapshot(model_dir)
   ckpt = model_dir / "checkpoints"
   rc, err = cli(model_dir, *flags)

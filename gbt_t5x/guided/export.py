@@ -13,8 +13,11 @@ comment line naming the components in order and `trainer.Trainer.hyperparam_entr
 replayed run reports them by name too. Trajectories written before names existed export as
 before.
 
-The gin text is written as plain strings; this module must not import gin, seqio or other
-`gbt_t5x` modules than `gbt_t5x.guided` and `gbt_t5x.fileio` (MODEL_DIR may be `gs://...`).
+Only known hyper-parameter names (`KNOWN_NAMES`) are written into the gin text; a trajectory
+naming anything else is refused in one line (a crafted trajectory must not inject gin lines into a
+file users include). The gin text is written as plain strings; this module must not import gin,
+seqio or other `gbt_t5x` modules than `gbt_t5x.guided` and `gbt_t5x.fileio` (MODEL_DIR may be
+`gs://...`).
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import numpy as np
 
 from gbt_t5x import errors, fileio
 from gbt_t5x.guided import schedule as schedule_lib
+from gbt_t5x.guided import specs as specs_lib
 
 TRAJECTORY_FILE = "guided_trajectory.jsonl"
 SCHEDULE_FILE = "learned_schedule.gin"
@@ -76,6 +80,21 @@ def trajectory_entry_names(rows: Sequence[dict[str, Any]]) -> dict[str, list[str
   return {}
 
 
+# Every name a guided hyper-parameter can have: only these are written into gin (as a gin scope
+# and a quoted dict key), so a crafted trajectory cannot inject gin lines.
+KNOWN_NAMES = frozenset((specs_lib.LEARNING_RATE, *specs_lib.LOSS_NAMES,
+                         *specs_lib.KNOWN_OPTIMIZER_NAMES, *specs_lib.ALIASES))
+
+
+def check_names(names: Sequence[str], source: str) -> None:
+  """Raises a one-line ValueError for a name that is not a known hyper-parameter name."""
+  for name in names:
+    if name not in KNOWN_NAMES:
+      shown = " ".join(repr(name).split())[:80]
+      raise ValueError(f"{source}: the trajectory names an unknown hyper-parameter {shown}; "
+                       f"refusing to write it into gin (known: {', '.join(sorted(KNOWN_NAMES))})")
+
+
 def _gin_list(values: Sequence[Any]) -> str:
   return "[" + ", ".join(repr(v) if not isinstance(v, list) else _gin_list(v) for v in values) + "]"
 
@@ -91,6 +110,7 @@ def schedule_gin_text(knots: dict[str, tuple[list[float], list]], source: str,
       data_weights = [clean, misaligned, ...]`) and all go to
       `trainer.Trainer.hyperparam_entry_names`.
   """
+  check_names(list(knots), source)
   entry_names = {k: v for k, v in (entry_names or {}).items() if k in knots}
   lines = [f"# Learned hyper-parameter schedule exported from {source}.",
            "# Include it after the run's gin files; it binds trainer.Trainer.hyperparam_schedules."]
@@ -102,10 +122,10 @@ def schedule_gin_text(knots: dict[str, tuple[list[float], list]], source: str,
     lines.append(f"# {name} = [{shown}] (its entries, in this order)")
   lines += ["from __gin__ import dynamic_registration", "",
             "from gbt_t5x.guided import schedule", "from gbt_t5x.train import trainer", ""]
-  entries = ", ".join(f"'{name}': @{name}/schedule.piecewise_linear()" for name in knots)
+  entries = ", ".join(f"{name!r}: @{name}/schedule.piecewise_linear()" for name in knots)
   lines.append(f"trainer.Trainer.hyperparam_schedules = {{{entries}}}")
   if entry_names:
-    named = ", ".join(f"'{name}': {_gin_list(names)}" for name, names in entry_names.items())
+    named = ", ".join(f"{name!r}: {_gin_list(names)}" for name, names in entry_names.items())
     lines.append(f"trainer.Trainer.hyperparam_entry_names = {{{named}}}")
   for name, (steps, values) in knots.items():
     lines.append(f"{name}/schedule.piecewise_linear.steps = {_gin_list(steps)}")

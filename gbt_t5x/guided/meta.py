@@ -13,6 +13,7 @@ or anything from `gbt_t5x.models` / `gbt_t5x.train`.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 import flax.struct
@@ -82,6 +83,10 @@ def make_meta_optimizer(learning_rate: float | optax.Schedule,
   """
   if clip_norm is not None and not clip_norm > 0:
     raise ValueError(f"meta clip_norm must be > 0 or None, got {clip_norm}")
+  if not callable(learning_rate) and not (math.isfinite(float(learning_rate))
+                                          and float(learning_rate) > 0):
+    raise ValueError(f"the meta learning rate (META_LEARNING_RATE) must be finite and > 0, got "
+                     f"{learning_rate}")
   parts = []
   if clip_norm is not None:
     parts.append(optax.clip_by_global_norm(clip_norm))

@@ -15,6 +15,7 @@ import difflib
 import importlib
 import itertools
 import math
+import numbers
 import re
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -115,7 +116,8 @@ def get_mixture_or_task(name: str) -> seqio.Task | seqio.Mixture:
 
 
 def validate_feature_lengths(cfg: DatasetConfig) -> None:
-  """Raises ValueError for missing or non-positive feature lengths."""
+  """Raises ValueError for missing or non-positive feature lengths or batch size."""
+  validate_batch_size(cfg)
   for key in ("inputs", "targets"):
     length = cfg.task_feature_lengths.get(key)
     if length is None:
@@ -124,7 +126,16 @@ def validate_feature_lengths(cfg: DatasetConfig) -> None:
       raise ValueError(f"{cfg.mixture_or_task_name}: sequence length {key}={length} must be > 0")
 
 
+def validate_batch_size(cfg: DatasetConfig) -> None:
+  """Raises a one-line ValueError for a batch size that is not a positive int (examples)."""
+  if isinstance(cfg.batch_size, bool) or not isinstance(cfg.batch_size, numbers.Integral) or (
+      cfg.batch_size <= 0):
+    raise ValueError(f"{cfg.mixture_or_task_name}: batch_size (BATCH_SIZE) must be an int > 0, "
+                     f"got {cfg.batch_size!r}")
+
+
 def _per_process_batch_size(cfg: DatasetConfig) -> int:
+  validate_batch_size(cfg)
   count = jax.process_count()
   if cfg.batch_size % count:
     raise ValueError(f"global batch_size {cfg.batch_size} of {cfg.mixture_or_task_name} is not "

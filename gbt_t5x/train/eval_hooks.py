@@ -118,7 +118,13 @@ class BestCheckpointKeeper:
     """The recorded best (if it is for this metric and mode)."""
     if not fileio.exists(self.json_path):
       return None
-    record = json.loads(fileio.read_text(self.json_path))
+    try:
+      record = json.loads(fileio.read_text(self.json_path))
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{self.json_path} is not valid JSON ({e}); restore it, or remove it to "
+                       "start the best-checkpoint record afresh") from None
+    if not isinstance(record, dict):
+      raise ValueError(f"{self.json_path} does not hold a JSON object; restore or remove it")
     if record.get("metric") != self.metric or record.get("mode") != self.mode:
       return None
     return record

@@ -2,9 +2,10 @@
 
 Order of work, chosen so that a failed start never touches an existing run: validate the
 configuration (tasks, lengths, vocabulary vs model), build the mesh and the abstract train state,
-restore the latest checkpoint if `model_dir` has one (refusing a checkpoint of another shape), and
-only then write `config.gin`, train, evaluate, checkpoint and plot. Must be driven by gin only
-through its arguments (no gin import here).
+restore the newest checkpoint of `model_dir` that verifies (falling back past corrupt ones,
+refusing one of another shape), and only then write `config.gin`, train, evaluate, checkpoint
+(see `last_good.py` for what is saved and kept after non-finite steps) and plot. Must be driven
+by gin only through its arguments (no gin import here).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import numpy as np
 from gbt_t5x import errors
 from gbt_t5x import fileio
 from gbt_t5x.train import checkpoints as checkpoints_lib
+from gbt_t5x.train import last_good as last_good_lib
 from gbt_t5x.train import preemption
 from gbt_t5x.train import run_lock
 from gbt_t5x.train import data as data_lib
@@ -231,7 +233,8 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
           best_checkpoint_metric: str | None = None,
           best_checkpoint_mode: str = "max", allow_guide_equals_train: bool = False,
           run_lock_heartbeat_s: float = 60.0,
-          run_lock_stale_after_s: float = 600.0) -> tuple[int, Any]:
+          run_lock_stale_after_s: float = 600.0,
+          divergence_factor: float | None = 10.0) -> tuple[int, Any]:
   """Trains `model` on `train_dataset_cfg` until `total_steps`, resuming from `model_dir`.
 
   Args:
@@ -261,6 +264,9 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
     run_lock_heartbeat_s: seconds between refreshes of MODEL_DIR/run.lock's heartbeat.
     run_lock_stale_after_s: a run lock whose heartbeat is older than this (seconds) is stale and
       taken over (a lock of a dead process on the same host is taken over at once).
+    divergence_factor: a training window whose mean loss exceeds this times the lowest one so
+      far counts as diverged: the checkpoint before it is kept out of rotation (see
+      `last_good.LastKnownGood`); None: only non-finite steps count.
 
   Returns:
     (final step, final TrainState).
@@ -283,6 +289,7 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
   chief = jax.process_index() == 0
   if chief:
     run_lock.check_free(model_dir, run_lock_stale_after_s)
+    check_metrics_log(model_dir)
 
   # Fresh state (the trainer adds its own parts, e.g. the guided state), then restore over it.
   init_rng, trainer_rng = jax.random.split(jax.random.PRNGKey(random_seed))
@@ -301,25 +308,17 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
   ckpt_dir = fileio.join(model_dir, checkpoints_lib.CHECKPOINTS_DIR)
   keep = checkpoint_cfg.save.keep if checkpoint_cfg.save else None
   checkpointer = checkpoints_lib.Checkpointer(ckpt_dir, keep=keep)
-  latest = checkpointer.latest_step()
+  restored = _restore_newest_valid(checkpointer, trainer, print_fn)
   data_positions: dict[str, int] = {}
   sampling_segment = None  # online mixture sampling rates: the segment being read
-  if latest is not None:
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            trainer.train_state, trainer.train_state_axes)
-    try:
-      trainer.train_state, metadata = checkpointer.restore(latest, abstract)
-    except ValueError as e:
-      if trainer.train_state.tangents is not None and ".tangents" in str(e):
-        raise ValueError(
-            f"checkpoint step {latest} in {ckpt_dir} holds no long-horizon tangents (its run "
-            "used HYPERGRAD_HORIZON='greedy'); resume it with the greedy horizon, or start "
-            "HYPERGRAD_HORIZON='forward' in a new MODEL_DIR") from None
-      raise
+  failed_steps: list[int] = []
+  if restored is not None:
+    latest, trainer.train_state, metadata, failed_steps = restored
     data_positions = dict(metadata.get("data_positions", {}))
     if metadata.get(SAMPLING_SEGMENT_KEY):
       sampling_segment = data_lib.SamplingSegment.from_json(metadata[SAMPLING_SEGMENT_KEY])
     print_fn(f"restored checkpoint step {latest} from {ckpt_dir}")
+    check_total_steps(latest, total_steps, ckpt_dir)
   elif checkpoint_cfg.restore is not None and checkpoint_cfg.restore.path:
     if checkpoint_cfg.restore.reset_optimizer:
       trainer.train_state = _restore_params_from(checkpoint_cfg.restore.path,
@@ -343,6 +342,10 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
   _acquire_on_chief(lock)
   try:
     fileio.makedirs(model_dir)
+    for bad in failed_steps:  # Out of the way (not deleted), so that the step can be saved anew.
+      if chief:
+        print_fn(f"moved checkpoint step {bad}, which fails verification, to "
+                 f"{checkpointer.quarantine(bad)}")
     if summarize_config_fn is not None and jax.process_index() == 0:
       summarize_config_fn(model_dir)
     state = trainer.train_state
@@ -362,6 +365,8 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
     n_params = train_state_lib.param_count(state.params)
     print_fn(f"model: {n_params / 1e6:.2f}M params; mesh {dict(partitioner.mesh.shape)}; "
              f"training steps {step} -> {total_steps}")
+
+    last_good = last_good_lib.LastKnownGood(checkpointer, divergence_factor, print_fn)
 
     def save(current_step: int) -> None:
       if checkpoint_cfg.save is None:
@@ -394,16 +399,27 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
         next_stop = min(total_steps, (step // eval_period + 1) * eval_period)
         if save_period:
           next_stop = min(next_stop, (step // save_period + 1) * save_period)
-        trainer.train(train_iter, next_stop - step, start_step=step, stop_fn=guard.should_stop,
-                      guide_iter=guide_iter)
+        window_start = step
+        try:
+          window = trainer.train(train_iter, next_stop - step, start_step=step,
+                                 stop_fn=guard.should_stop, guide_iter=guide_iter)
+        except errors.TrainingStopped as e:
+          last_good.observe(window_start, {}, trainer.first_nonfinite_step)
+          raise errors.TrainingStopped(f"{e}; {last_good.newest_text()}") from None
         step = int(jax.device_get(trainer.train_state.step))
+        healthy = last_good.observe(window_start, window, trainer.first_nonfinite_step)
         if guard.requested:
+          # Saved even after non-finite steps: skipped steps leave the params as they were, and
+          # the rerun must continue from exactly here.
           save(step)
           checkpointer.wait_until_finished()
           print_fn(f"preempted ({guard.signal_name}) at step {step}: checkpoint saved")
           raise errors.Preempted(step, guard.signal_name)
         if save_period and (step % save_period == 0 or step == total_steps):
-          save(step)
+          if healthy:
+            save(step)
+          else:
+            print_fn(last_good.skip_notice(step, window))
         if step % eval_period and step != total_steps:
           continue  # A checkpoint-only stop.
         eval_metrics = run_eval()
@@ -425,6 +441,43 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
     return step, trainer.train_state
   finally:
     lock.release()
+
+
+def _restore_newest_valid(checkpointer: checkpoints_lib.Checkpointer, trainer: Any,
+                          print_fn: Callable[[str], None]
+                          ) -> tuple[int, Any, dict[str, Any], list[int]] | None:
+  """The newest checkpoint of `checkpointer` that verifies, restored into the trainer's state
+  structure and shardings (`Checkpointer.restore_newest_valid`), or None without checkpoints."""
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          trainer.train_state, trainer.train_state_axes)
+  try:
+    return checkpointer.restore_newest_valid(abstract, print_fn)
+  except ValueError as e:
+    if trainer.train_state.tangents is not None and ".tangents" in str(e):
+      raise ValueError(
+          f"checkpoint step {checkpointer.latest_step()} in {checkpointer.directory} holds no "
+          "long-horizon tangents (its run used HYPERGRAD_HORIZON='greedy'); resume it with the "
+          "greedy horizon, or start HYPERGRAD_HORIZON='forward' in a new MODEL_DIR") from None
+    raise
+
+
+def check_metrics_log(model_dir: str) -> None:
+  """Reads an existing MODEL_DIR/metrics.jsonl before training (the plots read it after each
+  eval): a broken line is a one-line error now, not after the run."""
+  path = fileio.join(model_dir, "metrics.jsonl")
+  if fileio.exists(path):
+    try:
+      summaries.read_metrics_log(path)
+    except ValueError as e:
+      raise ValueError(f"{e}; fix or remove that line, then rerun") from None
+
+
+def check_total_steps(checkpoint_step: int, total_steps: int, ckpt_dir: str) -> None:
+  """Refuses a TRAIN_STEPS below the step of the checkpoint the run resumes from (one line)."""
+  if total_steps < checkpoint_step:
+    raise ValueError(f"total_steps (TRAIN_STEPS) {total_steps} is below the step of the "
+                     f"checkpoint to resume, {checkpoint_step} in {ckpt_dir}: raise TRAIN_STEPS "
+                     "to continue, or use another MODEL_DIR to train a new model")
 
 
 def _acquire_on_chief(lock: run_lock.RunLock) -> None:
@@ -451,6 +504,8 @@ def check_guide_is_not_train(trainer: Any, train_cfg: data_lib.DatasetConfig,
     ValueError: one line, unless `allow` (`train.allow_guide_equals_train = True`).
   """
   guide = getattr(trainer, "guide_dataset_cfg", None)
+  if guide is not None:
+    data_lib.validate_batch_size(guide)
   if guide is None or allow:
     return
   if (guide.mixture_or_task_name == train_cfg.mixture_or_task_name

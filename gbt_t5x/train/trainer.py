@@ -73,7 +73,9 @@ class Trainer:
     total_steps: for the progress line's ETA.
     max_nonfinite_steps: stop (raising `TrainingStopped`) once more than this many steps had a
       non-finite loss or gradient; each such step is skipped (params unchanged), counted and
-      logged.
+      logged, and left out of the reported metrics (a window of skipped steps only reports
+      `nonfinite_skipped`, never a loss of 0). `first_nonfinite_step` is the first such step
+      of this process (the state's step after it), for the last-known-good checkpoint policy.
     hyperparam_schedules: replayed fixed schedules {name: step -> value} (see
       `gbt_t5x.guided.export`): `learning_rate` multiplies `learning_rate_fn`, `label_smoothing`
       and `data_weights` go to the loss, other names are optimizer hyper-parameters.
@@ -104,6 +106,7 @@ class Trainer:
     self.entry_names = {k: tuple(v) for k, v in (hyperparam_entry_names or {}).items()}
     self._check_entry_names()
     self.max_nonfinite_steps = int(max_nonfinite_steps)
+    self.first_nonfinite_step: int | None = None
     self._num_microbatches = num_microbatches
     # Parameter-group ids of a per-group learning-rate multiplier (GuidedTrainer sets them).
     self._lr_group_ids: Any = None
@@ -247,34 +250,44 @@ class Trainer:
                                               self.log_every, print_fn=self._print)
     pending: list[tuple[int, Metrics]] = []
     window_sums: dict[str, float] = {}
-    steps_run = 0
+    steps_kept = 0
     for i in range(num_steps):
       step = start + i
       pending.append((step + 1, self._run_one_step(batch_iter)))
-      steps_run += 1
       stop = stop_fn is not None and stop_fn()
       if (step + 1) % self.log_every == 0 or i == num_steps - 1 or stop:
-        self._flush(pending, window_sums)
+        steps_kept += self._flush(pending, window_sums)
         pending = []
       if stop:
         break
-    return finalize_metrics(window_sums, steps_run)
+    return finalize_metrics(window_sums, steps_kept)
 
   def record_steps(self, steps: list[int], host_metrics: list[dict[str, Any]]) -> None:
     """Hook receiving every step's fetched metrics (GuidedTrainer writes its trajectory)."""
 
-  def _flush(self, pending: list[tuple[int, Metrics]], window_sums: dict[str, float]) -> None:
+  def _flush(self, pending: list[tuple[int, Metrics]], window_sums: dict[str, float]) -> int:
+    """Fetches and reports the pending steps' metrics; returns how many steps were not skipped.
+
+    A step skipped for a non-finite loss or gradient adds only its `nonfinite_skipped` count:
+    its (zeroed) loss and other metrics are left out of every report."""
     host = jax.device_get([m for _, m in pending])
     if self._is_chief:
       self.record_steps([s for s, _ in pending], host)
     chunk_sums: dict[str, float] = {}
-    for metrics in host:
+    kept = 0
+    for (step, _), metrics in zip(pending, host):
+      skipped = float(np.asarray(metrics.get("nonfinite_skipped", 0.0))) > 0
+      if skipped and self.first_nonfinite_step is None:
+        self.first_nonfinite_step = step
+      kept += not skipped
       for key, value in metrics.items():
+        if skipped and key != "nonfinite_skipped":
+          continue
         value = float(np.asarray(value))
         chunk_sums[key] = chunk_sums.get(key, 0.0) + value
         window_sums[key] = window_sums.get(key, 0.0) + value
     last_step = pending[-1][0]
-    report = finalize_metrics(chunk_sums, len(pending))
+    report = finalize_metrics(chunk_sums, kept)
     # Wall seconds and this process's CPU seconds (all its threads) per step over this window
     # (host fetch included; the first window of a run also holds compilation): what the
     # experiments' compute accounting reads back. CPU seconds hardly change when other processes
@@ -293,12 +306,12 @@ class Trainer:
       if total > self.max_nonfinite_steps:
         raise errors.TrainingStopped(
             f"stopping at step {last_step}: {total} steps had a non-finite loss or gradient "
-            f"(limit max_nonfinite_steps={self.max_nonfinite_steps}); the last checkpoint is "
-            "intact")
+            f"(limit max_nonfinite_steps={self.max_nonfinite_steps})")
     self._writer("train").scalars(last_step, report)
     self._metrics_log.log(last_step, {f"train/{k}": v for k, v in report.items()})
     self._progress.update(last_step, self.progress_view(report),
                           int(chunk_sums.get("num_tokens", 0)))
+    return kept
 
   def progress_view(self, report: Mapping[str, float]) -> dict[str, float]:
     """The subset of a report shown on the progress line (everything goes to TensorBoard); a
