@@ -21,7 +21,8 @@ Must not import: jax, flax, or anything of `gbt_t5x.models` / `train` / `guided`
 """
 from __future__ import annotations
 
-import dataclasses
+import functools
+import pathlib
 from typing import Optional
 
 import seqio
@@ -52,13 +53,21 @@ def _world_config() -> demo_world.DemoWorldConfig:
   return demo_world.DemoWorldConfig(**demo_world.config_from_env())
 
 
-def _mono_outside_guide() -> list[str]:
+def _mono_outside_guide() -> tuple[str, ...]:
   """The world's source-language sentences outside the pretraining guide slice."""
-  lines = [l for l in (demo.ensure_world() / "mono.txt").read_text().splitlines() if l]
+  world = demo.ensure_world()
+  return _mono_outside_guide_of(str(world), (world / "manifest.json").read_text())
+
+
+@functools.lru_cache(maxsize=4)
+def _mono_outside_guide_of(world: str, manifest: str) -> tuple[str, ...]:
+  """(cached per world folder and manifest: the online sampling rates rebuild the pipeline)"""
+  del manifest
+  lines = [l for l in (pathlib.Path(world) / "mono.txt").read_text().splitlines() if l]
   keep = demo_pretrain._in_guide(False, demo_pretrain.GUIDE_PERCENT)  # noqa: SLF001
   mask = [bool(m) for m in tf.data.Dataset.from_tensor_slices(lines).map(keep)
           .as_numpy_iterator()] if lines else []
-  return [l for l, m in zip(lines, mask) if m]
+  return tuple(l for l, m in zip(lines, mask) if m)
 
 
 def _make_dataset_fn(corpus: str):
