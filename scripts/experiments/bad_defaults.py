@@ -1,0 +1,207 @@
+"""Bad defaults: a user does not know good values; how much of the way to the best known values
+does one guided run get from a start that is off by a known factor?
+
+    python scripts/experiments/bad_defaults.py [--results_dir results] [--quick] [--seeds 0,1,2]
+
+Per start (`STARTS`: the demo translation config with the LR ×0.25 or ×0.1, label smoothing 0.3,
+Adam b1 0.5 / b2 0.9, or all of them at once) and seed, on the regime of guided_vs_plain:
+* `plain`: trained at the start;
+* `guided (greedy)`: one guided run learning the values the start got wrong, starting from them
+  (the one-step lookahead as shipped);
+* `guided (<remedy>)`: the same with each remedy in `REMEDIES` (guidance_diagnosis's candidates).
+References read from the committed records of the other experiments (no new runs): the best
+constant of schedule_vs_constant (the grid run with the lowest guide loss on the same seed) and
+BO (bo_vs_gbt's TPE studies, whose boxes cover every start: d = 1 for the LR starts, d = 6 for
+the others) limited to the guided run's compute. The report gives, per start, the fraction of the
+gap from the start to the best constant that one guided run closes (dev loss, the primary
+metric, and test BLEU), per seed and as a mean, with paired intervals against BO.
+
+Writes RESULTS_DIR/bad_defaults/: report.md, gap_closed.png, experiment.json, records/ and runs/.
+Rerunning skips finished runs and resumes an interrupted one; `--report_only` rebuilds the report.
+"""
+from __future__ import annotations
+
+import sys
+
+from gbt_t5x import console
+
+if __name__ == "__main__":
+  console.configure(sys.argv, import_tensorflow=False)
+
+import math
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from gbt_t5x.experiments import bo, common, records as records_lib, report
+
+NAME = "bad_defaults"
+BASE_LR = 0.002  # experiments/demo_nmt.gin
+_LR = "learning_rate.create_learning_rate_scheduler.base_learning_rate"
+
+
+def _lr(factor: float) -> list[str]:
+  return [f"{_LR} = {BASE_LR * factor!r}"]
+
+
+# start -> (plain bindings, guided kinds, guided-only bindings (the guided values' inits), the
+# bo_vs_gbt space whose box covers the start).
+STARTS: dict[str, tuple[list[str], tuple[str, ...], list[str], str]] = {
+    "LR x0.25": (_lr(0.25), ("learning_rate",), [], "d=1"),
+    "LR x0.1": (_lr(0.1), ("learning_rate",), [], "d=1"),
+    "label smoothing 0.3": (["LABEL_SMOOTHING = 0.3"], ("label_smoothing",),
+                            ["label_smoothing/specs.GuidedHParam.init = 0.3"], "d=6"),
+    "b1 0.5, b2 0.9": (["optimizers.adamw.b1 = 0.5", "optimizers.adamw.b2 = 0.9"], ("b1", "b2"),
+                       ["b1/specs.GuidedHParam.init = 0.5", "b2/specs.GuidedHParam.init = 0.9"],
+                       "d=6"),
+    "all four": ([*_lr(0.25), "LABEL_SMOOTHING = 0.3", "optimizers.adamw.b1 = 0.5",
+                  "optimizers.adamw.b2 = 0.9"], ("learning_rate", "label_smoothing", "b1", "b2"),
+                 ["label_smoothing/specs.GuidedHParam.init = 0.3",
+                  "b1/specs.GuidedHParam.init = 0.5", "b2/specs.GuidedHParam.init = 0.9"], "d=6"),
+}
+QUICK_STARTS = ("LR x0.25",)
+# Remedies (guidance_diagnosis): name -> extra guided gin lines. Each adds an arm per start.
+REMEDIES: dict[str, list[str]] = {}
+GREEDY = "greedy"
+BO_TRIALS = 12
+
+
+def starts(quick: bool) -> tuple[str, ...]:
+  return QUICK_STARTS if quick else tuple(STARTS)
+
+
+def arm(start: str, kind: str) -> str:
+  return f"{start}: {kind}"
+
+
+def run_all(exp: common.Experiment) -> None:
+  score = common.translation_scores(exp)
+  for start in starts(exp.size.quick):
+    plain, kinds, inits, _ = STARTS[start]
+    tag = start.replace(" ", "_").replace(",", "").replace(".", "")
+    gins = {GREEDY: common.guided_gin(
+        os.path.join(exp.out, "gin", f"{tag}_greedy.gin"), common.NMT_GIN, kinds, exp.meta_lr,
+        exp.size.hyper_step_every, extra=inits)}
+    for remedy, lines in REMEDIES.items():
+      gins[remedy] = common.guided_gin(
+          os.path.join(exp.out, "gin", f"{tag}_{remedy.replace(' ', '_')}.gin"), common.NMT_GIN,
+          kinds, exp.meta_lr, exp.size.hyper_step_every, extra=[*inits, *lines])
+    for seed in exp.seeds:
+      common.run_arm(exp, arm(start, "plain"), seed, [common.NMT_GIN], plain, score)
+      for name, gin_file in gins.items():
+        common.run_arm(exp, arm(start, f"guided ({name})"), seed, [gin_file], plain, score,
+                       common.trajectory_extra)
+
+
+def best_constants(exp: common.Experiment, seeds: Sequence[int]) -> list[Any] | None:
+  """schedule_vs_constant's best constant per seed (lowest guide loss among its grid), or None
+  when its records are not there (e.g. --quick)."""
+  path = os.path.join(exp.results_dir, "schedule_vs_constant")
+  if not os.path.exists(os.path.join(path, "experiment.json")):
+    return None
+  store = records_lib.load_store(path)
+  grid = ["constant: default", *[f"constant: LR multiplier {m:g}" for m in (0.5, 2.0, 4.0)],
+          *[f"constant: label smoothing {v:g}" for v in (0.05, 0.1, 0.2)]]
+  out = []
+  for seed in seeds:
+    runs = [r for r in (store.get(label, seed) for label in grid) if r is not None]
+    if not runs:
+      return None
+    out.append(min(runs, key=lambda r: np.nan_to_num(r.scores["guide_loss"], nan=np.inf)))
+  return out
+
+
+def bo_at_budget(exp: common.Experiment, space: str, seed: int, budget: float) -> Any | None:
+  """bo_vs_gbt's TPE pick in `space` for `seed` within `budget` plain steps, or None."""
+  path = os.path.join(exp.results_dir, "bo_vs_gbt")
+  if not os.path.exists(os.path.join(path, "experiment.json")):
+    return None
+  store = records_lib.load_store(path)
+  trials = [store.get(bo.trial_label(f"BO {space}", n), seed) for n in range(BO_TRIALS)]
+  if any(t is None for t in trials):
+    return None
+  curve = bo.pick_curve(trials, common.StepTime.median(trials))
+  return bo.picks_at_budget(curve, budget).at_budget
+
+
+def gap_closed(start: float, reached: float, best: float) -> float:
+  """(reached − start) / (best − start): 1 = all the way to the best constant, 0 = no better than
+  the start, < 0 = worse; NaN when the start is already at the best."""
+  gap = best - start
+  return (reached - start) / gap if abs(gap) > 1e-12 else math.nan
+
+
+def write_report(exp: common.Experiment) -> str:
+  seeds = list(exp.seeds)
+  best = best_constants(exp, seeds)
+  kinds = ["plain", f"guided ({GREEDY})", *[f"guided ({r})" for r in REMEDIES]]
+  sections, verdicts, bars = [], [], {}
+  for start in starts(exp.size.quick):
+    runs = {k: [common.require_record(exp, arm(start, k), s) for s in seeds] for k in kinds}
+    plain_sps = {r.seed: common.StepTime.of(r) for r in runs["plain"]}
+    compute = {k: [common.step_equivalents(r, plain_sps[r.seed]) for r in runs[k]]
+               for k in kinds}
+    order = list(kinds)
+    space = STARTS[start][3]
+    if best is not None:
+      runs["best constant (schedule_vs_constant)"] = best
+      compute["best constant (schedule_vs_constant)"] = [math.nan] * len(seeds)
+      order.append("best constant (schedule_vs_constant)")
+    bo_runs = [bo_at_budget(exp, space, s, c) for s, c in zip(seeds, compute[f"guided ({GREEDY})"])]
+    if all(r is not None for r in bo_runs):
+      label = f"BO {space} at the guided run's compute"
+      runs[label] = bo_runs
+      compute[label] = [math.nan] * len(seeds)
+      order.append(label)
+    table = report.arm_table(order, runs, compute)
+    comparisons = [(k, "plain", f"{k} vs plain at the start") for k in kinds[1:]]
+    if len(order) > len(kinds) and order[-1].startswith("BO"):
+      comparisons += [(k, order[-1], f"{k} vs BO at equal compute") for k in kinds[1:]]
+    paired, diffs = report.paired_table(comparisons, runs)
+    lines = []
+    if best is not None:
+      for k in kinds[1:]:
+        per_seed = {m: [gap_closed(p.scores[m], g.scores[m], b.scores[m])
+                        for p, g, b in zip(runs["plain"], runs[k], best)]
+                    for m in ("dev_loss", "bleu")}
+        lines.append(
+            f"- {start}, {k}: closes {np.nanmean(per_seed['dev_loss']) * 100:.0f} % of the dev-"
+            f"loss gap to the best constant (per seed "
+            f"{', '.join(f'{v * 100:.0f} %' for v in per_seed['dev_loss'])}) and "
+            f"{np.nanmean(per_seed['bleu']) * 100:.0f} % of the BLEU gap (per seed "
+            f"{', '.join(f'{v * 100:.0f} %' for v in per_seed['bleu'])}), at "
+            f"{np.mean(compute[k]):.0f} plain steps of compute.")
+        bars[f"{start}, {k}"] = [v * 100 for v in per_seed["dev_loss"]]
+    for a, b, name in comparisons:
+      lines.append(f"- {start}, {name}: {report.paired_summary(diffs[(a, b)])}.")
+    verdicts += lines
+    sections += [f"### Start: {start}", table, paired]
+  if bars:
+    report.plot_bars(os.path.join(exp.out, "gap_closed.png"), list(bars), list(bars.values()),
+                     "dev-loss gap closed (%)", "one guided run from a bad start")
+  setup = (f"Setup: the regime of guided_vs_plain ({exp.size.train_steps} steps of "
+           f"{exp.size.batch_size} packed rows, tiny T5 {exp.size.num_layers}+"
+           f"{exp.size.num_layers} layers, AdamW 2e-3 warmup + linear decay). Each guided run "
+           f"learns the values its start got wrong (meta LR {exp.meta_lr:g}, a guided step every "
+           f"{exp.size.hyper_step_every}). Best constant and BO are read from the committed "
+           "schedule_vs_constant and bo_vs_gbt records (same seeds and regime)"
+           + ("" if best is not None else "; not available at this size") + f". Seeds {seeds}.")
+  return report.write_experiment_report(
+      exp.out, "Bad defaults", exp.size.quick,
+      ["\n".join(verdicts), setup, *sections, report.PAIRED_NOTE]
+      + (["![gap closed](gap_closed.png)"] if bars else []),
+      "bad_defaults.py", exp.results_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = common.parse_args(__doc__.splitlines()[0], argv)
+  exp = common.setup(args, NAME, {"starts": {k: v[0] for k, v in STARTS.items()}})
+  if not exp.report_only:
+    run_all(exp)
+  write_report(exp)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(common.main_with_one_line_errors(main))
