@@ -315,7 +315,7 @@ include 't5x/examples/t5/t5_1_1/small.gin'
 include 't5x/configs/runs/pretrain.gin'
 
 MIXTURE_OR_TASK_NAME = 'c4_span_corruption'
-MIXTURE_OR_TASK_MODULE = 'gbt_t5x_tasks.c4'
+MIXTURE_OR_TASK_MODULE = 't5.data.mixtures'
 TASK_FEATURE_LENGTHS = {'inputs': 512, 'targets': 114}
 TRAIN_STEPS = 524288
 DROPOUT_RATE = 0.0
@@ -337,7 +337,7 @@ include 't5x/examples/t5/t5_1_1/small.gin'
 
 BATCH_SIZE = 128
 MIXTURE_OR_TASK_NAME = 'c4_span_corruption'
-MIXTURE_OR_TASK_MODULE = 'gbt_t5x_tasks.c4'
+MIXTURE_OR_TASK_MODULE = 't5.data.mixtures'
 TASK_FEATURE_LENGTHS = {'inputs': 256, 'targets': 256}
 DROPOUT_RATE = 0.1
 TRAIN_STEPS = 1_020_000

@@ -10,6 +10,8 @@ folder to `sys.path` and to gin's search path when no real `t5x` is importable, 
     are *the same objects* as this project's (`utils.SaveCheckpointConfig` is
     `gbt_t5x.train.train_lib.SaveCheckpointConfig`): gin registers a configurable under its own
     module, so a T5X-named binding and this project's binding set the same parameter;
+  - `MIXTURE_OR_TASK_MODULE = 't5.data.mixtures'` (or `'t5.data.tasks'`), as T5X's docs pass
+    it, imports this project's registrations of T5's task and mixture names (`t5/`);
   - `include 't5x/examples/t5/t5_1_1/{tiny,small,base,large}.gin'` and
     `'t5x/configs/runs/{pretrain,finetune,eval,infer}.gin'` find this folder's files, which
     include this project's model and run files (`gin/models`, `gin/runs`).
