@@ -144,7 +144,8 @@ def test_a_bug_is_not_turned_into_a_user_error(capsys):
   assert capsys.readouterr().err == ""
 
 
-@pytest.mark.parametrize("name", ["bo_vs_gbt", "guided_vs_plain", "noisy_data",
+@pytest.mark.parametrize("name", ["bo_vs_gbt", "guidance_diagnosis", "guided_vs_plain",
+                                  "mixture_weights", "noisy_data",
                                   "pretrain_downstream", "schedule_vs_constant", "short_horizon"])
 def test_default_size_still_keys_the_committed_records(name):
   """A field added to `Size` must not change the default size's key: the committed records

@@ -146,3 +146,33 @@ def test_short_horizon_quick(results_dir):
   assert branch["extra"]["constants"]["b1"] == pytest.approx(at_8["b1"])
   assert (out / "lr_trajectories.png").stat().st_size > 1000
   assert_rerun_skips_finished_runs("short_horizon.py", results_dir, "--seeds=0")
+
+
+@pytest.mark.slow
+def test_bad_defaults_quick_report_and_rerun(results_dir):
+  """bad_defaults --quick: a report with finite numbers per start (plain and guided from the
+  bad start); a rerun trains nothing and leaves every record as it was."""
+  out = results_dir / "bad_defaults"
+  run_script("bad_defaults.py", results_dir)
+  text = (out / "report.md").read_text()
+  tables = check_tables(text, "arm")
+  assert [row["arm"] for row in tables[0]] == ["plain", "guided (greedy)"]
+  assert "### Start: LR x0.25" in text
+  before = snapshot(out / "records")
+  proc = run_script("bad_defaults.py", results_dir)
+  assert "] training" not in proc.stdout
+  assert snapshot(out / "records") == before
+
+
+def test_guidance_diagnosis_report_rebuilds_from_the_committed_records(tmp_path):
+  """guidance_diagnosis --report_only on a copy of the committed records (the default size; the
+  arms not yet run are left out): a report and the loss-curve plot, no training."""
+  committed = pathlib.Path(SCRIPTS).parents[1] / "docs" / "results" / "guidance_diagnosis"
+  shutil.copytree(committed / "records", tmp_path / "guidance_diagnosis" / "records")
+  shutil.copy(committed / "experiment.json", tmp_path / "guidance_diagnosis")
+  proc = run_script("guidance_diagnosis.py", tmp_path, "--report_only", "--seeds=0",
+                    quick=False)
+  text = (tmp_path / "guidance_diagnosis" / "report.md").read_text()
+  assert "Loss spikes" in text and "| plain |" in text
+  assert "training" not in proc.stdout
+  assert (tmp_path / "guidance_diagnosis" / "loss_curves.png").stat().st_size > 1000
