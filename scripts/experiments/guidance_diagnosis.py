@@ -206,24 +206,56 @@ def write_report(exp: common.Experiment) -> str:
   comparisons = [c for c in comparisons if c[0] in done and c[1] in done]
   paired, diffs = report.paired_table(comparisons, runs)
   snr = _snr_section(runs)
+  gap_table = _gap_table(runs, steps)
   _plot_curves(exp, runs)
-  sections = [_verdicts(runs, diffs, spikes, compute),
+  interim = ([f"**Interim: {len(seeds)} seed(s) so far; a verdict (better / worse) needs every "
+              "one of ≥ 3 seeds to agree.**"] if len(seeds) < 3 else [])
+  sections = [*interim, _verdicts(runs, diffs, spikes, compute),
               f"Setup: as guided_vs_plain (the demo world with sentences of at most "
               f"{exp.size.world.get('max_target_words', 25)} words, tiny T5 "
               f"{exp.size.num_layers}+{exp.size.num_layers} layers, {steps} steps of "
               f"{exp.size.batch_size} packed rows, AdamW 2e-3, 100 warmup steps and linear "
               f"decay; guided runs: meta LR {exp.meta_lr:g}, a guided step every "
-              f"{exp.size.hyper_step_every}). Seeds {seeds}; test BLEU on the whole test split "
-              f"({exp.size.decode_examples} greedy-decoded sentences); dev loss is the primary "
-              "metric. Arms not yet run are left out of the tables.",
+              f"{exp.size.hyper_step_every}). Seeds {seeds}; test BLEU on the first "
+              f"{exp.size.decode_examples} greedy-decoded test sentences (as in the experiments "
+              "it diagnoses); dev loss is the primary metric. Arms not yet run are left out of "
+              "the tables.",
               table, "Loss spikes (rule: a logged window of "
               f"{max(1, steps // LOG_POINTS)} steps whose mean train loss is more than "
               f"{(SPIKE_RATIO - 1) * 100:.0f} % above the lowest earlier window, after the first "
               f"{SPIKE_FROM_FRACTION * 100:.0f} % of the run), per seed:", spike_table,
+              "Train loss against plain's on the same seed (mean difference of the logged "
+              "windows, nats per token) in each third of the run: a gap opened early and kept "
+              "is a path effect; one that follows the current value is the value's:", gap_table,
               snr, report.PAIRED_NOTE, paired,
               "![train loss](loss_curves.png)\n\n![hypergradients](hypergradients.png)"]
   return report.write_experiment_report(exp.out, "Guidance diagnosis", exp.size.quick, sections,
                                         "guidance_diagnosis.py", exp.results_dir)
+
+
+def loss_gap_by_third(curve: dict[str, list[float]], plain: dict[str, list[float]],
+                      train_steps: int) -> list[float]:
+  """Mean train-loss difference (run − plain, same logged steps) in each third of the run."""
+  reference = dict(zip(plain["steps"], plain["loss"]))
+  out = []
+  for third in range(3):
+    lo, hi = third * train_steps / 3, (third + 1) * train_steps / 3
+    diffs = [loss - reference[step] for step, loss in zip(curve["steps"], curve["loss"])
+             if lo < step <= hi and step in reference]
+    out.append(float(np.mean(diffs)) if diffs else float("nan"))
+  return out
+
+
+def _gap_table(runs: dict[str, list[Any]], train_steps: int) -> str:
+  plain = {r.seed: r.extra["loss_curve"] for r in runs[PLAIN]}
+  rows = []
+  for arm, records in runs.items():
+    if arm == PLAIN:
+      continue
+    gaps = np.array([loss_gap_by_third(r.extra["loss_curve"], plain[r.seed], train_steps)
+                     for r in records])
+    rows.append([arm, *[report.fmt(gaps[:, i].tolist()) for i in range(3)]])
+  return report.markdown_table(["arm", "first third", "second third", "last third"], rows)
 
 
 def _multiplier_note(record: Any) -> str:
