@@ -124,6 +124,16 @@ def setup(args: argparse.Namespace, name: str, config: Mapping[str, Any] | None 
                     args.results_dir)
 
 
+def run_and_report(exp: Experiment, run_all: Callable[..., None],
+                   write_report: Callable[..., str], *args: Any) -> int:
+  """An experiment script's body: `run_all(exp, *args)` (unless `--report_only`), then
+  `write_report(exp, *args)`; returns the exit status 0."""
+  if not exp.report_only:
+    run_all(exp, *args)
+  write_report(exp, *args)
+  return 0
+
+
 def experiment_config(name: str, size: sizes_lib.Size, meta_lr: float,
                       config: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """What keys an experiment's records (`experiment.json`): its name, size, meta learning rate

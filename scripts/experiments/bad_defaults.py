@@ -197,10 +197,7 @@ def write_report(exp: common.Experiment) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
   args = common.parse_args(__doc__.splitlines()[0], argv)
   exp = common.setup(args, NAME, {"starts": {k: v[0] for k, v in STARTS.items()}})
-  if not exp.report_only:
-    run_all(exp)
-  write_report(exp)
-  return 0
+  return common.run_and_report(exp, run_all, write_report)
 
 
 if __name__ == "__main__":

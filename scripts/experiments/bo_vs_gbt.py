@@ -217,10 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise ValueError(f"--bo_trials must be >= 1, got {exp_trials}")
   exp = common.setup(args, NAME, {"spaces": {s: SPACES[s][0] for s in SPACES},
                                   "bo_trials": exp_trials, "sampler": "tpe"})
-  if not exp.report_only:
-    run_all(exp, spaces, exp_trials)
-  write_report(exp, spaces, exp_trials)
-  return 0
+  return common.run_and_report(exp, run_all, write_report, spaces, exp_trials)
 
 
 if __name__ == "__main__":

@@ -340,10 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       "all_kinds": list(ALL_KINDS), "ls_start": LS_START, "log_points": LOG_POINTS,
       "late_start_fraction": LATE_START_FRACTION, "average_every": AVERAGE_EVERY,
       "guide_batch_factor": GUIDE_BATCH_FACTOR})
-  if not exp.report_only:
-    run_all(exp)
-  write_report(exp)
-  return 0
+  return common.run_and_report(exp, run_all, write_report)
 
 
 if __name__ == "__main__":

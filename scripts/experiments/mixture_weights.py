@@ -329,10 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   "layers": pd.model_layers(size),
                                   "resample_every": RESAMPLE_EVERY,
                                   "unseen_offset": UNSEEN_OFFSET})
-  if not exp.report_only:
-    run_all(exp, downstream)
-  write_report(exp, downstream)
-  return 0
+  return common.run_and_report(exp, run_all, write_report, downstream)
 
 
 if __name__ == "__main__":

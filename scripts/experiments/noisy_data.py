@@ -171,10 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   num_trials = bo_trials(args)
   exp = common.setup(args, NAME, {"noise_rates": list(NOISE_RATES), "bo_space": BO_SPACE,
                                   "bo_trials": num_trials})
-  if not exp.report_only:
-    run_all(exp, num_trials)
-  write_report(exp, num_trials)
-  return 0
+  return common.run_and_report(exp, run_all, write_report, num_trials)
 
 
 if __name__ == "__main__":

@@ -315,10 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   "downstream_difficulty": "clear",
                                   "downstream_version": demo_downstream.DOWNSTREAM_VERSION,
                                   "layers": model_layers(size)})
-  if not exp.report_only:
-    run_all(exp, downstream)
-  write_report(exp, downstream)
-  return 0
+  return common.run_and_report(exp, run_all, write_report, downstream)
 
 
 if __name__ == "__main__":

@@ -185,10 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = common.parse_args(__doc__.splitlines()[0], argv)
   exp = common.setup(args, NAME, {"lr_grid": list(LR_GRID), "ls_grid": list(LS_GRID),
                                   "guided": list(GUIDED), "unseen_offset": UNSEEN_OFFSET})
-  if not exp.report_only:
-    run_all(exp)
-  write_report(exp)
-  return 0
+  return common.run_and_report(exp, run_all, write_report)
 
 
 if __name__ == "__main__":

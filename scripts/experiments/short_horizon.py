@@ -199,10 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   exp = common.setup(args, NAME, {"sets": {k: list(v) for k, v in SETS.items()},
                                   "branch_fractions": list(BRANCH_FRACTIONS),
                                   "scales": list(SCALES), "mus": list(MUS)})
-  if not exp.report_only:
-    run_all(exp)
-  write_report(exp)
-  return 0
+  return common.run_and_report(exp, run_all, write_report)
 
 
 if __name__ == "__main__":
