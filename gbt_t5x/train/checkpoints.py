@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -145,17 +145,20 @@ def first_bad_leaf(tree: Any, expected: dict[str, str] | None,
   return None
 
 
-def first_mismatch(saved: dict[str, list[int]], target: dict[str, list[int]]) -> str | None:
-  """One line describing the first leaf (in target order) where the two manifests differ."""
+def first_mismatch(saved: Mapping[str, Sequence[int]], target: Mapping[str, Sequence[int]],
+                   leaf: str = "leaf", target_name: str = "target") -> str | None:
+  """One line describing the first leaf (in target order) where the two manifests {path: shape}
+  differ (`leaf` / `target_name`: the words for a leaf and the target in the message, e.g.
+  'parameter' / 'model')."""
   for path, shape in target.items():
     if path not in saved:
-      return f"target leaf {path} (shape {tuple(shape)}) is not in the checkpoint"
-    if list(saved[path]) != list(shape):
-      return (f"leaf {path}: checkpoint shape {tuple(saved[path])} != target shape "
+      return f"{target_name} {leaf} {path} (shape {tuple(shape)}) is not in the checkpoint"
+    if tuple(saved[path]) != tuple(shape):
+      return (f"{leaf} {path}: checkpoint shape {tuple(saved[path])} != {target_name} shape "
               f"{tuple(shape)}")
   for path, shape in saved.items():
     if path not in target:
-      return f"checkpoint leaf {path} (shape {tuple(shape)}) is not in the target"
+      return f"checkpoint {leaf} {path} (shape {tuple(shape)}) is not in the {target_name}"
   return None
 
 

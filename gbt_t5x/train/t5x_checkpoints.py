@@ -34,6 +34,7 @@ import jax
 import numpy as np
 
 from gbt_t5x import errors, fileio
+from gbt_t5x.train import checkpoints as checkpoints_lib
 
 MSGPACK_FILE = "checkpoint"  # T5X's _FLAX_CHECKPOINT_FILE.
 ORBAX_STATE_DIR = "state"  # T5X's _STATE_KEY (orbax layout).
@@ -136,16 +137,7 @@ def _target_leaves(target: Any) -> dict[str, Any]:
 def first_difference(saved: dict[str, tuple[int, ...]],
                      wanted: dict[str, tuple[int, ...]]) -> str | None:
   """One line naming the first parameter (model order) whose name or shape differs."""
-  for name, shape in wanted.items():
-    if name not in saved:
-      return f"model parameter {name} (shape {tuple(shape)}) is not in the checkpoint"
-    if tuple(saved[name]) != tuple(shape):
-      return (f"parameter {name}: checkpoint shape {tuple(saved[name])} != model shape "
-              f"{tuple(shape)}")
-  for name, shape in saved.items():
-    if name not in wanted:
-      return f"checkpoint parameter {name} (shape {tuple(shape)}) is not in the model"
-  return None
+  return checkpoints_lib.first_mismatch(saved, wanted, leaf="parameter", target_name="model")
 
 
 def _read_msgpack(ckpt: T5XCheckpoint) -> dict[str, Any]:
