@@ -91,15 +91,16 @@ class Guidance:
     horizon: 'greedy' (one-step lookahead) or 'forward' (tangents carried along the trajectory
       in `TrainState.tangents`, updated at every model step; `gbt_t5x.guided.forward`).
     mu: the forward horizon's damping in [0, 1] (0: greedy).
-    optimizer_derivative: greedy horizon: how the optimizer update is differentiated, 'vjp'
-      (generic) or 'closed_form' (AdamW / Adam; `hypergrad.guided_step`).
+    optimizer_derivative: greedy horizon: how the optimizer update is differentiated, 'auto'
+      (closed form where registered, else VJP), 'vjp' (generic) or 'closed_form' (AdamW / Adam;
+      `hypergrad.guided_step`).
   """
   specs: tuple[specs_lib.GuidedHParam, ...]
   meta_optimizer: optax.GradientTransformation
   recompute_tangent: bool = False
   horizon: str = "greedy"
   mu: float = 1.0
-  optimizer_derivative: str = hypergrad.VJP
+  optimizer_derivative: str = hypergrad.AUTO
 
 
 # ------------------------------------------------------------------------------ value providers
