@@ -317,8 +317,26 @@ def update_is_finite(loss: jax.Array, new_params: PyTree) -> jax.Array:
   return jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(new_params))
 
 
+# How `keep_if` picks: 'where' (an elementwise select per leaf, fused by XLA into the update that
+# produces `new`) or 'cond' (`lax.cond` returning one tree or the other). Both return either tree
+# bit for bit (tests/guided/test_hypergrad.py); the choice is cost only: see `keep_if`.
+WHERE, COND = "where", "cond"
+NON_FINITE_GUARDS = (WHERE, COND)
+NON_FINITE_GUARD = WHERE
+
+
 def keep_if(ok: jax.Array, new: PyTree, old: PyTree) -> PyTree:
-  """`new` where `ok` (bool scalar), else `old` (same structure)."""
+  """`new` where `ok` (bool scalar), else `old` (same structure), by `NON_FINITE_GUARD`
+  (read when traced).
+
+  'where' (the default) is kept over 'cond': `python scripts/bench_train.py --guards` times the
+  plain step with each guard and without one in one process (README, Benchmarks).
+  """
+  if NON_FINITE_GUARD == COND:
+    return jax.lax.cond(ok, lambda n, o: n, lambda n, o: o, new, old)
+  if NON_FINITE_GUARD != WHERE:
+    raise ValueError(f"NON_FINITE_GUARD must be one of {NON_FINITE_GUARDS}, got "
+                     f"{NON_FINITE_GUARD!r}")
   return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
