@@ -198,6 +198,21 @@ def memory_bytes(compiled_fn: Any) -> int | None:
              - m.alias_size_in_bytes)
 
 
+def xla_cost(compiled_fn: Any) -> tuple[float, float]:
+  """(FLOPs, bytes accessed) of a compiled function by XLA's `cost_analysis()` (nan where the
+  backend gives none). Static counts of the optimized HLO, per call: what each pass costs on
+  any machine, unlike a timing; bytes are operand + output bytes summed over HLO ops (fusion
+  internals excluded), i.e. memory traffic, not peak memory."""
+  try:
+    cost = compiled_fn.cost_analysis()
+  except Exception:  # pragma: no cover
+    return float("nan"), float("nan")
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  cost = cost or {}
+  return float(cost.get("flops", float("nan"))), float(cost.get("bytes accessed", float("nan")))
+
+
 def xla_flops(compiled_fn: Any) -> float | None:
   """XLA's own FLOP count of a compiled function (`cost_analysis()['flops']`), or None."""
   try:

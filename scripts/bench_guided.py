@@ -90,6 +90,7 @@ import optax
 
 from gbt_t5x.guided import hypergrad
 from gbt_t5x.guided import meta as meta_lib
+from gbt_t5x.guided import optimizer_derivatives as opt_derivs
 from gbt_t5x.guided import specs as specs_lib
 from gbt_t5x.guided.specs import GuidedHParam
 from gbt_t5x.train import guided_trainer as guided_trainer_lib
@@ -301,16 +302,65 @@ def _resident_gib() -> float:
     return float("nan")
 
 
+# name -> (XLA FLOPs, bytes accessed) of every function compiled by `timed_compile` (one size at
+# a time: `bench_size` clears it), printed as the cost table.
+COSTS: dict[str, tuple[float, float]] = {}
+
+
 def timed_compile(log: dict, name: str, jitted: Any, *args: Any):
   start = time.perf_counter()
   out = bc.compiled(jitted, *args)
   log[name] = time.perf_counter() - start
+  COSTS[name] = bc.xla_cost(out)
   return out
+
+
+def cost_parts(model, state, batch, guide_batch, guide_batch_q, specs, clog: dict) -> None:
+  """Compiles the pieces of a guided step on their own (as `profile_parts` times them), so
+  that their XLA cost lands in `COSTS` under 'piece: NAME'."""
+  params, opt_state = state.params, state.opt_state
+  optimizer = model.optimizer_def
+  values = specs_lib.effective(specs, specs_lib.init_raw(specs))
+  h_opt, _ = specs_lib.split_effective(specs, values)
+  base_lr = jnp.float32(BASE_LR)
+  train_fb = jax.jit(jax.value_and_grad(lambda p, b: model.loss_fn(p, b, None)[0]))
+  guide_fb = jax.jit(jax.value_and_grad(model.guide_loss_fn))
+  grads = jax.eval_shape(train_fb, params, batch)[1]
+  grads = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), grads)
+
+  def update(g, hopt):
+    return hypergrad.optimizer_update(optimizer, g, opt_state, params, hopt, base_lr)
+
+  def update_and_vjp(g, hopt, cot):
+    u, vjp, _ = jax.vjp(update, g, hopt, has_aux=True)
+    return u, vjp(cot)
+
+  def update_and_closed_form(g, hopt, v):
+    u, new_state = update(g, hopt)
+    new_params = optax.apply_updates(params, u)
+    return hypergrad._closed_form_derivatives(
+        opt_derivs.closed_form_of(optimizer), g, opt_state, new_state, new_params, v, hopt,
+        base_lr, None, need_d_grads=True)
+
+  forward_jvp = jax.jit(lambda p, t, b: jax.jvp(lambda q: model.logits_fn(q, b), (p,), (t,)))
+  pieces = {
+      "train fwd+bwd": (train_fb, params, batch),
+      "guide fwd+bwd (full)": (guide_fb, params, guide_batch),
+      "guide fwd+bwd (1/4)": (guide_fb, params, guide_batch_q),
+      "optimizer update": (jax.jit(update), grads, h_opt),
+      "update + its VJP": (jax.jit(update_and_vjp), grads, h_opt, grads),
+      "update + closed form (+ d_grads)": (jax.jit(update_and_closed_form), grads, h_opt, grads),
+      "network forward": (jax.jit(lambda p, b: model.logits_fn(p, b)), params, batch),
+      "forward JVP (primal+tangent)": (forward_jvp, params, grads, batch),
+  }
+  for name, (fn, *args) in pieces.items():
+    timed_compile(clog, f"piece: {name}", fn, *args)
 
 
 def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
                profile: str, layers: int | None = None, memory_only: bool = False,
-               only_groups: tuple[str, ...] | None = None) -> dict:
+               only_groups: tuple[str, ...] | None = None, with_cost_parts: bool = False
+               ) -> dict:
   """Compiles and times every row's steps at one size, one group of configurations at a time.
 
   `only_groups` (keys of `GROUPS`) runs a subset; the other groups' rows print as nan, so a
@@ -346,7 +396,10 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
                               recompute_tangent=recompute_tangent, **options, **common)
 
   clog: dict[str, float] = {}
+  COSTS.clear()
   t_compile = time.perf_counter()
+  if with_cost_parts:
+    cost_parts(model, state0, batch, guide, guide_q, (LR, B1, B2), clog)
   plain_tr = trainer_lib.Trainer(model=model, train_state=copy_state(state0), **common)
   plain_c = timed_compile(clog, "plain_c", plain_tr._partitioned_train_step,
                           plain_tr.train_state, batch)
@@ -456,7 +509,8 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
   if memory_only:
     return dict(size=size, shape=shape, quarter=quarter, times={}, mem=mem,
                 rows=_rows({}, mem, memory_only=True), parts=None, compile_s=compile_s,
-                clog=clog, params=bc.count_params(state0.params), rev=None, fwd=None)
+                clog=clog, params=bc.count_params(state0.params), rev=None, fwd=None,
+                costs=dict(COSTS))
   rows = _rows(times, mem, rel_diff=checks.get("rel_diff", float("nan")))
   missed = any(r["met"] is False for r in rows)
   parts = None
@@ -465,7 +519,7 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
   return dict(size=size, shape=shape, quarter=quarter, times=times, mem=mem, rows=rows,
               parts=parts, compile_s=compile_s, clog=clog, params=bc.count_params(state0.params),
               rev=checks.get("rev", float("nan")), fwd=checks.get("fwd", float("nan")),
-              rel_diff=checks.get("rel_diff", float("nan")))
+              rel_diff=checks.get("rel_diff", float("nan")), costs=dict(COSTS))
 
 
 def _rows(t: dict[str, float], mem: dict[str, int | None], *, rel_diff: float | None = None,
@@ -641,6 +695,9 @@ def main() -> None:
   parser.add_argument("--small_shape", default=None, help="B,Le,Ld (default 8,64,32)")
   parser.add_argument("--base_shape", default=None, help="B,Le,Ld (default 8,64,32)")
   parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+  parser.add_argument("--cost_parts", action="store_true",
+                      help="also compile the pieces of a guided step alone for the XLA cost "
+                      "table (FLOPs, bytes accessed per pass)")
   parser.add_argument("--profile", default=None, choices=("auto", "always", "never"),
                       help="breakdown: when a target is missed (auto, the default), always or "
                       "never (the default with --quick)")
@@ -684,7 +741,7 @@ def main() -> None:
   results = []
   for size in sizes:
     r = bench_size(size, shapes[size], iters, args.dtype, profile, layers, args.memory_only,
-                   only_groups)
+                   only_groups, args.cost_parts)
     results.append(r)
     b, le, ld = r["shape"]
     print(f"\n== {size}: {r['params'] / 1e6:.2f}M params, train batch {b}, guide batch {b} "
@@ -694,6 +751,10 @@ def main() -> None:
     print()
     bc.print_table(["step", "compiled MiB"],
                    [[k, (v or float("nan")) / 2**20] for k, v in r["mem"].items()])
+    print()
+    print("XLA cost per call (cost_analysis of the compiled function; '_c': a whole step):")
+    bc.print_table(["compiled", "GFLOP", "GB accessed"],
+                   [[k, f / 1e9, b / 1e9] for k, (f, b) in r["costs"].items()])
     print()
     _print_rows(r["rows"])
     if r["fwd"] is not None and not np.isnan(r["fwd"]):  # (e) runs in the greedy group
