@@ -18,8 +18,8 @@ decoder token (self-attention, cross-attention q,o, MLP, output projection). XLA
 `jit(step).lower(...).compile().cost_analysis()['flops']`, is printed beside it (it includes the
 optimizer and the elementwise work, and on CPU may count some ops differently).
 
---guards: instead, the cost of the non-finite guard (`hypergrad.keep_if`, which keeps the old
-params and optimizer state after a non-finite step): the plain step compiled with each guard
+--guards: instead, the cost of the non-finite guard (`hypergrad.guarded_update`, which keeps the
+old params and optimizer state after a non-finite step): the plain step compiled with each guard
 ('where', 'cond') and with none, timed round-robin in this one process (one call of each per
 round, median of --iters rounds; a shared machine's load then hits all three alike), printed as
 each guard's (step - unguarded step) / unguarded step, with compiled memory.
@@ -43,6 +43,7 @@ import bench_common as bc  # first: sets XLA_FLAGS before jax starts
 
 import jax
 import numpy as np
+import optax
 
 from gbt_t5x.guided import hypergrad
 from gbt_t5x.train import trainer as trainer_lib
@@ -80,6 +81,14 @@ def bench_size(size: str, shape: tuple[int, int, int], iters: int, dtype: str) -
               flops=flops, xla_flops=bc.xla_flops(compiled), compile_s=compile_s)
 
 
+def _unguarded_update(optimizer, grads, opt_state, params, opt_hparams, base_lr, loss,
+                      lr_group_ids=None):
+  """`hypergrad.guarded_update` without the guard (ok is always True): the reference step."""
+  updates, new_opt_state = hypergrad.optimizer_update(optimizer, grads, opt_state, params,
+                                                      opt_hparams, base_lr, lr_group_ids)
+  return optax.apply_updates(params, updates), new_opt_state, jax.numpy.bool_(True)
+
+
 def guard_costs(size: str, shape: tuple[int, int, int], iters: int, dtype: str) -> dict:
   """Median plain-step seconds and compiled bytes with each non-finite guard and with none."""
   batch_size, le, ld = shape
@@ -95,7 +104,7 @@ def guard_costs(size: str, shape: tuple[int, int, int], iters: int, dtype: str) 
         partitioner=partitioner, eval_names=[], summary_dir=None, train_state_axes=axes,
         rng=jax.random.PRNGKey(1), learning_rate_fn=lambda step: 1e-3, log_every=10**9,
         print_fn=lambda s: None)
-    unguarded = mock.patch.object(hypergrad, "keep_if", lambda ok, new, old: new)
+    unguarded = mock.patch.object(hypergrad, "guarded_update", _unguarded_update)
     with mock.patch.object(hypergrad, "NON_FINITE_GUARD",
                            hypergrad.WHERE if guard == NO_GUARD else guard):
       if guard == NO_GUARD:

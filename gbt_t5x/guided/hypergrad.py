@@ -317,27 +317,54 @@ def update_is_finite(loss: jax.Array, new_params: PyTree) -> jax.Array:
   return jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(new_params))
 
 
-# How `keep_if` picks: 'where' (an elementwise select per leaf, fused by XLA into the update that
-# produces `new`) or 'cond' (`lax.cond` returning one tree or the other). Both return either tree
-# bit for bit (tests/guided/test_hypergrad.py); the choice is cost only: see `keep_if`.
+# How the model step's non-finite guard keeps the old params and optimizer state
+# (`guarded_update`): 'where' (the default: the update is materialised, then tested, then an
+# elementwise select per leaf picks new or old) or 'cond' (the update's finiteness is tested in a
+# first fused pass that materialises nothing, then `lax.cond` either applies the update or
+# returns the old state: fewer params-sized buffers at the peak, one more elementwise pass over
+# g, the moments and the params). Both keep the old state bit for bit on a dropped step and give
+# the unguarded step on a kept one (tests/guided/test_hypergrad.py); `python
+# scripts/bench_train.py --guards` measures what each costs against an unguarded step (README,
+# Benchmarks), which decides the default.
 WHERE, COND = "where", "cond"
 NON_FINITE_GUARDS = (WHERE, COND)
 NON_FINITE_GUARD = WHERE
 
 
 def keep_if(ok: jax.Array, new: PyTree, old: PyTree) -> PyTree:
-  """`new` where `ok` (bool scalar), else `old` (same structure), by `NON_FINITE_GUARD`
-  (read when traced).
+  """`new` where `ok` (bool scalar), else `old` (same structure): an elementwise select."""
+  return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
-  'where' (the default) is kept over 'cond': `python scripts/bench_train.py --guards` times the
-  plain step with each guard and without one in one process (README, Benchmarks).
+
+def guarded_update(optimizer: optax.GradientTransformation, grads: PyTree, opt_state: Any,
+                   params: PyTree, opt_hparams: Mapping[str, jax.Array], base_lr: jax.Array,
+                   loss: jax.Array, lr_group_ids: PyTree | None = None
+                   ) -> tuple[PyTree, Any, jax.Array]:
+  """The optimizer update applied only where it leaves the loss and the params finite.
+
+  Args: as `optimizer_update`, plus the step's train `loss` (scalar).
+
+  Returns:
+    (new_params, new_opt_state, ok): ok (bool scalar) is `update_is_finite` of the updated
+    params; where it is False, `params` / `opt_state` themselves (bit for bit). How, by
+    `NON_FINITE_GUARD` (read when traced; see there).
   """
+  def step():
+    updates, new_opt_state = optimizer_update(optimizer, grads, opt_state, params, opt_hparams,
+                                              base_lr, lr_group_ids)
+    return optax.apply_updates(params, updates), new_opt_state
+
   if NON_FINITE_GUARD == COND:
-    return jax.lax.cond(ok, lambda n, o: n, lambda n, o: o, new, old)
+    ok = update_is_finite(loss, step()[0])  # only the norm is kept: nothing params-sized
+    new_params, new_opt_state = jax.lax.cond(ok, step, lambda: (params, opt_state))
+    return new_params, new_opt_state, ok
   if NON_FINITE_GUARD != WHERE:
     raise ValueError(f"NON_FINITE_GUARD must be one of {NON_FINITE_GUARDS}, got "
                      f"{NON_FINITE_GUARD!r}")
-  return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+  new_params, new_opt_state = step()
+  ok = update_is_finite(loss, new_params)
+  new_params, new_opt_state = keep_if(ok, (new_params, new_opt_state), (params, opt_state))
+  return new_params, new_opt_state, ok
 
 
 def _metrics(aux: Mapping[str, jax.Array], loss: jax.Array,
@@ -353,7 +380,7 @@ def plain_step(params: PyTree, opt_state: Any, values: Mapping[str, jax.Array], 
                rng: jax.Array, base_lr: jax.Array, *, optimizer: optax.GradientTransformation,
                forward_fn: ForwardFn, loss_from_outputs: LossFromOutputs,
                loss_inputs_fn: LossInputsFn | None = None, lr_group_ids: PyTree | None = None,
-               num_microbatches: int | None = None
+               num_microbatches: int | None = None, guard: bool = False
                ) -> tuple[PyTree, Any, dict[str, jax.Array]]:
   """A model step at given effective values (no hypergradient).
 
@@ -364,10 +391,12 @@ def plain_step(params: PyTree, opt_state: Any, values: Mapping[str, jax.Array], 
     batch: train batch; rng: dropout rng for `forward_fn`; base_lr: schedule value (scalar).
     optimizer, forward_fn, loss_from_outputs, loss_inputs_fn, lr_group_ids: see `guided_step`.
     num_microbatches: gradient accumulation over M microbatches (None/1: one pass).
+    guard: apply the non-finite guard here (`guarded_update`): new_params / new_opt_state are
+      then `params` / `opt_state` where `metrics[UPDATE_OK]` is False.
 
   Returns:
     (new_params, new_opt_state, metrics): metrics are the loss head's aux metrics plus
-    `train_loss` and `hp/NAME` (effective values used).
+    `train_loss` and `hp/NAME` (effective values used), and `UPDATE_OK` with `guard`.
   """
   h_opt, h_loss = split_values(values)
   loss_inputs = (loss_inputs_fn or _identity_loss_inputs)(h_loss, batch)
@@ -375,6 +404,10 @@ def plain_step(params: PyTree, opt_state: Any, values: Mapping[str, jax.Array], 
                                           forward_fn=forward_fn,
                                           loss_from_outputs=loss_from_outputs,
                                           num_microbatches=num_microbatches)
+  if guard:
+    new_params, new_opt_state, ok = guarded_update(optimizer, grads, opt_state, params, h_opt,
+                                                   base_lr, loss, lr_group_ids)
+    return new_params, new_opt_state, {**_metrics(aux, loss, values), UPDATE_OK: ok}
   updates, new_opt_state = optimizer_update(optimizer, grads, opt_state, params, h_opt, base_lr,
                                             lr_group_ids)
   return optax.apply_updates(params, updates), new_opt_state, _metrics(aux, loss, values)
