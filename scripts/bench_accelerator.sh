@@ -25,14 +25,14 @@ set -euo pipefail
 
 SIZES="${BENCH_SIZES:-small,base}"
 OUT="${BENCH_OUT:-bench_accelerator}"
-GROUPS="${BENCH_GROUPS:-greedy,loss_side,g}"
+GUIDED_GROUPS="${BENCH_GROUPS:-greedy,loss_side,g}"
 ITERS="${BENCH_ITERS:-5}"
 BUDGET="${BENCH_BUDGET:-480}"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --sizes) SIZES="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
-    --groups) GROUPS="$2"; shift 2 ;;
+    --groups) GUIDED_GROUPS="$2"; shift 2 ;;
     --iters) ITERS="$2"; shift 2 ;;
     --budget) BUDGET="$2"; shift 2 ;;
     -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
@@ -58,7 +58,7 @@ run() {
   local rc=0
   timeout "$left" "$@" > "$OUT/$name.log" 2>&1 || rc=$?
   if (( rc != 0 )); then
-    echo "$name: exit $rc$([[ $rc == 124 ]] && echo ' (out of budget)')" | tee -a "$OUT/$name.log"
+    echo "$name: exit $rc$([[ $rc == 124 ]] && echo ' (out of budget)')" >> "$OUT/$name.log"
   fi
   tail -n 1 "$OUT/$name.log"
 }
@@ -70,7 +70,7 @@ for size in "${SIZE_LIST[@]}"; do
 done
 for size in "${SIZE_LIST[@]}"; do
   run "guided_$size" "$PYTHON" "$HERE/bench_guided.py" --sizes "$size" --iters "$ITERS" \
-    --groups "$GROUPS" --profile never --json "$OUT/guided_$size.json"
+    --groups "$GUIDED_GROUPS" --profile never --json "$OUT/guided_$size.json"
 done
 
 "$PYTHON" - "$OUT" "$SIZES" "$(( $(date +%s) - START ))" <<'EOF'
@@ -93,7 +93,8 @@ def load(name):
 
 train = {s: load(f"train_{s}") for s in sizes}
 guided = {s: load(f"guided_{s}") for s in sizes}
-device = next((r["device"] for r in list(train.values()) + list(guided.values()) if r), "?")
+device = next((r["device"] for r in list(train.values()) + list(guided.values()) if r),
+              "device: unknown (no run finished)")
 merged = {"device": device, "wall_s": wall_s, "train": train, "guided": guided}
 with open(os.path.join(out, "results.json"), "w") as f:
   json.dump(merged, f, indent=1)
@@ -105,7 +106,7 @@ def cell(value, digits=2):
   return f"{value:.{digits}f}"
 
 
-lines = [f"Device: {device}; all runs {wall_s} s.", "",
+lines = [f"{device}; all runs {wall_s} s.", "",
          "| row | " + " | ".join(sizes) + " | target |",
          "|---|" + "---|" * len(sizes) + "---|"]
 for key, label, digits in (("seconds", "plain step ms (bench_train)", 1),
