@@ -15,7 +15,9 @@
 #                   but bfloat16 (h) and the forward horizon (f1, f3); env BENCH_GROUPS)
 #   --iters N       timed rounds per bench (default 5; env BENCH_ITERS)
 #   --budget S      seconds for all runs (default 480; env BENCH_BUDGET): each run gets what is
-#                   left, a run past it is stopped (its size then reads "not finished")
+#                   left, a run past it is stopped (its size then reads "not finished"); the
+#                   last run, the non-finite guard's cost at the first size (guards_SIZE.log),
+#                   only gets what the others leave
 #
 # Each bench keeps its own output format (its last line is its `ratio: ...` line, in the logs).
 # On the host the benches default to CPU (bench_common sets JAX_PLATFORMS=cpu unless set): here
@@ -35,7 +37,7 @@ while [[ $# -gt 0 ]]; do
     --groups) GUIDED_GROUPS="$2"; shift 2 ;;
     --iters) ITERS="$2"; shift 2 ;;
     --budget) BUDGET="$2"; shift 2 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#'; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -72,6 +74,10 @@ for size in "${SIZE_LIST[@]}"; do
   run "guided_$size" "$PYTHON" "$HERE/bench_guided.py" --sizes "$size" --iters "$ITERS" \
     --groups "$GUIDED_GROUPS" --profile never --json "$OUT/guided_$size.json"
 done
+# Last, with what is left: the non-finite guard's cost ('where' / 'cond' / none) at the first
+# size, which decides whether 'cond' (less memory) becomes the default (README, Benchmarks).
+run "guards_${SIZE_LIST[0]}" "$PYTHON" "$HERE/bench_train.py" --sizes "${SIZE_LIST[0]}" --guards \
+  --iters 20
 
 "$PYTHON" - "$OUT" "$SIZES" "$(( $(date +%s) - START ))" <<'EOF'
 """Merges the per-run JSONs into results.json and a Markdown table (results.md)."""
