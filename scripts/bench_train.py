@@ -27,6 +27,7 @@ each guard's (step - unguarded step) / unguarded step, with compiled memory.
 Usage:
   .venv/bin/python scripts/bench_train.py --quick           # tiny only, tiny shapes, < 1 min
   .venv/bin/python scripts/bench_train.py --sizes tiny --guards --iters 30   # guard cost
+  .venv/bin/python scripts/bench_train.py --sizes small --small_shape 2,16,8 --layers 2 --guards
   .venv/bin/python scripts/bench_train.py                   # tiny (B32, 64/40), small (B8, 128/64)
   .venv/bin/python scripts/bench_train.py --sizes small --iters 3 --dtype bfloat16
 
@@ -89,10 +90,11 @@ def _unguarded_update(optimizer, grads, opt_state, params, opt_hparams, base_lr,
   return optax.apply_updates(params, updates), new_opt_state, jax.numpy.bool_(True)
 
 
-def guard_costs(size: str, shape: tuple[int, int, int], iters: int, dtype: str) -> dict:
+def guard_costs(size: str, shape: tuple[int, int, int], iters: int, dtype: str,
+                layers: int | None = None) -> dict:
   """Median plain-step seconds and compiled bytes with each non-finite guard and with none."""
   batch_size, le, ld = shape
-  model = bc.make_model(size, dtype)
+  model = bc.make_model(size, dtype, layers=layers)
   partitioner = bc.one_device_partitioner()
   state, axes = bc.initial_state(model, partitioner, le, ld)
   batch = bc.synthetic_batch(0, batch_size, le, ld, model.module.config.vocab_size,
@@ -129,8 +131,8 @@ def guard_costs(size: str, shape: tuple[int, int, int], iters: int, dtype: str) 
               cost={k: seconds[k] / seconds[NO_GUARD] - 1 for k in hypergrad.NON_FINITE_GUARDS})
 
 
-def main_guards(sizes, shapes, iters: int, dtype: str) -> None:
-  results = [guard_costs(size, shapes[size], iters, dtype) for size in sizes]
+def main_guards(sizes, shapes, iters: int, dtype: str, layers: int | None = None) -> None:
+  results = [guard_costs(size, shapes[size], iters, dtype, layers) for size in sizes]
   rows = []
   for r in results:
     for guard, sec in r["seconds"].items():
@@ -158,6 +160,8 @@ def main() -> None:
   parser.add_argument("--guards", action="store_true",
                       help="time the plain step with each non-finite guard and none instead")
   parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+  parser.add_argument("--layers", type=int, default=None,
+                      help="with --guards: override both stack depths (default: the size's)")
   args = parser.parse_args()
 
   sizes = bc.parse_sizes(args.sizes or ("tiny" if args.quick else "tiny,small"))
@@ -168,7 +172,7 @@ def main() -> None:
   iters = args.iters or (3 if args.quick else 5)
   print(bc.device_line())
   if args.guards:
-    main_guards(sizes, shapes, iters, args.dtype)
+    main_guards(sizes, shapes, iters, args.dtype, args.layers)
     return
   print(f"dtype {args.dtype}; timing: 1 warm-up step, median of {iters} steps; "
         "tokens = B * (inputs + targets), all real (no padding)")
