@@ -107,9 +107,12 @@ with open(os.path.join(out, "results.json"), "w") as f:
 
 
 def cell(value, digits=2):
-  if value is None or (isinstance(value, float) and math.isnan(value)):
+  """A table cell: None (the size's run did not finish), NaN (its group was not run)."""
+  if value is None:
     return "not finished"
-  return f"{value:.{digits}f}"
+  if isinstance(value, float) and math.isnan(value):
+    return "not run"
+  return f"{value:.{digits}f}" if abs(value) >= 0.01 or value == 0 else f"{value:.2g}"
 
 
 lines = [f"{device}; all runs {wall_s} s.", "",
@@ -142,7 +145,8 @@ for cfg, metric in labels:
     match = next((r for r in rows if (r["cfg"], r["metric"]) == (cfg, metric)), None)
     vals.append(cell(match["value"] if match else None))
     target = target if target is not None else (match or {}).get("target")
-  lines.append(f"| {cfg}: {metric} | " + " | ".join(vals) + " | "
+  label = f"{cfg}: {metric}".replace("|", "\\|")  # '|fwd - rev| / |rev|' in a Markdown cell
+  lines.append(f"| {label} | " + " | ".join(vals) + " | "
                + (f"≤ {target}" if target is not None else "—") + " |")
 with open(os.path.join(out, "results.md"), "w") as f:
   f.write("\n".join(lines) + "\n")
