@@ -48,7 +48,7 @@ from gbt_t5x.models import encoder_decoder, network  # noqa: E402
 from gbt_t5x.train import optimizers, train_lib  # noqa: E402
 from gbt_t5x.train.partitioning import PjitPartitioner  # noqa: E402
 
-# T5 v1.1 sizes, copied from gin/models/t5_1_1_{tiny,small}.gin. Small's gin dtype is bfloat16;
+# T5 v1.1 sizes, copied from gin/models/t5_1_1_{tiny,small,base}.gin. Small's gin dtype is bfloat16;
 # the benchmarks default to float32 (bfloat16 matmuls are emulated slowly on most CPUs) and take
 # --dtype to override. Tiny's vocab is the demo-sized 1152 (the gin default 32128 is for real
 # SentencePiece runs and would make the tiny model's logits dominate everything).
@@ -57,10 +57,12 @@ SIZES: dict[str, dict[str, Any]] = {
                  num_encoder_layers=2, num_decoder_layers=2),
     "small": dict(vocab_size=32128, emb_dim=512, num_heads=6, head_dim=64, mlp_dim=1024,
                   num_encoder_layers=8, num_decoder_layers=8),
+    "base": dict(vocab_size=32128, emb_dim=768, num_heads=12, head_dim=64, mlp_dim=2048,
+                 num_encoder_layers=12, num_decoder_layers=12),
 }
 # Default (batch, inputs length, targets length) per size for the benchmarks.
-DEFAULT_SHAPES = {"tiny": (32, 64, 40), "small": (8, 128, 64)}
-QUICK_SHAPES = {"tiny": (8, 32, 16), "small": (2, 32, 16)}
+DEFAULT_SHAPES = {"tiny": (32, 64, 40), "small": (8, 128, 64), "base": (8, 128, 64)}
+QUICK_SHAPES = {"tiny": (8, 32, 16), "small": (2, 32, 16), "base": (2, 32, 16)}
 
 
 def t5_config(size: str, dtype: str = "float32", layers: int | None = None) -> network.T5Config:
@@ -194,6 +196,21 @@ def memory_bytes(compiled_fn: Any) -> int | None:
     return None
   return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
              - m.alias_size_in_bytes)
+
+
+def xla_cost(compiled_fn: Any) -> tuple[float, float]:
+  """(FLOPs, bytes accessed) of a compiled function by XLA's `cost_analysis()` (nan where the
+  backend gives none). Static counts of the optimized HLO, per call: what each pass costs on
+  any machine, unlike a timing; bytes are operand + output bytes summed over HLO ops (fusion
+  internals excluded), i.e. memory traffic, not peak memory."""
+  try:
+    cost = compiled_fn.cost_analysis()
+  except Exception:  # pragma: no cover
+    return float("nan"), float("nan")
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  cost = cost or {}
+  return float(cost.get("flops", float("nan"))), float(cost.get("bytes accessed", float("nan")))
 
 
 def xla_flops(compiled_fn: Any) -> float | None:

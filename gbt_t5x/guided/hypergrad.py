@@ -70,10 +70,12 @@ from gbt_t5x.guided import optimizer_derivatives as opt_derivs
 from gbt_t5x.guided import specs as specs_lib
 
 PyTree = Any
-# How step d) differentiates the optimizer update: by `jax.vjp` of the optax update (generic, the
-# default) or by the hand-written closed form of `optimizer_derivatives` (AdamW / Adam only).
-VJP, CLOSED_FORM = "vjp", "closed_form"
-OPTIMIZER_DERIVATIVES = (VJP, CLOSED_FORM)
+# How step d) differentiates the optimizer update: 'auto' (the default: the hand-written closed
+# form of `optimizer_derivatives` where the optimizer has one registered, AdamW / Adam, and every
+# guided optimizer-side name is covered by it; `jax.vjp` of the optax update otherwise), 'vjp'
+# (always the generic VJP) or 'closed_form' (always the closed form; an error without one).
+AUTO, VJP, CLOSED_FORM = "auto", "vjp", "closed_form"
+OPTIMIZER_DERIVATIVES = (AUTO, VJP, CLOSED_FORM)
 Batch = Mapping[str, jax.Array]
 ForwardFn = Callable[[PyTree, Batch, jax.Array], PyTree]
 LossFromOutputs = Callable[[PyTree, Batch, Mapping[str, jax.Array]],
@@ -315,9 +317,54 @@ def update_is_finite(loss: jax.Array, new_params: PyTree) -> jax.Array:
   return jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(new_params))
 
 
+# How the model step's non-finite guard keeps the old params and optimizer state
+# (`guarded_update`): 'where' (the default: the update is materialised, then tested, then an
+# elementwise select per leaf picks new or old) or 'cond' (the update's finiteness is tested in a
+# first fused pass that materialises nothing, then `lax.cond` either applies the update or
+# returns the old state: fewer params-sized buffers at the peak, one more elementwise pass over
+# g, the moments and the params). Both keep the old state bit for bit on a dropped step and give
+# the unguarded step on a kept one (tests/guided/test_hypergrad.py); `python
+# scripts/bench_train.py --guards` measures what each costs against an unguarded step (README,
+# Benchmarks), which decides the default.
+WHERE, COND = "where", "cond"
+NON_FINITE_GUARDS = (WHERE, COND)
+NON_FINITE_GUARD = WHERE
+
+
 def keep_if(ok: jax.Array, new: PyTree, old: PyTree) -> PyTree:
-  """`new` where `ok` (bool scalar), else `old` (same structure)."""
+  """`new` where `ok` (bool scalar), else `old` (same structure): an elementwise select."""
   return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+
+def guarded_update(optimizer: optax.GradientTransformation, grads: PyTree, opt_state: Any,
+                   params: PyTree, opt_hparams: Mapping[str, jax.Array], base_lr: jax.Array,
+                   loss: jax.Array, lr_group_ids: PyTree | None = None
+                   ) -> tuple[PyTree, Any, jax.Array]:
+  """The optimizer update applied only where it leaves the loss and the params finite.
+
+  Args: as `optimizer_update`, plus the step's train `loss` (scalar).
+
+  Returns:
+    (new_params, new_opt_state, ok): ok (bool scalar) is `update_is_finite` of the updated
+    params; where it is False, `params` / `opt_state` themselves (bit for bit). How, by
+    `NON_FINITE_GUARD` (read when traced; see there).
+  """
+  def step():
+    updates, new_opt_state = optimizer_update(optimizer, grads, opt_state, params, opt_hparams,
+                                              base_lr, lr_group_ids)
+    return optax.apply_updates(params, updates), new_opt_state
+
+  if NON_FINITE_GUARD == COND:
+    ok = update_is_finite(loss, step()[0])  # only the norm is kept: nothing params-sized
+    new_params, new_opt_state = jax.lax.cond(ok, step, lambda: (params, opt_state))
+    return new_params, new_opt_state, ok
+  if NON_FINITE_GUARD != WHERE:
+    raise ValueError(f"NON_FINITE_GUARD must be one of {NON_FINITE_GUARDS}, got "
+                     f"{NON_FINITE_GUARD!r}")
+  new_params, new_opt_state = step()
+  ok = update_is_finite(loss, new_params)
+  new_params, new_opt_state = keep_if(ok, (new_params, new_opt_state), (params, opt_state))
+  return new_params, new_opt_state, ok
 
 
 def _metrics(aux: Mapping[str, jax.Array], loss: jax.Array,
@@ -333,7 +380,7 @@ def plain_step(params: PyTree, opt_state: Any, values: Mapping[str, jax.Array], 
                rng: jax.Array, base_lr: jax.Array, *, optimizer: optax.GradientTransformation,
                forward_fn: ForwardFn, loss_from_outputs: LossFromOutputs,
                loss_inputs_fn: LossInputsFn | None = None, lr_group_ids: PyTree | None = None,
-               num_microbatches: int | None = None
+               num_microbatches: int | None = None, guard: bool = False
                ) -> tuple[PyTree, Any, dict[str, jax.Array]]:
   """A model step at given effective values (no hypergradient).
 
@@ -344,10 +391,12 @@ def plain_step(params: PyTree, opt_state: Any, values: Mapping[str, jax.Array], 
     batch: train batch; rng: dropout rng for `forward_fn`; base_lr: schedule value (scalar).
     optimizer, forward_fn, loss_from_outputs, loss_inputs_fn, lr_group_ids: see `guided_step`.
     num_microbatches: gradient accumulation over M microbatches (None/1: one pass).
+    guard: apply the non-finite guard here (`guarded_update`): new_params / new_opt_state are
+      then `params` / `opt_state` where `metrics[UPDATE_OK]` is False.
 
   Returns:
     (new_params, new_opt_state, metrics): metrics are the loss head's aux metrics plus
-    `train_loss` and `hp/NAME` (effective values used).
+    `train_loss` and `hp/NAME` (effective values used), and `UPDATE_OK` with `guard`.
   """
   h_opt, h_loss = split_values(values)
   loss_inputs = (loss_inputs_fn or _identity_loss_inputs)(h_loss, batch)
@@ -355,6 +404,10 @@ def plain_step(params: PyTree, opt_state: Any, values: Mapping[str, jax.Array], 
                                           forward_fn=forward_fn,
                                           loss_from_outputs=loss_from_outputs,
                                           num_microbatches=num_microbatches)
+  if guard:
+    new_params, new_opt_state, ok = guarded_update(optimizer, grads, opt_state, params, h_opt,
+                                                   base_lr, loss, lr_group_ids)
+    return new_params, new_opt_state, {**_metrics(aux, loss, values), UPDATE_OK: ok}
   updates, new_opt_state = optimizer_update(optimizer, grads, opt_state, params, h_opt, base_lr,
                                             lr_group_ids)
   return optax.apply_updates(params, updates), new_opt_state, _metrics(aux, loss, values)
@@ -367,7 +420,7 @@ def lookahead_hypergradient(
     forward_fn: ForwardFn, loss_from_outputs: LossFromOutputs, guide_loss_fn: GuideLossFn,
     loss_inputs_fn: LossInputsFn | None = None, lr_group_ids: PyTree | None = None,
     recompute_tangent: bool = False, num_microbatches: int | None = None,
-    optimizer_derivative: str = VJP
+    optimizer_derivative: str = AUTO
 ) -> tuple[PyTree, Any, dict[str, jax.Array], dict[str, jax.Array]]:
   """The model step and the exact gradient of L_hyper w.r.t. the raw values (steps a-f above).
 
@@ -407,7 +460,7 @@ def lookahead_hypergradient(
   def update(g, hopt):
     return optimizer_update(optimizer, g, opt_state, params, hopt, base_lr, lr_group_ids)
 
-  closed_form = closed_form_for(optimizer, optimizer_derivative)
+  closed_form = closed_form_for(optimizer, optimizer_derivative, h_opt, opt_state)
   if closed_form is not None and set(h_opt) <= {specs_lib.LEARNING_RATE} and not h_loss:
     # The LR multiplier alone: the VJP keeps only the (linear-in-LR) update, less than the
     # closed form's inputs (g, m, n); both give the same value (T5.1.1 small compiled memory /
@@ -479,20 +532,44 @@ def hypergrad_metrics(hypergrads: Mapping[str, jax.Array]) -> dict[str, jax.Arra
   return metrics
 
 
-def closed_form_for(optimizer: optax.GradientTransformation, optimizer_derivative: str
-                 ) -> opt_derivs.ClosedForm | None:
-  """The closed form to use for step d), or None for the generic VJP; a one-line ValueError for
-  an unknown mode or 'closed_form' with an optimizer that has none (the trainer checks this at
-  construction)."""
+def closed_form_for(optimizer: optax.GradientTransformation, optimizer_derivative: str,
+                    h_opt: Mapping[str, Any] | None = None, opt_state: Any = None
+                    ) -> opt_derivs.ClosedForm | None:
+  """The closed form to use for step d), or None for the generic VJP.
+
+  Args:
+    optimizer: the model optimizer (registered with `optimizer_derivatives.register` or not).
+    optimizer_derivative: one of `OPTIMIZER_DERIVATIVES`.
+    h_opt: the guided optimizer-side values by name (aliases allowed); with 'auto', a name the
+      closed form does not cover selects the VJP. None: not checked (construction time).
+    opt_state: the optimizer state, to resolve aliases in `h_opt` (needed with `h_opt`).
+
+  Returns:
+    The registered `ClosedForm` ('closed_form'; 'auto' when it covers `h_opt`), else None.
+
+  Raises:
+    ValueError (one line): an unknown mode, or 'closed_form' with an optimizer that has none
+      (the trainer checks this at construction).
+  """
   if optimizer_derivative not in OPTIMIZER_DERIVATIVES:
     raise ValueError(f"optimizer_derivative must be one of {OPTIMIZER_DERIVATIVES}, got "
                      f"{optimizer_derivative!r}")
   if optimizer_derivative == VJP:
     return None
   closed_form = opt_derivs.closed_form_of(optimizer)
-  if closed_form is None:
+  if closed_form is None and optimizer_derivative == CLOSED_FORM:
     raise ValueError("optimizer_derivative='closed_form' needs an optimizer with a closed-form "
-                     "derivative (gbt_t5x.train.optimizers.adamw or adam); use 'vjp' for others")
+                     "derivative (gbt_t5x.train.optimizers.adamw or adam); use 'vjp' or 'auto' "
+                     "for others")
+  if closed_form is None or optimizer_derivative == CLOSED_FORM or h_opt is None:
+    return closed_form
+  hyperparams = getattr(opt_state, "hyperparams", None) or {}
+  covered = set(opt_derivs.SUPPORTED[closed_form.family])
+  for name in h_opt:
+    own = (name if name == specs_lib.LEARNING_RATE
+           else specs_lib.resolve_optimizer_name(name, hyperparams))
+    if own not in covered:
+      return None
   return closed_form
 
 
@@ -550,7 +627,7 @@ def guided_step(params: PyTree, opt_state: Any, guided_state: meta_lib.GuidedSta
                 loss_from_outputs: LossFromOutputs, guide_loss_fn: GuideLossFn,
                 loss_inputs_fn: LossInputsFn | None = None, lr_group_ids: PyTree | None = None,
                 recompute_tangent: bool = False, num_microbatches: int | None = None,
-                optimizer_derivative: str = VJP
+                optimizer_derivative: str = AUTO
                 ) -> tuple[PyTree, Any, meta_lib.GuidedState, dict[str, jax.Array]]:
   """The fused model step + exact one-step-lookahead hypergradient + meta update.
 
@@ -574,10 +651,12 @@ def guided_step(params: PyTree, opt_state: Any, guided_state: meta_lib.GuidedSta
       memory (the train activations are freed before the guide forward), one more forward.
     num_microbatches: gradient accumulation over M microbatches (None/1: one pass); step e)
       then re-runs each microbatch's forward (as with `recompute_tangent`).
-    optimizer_derivative: 'vjp' (default: `jax.vjp` of the optax update, any optimizer) or
-      'closed_form' (`optimizer_derivatives`, for optimizers registered there: AdamW / Adam;
-      the same values to rounding, without keeping the update's linearisation alive; with the
-      LR multiplier as the only guided value the VJP keeps less, and is used).
+    optimizer_derivative: 'auto' (default: the closed form where `optimizer_derivatives` has
+      one for the optimizer and the guided names, the VJP otherwise), 'vjp' (`jax.vjp` of the
+      optax update, any optimizer) or 'closed_form' (`optimizer_derivatives`, for optimizers
+      registered there: AdamW / Adam; the same values to float32 rounding, without keeping the
+      update's linearisation alive). With the LR multiplier as the only guided value the VJP
+      keeps less, and is used by both 'auto' and 'closed_form'.
 
   Returns:
     (new_params, new_opt_state, new_guided_state, metrics). new_params/new_opt_state are the

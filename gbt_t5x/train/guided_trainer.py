@@ -90,9 +90,12 @@ class GuidedTrainer(Trainer):
       trajectory, one params-and-optimizer-state-sized tangent per guided scalar, carried in
       the train state and updated at every model step; see `gbt_t5x.guided.forward`).
     mu: damping of the carried tangent with the 'forward' horizon, in [0, 1] (0 = greedy).
-    optimizer_derivative: how the greedy guided step differentiates the optimizer update: 'vjp'
-      (default, any optimizer) or 'closed_form' (AdamW / Adam from `train.optimizers`: the
-      same hypergradient to rounding with less memory; see `gbt_t5x.guided.optimizer_derivatives`).
+    optimizer_derivative: how the greedy guided step differentiates the optimizer update:
+      'auto' (default: the closed form for AdamW / Adam from `train.optimizers`, the same
+      hypergradient to float32 rounding with less memory and time, see
+      `gbt_t5x.guided.optimizer_derivatives`; the VJP for any other optimizer), 'vjp' (always
+      the VJP of the optax update) or 'closed_form' (always the closed form; an error for an
+      optimizer without one).
   """
 
   def __init__(self, model: Any, train_state: Any, partitioner: Any, eval_names: Sequence[str],
@@ -107,7 +110,7 @@ class GuidedTrainer(Trainer):
                mixture_sampling: str = LOSS_WEIGHTS, resample_every: int = 100,
                fixed_guide_batch: bool = False,
                recompute_tangent: bool = False, horizon: str = "greedy", mu: float = 1.0,
-               optimizer_derivative: str = hypergrad.VJP, **kwargs: Any):
+               optimizer_derivative: str = hypergrad.AUTO, **kwargs: Any):
     super().__init__(model, train_state, partitioner, eval_names, summary_dir, train_state_axes,
                      rng, learning_rate_fn, num_microbatches, **kwargs)
     if not guided_hparams:

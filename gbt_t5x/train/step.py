@@ -91,15 +91,16 @@ class Guidance:
     horizon: 'greedy' (one-step lookahead) or 'forward' (tangents carried along the trajectory
       in `TrainState.tangents`, updated at every model step; `gbt_t5x.guided.forward`).
     mu: the forward horizon's damping in [0, 1] (0: greedy).
-    optimizer_derivative: greedy horizon: how the optimizer update is differentiated, 'vjp'
-      (generic) or 'closed_form' (AdamW / Adam; `hypergrad.guided_step`).
+    optimizer_derivative: greedy horizon: how the optimizer update is differentiated, 'auto'
+      (closed form where registered, else VJP), 'vjp' (generic) or 'closed_form' (AdamW / Adam;
+      `hypergrad.guided_step`).
   """
   specs: tuple[specs_lib.GuidedHParam, ...]
   meta_optimizer: optax.GradientTransformation
   recompute_tangent: bool = False
   horizon: str = "greedy"
   mu: float = 1.0
-  optimizer_derivative: str = hypergrad.VJP
+  optimizer_derivative: str = hypergrad.AUTO
 
 
 # ------------------------------------------------------------------------------ value providers
@@ -178,7 +179,7 @@ def model_step(state: TrainState, batch: Batch, *, fns: StepFns, values_fn: Valu
   """
   rng = jax.random.fold_in(fns.rng, state.step)
   base_lr = fns.learning_rate_fn(state.step)
-  update_ok = None  # the guard's test, when the guided step has applied it already
+  update_ok = None  # the guard's test, when the step has applied it already (not: forward horizon)
   tangents = state.tangents
   if guidance is not None and guidance.horizon == "forward":
     values = specs_lib.effective(guidance.specs, state.guided.raw)
@@ -201,7 +202,10 @@ def model_step(state: TrainState, batch: Batch, *, fns: StepFns, values_fn: Valu
   elif guide_batch is None:
     values = values_fn(state)
     params, opt_state, metrics = hypergrad.plain_step(
-        state.params, state.opt_state, values, batch, rng, base_lr, **fns.hypergrad_kwargs())
+        state.params, state.opt_state, values, batch, rng, base_lr, guard=True,
+        **fns.hypergrad_kwargs())
+    metrics = dict(metrics)
+    update_ok = metrics.pop(hypergrad.UPDATE_OK)
     guided = state.guided
   else:
     if guidance is None:

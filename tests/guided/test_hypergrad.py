@@ -435,3 +435,66 @@ def test_recomputed_tangent_gives_the_same_hypergradient(setups, lookahead_resul
                                            s.guide_batch, s.rng)
   for name, value in lookahead_results[config][2].items():
     np.testing.assert_allclose(recomputed[2][name], value, rtol=1e-10, atol=1e-14, err_msg=name)
+
+
+# ----------------------------------------------------------------------------- non-finite guard
+def _bits(tree):
+  return [np.asarray(x).tobytes() for x in jax.tree.leaves(tree)]
+
+
+def test_keep_if_returns_either_tree_bit_for_bit(x64):
+  """`keep_if` (jitted): a dropped step returns the old tree bit for bit (NaN, inf and -0.0 in
+  the new one), a kept step the new tree bit for bit; int leaves too."""
+  old = {"w": jnp.array([1.0, -0.0, 3.0]), "count": jnp.array(7, jnp.int32),
+         "m": (jnp.array([[0.5]], jnp.float32),)}
+  new = {"w": jnp.array([jnp.nan, jnp.inf, -0.0]), "count": jnp.array(8, jnp.int32),
+         "m": (jnp.array([[-jnp.inf]], jnp.float32),)}
+  guard = jax.jit(hypergrad.keep_if)
+  assert _bits(guard(jnp.bool_(False), new, old)) == _bits(old)
+  assert _bits(guard(jnp.bool_(True), new, old)) == _bits(new)
+
+
+@pytest.mark.parametrize("mode", hypergrad.NON_FINITE_GUARDS)
+def test_guarded_plain_step_keeps_the_old_state_exactly(setups, mode, monkeypatch):
+  """The model step's guard (`plain_step(guard=True)`, either implementation): a NaN in the
+  train batch keeps the old params and optimizer state bit for bit; a finite step is the
+  unguarded step."""
+  monkeypatch.setattr(hypergrad, "NON_FINITE_GUARD", mode)
+  s = get_setup(setups, "mlp_adamw")
+  values = specs_lib.effective(s.specs, s.guided.raw)
+  kwargs = {k: v for k, v in s.kwargs.items() if k != "specs"}
+  step = jax.jit(lambda p, st, b, guard: hypergrad.plain_step(
+      p, st, values, b, s.rng, jnp.asarray(BASE_LR), guard=guard, **kwargs),
+      static_argnums=3)
+  bad = dict(s.batch, x=s.batch["x"].at[0, 0].set(jnp.nan))
+  p, st, metrics = step(s.params, s.opt_state, bad, True)
+  assert not bool(metrics[hypergrad.UPDATE_OK])
+  assert _bits((p, st)) == _bits((s.params, s.opt_state))
+  p, st, metrics = step(s.params, s.opt_state, s.batch, True)
+  assert bool(metrics[hypergrad.UPDATE_OK])
+  unguarded = step(s.params, s.opt_state, s.batch, False)
+  for a, b in zip(jax.tree.leaves((p, st)), jax.tree.leaves(unguarded[:2])):
+    np.testing.assert_allclose(a, b, rtol=1e-15, atol=0)  # fusion may differ: 1 ulp
+
+
+def test_non_finite_train_loss_keeps_params_and_opt_state_exactly(setups):
+  """The guided step's own guard (before its guide pass, always 'where'): a NaN in the train
+  batch keeps the old params and optimizer state bit for bit; a finite step is the unguarded
+  model step."""
+  s = get_setup(setups, "mlp_adamw")
+  guide_fn = mlp_guide
+  step = jax.jit(lambda p, st, raw, b: hypergrad.lookahead_hypergradient(
+      p, st, raw, b, s.guide_batch, s.rng, jnp.asarray(BASE_LR), guide_loss_fn=guide_fn,
+      **s.kwargs))
+  bad = dict(s.batch, x=s.batch["x"].at[0, 0].set(jnp.nan))
+  p, st, _, metrics = step(s.params, s.opt_state, s.guided.raw, bad)
+  assert not bool(metrics[hypergrad.UPDATE_OK])
+  assert _bits((p, st)) == _bits((s.params, s.opt_state))
+  p, st, _, metrics = step(s.params, s.opt_state, s.guided.raw, s.batch)
+  assert bool(metrics[hypergrad.UPDATE_OK])
+  values = specs_lib.effective(s.specs, s.guided.raw)
+  unguarded = jax.jit(lambda p, st: hypergrad.plain_step(
+      p, st, values, s.batch, s.rng, jnp.asarray(BASE_LR),
+      **{k: v for k, v in s.kwargs.items() if k != "specs"}))(s.params, s.opt_state)
+  for a, b in zip(jax.tree.leaves((p, st)), jax.tree.leaves(unguarded[:2])):
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)  # fusion may differ: 1 ulp

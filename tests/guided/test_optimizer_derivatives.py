@@ -1,18 +1,23 @@
 """The closed-form AdamW derivative (`optimizer_derivatives`) against the generic VJP path.
 
 Same problems as `test_hypergrad` (float64): the guided step with
-`optimizer_derivative='closed_form'` must give the hypergradient of the default `'vjp'` path (and
-so of finite differences, which `test_hypergrad` checks for that path) for every AdamW value,
-a per-group LR vector, weight decay with a mask, and loss-side kinds (which need (du/dg)^T v),
-with an identical model step.
+`optimizer_derivative='closed_form'` must give the hypergradient of the `'vjp'` path and of
+central finite differences (checked here directly, at `test_hypergrad`'s tolerance) for every
+AdamW value, a per-group LR vector, weight decay with a mask, and loss-side kinds (which need
+(du/dg)^T v), with an identical model step; 'auto' (the default) must pick the closed form for
+the registered optimizers and the VJP for others. The trainer-level checks (T5 tiny, float32 to
+float32 rounding, microbatched, on a 4 x 2 mesh) are in `tests/train/test_guided_trainer.py`.
 """
 from __future__ import annotations
 
 import functools
+import inspect
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from gbt_t5x.guided import hypergrad
@@ -21,9 +26,10 @@ from gbt_t5x.guided import optimizer_derivatives as opt_derivs
 from gbt_t5x.guided import specs as specs_lib
 from gbt_t5x.guided.specs import GuidedHParam
 from gbt_t5x.train import optimizers
-from tests.guided.test_hypergrad import (BASE_LR, DW_EXP, _mlp_data, _quad_data, mlp_forward,
-                                         mlp_guide, mlp_loss, quad_forward, quad_guide,
-                                         quad_loss)
+from tests.finite_differences import central_differences
+from tests.guided.test_hypergrad import (BASE_LR, DW_EXP, FD_STEP, RTOL as FD_RTOL, _mlp_data,
+                                         _quad_data, mlp_forward, mlp_guide, mlp_loss,
+                                         quad_forward, quad_guide, quad_loss)
 
 # The optimizers keep their hyper-parameters in float32 (`optimizers.HYPERPARAM_DTYPE`), so the
 # bias corrections 1 - b^t and their derivatives agree to float32 rounding only.
@@ -61,8 +67,9 @@ def x64():
     yield
 
 
-@functools.lru_cache(maxsize=None)  # one compile per case, shared by the parametrized tests
-def _both_paths(case: str):
+def _setup(case: str) -> tuple[Any, ...]:
+  """(params, opt_state, raw, batch, guide_batch, rng, base_lr, kwargs) of `case` after three
+  plain steps (non-trivial moments and step count)."""
   problem, make_opt, specs = CASES[case]
   params, batch, guide_batch = (_quad_data if problem == "quad" else _mlp_data)(1)
   params, batch, guide_batch = jax.tree.map(jnp.asarray, (params, batch, guide_batch))
@@ -83,6 +90,12 @@ def _both_paths(case: str):
       **{k: v for k, v in kwargs.items() if k not in ("specs", "guide_loss_fn")}))
   for i in range(3):  # non-trivial moments and step count
     params, opt_state, _ = plain(params, opt_state, jax.random.fold_in(rng, i))
+  return params, opt_state, guided.raw, batch, guide_batch, rng, base_lr, kwargs
+
+
+@functools.lru_cache(maxsize=None)  # one compile per case, shared by the parametrized tests
+def _both_paths(case: str):
+  params, opt_state, raw, batch, guide_batch, rng, base_lr, kwargs = _setup(case)
   out = {}
   for how, recompute in ((hypergrad.VJP, False), (hypergrad.CLOSED_FORM, False),
                          (hypergrad.CLOSED_FORM, True)):
@@ -90,8 +103,24 @@ def _both_paths(case: str):
     out[key] = jax.jit(lambda p, s, raw, how=how, recompute=recompute:
                        hypergrad.lookahead_hypergradient(
                            p, s, raw, batch, guide_batch, rng, base_lr, optimizer_derivative=how,
-                           recompute_tangent=recompute, **kwargs))(params, opt_state, guided.raw)
+                           recompute_tangent=recompute, **kwargs))(params, opt_state, raw)
   return out
+
+
+@functools.lru_cache(maxsize=None)
+def _closed_form_and_hyper_loss(case: str):
+  """(closed-form hypergradients, jitted raw -> L_hyper, raw) with the optimizer's
+  hyper-parameters kept in float64: in float32 a raw step of FD_STEP moves b1 by ~1e-5, which
+  float32 rounds by ~1e-3 of itself, too coarse for central differences."""
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(optimizers, "HYPERPARAM_DTYPE", jnp.float64)
+    params, opt_state, raw, batch, guide_batch, rng, base_lr, kwargs = _setup(case)
+  _, _, hypergrads, _ = jax.jit(lambda raw: hypergrad.lookahead_hypergradient(
+      params, opt_state, raw, batch, guide_batch, rng, base_lr,
+      optimizer_derivative=hypergrad.CLOSED_FORM, **kwargs))(raw)
+  hyper_loss = jax.jit(lambda raw: hypergrad.hyper_loss(
+      raw, params, opt_state, batch, guide_batch, rng, base_lr, **kwargs))
+  return hypergrads, hyper_loss, raw
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -112,8 +141,44 @@ def test_closed_form_equals_the_vjp_path(case, how):
     np.testing.assert_allclose(got, expected, rtol=RTOL, atol=0, err_msg=name)
 
 
+# eps_root's hypergradient here is ~1.5e-7, below what central differences of an O(1) loss
+# resolve at FD_STEP (test_hypergrad's floor is 1e-6): it is checked against the VJP only.
+FD_CASES = [(case, spec.name) for case, (_, _, specs) in CASES.items() for spec in specs
+            if spec.name != "eps_root"]
+
+
+@pytest.mark.parametrize("case,name", FD_CASES, ids=[f"{c}-{n}" for c, n in FD_CASES])
+def test_closed_form_matches_finite_differences(case, name):
+  """float64 central differences of the composed hyper-loss, as `test_hypergrad` for the VJP."""
+  hypergrads, hyper_loss, raw = _closed_form_and_hyper_loss(case)
+  got = np.asarray(hypergrads[name])
+  fd = central_differences(hyper_loss, raw, name, FD_STEP)
+  assert np.linalg.norm(fd) > 1e-6, f"{case}/{name}: hypergradient too small to test: {fd}"
+  assert np.all(np.abs(fd) > 1e-9), f"{case}/{name}: a component has no effect: {fd}"
+  assert np.linalg.norm(got - fd) <= FD_RTOL * np.linalg.norm(fd), (case, name, got, fd)
+
+
+def test_auto_picks_the_closed_form_where_registered(x64):
+  """'auto' (the default): the closed form for `optimizers.adamw` / `adam` when it covers every
+  guided optimizer-side name, the VJP for an unregistered optimizer; the LR multiplier alone
+  uses the VJP whatever the mode (it keeps less)."""
+  lr_b1 = {"learning_rate": 1.0, "b1": 0.9}
+  registered = optimizers.adamw()
+  state = registered.init({"w": jnp.zeros((2,))})
+  assert hypergrad.closed_form_for(registered, hypergrad.AUTO, lr_b1, state) is not None
+  assert hypergrad.closed_form_for(registered, hypergrad.VJP, lr_b1, state) is None
+  unregistered = optax.inject_hyperparams(optax.adamw)(learning_rate=0.0)
+  assert hypergrad.closed_form_for(unregistered, hypergrad.AUTO, lr_b1,
+                                   unregistered.init({"w": jnp.zeros((2,))})) is None
+  assert opt_derivs.closed_form_of(optimizers.adafactor()) is None
+  adafactor = optimizers.adafactor()
+  assert hypergrad.closed_form_for(adafactor, hypergrad.AUTO, {"decay_rate": 0.8},
+                                   adafactor.init({"w": jnp.zeros((2, 2))})) is None
+  for fn in (hypergrad.guided_step, hypergrad.lookahead_hypergradient):
+    assert inspect.signature(fn).parameters["optimizer_derivative"].default == hypergrad.AUTO
+
+
 def test_closed_form_refuses_an_unregistered_optimizer(x64):
-  import optax
   optimizer = optax.inject_hyperparams(optax.adamw)(learning_rate=0.0)
   params, batch, guide_batch = jax.tree.map(jnp.asarray, _quad_data(0))
   specs = (GuidedHParam("learning_rate", 1.0, "exp"),)
