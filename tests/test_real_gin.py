@@ -433,7 +433,7 @@ def test_unsupported_t5x_binding_is_one_line_naming_it(tmp_path, monkeypatch):
       gin_utils.parse_gin([str(path)], REQUIRED)
   finally:
     gin.clear_config()
-  assert "T5X binding train.stats_period is not supported by gbt_t5x" in str(excinfo.value)
+  assert "train.stats_period is not supported by gbt_t5x" in str(excinfo.value)
   assert "\n" not in str(excinfo.value)
 
 

@@ -83,10 +83,12 @@ def make_meta_optimizer(learning_rate: float | optax.Schedule,
   """
   if clip_norm is not None and not clip_norm > 0:
     raise ValueError(f"meta clip_norm must be > 0 or None, got {clip_norm}")
+  # 0 is allowed: the values stay frozen (a guided run that reproduces the plain one, to check
+  # the plumbing); negative or non-finite rates cannot be right.
   if not callable(learning_rate) and not (math.isfinite(float(learning_rate))
-                                          and float(learning_rate) > 0):
-    raise ValueError(f"the meta learning rate (META_LEARNING_RATE) must be finite and > 0, got "
-                     f"{learning_rate}")
+                                          and float(learning_rate) >= 0):
+    raise ValueError(f"the meta learning rate (META_LEARNING_RATE) must be finite and >= 0 (0 "
+                     f"freezes the values), got {learning_rate}")
   parts = []
   if clip_norm is not None:
     parts.append(optax.clip_by_global_norm(clip_norm))

@@ -74,5 +74,5 @@ def unsupported_message(gin_error: str) -> str | None:
   if module is None:
     return None
   name = configurable if module in ("train", "evaluate", "infer") else f"{module}.{configurable}"
-  return (f"T5X binding {name}.{parameter} is not supported by gbt_t5x (no equivalent "
-          f"parameter; see README 'Coming from T5X')")
+  return (f"{match.group(0)}; if it is a T5X binding, {name}.{parameter} is not supported by "
+          f"gbt_t5x (no equivalent parameter; see README 'Coming from T5X')")

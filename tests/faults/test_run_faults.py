@@ -144,8 +144,8 @@ BAD_VALUES = {
                                                  "got 0"]),
     "negative_meta_lr": (["--gin_file=experiments/demo_nmt_guided.gin", "--gin.GUIDE_BATCH_SIZE=8",
                           "--gin.META_LEARNING_RATE=-0.01"],
-                         ["the meta learning rate (META_LEARNING_RATE) must be finite and > 0, "
-                          "got -0.01"]),
+                         ["the meta learning rate (META_LEARNING_RATE) must be finite and >= 0 "
+                          "(0 freezes the values), got -0.01"]),
     "nan_meta_lr": (["--gin_file=experiments/demo_nmt_guided.gin",
                      "--gin.META_LEARNING_RATE=nan"],
                     ["gin binding 'META_LEARNING_RATE = nan'", "nan is not one, and no "
