@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -24,8 +24,16 @@ def trial_label(label: str, number: int) -> str:
   return f"{label} trial {number:02d}"
 
 
+TRANSLATION_SCORES = ("dev_loss", "dev_accuracy", "guide_loss", "bleu", "exact_match",
+                      "token_accuracy", "word_f1")
+
+
 def run_study(exp: common.Experiment, label: str, space_spec: str, seed: int, num_trials: int,
-              gin_files: Sequence[str] = (common.NMT_GIN,)) -> list[RunRecord]:
+              gin_files: Sequence[str] = (common.NMT_GIN,), bindings: Sequence[str] = (),
+              guide_task: str = common.GUIDE_TASK, guide_module: str | None = None,
+              extra_scores: Callable[[Any, Any], Mapping[str, float]] | None = None,
+              score_keys: Sequence[str] = TRANSLATION_SCORES, steps: int | None = None,
+              ) -> list[RunRecord]:
   """Runs (or resumes) the TPE study `label` for `seed` until it has `num_trials` complete
   trials; returns their records in trial order.
 
@@ -36,6 +44,12 @@ def run_study(exp: common.Experiment, label: str, space_spec: str, seed: int, nu
     seed: the runs' seed (params init and data order) and the sampler's seed.
     num_trials: complete trials wanted.
     gin_files: the plain runs' gin files.
+    bindings: bindings on top of `sizes.run_bindings` (as `common.run_arm`'s).
+    guide_task / guide_module: the set the trials are scored on (teacher-forced loss).
+    extra_scores: (model, params) -> more scores (default: the translation scores).
+    score_keys: the scores kept in each trial's record (`guide_loss` and those of
+      `extra_scores`).
+    steps: model steps of each trial (default: the size's).
   """
   labels = [trial_label(label, n) for n in range(num_trials)]
   done = [exp.store.get(l, seed) for l in labels]
@@ -53,20 +67,20 @@ def run_study(exp: common.Experiment, label: str, space_spec: str, seed: int, nu
   slug = "".join(c if c.isalnum() else "_" for c in label).strip("_")
   study_dir = os.path.join(exp.out, "studies", f"{slug}_seed{seed}")
   study = search.open_study(study_dir, space, "tpe", seed)
-  bindings = [b for b in sizes.run_bindings(exp.size, seed, "/unused")
-              if not b.startswith("MODEL_DIR")]
+  run_bindings = [b for b in sizes.run_bindings(exp.size, seed, "/unused", steps)
+                  if not b.startswith("MODEL_DIR")]
   objective = search.PlainRunObjective(
-      tuple(gin_files), tuple(bindings), study_dir, common.GUIDE_TASK, "validation",
-      guide_eval_batches=exp.size.eval_batches, base_learning_rate=BASE_LR,
-      extra_scores=common.translation_scores(exp),
+      tuple(gin_files), (*run_bindings, *bindings), study_dir, guide_task, "validation",
+      guide_module=guide_module, guide_eval_batches=exp.size.eval_batches,
+      base_learning_rate=BASE_LR,
+      extra_scores=extra_scores or common.translation_scores(exp),
       print_fn=lambda line: exp.log(f"  [{label} | seed {seed}] {line}"))
   search.run_search(study, space, num_trials, objective, print_fn=exp.log,
                     csv_path=os.path.join(study_dir, search.CSV_FILE))
   records = []
   for number, trial in enumerate(search.complete_trials(study)[:num_trials]):
-    attrs = trial.user_attrs
-    scores = {k: float(attrs[k]) for k in ("dev_loss", "dev_accuracy", "guide_loss", "bleu",
-                                           "exact_match", "token_accuracy", "word_f1")}
+    attrs = {"guide_loss": trial.value, **trial.user_attrs}
+    scores = {k: float(attrs[k]) for k in score_keys}
     record = RunRecord(
         label=labels[number], seed=seed, scores=scores,
         train_steps=int(attrs["train_steps"]), wall_seconds=float(attrs["wall_seconds"]),

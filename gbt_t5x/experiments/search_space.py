@@ -12,7 +12,10 @@ NAME is a hyper-parameter a guided run can learn, held constant for a whole plai
 * `data_weight_0` .. `data_weight_3`: the constant loss weight of each noise bucket of the demo
   translation task (the `noise_bucket` feature: clean, misaligned, truncated, untranslated copy);
   a run using them also includes `DATA_WEIGHTS_GIN` (`gin_files`);
-* `noisy_data_weight`: one weight shared by the three noisy buckets (clean keeps 1).
+* `noisy_data_weight`: one weight shared by the three noisy buckets (clean keeps 1);
+* `mixture_weight_0` .. `mixture_weight_7`: the rate multiplier of a SeqIO mixture's i-th leaf
+  task (the `MIXTURE_WEIGHT_i` macros of a gin file written by
+  `gbt_t5x.guided.mixture_export.search_gin_text`, which the run must also include).
 
 Must not import jax, gin or optuna.
 """
@@ -24,6 +27,7 @@ import re
 from typing import Callable, Mapping, Sequence
 
 _LR = "learning_rate.create_learning_rate_scheduler.base_learning_rate"
+MAX_MIXTURE_TASKS = 8  # mixture_weight_0 .. _7
 
 # name -> (gin binding(s) template taking the value, hard bounds (low, high) of a valid value).
 KNOWN: dict[str, tuple[Callable[[float], str | list[str]], tuple[float, float]]] = {
@@ -38,6 +42,8 @@ KNOWN: dict[str, tuple[Callable[[float], str | list[str]], tuple[float, float]]]
     # One weight shared by the three noisy buckets (the clean bucket keeps weight 1).
     "noisy_data_weight": (lambda v: [f"DATA_WEIGHT_{i} = {v!r}" for i in (1, 2, 3)],
                           (0.0, math.inf)),
+    **{f"mixture_weight_{i}": ((lambda v, i=i: f"MIXTURE_WEIGHT_{i} = {v!r}"), (0.0, math.inf))
+       for i in range(MAX_MIXTURE_TASKS)},
 }
 DATA_WEIGHTS_GIN = "search/data_weights.gin"
 

@@ -74,6 +74,41 @@ def learned_weights(rows: Sequence[dict[str, Any]], rates: str = "final") -> dic
   return {name: float(w) for name, w in zip(names, chosen)}
 
 
+def _check_names(names: Sequence[str]) -> None:
+  for name in names:
+    if not _NAME.match(name):
+      raise ValueError(f"refusing to write {name!r} into gin: not a SeqIO task or module name")
+
+
+def search_gin_text(mixture: str, module: str | None, task_names: Sequence[str]) -> str:
+  """A gin file for searching `mixture`'s rates with `gbt_t5x.search` (or BO in an experiment):
+  it trains on `<mixture>_searched`, the mixture with the rate of `task_names[i]` multiplied by
+  the macro `MIXTURE_WEIGHT_i` (default 1), which the search space's `mixture_weight_i` binds.
+
+  Raises:
+    ValueError: one line, for a name that is not a plain SeqIO name, or more tasks than the
+      search space has `mixture_weight_i` entries for (8).
+  """
+  if len(task_names) > 8:
+    raise ValueError(f"{mixture} has {len(task_names)} leaf tasks: a rate search covers at most 8")
+  _check_names([mixture, *task_names, *([module] if module else [])])
+  entries = ", ".join(f"{name!r}: %MIXTURE_WEIGHT_{i}" for i, name in enumerate(task_names))
+  return "\n".join([
+      f"# Searched mixture rates: {mixture}_searched is {mixture} with task i's rate multiplied",
+      "# by MIXTURE_WEIGHT_i (search space entry mixture_weight_i):",
+      *[f"#   {i}: {name}" for i, name in enumerate(task_names)],
+      "from __gin__ import dynamic_registration",
+      "from gbt_t5x.data import data_ids",
+      "",
+      *[f"MIXTURE_WEIGHT_{i} = 1.0" for i in range(len(task_names))],
+      "MIXTURE_OR_TASK_NAME = @data_ids.learned_mixture()",
+      f"data_ids.learned_mixture.name = {mixture + '_searched'!r}",
+      f"data_ids.learned_mixture.source = {mixture!r}",
+      f"data_ids.learned_mixture.weights = {{{entries}}}",
+      f"data_ids.learned_mixture.module = {module!r}",
+  ]) + "\n"
+
+
 def mixture_gin_text(mixture: str, module: str | None, weights: dict[str, float], source: str,
                      rates: str) -> str:
   """The gin file registering `<mixture>_learned` with `weights` and training on it.
@@ -82,9 +117,7 @@ def mixture_gin_text(mixture: str, module: str | None, weights: dict[str, float]
     ValueError: one line, when a task or mixture name is not a plain SeqIO name (it is written
       into gin).
   """
-  for name in [mixture, *weights, *([module] if module else [])]:
-    if not _NAME.match(name):
-      raise ValueError(f"refusing to write {name!r} into gin: not a SeqIO task or module name")
+  _check_names([mixture, *weights, *([module] if module else [])])
   learned = f"{mixture}_learned"
   entries = ", ".join(f"{name!r}: {w!r}" for name, w in weights.items())
   return "\n".join([

@@ -20,7 +20,11 @@ tasks and scored. Pretraining arms (per seed):
   `RESAMPLE_EVERY` steps);
 * `learned rates replayed (unseen seed)` and `natural rates (unseen seed)`: the sampling-rate
   run's time-averaged rates exported as a plain mixture (`export --as_mixture --rates mean`),
-  and the natural mixture, on seed s + `UNSEEN_OFFSET`.
+  and the natural mixture, on seed s + `UNSEEN_OFFSET`;
+* `BO pick ...`: a TPE search over the members' rate multipliers (`mixture_weight_i`, log range
+  `BO_RANGE`, the size's `bo_trials` plain runs scored by the guide loss, run after every seed's
+  other arms): its pick within the GBT runs' compute and after all trials (only the picks are
+  finetuned).
 
 Scores: after pretraining, the span-corruption loss on held-out source-language text (dev, the
 primary metric) and on the guide; downstream, each task's SeqIO metrics on its validation split
@@ -39,6 +43,7 @@ from gbt_t5x import console
 if __name__ == "__main__":
   console.configure(sys.argv, import_tensorflow=False)
 
+import dataclasses
 import os
 from typing import Any, Sequence
 
@@ -57,6 +62,9 @@ NATURAL, STRATIFIED, ORACLE = "natural rates", "stratified rates", "oracle (sour
 GBT_LW, GBT_SR = "GBT, loss weights", "GBT, sampling rates"
 REPLAY, NATURAL_UNSEEN = ("learned rates replayed (unseen seed)", "natural rates (unseen seed)")
 DOREMI_PROXY, DOREMI = "DoReMi proxy (Group DRO)", "DoReMi"
+BO_STUDY = "BO over the rates"
+BO_AT_GBT, BO_FINAL = "BO pick at GBT's compute", "BO pick after all trials"
+BO_RANGE = (0.1, 10.0)  # each member's rate multiplier, searched in log scale
 PRETRAIN_ARMS = (NATURAL, STRATIFIED, ORACLE, GBT_LW, GBT_SR, DOREMI)
 QUICK_ARMS = (NATURAL, GBT_SR, DOREMI)
 PRETRAIN_METRICS = (("dev_loss", "source-text dev loss", 3, False),
@@ -197,6 +205,58 @@ def run_all(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) -> No
                                    extra, steps=size.pretrain_steps)
     for label, record in done.items():
       _finetune_all(exp, downstream, record, arms[label][0], [*base, *arms[label][1]])
+  for seed in exp.seeds:  # BO last: the cheaper arms of every seed come first.
+    _bo_arms(exp, downstream, seed, plain_gin, base, score)
+
+
+def _bo_arms(exp: common.Experiment, downstream: Sequence[tuple[str, str]], seed: int,
+             plain_gin: str, base: Sequence[str], score) -> None:
+  """The TPE study over the mixture's rates for `seed`, then its two picks (at the GBT runs'
+  compute and after all trials) recorded as arms (their trial's checkpoint copied) and
+  finetuned."""
+  import shutil
+
+  from gbt_t5x.experiments import bo, runner, search_space
+  from gbt_t5x.guided import mixture_export
+  from gbt_t5x_tasks import demo_mixture
+  size, out = exp.size, exp.out
+  names = sorted(demo_mixture.natural_rates())
+  search_gin = common.write_gin(os.path.join(out, "gin", "search_rates.gin"), [
+      mixture_export.search_gin_text(demo_mixture.MIXTURE, MODULE, names).rstrip("\n")])
+  space = ",".join(f"mixture_weight_{i}={BO_RANGE[0]!r}:{BO_RANGE[1]!r}:log"
+                   for i in range(len(names)))
+  gin_files = [plain_gin, os.path.abspath(search_gin)]
+  trials = bo.run_study(exp, BO_STUDY, space, seed, size.bo_trials, gin_files, base,
+                        demo_mixture.GUIDE_TASK, MODULE, score,
+                        score_keys=("dev_loss", "dev_accuracy", "guide_loss"),
+                        steps=size.pretrain_steps)
+  picks = bo_picks(exp, trials, seed)
+  for label, (used, trial) in picks.items():
+    bindings = [*base, *search_space.bindings(trial.extra["params"])]
+    record = exp.store.get(label, seed)
+    if record is None:
+      trial_dir, run_dir = os.path.join(out, trial.model_dir), exp.run_dir(label, seed)
+      if runner.latest_step(trial_dir) >= trial.train_steps and not os.path.exists(run_dir):
+        shutil.copytree(trial_dir, run_dir)
+      record = dataclasses.replace(
+          trial, label=label, model_dir=os.path.relpath(run_dir, out),
+          extra={**trial.extra, "trial": trial.label, "bo_compute": used})
+      exp.store.put(record)
+    _finetune_all(exp, downstream, record, gin_files, bindings)
+
+
+def bo_picks(exp: common.Experiment, trials: Sequence[Any], seed: int
+             ) -> dict[str, tuple[float, Any]]:
+  """{BO_AT_GBT: (compute used, trial), BO_FINAL: ...}: BO's pick (lowest guide loss so far)
+  within the larger GBT arm's compute on this seed, and after all trials; compute in plain
+  pretraining steps."""
+  from gbt_t5x.experiments import bo
+  plain = common.StepTime.of(common.require_record(exp, NATURAL, seed))
+  budget = max(common.step_equivalents(common.require_record(exp, a, seed), plain)
+               for a in (GBT_LW, GBT_SR) if a in pretrain_arms(exp.size.quick))
+  picked = bo.picks_at_budget(bo.pick_curve(trials, plain), budget)
+  return {BO_AT_GBT: (picked.at_budget_compute, picked.at_budget),
+          BO_FINAL: (picked.final_compute, picked.final)}
 
 
 def _finetune_all(exp: common.Experiment, downstream: Sequence[tuple[str, str]], pre: Any,
@@ -226,10 +286,18 @@ def write_report(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) 
   pre = {a: [get(a, s) for s in seeds] for a in arms}
   pre[REPLAY] = [get(REPLAY, s) for s in unseen]
   pre[NATURAL_UNSEEN] = [get(NATURAL_UNSEEN, s) for s in unseen]
-  order = [*arms, NATURAL_UNSEEN, REPLAY]
+  bo_arms = [a for a in (BO_AT_GBT, BO_FINAL)
+             if all(exp.store.get(a, s) is not None for s in seeds)]
+  if len(bo_arms) == 2 and all(exp.store.get(pd.finetune_label(a, t), s) is not None
+                               for a in bo_arms for _, t in downstream for s in seeds):
+    pre.update({a: [get(a, s) for s in seeds] for a in bo_arms})
+  else:
+    bo_arms = []  # An interim report: the BO study runs after every seed's other arms.
+  order = [*arms, *bo_arms, NATURAL_UNSEEN, REPLAY]
   plain_sps = {r.seed: common.StepTime.of(r) for r in pre[NATURAL]}
   plain_sps.update({s + UNSEEN_OFFSET: plain_sps[s] for s in seeds})
-  compute = {a: [common.step_equivalents(r, plain_sps[r.seed]) for r in pre[a]] for a in order}
+  compute = {a: [r.extra["bo_compute"] if a in bo_arms else
+                 common.step_equivalents(r, plain_sps[r.seed]) for r in pre[a]] for a in order}
   if DOREMI in compute:  # DoReMi's compute is all three runs: reference, proxy, final.
     proxies = [get(DOREMI_PROXY, s) for s in seeds]
     compute[DOREMI] = [c + n + common.step_equivalents(p, plain_sps[p.seed]) for c, n, p in
@@ -242,7 +310,7 @@ def write_report(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) 
   glue_table = report.arm_table(order, glue, {a: [r.train_steps for r in glue[a]] for a in order},
                                 glue_metrics)
   gbt = [a for a in (GBT_LW, GBT_SR) if a in arms]
-  references = [a for a in (NATURAL, STRATIFIED, ORACLE, DOREMI) if a in arms]
+  references = [a for a in (NATURAL, STRATIFIED, ORACLE, DOREMI) if a in arms] + bo_arms
   comparisons = [(g, ref, f"{g} vs {ref}") for g in gbt for ref in references]
   comparisons.append((REPLAY, NATURAL_UNSEEN, "learned rates replayed vs natural (unseen seed)"))
   pre_paired, pre_diffs = report.paired_table(comparisons, pre, PRETRAIN_METRICS)
@@ -269,7 +337,12 @@ def write_report(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) 
       f"{common.timing_basis([r for rs in pre.values() for r in rs])}). DoReMi: the "
       "natural-rates run as reference, a Group-DRO proxy run of the same length (η 1, uniform "
       "smoothing 1e-3), then a run at the proxy's averaged domain weights; its compute counts "
-      "all three. BO over the rates: not run yet.",
+      "all three. " + (
+          f"BO: optuna TPE over each member's rate multiplier (log range {BO_RANGE}), "
+          f"{size.bo_trials} plain pretraining runs per seed scored by the guide loss; its pick "
+          "within the larger GBT arm's compute (the first trials that fit, at least one) and "
+          "after all trials; compute = the trials run so far." if bo_arms else
+          "BO over the rates: not finished yet (it runs after every seed's other arms)."),
       "Pretraining (span-corruption loss per target token):", pre_table,
       "Downstream (GLUE-style average over the tasks; compute = finetuning steps):", glue_table,
       report.PAIRED_NOTE, pre_paired, glue_paired,
