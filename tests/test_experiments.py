@@ -156,7 +156,7 @@ def test_bad_defaults_quick_report_and_rerun(results_dir):
   run_script("bad_defaults.py", results_dir)
   text = (out / "report.md").read_text()
   tables = check_tables(text, "arm")
-  assert [row["arm"] for row in tables[0]] == ["plain", "guided (greedy)"]
+  assert [row["arm"] for row in tables[0]] == ["plain", "guided (greedy)", "guided (late start)"]
   assert "### Start: LR x0.25" in text
   before = snapshot(out / "records")
   proc = run_script("bad_defaults.py", results_dir)

@@ -8,7 +8,10 @@ Adam b1 0.5 / b2 0.9, or all of them at once) and seed, on the regime of guided_
 * `plain`: trained at the start;
 * `guided (greedy)`: one guided run learning the values the start got wrong, starting from them
   (the one-step lookahead as shipped);
-* `guided (<remedy>)`: the same with each remedy in `REMEDIES` (guidance_diagnosis's candidates).
+* `guided (<remedy>)`: the same with guidance_diagnosis's best LR-only remedy (lowest mean dev
+  loss over its seeds; `chosen_remedy`), run once guidance_diagnosis has every seed of its
+  remedies (before that, the report shows plain and greedy only); `--quick` takes its first
+  candidate so that CI runs the arm.
 References read from the committed records of the other experiments (no new runs): the best
 constant of schedule_vs_constant (the grid run with the lowest guide loss on the same seed) and
 BO (bo_vs_gbt's TPE studies, whose boxes cover every start: d = 1 for the LR starts, d = 6 for
@@ -34,6 +37,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+import guidance_diagnosis as gd  # the sibling script: its remedies and their records
 from gbt_t5x.experiments import bo, common, records as records_lib, report
 
 NAME = "bad_defaults"
@@ -61,8 +65,6 @@ STARTS: dict[str, tuple[list[str], tuple[str, ...], list[str], str]] = {
                   "b1/specs.GuidedHParam.init = 0.5", "b2/specs.GuidedHParam.init = 0.9"], "d=6"),
 }
 QUICK_STARTS = ("LR x0.25",)
-# Remedies (guidance_diagnosis): name -> extra guided gin lines. Each adds an arm per start.
-REMEDIES: dict[str, list[str]] = {}
 GREEDY = "greedy"
 BO_TRIALS = 12
 
@@ -75,21 +77,39 @@ def arm(start: str, kind: str) -> str:
   return f"{start}: {kind}"
 
 
+def chosen_remedy(exp: common.Experiment) -> str | None:
+  """guidance_diagnosis's best LR-only remedy on this experiment's seeds (None until its records
+  are complete); with --quick its first candidate."""
+  if exp.size.quick:
+    return gd.REMEDIES[0]
+  path = os.path.join(exp.results_dir, gd.NAME)
+  if not os.path.exists(os.path.join(path, "experiment.json")):
+    return None
+  return gd.best_lr_remedy(records_lib.load_store(path), exp.seeds)
+
+
 def run_all(exp: common.Experiment) -> None:
   score = common.translation_scores(exp)
-  for start in starts(exp.size.quick):
-    plain, kinds, inits, _ = STARTS[start]
-    tag = start.replace(" ", "_").replace(",", "").replace(".", "")
-    gins = {GREEDY: common.guided_gin(
-        os.path.join(exp.out, "gin", f"{tag}_greedy.gin"), common.NMT_GIN, kinds, exp.meta_lr,
-        exp.size.hyper_step_every, extra=inits)}
-    for remedy, lines in REMEDIES.items():
-      gins[remedy] = common.guided_gin(
-          os.path.join(exp.out, "gin", f"{tag}_{remedy.replace(' ', '_')}.gin"), common.NMT_GIN,
-          kinds, exp.meta_lr, exp.size.hyper_step_every, extra=[*inits, *lines])
-    for seed in exp.seeds:
-      common.run_arm(exp, arm(start, "plain"), seed, [common.NMT_GIN], plain, score)
-      for name, gin_file in gins.items():
+  remedy = chosen_remedy(exp)
+  # Plain and greedy arms of every start first; the remedy's arms once it is chosen.
+  for with_remedy in (False, True):
+    if with_remedy and remedy is None:
+      exp.log("guidance_diagnosis has not finished its remedies: the remedy arms wait")
+      return
+    for start in starts(exp.size.quick):
+      plain, kinds, inits, _ = STARTS[start]
+      tag = start.replace(" ", "_").replace(",", "").replace(".", "")
+      if with_remedy:
+        extra, meta_lr, period = gd.remedy_bindings(remedy, exp)
+        name, gin_lines = remedy, [*inits, *extra]
+      else:
+        name, gin_lines, meta_lr, period = GREEDY, inits, exp.meta_lr, exp.size.hyper_step_every
+      gin_file = common.guided_gin(
+          os.path.join(exp.out, "gin", f"{tag}_{name.replace(' ', '_')}.gin"), common.NMT_GIN,
+          kinds, meta_lr, period, extra=gin_lines)
+      for seed in exp.seeds:
+        if not with_remedy:
+          common.run_arm(exp, arm(start, "plain"), seed, [common.NMT_GIN], plain, score)
         common.run_arm(exp, arm(start, f"guided ({name})"), seed, [gin_file], plain, score,
                        common.trajectory_extra)
 
@@ -135,9 +155,13 @@ def gap_closed(start: float, reached: float, best: float) -> float:
 def write_report(exp: common.Experiment) -> str:
   seeds = list(exp.seeds)
   best = best_constants(exp, seeds)
-  kinds = ["plain", f"guided ({GREEDY})", *[f"guided ({r})" for r in REMEDIES]]
+  remedy = chosen_remedy(exp)
   sections, verdicts, bars = [], [], {}
   for start in starts(exp.size.quick):
+    kinds = ["plain", f"guided ({GREEDY})"]
+    if remedy is not None and all(exp.store.get(arm(start, f"guided ({remedy})"), s)
+                                  for s in seeds):
+      kinds.append(f"guided ({remedy})")
     runs = {k: [common.require_record(exp, arm(start, k), s) for s in seeds] for k in kinds}
     plain_sps = {r.seed: common.StepTime.of(r) for r in runs["plain"]}
     compute = {k: [common.step_equivalents(r, plain_sps[r.seed]) for r in runs[k]]
@@ -186,7 +210,11 @@ def write_report(exp: common.Experiment) -> str:
            f"learns the values its start got wrong (meta LR {exp.meta_lr:g}, a guided step every "
            f"{exp.size.hyper_step_every}). Best constant and BO are read from the committed "
            "schedule_vs_constant and bo_vs_gbt records (same seeds and regime)"
-           + ("" if best is not None else "; not available at this size") + f". Seeds {seeds}.")
+           + ("" if best is not None else "; not available at this size") + f". Seeds {seeds}. "
+           + (f"Remedy: {remedy!r}, guidance_diagnosis's LR-only remedy with the lowest mean dev "
+              "loss" + (" (--quick: its first candidate)" if exp.size.quick else "")
+              if remedy is not None else
+              "Remedy arms: waiting for guidance_diagnosis's remedies on every seed."))
   return report.write_experiment_report(
       exp.out, "Bad defaults", exp.size.quick,
       ["\n".join(verdicts), setup, *sections, report.PAIRED_NOTE]

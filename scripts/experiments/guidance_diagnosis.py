@@ -159,15 +159,29 @@ def run_all(exp: common.Experiment) -> None:
     common.run_arm(exp, LS_PLAIN, seed, [common.NMT_GIN], [*log, f"LABEL_SMOOTHING = {LS_START}"],
                    score, curve_extra)
     common.run_arm(exp, LS_GUIDED, seed, [ls_gin], log, score, guided_extra)
-  for seed in exp.seeds:
-    common.run_arm(exp, ALL_GUIDED, seed, [all_gin], log, score, guided_extra)
-    for remedy in REMEDIES:
-      extra, meta_lr, period = remedy_bindings(remedy, exp)
-      for kinds in (LR_ONLY, ALL_KINDS):
+  # The LR-only remedies of every seed first: bad_defaults picks its remedy from them.
+  for kinds in (LR_ONLY, ALL_KINDS):
+    for seed in exp.seeds:
+      if kinds == ALL_KINDS:
+        common.run_arm(exp, ALL_GUIDED, seed, [all_gin], log, score, guided_extra)
+      for remedy in REMEDIES:
+        extra, meta_lr, period = remedy_bindings(remedy, exp)
         tag = remedy.split()[0] + ("_lr" if kinds == LR_ONLY else "_all")
         gin_file = guided(f"remedy_{tag}", kinds, meta_lr, period, extra)
         common.run_arm(exp, remedy_arm(remedy, kinds), seed, [gin_file], log, score,
                        guided_extra)
+
+
+def best_lr_remedy(store: Any, seeds: Sequence[int]) -> str | None:
+  """The LR-only remedy with the lowest mean dev loss (the primary metric; never the test split)
+  over `seeds`, once each remedy has a record on every seed; None before."""
+  means = {}
+  for remedy in REMEDIES:
+    runs = [store.get(remedy_arm(remedy, LR_ONLY), s) for s in seeds]
+    if any(r is None for r in runs):
+      return None
+    means[remedy] = float(np.mean([r.scores["dev_loss"] for r in runs]))
+  return min(means, key=means.get)
 
 
 def _mean(values: Sequence[float]) -> float:
