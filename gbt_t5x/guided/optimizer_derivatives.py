@@ -54,10 +54,12 @@ import optax
 
 PyTree = Any
 
-ADAMW = "adamw"
-FAMILIES = (ADAMW,)
+ADAMW, ADAFACTOR = "adamw", "adafactor"
+FAMILIES = (ADAMW, ADAFACTOR)
 # Injectable names (as the optimizer's `hyperparams` spells them) the closed form covers.
-SUPPORTED = {ADAMW: ("learning_rate", "b1", "b2", "eps", "eps_root", "weight_decay")}
+SUPPORTED = {ADAMW: ("learning_rate", "b1", "b2", "eps", "eps_root", "weight_decay"),
+             ADAFACTOR: ("learning_rate", "decay_rate", "eps", "clipping_threshold",
+                         "weight_decay_rate")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,12 +68,14 @@ class ClosedForm:
 
   family: 'adamw' (optax Adam with optional decoupled weight decay, built by
     `optax.inject_hyperparams` around `optax.adamw` / `optax.adam`, no Nesterov, mu in the
-    gradient's dtype).
+    gradient's dtype) or 'adafactor' (`gbt_t5x.train.optimizers.adafactor` without momentum).
   weight_decay_mask: the `mask` given to `optax.adamw` (None: every leaf decays; a pytree of
     bools or a callable params -> pytree of bools); ignored when the optimizer has no decay.
+  adafactor: the static Adafactor options (family 'adafactor' only).
   """
   family: str
   weight_decay_mask: Any = None
+  adafactor: "AdafactorOptions | None" = None
 
 
 _REGISTRY: "weakref.WeakKeyDictionary[Callable, ClosedForm]" = weakref.WeakKeyDictionary()
@@ -206,3 +210,180 @@ def adamw_derivatives(grads: PyTree, new_opt_state: Any, new_params: PyTree, v: 
              if n == "learning_rate" and vector_lr else jnp.asarray(totals[n][0]))
          for n in ordered}
   return out, (jax.tree.unflatten(treedef, d_grads) if need_d_grads else None)
+
+
+# ---------------------------------------------------------------------------- Adafactor
+MIN_PARAM_SCALE = 1e-3  # optax.scale_by_param_block_rms's min_scale (T5X's epsilon2)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdafactorOptions:
+  """The static configuration of `gbt_t5x.train.optimizers.adafactor` the derivative needs
+  (momentum must be None: with a first moment there is no closed form here, the VJP is used)."""
+  factored: bool
+  min_dim_size_to_factor: int
+  multiply_by_parameter_scale: bool
+  clipping: bool
+  weight_decay: bool
+
+
+def factored_dims(shape: tuple[int, ...], factored: bool,
+                  min_dim_size_to_factor: int) -> tuple[int, int] | None:
+  """Adafactor's factored axes of a param of `shape`: (second largest, largest), or None when
+  its second moment is kept whole (not factored, fewer than 2 dims, or too small)."""
+  if not factored or len(shape) < 2:
+    return None
+  order = sorted(range(len(shape)), key=lambda i: (shape[i], i))
+  if shape[order[-2]] < min_dim_size_to_factor:
+    return None
+  return int(order[-2]), int(order[-1])
+
+
+def param_scales(params: PyTree, options: AdafactorOptions) -> PyTree:
+  """Per leaf, the relative step size max(rms(param), 1e-3) the update multiplies by (1 without
+  `multiply_by_parameter_scale`): scalars computed from the params *before* the update, the only
+  thing of them `adafactor_derivatives` needs (so the old params need not be kept)."""
+  def scale(p):
+    if not options.multiply_by_parameter_scale:
+      return jnp.ones((), p.dtype)
+    return jnp.maximum(jnp.sqrt(jnp.mean(jnp.square(p))), jnp.asarray(MIN_PARAM_SCALE, p.dtype))
+  return jax.tree.map(scale, params)
+
+
+def _factored_state(opt_state: Any) -> Any:
+  inner = getattr(opt_state, "inner_state", None)
+  for part in (inner if isinstance(inner, tuple) else (inner,)):
+    if isinstance(part, optax.FactoredState):
+      return part
+  raise ValueError("closed-form Adafactor derivative: the optimizer state holds no "
+                   "optax.FactoredState")
+
+
+def _direction_and_tangents(g, second, dims, beta, eps, threshold, tangents):
+  """y (the clipped, rescaled gradient of one leaf) and, per tangent direction (dβ, dε, dthr),
+  dy. `second` is the updated (row, col) or (v,) second moment; the old one is recovered from it
+  (β > 0; at β = 0, the first step, the old moment is the zero init)."""
+  gs = g * g + eps
+  safe_beta = jnp.where(beta > 0, beta, 1.0)
+  if dims is not None:
+    d1, d0 = dims
+    reduced_d1 = d1 - 1 if d1 > d0 else d1
+    row1, col1 = second
+    means = (jnp.mean(gs, axis=d0), jnp.mean(gs, axis=d1))
+    olds = [jnp.where(beta > 0, (new - (1 - beta) * m) / safe_beta, 0.0)
+            for new, m in zip((row1, col1), means)]
+    row_mean = jnp.mean(row1, axis=reduced_d1, keepdims=True)
+    x = g * jnp.expand_dims((row1 / row_mean) ** -0.5, d0) * jnp.expand_dims(col1 ** -0.5, d1)
+
+    def dx_of(d_beta, d_eps):
+      d_row, d_col = [d_beta * (old - m) + (1 - beta) * d_eps
+                      for old, m in zip(olds, means)]
+      rel = (jnp.expand_dims(d_row / row1 - jnp.mean(d_row, axis=reduced_d1, keepdims=True)
+                             / row_mean, d0) + jnp.expand_dims(d_col / col1, d1))
+      return -0.5 * x * rel
+  else:
+    (v1,) = second
+    old = jnp.where(beta > 0, (v1 - (1 - beta) * gs) / safe_beta, 0.0)
+    x = g * v1 ** -0.5
+
+    def dx_of(d_beta, d_eps):
+      return -0.5 * x * (d_beta * (old - gs) + (1 - beta) * d_eps) / v1
+  if threshold is None:
+    return x, [dx_of(db, de) for db, de, _ in tangents]
+  rms = jnp.sqrt(jnp.mean(x * x))
+  clipped = rms > threshold
+  denom = jnp.where(clipped, rms / threshold, 1.0)
+  y = x / denom
+  out = []
+  for db, de, dthr in tangents:
+    dx = dx_of(db, de)
+    d_rms = jnp.mean(x * dx) / rms
+    dy_clipped = dx / denom - y * (d_rms / rms - dthr / threshold)
+    out.append(jnp.where(clipped, dy_clipped, dx))
+  return y, out
+
+
+def adafactor_derivatives(grads: PyTree, new_opt_state: Any, new_params: PyTree, v: PyTree,
+                          scales: PyTree, hyperparams: Mapping[str, jax.Array],
+                          base_lr: jax.Array, names: Sequence[str], closed_form: ClosedForm,
+                          multiplier: jax.Array | None = None, lr_group_ids: PyTree | None = None
+                          ) -> dict[str, jax.Array]:
+  """<v, du/dh> for each h in `names`, for `gbt_t5x.train.optimizers.adafactor` (momentum None).
+
+  Per leaf (t = the updated count, β = 1 - t^-decay_rate, y = the clipped g / sqrt(v̂), s its
+  `param_scales` entry, a = the leaf's group multiplier for a vector LR multiplier, else 1, lr =
+  the absolute rate for a scalar multiplier, else base_lr):
+      u = -a (lr s y + wd θ),   θ = (θ1 + a lr s y) / (1 - a wd)
+      du/dmultiplier = -base_lr s y (scalar), -(lr s y + wd θ) (group)
+      du/d(decay_rate, eps, clipping_threshold) = -a lr s dy,  dβ/d decay_rate = t^-decay_rate ln t
+      du/d weight_decay_rate = -a mask θ
+  dy is the hand-written tangent of the factored rescaling and the RMS clipping, from the
+  updated second moments (the old ones recovered by exact algebra) and g: nothing of the state
+  before the update is read but the per-leaf scalars `scales`.
+
+  Args:
+    grads: g (structure of params).
+    new_opt_state: the state after the update (its `FactoredState`).
+    new_params: θ1.
+    v: the guide-loss gradient at θ1.
+    scales: `param_scales(params_before_the_update, options)`.
+    hyperparams / base_lr / names / multiplier / lr_group_ids: as `adamw_derivatives`.
+    closed_form: family 'adafactor' with `adafactor` options.
+
+  Returns:
+    {name: derivative}: scalars, or [num_groups] for a vector multiplier.
+  """
+  options = closed_form.adafactor
+  unsupported = sorted(set(names) - set(SUPPORTED[ADAFACTOR]))
+  if unsupported or options is None:
+    raise ValueError(f"closed-form Adafactor derivative: unsupported hyper-parameter(s) "
+                     f"{unsupported}; supported: {list(SUPPORTED[ADAFACTOR])}")
+  state = _factored_state(new_opt_state)
+  vector_lr = multiplier is not None and jnp.ndim(multiplier) > 0
+  hp = {k: jnp.asarray(val) for k, val in hyperparams.items()}
+  t = jnp.asarray(state.count, jnp.float32)
+  decay = hp["decay_rate"]
+  beta = 1.0 - t ** (-decay)
+  d_beta_d_decay = t ** (-decay) * jnp.log(t)
+  wd = hp["weight_decay_rate"] if options.weight_decay else jnp.zeros((), jnp.float32)
+  threshold = hp["clipping_threshold"] if options.clipping else None
+  # Tangent directions (dβ, dε, dthreshold) of the names that act through y.
+  directions = {"decay_rate": (d_beta_d_decay, 0.0, 0.0), "eps": (0.0, 1.0, 0.0),
+                "clipping_threshold": (0.0, 0.0, 1.0)}
+  through_y = [n for n in names if n in directions]
+  leaves, treedef = jax.tree.flatten(new_params)
+  mask = treedef.flatten_up_to(_mask_tree(closed_form.weight_decay_mask, new_params))
+  groups = treedef.flatten_up_to(lr_group_ids) if vector_lr else [0] * len(leaves)
+  num_groups = multiplier.shape[0] if vector_lr else 1
+  totals: dict[str, list[Any]] = {
+      n: [0.0] * (num_groups if n == "learning_rate" else 1) for n in names}
+  flat = [treedef.flatten_up_to(tree) for tree in (grads, state.v_row, state.v_col, state.v, v,
+                                                     scales)]
+  for theta1, g, v_row, v_col, v_full, vv, s, decays, gid in zip(leaves, *flat, mask, groups):
+    dt = g.dtype
+    cast = lambda x: jnp.asarray(x).astype(dt)  # noqa: E731
+    dims = factored_dims(theta1.shape, options.factored, options.min_dim_size_to_factor)
+    second = (v_row, v_col) if dims is not None else (v_full,)
+    y, dys = _direction_and_tangents(
+        g, second, dims, cast(beta), cast(hp["eps"]),
+        None if threshold is None else cast(threshold),
+        [tuple(cast(x) for x in directions[n]) for n in through_y])
+    a = cast(multiplier[gid]) if vector_lr else jnp.ones((), dt)
+    lr = cast(base_lr * (multiplier if multiplier is not None and not vector_lr else 1.0))
+    wd_leaf = cast(wd) if decays else jnp.zeros((), dt)
+    theta = (theta1 + a * lr * s * y) / (1 - a * wd_leaf)
+    terms = []
+    for name in names:
+      if name == "learning_rate":
+        terms.append(-(lr * s * y + wd_leaf * theta) if vector_lr else -cast(base_lr) * s * y)
+      elif name == "weight_decay_rate":
+        terms.append(-a * theta if decays else jnp.zeros_like(theta1))
+      else:
+        terms.append(-a * lr * s * dys[through_y.index(name)])
+    sums = [jnp.sum(vv * term) for term in terms]
+    for name, total in zip(names, sums):
+      k = gid if name == "learning_rate" else 0
+      totals[name][k] = totals[name][k] + total
+  return {n: (jnp.stack([jnp.asarray(x) for x in totals[n]])
+              if n == "learning_rate" and vector_lr else jnp.asarray(totals[n][0]))
+          for n in names}
