@@ -456,7 +456,7 @@ def require_record(exp: Experiment, label: str, seed: int) -> RunRecord:
 def translation_scores(exp: Experiment) -> Callable[[Any, Any], dict[str, float]]:
   """Score function of a translation run: teacher-forced dev and guide loss, greedy test BLEU,
   exact match, token accuracy and word F1 (`scoring.score_run`)."""
-  from gbt_t5x.experiments import scoring
+  from gbt_t5x import scoring
   size = exp.size
 
   def score(model, params):

@@ -12,6 +12,7 @@ written, so the host never waits on every step. Must not import gin.
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -54,6 +55,31 @@ def finalize_metrics(sums: Mapping[str, float], num_steps: int) -> dict[str, flo
     else:
       out[key] = float(value) / max(num_steps, 1)
   return out
+
+
+def teacher_forced_eval(step_fn: Callable[[Any, Batch], Metrics], params: Any,
+                        batches: Iterable[Batch], max_batches: int | None = None
+                        ) -> dict[str, float]:
+  """The one teacher-forced evaluation loop (trainer, `gbt_t5x.eval`, `gbt_t5x.scoring`).
+
+  Sums `step_fn(params, batch)` (an `eval_step`, jitted or partitioned: per-batch metric sums)
+  over `batches` on the host and finalizes them (`finalize_metrics` with one step).
+
+  Args:
+    step_fn: `(params, batch) -> {name: scalar sum}`, e.g. `eval_step` bound to a model.
+    params: the model params `step_fn` takes.
+    batches: model-feature batches (each `[batch, length]` arrays).
+    max_batches: score only the first N batches (None: all of them).
+
+  Returns:
+    {'loss': per target token (CE + z-loss), 'accuracy': per target token, 'num_tokens',
+    'num_examples', ...}; {} when `batches` is empty.
+  """
+  sums: dict[str, float] = {}
+  for batch in itertools.islice(batches, max_batches):
+    for key, value in jax.device_get(step_fn(params, batch)).items():
+      sums[key] = sums.get(key, 0.0) + float(np.asarray(value))
+  return finalize_metrics(sums, 1) if sums else {}
 
 
 class Trainer:
@@ -336,12 +362,7 @@ class Trainer:
     results = {}
     step = int(jax.device_get(self.train_state.step))
     for name, batches in batch_iters.items():
-      sums: dict[str, float] = {}
-      for batch in batches:
-        metrics = jax.device_get(self._partitioned_eval_step(self.train_state.params, batch))
-        for key, value in metrics.items():
-          sums[key] = sums.get(key, 0.0) + float(np.asarray(value))
-      report = finalize_metrics(sums, 1)
+      report = teacher_forced_eval(self._partitioned_eval_step, self.train_state.params, batches)
       results[name] = report
       self._writer(name).scalars(step, report)
       self._metrics_log.log(step, {f"{name}/{k}": v for k, v in report.items()})

@@ -83,7 +83,7 @@ def pretrain_arms(quick: bool) -> tuple[str, ...]:
 
 def pretrain_score(exp: common.Experiment):
   """(model, params) -> {'dev_loss', 'dev_accuracy', 'guide_loss'} (span corruption, per token)."""
-  from gbt_t5x.experiments import scoring
+  from gbt_t5x import scoring
   from gbt_t5x_tasks import demo_mixture, demo_pretrain
   lengths = dict(demo_pretrain.DEFAULT_SEQUENCE_LENGTH)
   size = exp.size
