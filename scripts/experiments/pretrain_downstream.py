@@ -46,7 +46,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from gbt_t5x.data import demo_downstream
-from gbt_t5x.experiments import common, report, sizes as sizes_lib
+from harness import common, report, sizes as sizes_lib
 
 NAME = "pretrain_downstream"
 DEFAULT_DOWNSTREAM = ",".join(f"gbt_t5x_tasks.demo_glue:demo_{t}" for t in ("cola", "mrpc", "sst2"))

@@ -16,9 +16,9 @@ import statistics
 from typing import Any, Callable, Mapping, Sequence
 
 from gbt_t5x import console, errors
-from gbt_t5x.experiments import records as records_lib
-from gbt_t5x.experiments import sizes as sizes_lib
-from gbt_t5x.experiments.records import RunRecord
+from harness import records as records_lib
+from harness import sizes as sizes_lib
+from harness.records import RunRecord
 
 NMT_GIN = sizes_lib.NMT_GIN
 GUIDE_TASK = "demo_nmt_guide"
@@ -116,7 +116,7 @@ def setup(args: argparse.Namespace, name: str, config: Mapping[str, Any] | None 
   from gbt_t5x import gin_utils
   gin_utils.quiet_tensorflow()
   if not args.report_only:
-    from gbt_t5x.experiments import runner
+    from gbt_t5x import runner
     # A cache the caller names wins (the test suite shares one among all its experiment runs).
     runner.enable_compilation_cache(os.environ.get("JAX_COMPILATION_CACHE_DIR")
                                     or os.path.join(args.results_dir, "_jax_cache"))
@@ -271,7 +271,7 @@ def run_arm(exp: Experiment, label: str, seed: int, gin_files: Sequence[str],
   if exp.report_only:
     raise ValueError(f"no record of run {label!r} seed {seed} in {exp.out}: rerun without "
                      "--report_only to finish the experiment")
-  from gbt_t5x.experiments import runner
+  from gbt_t5x import runner
   model_dir = exp.run_dir(label, seed)
   resumed_from = runner.latest_step(model_dir)
   result = _train(exp, label, seed, gin_files, bindings, steps,
@@ -296,7 +296,7 @@ def _train(exp: Experiment, label: str, seed: int, gin_files: Sequence[str],
   """Trains (or continues) run (`label`, `seed`) in its run dir: `sizes.run_bindings` (run dir,
   steps, seed...) then `bindings` on top of `gin_files`, logging each line with the run's name.
   Returns the `runner.TrainResult`."""
-  from gbt_t5x.experiments import runner
+  from gbt_t5x import runner
   model_dir = exp.run_dir(label, seed)
   exp.log(f"[{label} | seed {seed}] training{why}")
   return runner.run_training(
@@ -327,7 +327,7 @@ def ensure_checkpoint(exp: Experiment, record: RunRecord, gin_files: Sequence[st
   in `extra['replaced_scores']`; the timing stays the original measurement) and the caller must
   redo the runs made from the old checkpoint.
   """
-  from gbt_t5x.experiments import runner
+  from gbt_t5x import runner
   model_dir = exp.run_dir(record.label, record.seed)
   if runner.latest_step(model_dir) >= record.train_steps:
     return False
