@@ -434,14 +434,14 @@ def _point_at_demo_world(folder: str, world_json: str, downstream_json: str) -> 
   changed (its folder and settings name it): datasets are checked and evaluation splits read
   once per process."""
   from gbt_t5x.data import demo_downstream
-  from gbt_t5x.train import data as data_lib
+  from harness import data_cache
   os.environ["GBT_T5X_DEMO_DIR"] = os.path.abspath(folder)
   os.environ["GBT_T5X_DEMO_CONFIG"] = world_json
   if downstream_json:
     os.environ[demo_downstream.ENV_CONFIG] = downstream_json
   else:
     os.environ.pop(demo_downstream.ENV_CONFIG, None)
-  data_lib.trust_unchanged_data(f"{os.path.abspath(folder)}|{world_json}|{downstream_json}")
+  data_cache.trust_unchanged_data(f"{os.path.abspath(folder)}|{world_json}|{downstream_json}")
 
 
 def require_record(exp: Experiment, label: str, seed: int) -> RunRecord:
