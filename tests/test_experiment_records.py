@@ -157,3 +157,10 @@ def test_default_size_still_keys_the_committed_records(name):
   with open(committed) as f:
     assert json.load(f)["size"] == sizes.DEFAULT.as_json()
   assert "downstream_world" in sizes.QUICK.as_json()
+
+
+def test_sizes_eval_seed_is_the_scoring_seed():
+  """`harness.sizes` mirrors `gbt_t5x.scoring.EVAL_SEED` (it must not import jax) for records."""
+  from gbt_t5x import scoring
+  from harness import sizes
+  assert sizes.EVAL_SEED == scoring.EVAL_SEED
