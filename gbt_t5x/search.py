@@ -243,8 +243,7 @@ class PlainRunObjective:
   print_fn: Callable[[str], None] = print
 
   def __call__(self, ctx: TrialContext) -> tuple[float, dict[str, Any]]:
-    from gbt_t5x import scoring
-    from gbt_t5x import runner
+    from gbt_t5x import runner, scoring
     model_dir = os.path.join(self.study_dir, f"trial_{ctx.trial.number:04d}")
     shutil.rmtree(model_dir, ignore_errors=True)
     bindings = [*self.bindings, f"MODEL_DIR = {model_dir!r}",
