@@ -45,15 +45,11 @@ def teacher_forced_metrics(model: Any, params: Any, param_axes: Any,
   step_fn = partitioner.partition(lambda p, b: trainer_lib.eval_step(model, p, b),
                                   in_shardings=(param_axes, partitioner.data_sharding),
                                   out_shardings=partitioner.replicated)
-  sums: dict[str, float] = {}
-  for i, batch in enumerate(data_lib.BatchIterator(cfg, partitioner.data_sharding)):
-    if eval_steps is not None and i >= eval_steps:
-      break
-    for key, value in jax.device_get(step_fn(params, batch)).items():
-      sums[key] = sums.get(key, 0.0) + float(value)
-  if not sums:
+  metrics = trainer_lib.teacher_forced_eval(
+      step_fn, params, data_lib.BatchIterator(cfg, partitioner.data_sharding), eval_steps)
+  if not metrics:
     raise ValueError(f"task {cfg.mixture_or_task_name} split {cfg.split!r} yields no examples")
-  return trainer_lib.finalize_metrics(sums, 1)
+  return metrics
 
 
 def checkpoint_step(checkpoint_path: str) -> int:

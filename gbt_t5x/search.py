@@ -1,7 +1,7 @@
 """Bayesian-optimisation baseline: `python -m gbt_t5x.search --gin_file=... --space=...`.
 
 Tunes, over full *plain* runs, the hyper-parameters a guided run learns (see
-`gbt_t5x.experiments.search_space` for the `--space` spec), with optuna's GP sampler or TPE. Each
+`gbt_t5x.search_space` for the `--space` spec), with optuna's GP sampler or TPE. Each
 trial trains the gin-configured model with the sampled values held constant and is scored on the
 guide set a guided run learns from: the teacher-forced per-token loss on `--guide_task` (default
 `demo_nmt_guide`, split `validation`, the same examples as its `train` split). Lower is better.
@@ -41,7 +41,7 @@ import numpy as np
 import optuna
 
 from gbt_t5x import errors
-from gbt_t5x.experiments import search_space
+from gbt_t5x import search_space
 
 STUDY_NAME = "gbt_t5x_search"
 STUDY_FILE = "study.db"
@@ -243,7 +243,7 @@ class PlainRunObjective:
   print_fn: Callable[[str], None] = print
 
   def __call__(self, ctx: TrialContext) -> tuple[float, dict[str, Any]]:
-    from gbt_t5x.experiments import runner, scoring
+    from gbt_t5x import runner, scoring
     model_dir = os.path.join(self.study_dir, f"trial_{ctx.trial.number:04d}")
     shutil.rmtree(model_dir, ignore_errors=True)
     bindings = [*self.bindings, f"MODEL_DIR = {model_dir!r}",
@@ -276,7 +276,7 @@ class PlainRunObjective:
 def configured_base_learning_rate(gin_files: Sequence[str], bindings: Sequence[str]) -> float:
   """Parses the configuration (validating it) and returns its base learning rate."""
   import gin
-  from gbt_t5x.experiments import runner
+  from gbt_t5x import runner
   runner.parse(gin_files, [*bindings, "MODEL_DIR = '/nonexistent'"]
                if not any(b.strip().startswith("MODEL_DIR") for b in bindings) else bindings)
   return float(gin.query_parameter(

@@ -157,7 +157,7 @@ def forward_mode_lr_step(trainer: BenchGuidedTrainer) -> Callable:
   """
   (spec,) = trainer.specs
   assert spec.name == specs_lib.LEARNING_RATE and spec.shape == ()
-  kwargs = trainer._step_kwargs()
+  kwargs = trainer.step_kwargs()
 
   def step(state, batch, guide_batch):
     rng = jax.random.fold_in(trainer._rng, state.step)
@@ -200,7 +200,7 @@ def reverse_lr_hypergrads(trainer: BenchGuidedTrainer, state: Any, batch, guide_
     base_lr = trainer._learning_rate_fn(state.step)
     _, _, hg, _ = hypergrad.lookahead_hypergradient(
         state.params, state.opt_state, state.guided.raw, batch, guide_batch, rng, base_lr,
-        guide_loss_fn=trainer._guide_loss, **trainer._step_kwargs())
+        guide_loss_fn=trainer._guide_loss, **trainer.step_kwargs())
     return hg
   with trainer._partitioner.context():
     return jax.jit(fn)(state, batch, guide_batch)

@@ -12,8 +12,9 @@ Both yield `inputs` ("translate Demo to English: <source>") and `targets` tokeni
 demo vocabulary (100 extra ids, EOS appended after trimming), the pretokenized strings, and the
 int32 scalars `noise_bucket` (0 clean, 1 misaligned, 2 truncated, 3 copy; the names
 `demo_world.NOISE_BUCKET_NAMES` are registered with `gbt_t5x.data.data_ids` for the data-weight
-summaries) and `example_id` (0.. within the split) that pass through to the feature converter. Validation and test report
-corpus BLEU (sacrebleu) on detokenized strings.
+summaries) and `example_id` (0.. within the split) that pass through to the feature converter.
+Decodes are scored (`METRIC_FNS`) with corpus BLEU (sacrebleu, detokenized strings, 0-100) and,
+as fractions 0-1, exact match, word F1 and token accuracy.
 
 Laziness (importing this module must stay cheap): the data source is a `seqio.FunctionDataSource`
 whose function calls `ensure_demo_world` before reading, and the vocabulary is `DemoVocabulary`,
@@ -30,14 +31,14 @@ from __future__ import annotations
 import functools
 import json
 import pathlib
-from typing import Optional, Sequence, Union
+from typing import Optional
 
-import sacrebleu
 import seqio
 import tensorflow as tf
 
 from gbt_t5x.data import data_ids
 from gbt_t5x.data import demo_world
+from gbt_t5x.data import metrics
 
 TASK_PREFIX = demo_world.TASK_PREFIX
 EXTRA_IDS = 100
@@ -116,19 +117,11 @@ def add_task_prefix(ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
   return {**ex, "inputs": tf.strings.join([TASK_PREFIX, ex["inputs"]])}
 
 
-def _as_text(s: Union[str, bytes]) -> str:
-  return s.decode("utf-8") if isinstance(s, bytes) else str(s)
-
-
-def bleu(targets: Sequence[Union[str, bytes]],
-         predictions: Sequence[Union[str, bytes]]) -> dict[str, float]:
-  """Corpus BLEU (sacrebleu defaults, 0-100) of detokenized predictions vs one reference each."""
-  if len(targets) != len(predictions):
-    raise ValueError(f"bleu needs one prediction per target, got {len(predictions)} predictions "
-                     f"for {len(targets)} targets")
-  refs = [_as_text(t) for t in targets]
-  hyps = [_as_text(p) for p in predictions]
-  return {"bleu": sacrebleu.corpus_bleu(hyps, [refs]).score}
+# The demo's seqio metric fns (`gbt_t5x.data.metrics`): corpus BLEU (0-100), and as fractions
+# exact match, SQuAD-style word F1 and token accuracy (a predict-with-aux fn reading the target and
+# decoded ids, see `metrics.token_accuracy`).
+bleu = metrics.bleu
+METRIC_FNS = (bleu, metrics.exact_match, metrics.word_f1, metrics.token_accuracy)
 
 
 def _preprocessors() -> list:
@@ -153,7 +146,7 @@ def _register(name: str) -> None:
       source=seqio.FunctionDataSource(_make_dataset_fn(files), splits=tuple(files)),
       preprocessors=_preprocessors(),
       output_features=OUTPUT_FEATURES,
-      metric_fns=[bleu])
+      metric_fns=list(METRIC_FNS))
   # The noise bucket's values by name, for the data-weight summaries (guided/data_weights.gin).
   data_ids.register_names(name, "noise_bucket", demo_world.NOISE_BUCKET_NAMES)
 

@@ -6,9 +6,17 @@ The 8 simulated CPU devices must be requested before JAX is imported anywhere, s
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 
 import pytest
+
+# The experiment harness (`scripts/experiments/harness/`, not installed) and the experiment scripts
+# import as `harness` and by their module names, as when a script runs from its folder.
+EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "scripts", "experiments")
+if EXPERIMENTS_DIR not in sys.path:
+  sys.path.insert(0, EXPERIMENTS_DIR)
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

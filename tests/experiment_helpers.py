@@ -8,7 +8,7 @@ import pathlib
 import subprocess
 import sys
 
-from gbt_t5x.experiments import report
+from harness import report
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts" / "experiments"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from gbt_t5x.experiments import doremi
+from harness import doremi
 
 
 def test_domain_losses_sum_cross_entropy_and_count_tokens_per_domain():

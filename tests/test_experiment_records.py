@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gbt_t5x import errors
-from gbt_t5x.experiments import common, records, report
+from harness import common, records, report
 
 
 @pytest.mark.parametrize("text,expected", [("0,1,2", (0, 1, 2)), ("5", (5,)), (" 3, 4 ", (3, 4))])
@@ -82,7 +82,7 @@ def test_paired_difference_needs_pairs():
 def test_bo_picks_at_budget_hand_computed():
   """Trials cost 100, 100 and 200 plain steps (the third ran at twice the plain step time); BO
   picks the lowest guide loss so far: trial 0, then 1 (loss 2 < 3), then still 1 (loss 5)."""
-  from gbt_t5x.experiments import bo
+  from harness import bo
 
   def trial(n, guide_loss, seconds_per_step):
     return records.RunRecord(label=f"t{n}", seed=0, scores={"guide_loss": guide_loss},
@@ -151,9 +151,16 @@ def test_default_size_still_keys_the_committed_records(name):
   """A field added to `Size` must not change the default size's key: the committed records
   would then be refused as another configuration's (its optional fields at their default are
   left out of `as_json`)."""
-  from gbt_t5x.experiments import sizes
+  from harness import sizes
   committed = os.path.join(os.path.dirname(__file__), "..", "docs", "results", name,
                            "experiment.json")
   with open(committed) as f:
     assert json.load(f)["size"] == sizes.DEFAULT.as_json()
   assert "downstream_world" in sizes.QUICK.as_json()
+
+
+def test_sizes_eval_seed_is_the_scoring_seed():
+  """`harness.sizes` mirrors `gbt_t5x.scoring.EVAL_SEED` (it must not import jax) for records."""
+  from gbt_t5x import scoring
+  from harness import sizes
+  assert sizes.EVAL_SEED == scoring.EVAL_SEED

@@ -13,8 +13,8 @@ import shutil
 
 import pytest
 
-from gbt_t5x.experiments import common, sizes
-from gbt_t5x.experiments import records as records_lib
+from harness import common, sizes
+from harness import records as records_lib
 from tests.experiment_helpers import (SCRIPTS, assert_rerun_skips_finished_runs, check_tables,
                                       run_script, snapshot)
 

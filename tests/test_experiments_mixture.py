@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from gbt_t5x.experiments import report
+from harness import report
 from tests.experiment_helpers import assert_rerun_skips_finished_runs, check_tables, run_script
 
 

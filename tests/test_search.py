@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from gbt_t5x import errors, search
-from gbt_t5x.experiments import search_space
+from gbt_t5x import search_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SPACE = "learning_rate=1e-4:1e-1:log,b1=0.5:0.99,label_smoothing=0:0.3"
@@ -175,7 +175,7 @@ def test_data_weight_constants_reach_the_plain_run_config():
   import gin
   import numpy as np
 
-  from gbt_t5x.experiments import runner
+  from gbt_t5x import runner
   from gbt_t5x.guided import schedule
   from gbt_t5x.train import data
   values = {"lr_multiplier": 2.0, "data_weight_0": 1.5, "data_weight_1": 0.25,

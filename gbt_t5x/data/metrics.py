@@ -235,13 +235,69 @@ def record_em_f1(targets: Sequence[Mapping[str, Any]],
 # ----------------------------------------------------------------------------- text and averages
 
 
-def bleu(targets: Sequence[Text], predictions: Sequence[Text]) -> dict[str, float]:
-  """{"bleu": sacrebleu corpus BLEU (default 13a tokenisation, 0-100)} of detokenized
-  predictions against one detokenized reference each."""
+DEFAULT_BLEU_TOKENIZER = "13a"
+
+
+def bleu(targets: Sequence[Text], predictions: Sequence[Text],
+         tokenize: str = DEFAULT_BLEU_TOKENIZER) -> dict[str, float]:
+  """{"bleu": sacrebleu corpus BLEU (0-100)} of detokenized predictions against one detokenized
+  reference each: the one BLEU of the package (tasks, scoring, demo).
+
+  `tokenize` is sacrebleu's tokenizer ("13a" by default, "zh" for Chinese, see
+  `translation.bleu_tokenizer`); everything else is sacrebleu's default (exponential smoothing,
+  case-sensitive)."""
   _check_pair(targets, predictions, "bleu")
   refs = [_as_text(t) for t in targets]
   hyps = [_as_text(p) for p in predictions]
-  return {"bleu": float(sacrebleu.corpus_bleu(hyps, [refs]).score)}
+  return {"bleu": float(sacrebleu.corpus_bleu(hyps, [refs], tokenize=tokenize).score)}
+
+
+# Diagnostics of short translations (the demo task's; fractions 0-1, not x100 like the scores
+# above, as the demo report and the experiments' records hold them).
+
+
+def exact_match(targets: Sequence[Text], predictions: Sequence[Text]) -> dict[str, float]:
+  """{"exact_match": fraction 0-1 of predictions equal to their target string}."""
+  _check_pair(targets, predictions, "exact_match")
+  return {"exact_match": float(np.mean([_as_text(p) == _as_text(t)
+                                        for t, p in zip(targets, predictions)]))}
+
+
+def word_f1(targets: Sequence[Text], predictions: Sequence[Text]) -> dict[str, float]:
+  """{"word_f1": SQuAD's token F1 as a fraction 0-1}: bag-of-words F1 of the normalised strings
+  (lower-cased, without articles and punctuation, see `squad_em_f1`), averaged over examples:
+  how many of a sentence's words are right, wherever they stand."""
+  _check_pair(targets, predictions, "word_f1")
+  return {"word_f1": squad_em_f1([[t] for t in targets], predictions)["f1"] / 100.0}
+
+
+# The `aux_values` keys of a predict-with-aux metric fn (`train.infer_eval.InferEvaluator`).
+OUTPUT_TOKENS = "output_tokens"  # decoded ids int [num_examples, L]: EOS, then padding (0)
+TARGET_TOKENS = "target_tokens"  # the examples' target ids int [num_examples, L], trimmed as the
+                                 # task does (EOS last), then padding (0)
+
+
+def token_accuracy(targets: Sequence[Text], predictions: Sequence[Text],
+                   aux_values: Mapping[str, Any]) -> dict[str, float]:
+  """{"token_accuracy": fraction 0-1 of target tokens (EOS included) whose position holds the
+  same token in the decode}, a seqio predict-with-aux metric fn.
+
+  Reads the ids, not the strings: `aux_values[TARGET_TOKENS]` and `aux_values[OUTPUT_TOKENS]`
+  (both int `[num_examples, L]`, padding 0); re-tokenizing the decoded strings could differ from
+  the ids the model emitted."""
+  _check_pair(targets, predictions, "token_accuracy")
+  target_tokens = np.asarray(aux_values[TARGET_TOKENS])
+  output_tokens = np.asarray(aux_values[OUTPUT_TOKENS])
+  if target_tokens.shape != output_tokens.shape or len(target_tokens) != len(targets):
+    raise ValueError(f"token_accuracy needs aux_values {TARGET_TOKENS!r} and {OUTPUT_TOKENS!r} of "
+                     f"one shape [{len(targets)}, length], got {target_tokens.shape} and "
+                     f"{output_tokens.shape}")
+  correct = total = 0
+  for target, decoded in zip(target_tokens, output_tokens):
+    n = int((target > 0).sum())
+    correct += int((decoded[:n] == target[:n]).sum())
+    total += n
+  return {"token_accuracy": correct / max(total, 1)}
 
 
 def average_score(task_scores: Mapping[str, Mapping[str, float]]) -> float:

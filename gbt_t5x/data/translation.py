@@ -6,19 +6,19 @@ What it is for: the WMT tasks (`gbt_t5x_tasks.wmt`) turn a TFDS translation exam
     inputs  = "translate Lithuanian to English: " + example["lt"]
     targets = example["en"]
 
-and score decoded predictions with corpus BLEU (sacrebleu, detokenized text, 0-100; no
-postprocessor is needed: seqio hands the metric the decoded prediction and the untokenized target
-text). `pair_key_fn` gives the content key of a pair for the guide hash split. The prefix
-uses English language names for ISO 639-1 codes; like T5, a regional code ("zh-cn") is named by
-its first two letters.
+and score decoded predictions with corpus BLEU (`metrics.bleu`: sacrebleu, detokenized text,
+0-100; no postprocessor is needed: seqio hands the metric the decoded prediction and the
+untokenized target text). `pair_key_fn` gives the content key of a pair for the guide hash
+split. The prefix uses English language names for ISO 639-1 codes; like T5, a regional code
+("zh-cn") is named by its first two letters.
 
 Must not import: jax, flax, or anything of `gbt_t5x.models` / `train` / `guided`.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence, Union
+import functools
+from typing import Callable, Mapping
 
-import sacrebleu
 import tensorflow as tf
 
 from gbt_t5x.data import metrics
@@ -34,12 +34,10 @@ LANGUAGE_NAMES: Mapping[str, str] = {
 # sacrebleu tokenizer per target language; every other language uses sacrebleu's default
 # "13a" (the WMT standard signature; note T5 itself scored with "intl").
 _BLEU_TOKENIZERS: Mapping[str, str] = {"zh": "zh"}
-DEFAULT_BLEU_TOKENIZER = "13a"
+DEFAULT_BLEU_TOKENIZER = metrics.DEFAULT_BLEU_TOKENIZER
 # Separates source and target text in the guide-split hash key (never occurs inside WMT text
 # lines, which are single lines).
 PAIR_KEY_SEPARATOR = "\n"
-
-TextLike = Union[str, bytes]
 
 
 def language_name(code: str) -> str:
@@ -98,38 +96,15 @@ def bleu_tokenizer(target_language: str) -> str:
   return _BLEU_TOKENIZERS.get(target_language[:2].lower(), DEFAULT_BLEU_TOKENIZER)
 
 
-def _as_text(s: TextLike) -> str:
-  return s.decode("utf-8") if isinstance(s, bytes) else str(s)
-
-
-def corpus_bleu(targets: Sequence[TextLike], predictions: Sequence[TextLike],
-                tokenize: str = DEFAULT_BLEU_TOKENIZER) -> dict[str, float]:
-  """{"bleu": sacrebleu corpus BLEU (0-100)} of detokenized predictions vs one reference each.
-
-  With the default "13a" this is `gbt_t5x.data.metrics.bleu`; other tokenizers keep sacrebleu's
-  remaining defaults (exponential smoothing, case-sensitive)."""
-  if tokenize == DEFAULT_BLEU_TOKENIZER:
-    return metrics.bleu(targets, predictions)
-  if len(targets) != len(predictions):
-    raise ValueError(f"bleu needs one prediction per target, got {len(predictions)} predictions "
-                     f"for {len(targets)} targets")
-  refs = [_as_text(t) for t in targets]
-  hyps = [_as_text(p) for p in predictions]
-  return {"bleu": float(sacrebleu.corpus_bleu(hyps, [refs], tokenize=tokenize).score)}
-
-
 def bleu_metric_fn(target_language: str) -> metrics.MetricFn:
   """The seqio metric fn `(targets, predictions) -> {"bleu": float 0-100}` for text in
-  `target_language`: `metrics.bleu` (13a), or sacrebleu with "zh" tokenization for Chinese."""
+  `target_language`: `metrics.bleu` with the language's sacrebleu tokenizer ("13a", or "zh" for
+  Chinese)."""
   tokenize = bleu_tokenizer(target_language)
   if tokenize == DEFAULT_BLEU_TOKENIZER:
     return metrics.bleu
-
-  def bleu(targets: Sequence[TextLike], predictions: Sequence[TextLike]) -> dict[str, float]:
-    return corpus_bleu(targets, predictions, tokenize=tokenize)
-
-  return bleu
+  return functools.partial(metrics.bleu, tokenize=tokenize)
 
 
 __all__ = ["LANGUAGE_NAMES", "language_name", "translate_prefix", "translate", "pair_key_fn",
-           "bleu_tokenizer", "corpus_bleu", "bleu_metric_fn"]
+           "bleu_tokenizer", "bleu_metric_fn"]

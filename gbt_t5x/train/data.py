@@ -13,11 +13,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
-import itertools
 import math
 import numbers
 import re
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import jax
 import numpy as np
@@ -369,20 +368,44 @@ def _bad_data_message(cfg: DatasetConfig, e: BaseException, position: int) -> st
           f"batch {position}: {type(e).__name__}: {detail}")
 
 
+class ReadCache(Protocol):
+  """A cache of dataset reads, for an in-process driver of many runs on data it knows unchanged
+  (`set_read_cache`; e.g. the experiment harness's `data_cache`). Each method returns what
+  `read` returns, or a copy kept from an earlier call for the same configuration."""
+
+  def first_batch(self, cfg: DatasetConfig,
+                  read: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The first local batch of `cfg` (`read()` reads and checks it)."""
+
+  def single_pass(self, cfg: DatasetConfig, read: Callable[[], Iterator[dict[str, np.ndarray]]]
+                  ) -> Iterator[dict[str, np.ndarray]]:
+    """The local batches of the single-pass `cfg`, in order (`read()` starts a new read)."""
+
+
+_read_cache: ReadCache | None = None
+
+
+def set_read_cache(cache: ReadCache | None) -> None:
+  """Routes `first_batch_or_error` and `single_pass_batches` through `cache` (None: read the
+  data every time, the default). Only for data that does not change while the cache is set."""
+  global _read_cache
+  _read_cache = cache
+
+
 def first_batch_or_error(cfg: DatasetConfig) -> dict[str, np.ndarray]:
   """Reads one local batch, raising a one-line ValueError when the split (or, with mixture-task
   ids, one of the mixture's tasks) yields no examples or its first batch cannot be parsed (e.g. a
-  truncated TSV line). Under `trust_unchanged_data`
-  each configuration is read once per data version."""
-  key = _trusted_key(cfg)
-  if key is not None and key in _checked_first_batches:
-    return _checked_first_batches[key]
+  truncated TSV line). Through the read cache, if one is set (`set_read_cache`)."""
+  if _read_cache is not None:
+    return _read_cache.first_batch(cfg, lambda: _read_first_batch(cfg))
+  return _read_first_batch(cfg)
+
+
+def _read_first_batch(cfg: DatasetConfig) -> dict[str, np.ndarray]:
   check_mixture_members(cfg)
   ds = get_dataset(dataclasses.replace(cfg, num_epochs=1))
   try:
     for batch in ds.take(1).as_numpy_iterator():
-      if key is not None:
-        _checked_first_batches[key] = _read_only(batch)
       return batch
   except tf.errors.OpError as e:
     raise ValueError(_bad_data_message(cfg, e, 0)) from None
@@ -391,64 +414,11 @@ def first_batch_or_error(cfg: DatasetConfig) -> dict[str, np.ndarray]:
 
 def single_pass_batches(cfg: DatasetConfig) -> Iterator[dict[str, np.ndarray]]:
   """This process's local numpy batches of an unshuffled single-pass `cfg` (evaluation), in
-  order. Under `trust_unchanged_data` the pipeline is built and read once per configuration and
-  data version, and later calls replay the batches read so far (read-only arrays)."""
+  order. Through the read cache, if one is set (`set_read_cache`)."""
   if cfg.shuffle or cfg.num_epochs != 1:
     raise ValueError(f"single_pass_batches needs shuffle=False and num_epochs=1, got shuffle="
                      f"{cfg.shuffle} num_epochs={cfg.num_epochs}")
-  key = _trusted_key(cfg)
-  if key is None:
-    yield from get_dataset(cfg).as_numpy_iterator()
+  if _read_cache is not None:
+    yield from _read_cache.single_pass(cfg, lambda: get_dataset(cfg).as_numpy_iterator())
     return
-  if key not in _single_pass_reads:
-    _single_pass_reads[key] = (get_dataset(cfg).as_numpy_iterator(), [])
-  iterator, read = _single_pass_reads[key]
-  for i in itertools.count():
-    if i == len(read):
-      try:
-        read.append(_read_only(next(iterator)))
-      except StopIteration:
-        return
-    yield read[i]
-
-
-# Experiment scripts train and score many runs in one process on data written once before the
-# first run; there the same configuration need not be read again (`trust_unchanged_data`).
-_trusted_version: str | None = None
-# (data version, configuration) -> its first batch, checked.
-_checked_first_batches: dict[tuple[Any, ...], dict[str, np.ndarray]] = {}
-# (data version, configuration) -> (its numpy iterator, the batches read from it so far).
-_single_pass_reads: dict[tuple[Any, ...],
-                         tuple[Iterator[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]] = {}
-
-
-def trust_unchanged_data(version: str | None) -> None:
-  """Declares that the data behind the registered tasks stays as it is, identified by `version`
-  (e.g. the demo world's folder and settings), until the next call; None ends the trust.
-
-  While trusted, `first_batch_or_error` checks each dataset configuration once and
-  `single_pass_batches` reads each evaluation split once per process: in an experiment script
-  that trains a dozen runs on one world this saves rebuilding (tracing) the same tf.data
-  pipelines for every run. Reads under another version are kept apart."""
-  global _trusted_version
-  _trusted_version = version
-  if version is None:
-    _checked_first_batches.clear()
-    _single_pass_reads.clear()
-
-
-def _trusted_key(cfg: DatasetConfig) -> tuple[Any, ...] | None:
-  """(data version, every field of `cfg`, this process's shard), or None when not trusted."""
-  if _trusted_version is None:
-    return None
-  fields = dataclasses.asdict(cfg)
-  fields["task_feature_lengths"] = tuple(sorted(cfg.task_feature_lengths.items()))
-  return (_trusted_version, tuple(sorted(fields.items())), jax.process_index(),
-          jax.process_count())
-
-
-def _read_only(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """`batch` with its arrays made read-only, so that a replayed batch cannot be changed."""
-  for value in batch.values():
-    value.setflags(write=False)
-  return dict(batch)
+  yield from get_dataset(cfg).as_numpy_iterator()

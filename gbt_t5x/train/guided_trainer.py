@@ -218,8 +218,8 @@ class GuidedTrainer(Trainer):
     """The guided state's effective values (replayed schedules do not apply here)."""
     return step_lib.guided_values(self.specs)(state)
 
-  def _step_kwargs(self) -> dict[str, Any]:
-    return dict(super()._step_kwargs(), specs=self.specs)
+  def step_kwargs(self) -> dict[str, Any]:
+    return dict(super().step_kwargs(), specs=self.specs)
 
   def mixture_weight_values(self) -> list[float]:
     """The effective guided data (mixture) weights now, one per id (host floats)."""

@@ -11,7 +11,13 @@ by the partitioner) and scores the decodes with the task's SeqIO metric function
     output vocabulary), targets are the `targets_pretokenized` strings (else the detokenized
     target tokens), and both go through `task.postprocess_fn(..., example=ex, is_target=...)`;
   - each predict metric fn is called as `fn(targets=..., predictions=...)`, each score metric fn
-    as `fn(targets=..., scores=...)` with `model.score_batch` log-likelihoods.
+    as `fn(targets=..., scores=...)` with `model.score_batch` log-likelihoods, each
+    predict-with-aux metric fn as `fn(targets=..., predictions=..., aux_values=...)` with the
+    ids `{'output_tokens': decodes, 'target_tokens': the examples' targets}` (int
+    `[num_examples, targets length]`, padding 0; `gbt_t5x.data.metrics.OUTPUT_TOKENS`, ...).
+With `targets_from_tokens` the targets are the detokenized target ids instead of the
+pretokenized strings: what the model was trained to emit (a target longer than the targets
+length is cut there), as the experiments score.
 We use our own small loop rather than `seqio.Evaluator` because that one silently skips tasks
 without metrics, goes through CLU metric objects, and cannot hand back the decoded rows.
 
@@ -21,6 +27,7 @@ multi-process mesh too; results are replicated. Must not import gin.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -30,6 +37,7 @@ import numpy as np
 import seqio
 
 from gbt_t5x import fileio
+from gbt_t5x.data import metrics as metrics_lib
 from gbt_t5x.models import encoder_decoder
 from gbt_t5x.train import data as data_lib
 from gbt_t5x.train.partitioning import PjitPartitioner
@@ -77,7 +85,8 @@ def eval_tasks(name: str, split: str, require_metrics: bool) -> list[seqio.Task]
   is_task = isinstance(provider, seqio.Task)
 
   def has_metrics(task: seqio.Task) -> bool:
-    return bool(task.predict_metric_fns or task.score_metric_fns)
+    return bool(task.predict_metric_fns or task.score_metric_fns
+                or task.predict_with_aux_metric_fns)
 
   if is_task:
     task = tasks[0]
@@ -92,6 +101,37 @@ def eval_tasks(name: str, split: str, require_metrics: bool) -> list[seqio.Task]
     what = "split {!r} and metric_fns".format(split) if require_metrics else f"split {split!r}"
     raise ValueError(f"mixture {name} has no task with {what}")
   return kept
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricFns:
+  """Seqio metric fns by kind, as `seqio.Task` sorts them by their parameters without defaults:
+  `predict` (targets, predictions), `score` (targets, scores), `predict_with_aux` (targets,
+  predictions, aux_values)."""
+  predict: tuple[Callable[..., Mapping[str, Any]], ...] = ()
+  score: tuple[Callable[..., Mapping[str, Any]], ...] = ()
+  predict_with_aux: tuple[Callable[..., Mapping[str, Any]], ...] = ()
+
+  @classmethod
+  def of_task(cls, task: seqio.Task) -> "MetricFns":
+    return cls(tuple(task.predict_metric_fns), tuple(task.score_metric_fns),
+               tuple(task.predict_with_aux_metric_fns))
+
+  @classmethod
+  def sort(cls, fns: Sequence[Callable[..., Mapping[str, Any]]]) -> "MetricFns":
+    """Sorts `fns` by kind (seqio's rule); a ValueError for any other signature."""
+    kinds: dict[tuple[str, ...], list[Callable[..., Mapping[str, Any]]]] = {
+        ("targets", "predictions"): [], ("targets", "scores"): [],
+        ("targets", "predictions", "aux_values"): []}
+    for fn in fns:
+      required = tuple(name for name, p in inspect.signature(fn).parameters.items()
+                       if p.default is inspect.Parameter.empty
+                       and p.kind == inspect.Parameter.POSITIONAL_OR_KEYWORD)
+      if required not in kinds:
+        raise ValueError(f"metric fn {fn!r} takes {required}; expected (targets, predictions), "
+                         "(targets, scores) or (targets, predictions, aux_values)")
+      kinds[required].append(fn)
+    return cls(*(tuple(v) for v in kinds.values()))
 
 
 def validate_decoder_params(model: Any, decoder_params: Mapping[str, Any] | None) -> None:
@@ -120,12 +160,17 @@ class InferEvaluator:
     num_examples: decode only the first N examples of each task (None: the whole split).
     require_metrics: raise for a task without metric fns (False: decode only, `metrics` empty).
     seed: PRNG seed for sampling (`decoder_params['method'] == 'sample'`).
+    targets_from_tokens: score against the detokenized target ids (cut at the targets length)
+      rather than the pretokenized target strings.
+    metric_fns: seqio metric fns to score every task with instead of its own `metric_fns`
+      (None: each task's own); tasks then need none of their own.
   """
 
   def __init__(self, model: Any, dataset_cfg: data_lib.DatasetConfig,
                partitioner: PjitPartitioner, param_axes: Any,
                decoder_params: Mapping[str, Any] | None = None, num_examples: int | None = None,
-               require_metrics: bool = True, seed: int = 0):
+               require_metrics: bool = True, seed: int = 0, targets_from_tokens: bool = False,
+               metric_fns: Sequence[Callable[..., Mapping[str, Any]]] | None = None):
     if num_examples is not None and int(num_examples) < 1:
       raise ValueError(f"num_examples must be None or >= 1, got {num_examples}")
     if dataset_cfg.batch_size < 1:
@@ -142,8 +187,11 @@ class InferEvaluator:
     self._partitioner = partitioner
     self._param_axes = param_axes
     self._rng = jax.random.PRNGKey(seed)
-    self.tasks = eval_tasks(dataset_cfg.mixture_or_task_name, dataset_cfg.split, require_metrics)
+    self._metric_fns = None if metric_fns is None else MetricFns.sort(metric_fns)
+    self.tasks = eval_tasks(dataset_cfg.mixture_or_task_name, dataset_cfg.split,
+                            require_metrics and metric_fns is None)
     self._require_metrics = require_metrics
+    self.targets_from_tokens = bool(targets_from_tokens)
     self._cache: dict[str, _CachedTask] = {}
 
   # ------------------------------------------------------------------ data (read once)
@@ -248,8 +296,10 @@ class InferEvaluator:
     rows, targets, predictions = [], [], []
     for ex, pred_tokens in zip(cached.examples, tokens):
       prediction = vocab.decode([int(t) for t in pred_tokens])
-      target = _text(ex["targets_pretokenized"]) if "targets_pretokenized" in ex else (
-          vocab.decode([int(t) for t in ex["targets"]]))
+      if "targets_pretokenized" in ex and not self.targets_from_tokens:
+        target = _text(ex["targets_pretokenized"])
+      else:
+        target = _text(vocab.decode([int(t) for t in ex["targets"]]))
       if "inputs_pretokenized" in ex:
         inputs = _text(ex["inputs_pretokenized"])
       else:
@@ -261,12 +311,21 @@ class InferEvaluator:
     raw: dict[str, Any] = {}
     if not with_metrics:
       return TaskResult(metrics=metrics, rows=rows)
-    for fn in task.predict_metric_fns:
+    fns = self._metric_fns or MetricFns.of_task(task)
+    for fn in fns.predict:
       raw.update(fn(targets=targets, predictions=predictions))
-    if task.score_metric_fns:
+    if fns.score:
       scores = self.scores(params, task.name)
-      for fn in task.score_metric_fns:
+      for fn in fns.score:
         raw.update(fn(targets=targets, scores=scores))
+    if fns.predict_with_aux:
+      target_tokens = np.zeros_like(tokens)
+      for i, ex in enumerate(cached.examples):
+        ids = np.asarray(ex["targets"])[:tokens.shape[1]]
+        target_tokens[i, :len(ids)] = ids
+      aux_values = {metrics_lib.OUTPUT_TOKENS: tokens, metrics_lib.TARGET_TOKENS: target_tokens}
+      for fn in fns.predict_with_aux:
+        raw.update(fn(targets=targets, predictions=predictions, aux_values=aux_values))
     for key, value in raw.items():
       number = _scalar(value)
       if number is not None:
@@ -313,6 +372,6 @@ def read_rows(path: str) -> Iterable[dict[str, str]]:
   return [json.loads(line) for line in fileio.read_text(path).splitlines() if line.strip()]
 
 
-__all__: Sequence[str] = ("InferEvaluator", "TaskResult", "eval_tasks", "flat_metrics",
+__all__: Sequence[str] = ("InferEvaluator", "MetricFns", "TaskResult", "eval_tasks", "flat_metrics",
                           "format_metrics", "metrics_of", "read_rows", "validate_decoder_params",
                           "write_predictions")

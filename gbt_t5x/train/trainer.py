@@ -8,10 +8,20 @@ the values come from is `_values_fn` (none, or replayed schedules); `GuidedTrain
 
 Metrics are kept on device as per-step sums and fetched only when a progress line or summary is
 written, so the host never waits on every step. Must not import gin.
+
+Public metrics of each logged training window (TensorBoard `train/` and metrics.jsonl lines
+`train/NAME`), besides the step's own (`loss`, `accuracy`, `learning_rate`, `hp/...`, counts):
+  - `timing/seconds_per_step`: wall seconds per step over the window;
+  - `timing/cpu_seconds_per_step`: this process's CPU seconds (all its threads,
+    `time.process_time`) per step over the window: a run's compute that hardly changes when other
+    processes share the machine (wall seconds grow with them); `gbt_t5x.runner.seconds_per_step`
+    reads it back for the search's and the experiments' compute accounting.
+Both include the host fetch; the first window of a run holds compilation and is not timed.
 """
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -54,6 +64,31 @@ def finalize_metrics(sums: Mapping[str, float], num_steps: int) -> dict[str, flo
     else:
       out[key] = float(value) / max(num_steps, 1)
   return out
+
+
+def teacher_forced_eval(step_fn: Callable[[Any, Batch], Metrics], params: Any,
+                        batches: Iterable[Batch], max_batches: int | None = None
+                        ) -> dict[str, float]:
+  """The one teacher-forced evaluation loop (trainer, `gbt_t5x.eval`, `gbt_t5x.scoring`).
+
+  Sums `step_fn(params, batch)` (an `eval_step`, jitted or partitioned: per-batch metric sums)
+  over `batches` on the host and finalizes them (`finalize_metrics` with one step).
+
+  Args:
+    step_fn: `(params, batch) -> {name: scalar sum}`, e.g. `eval_step` bound to a model.
+    params: the model params `step_fn` takes.
+    batches: model-feature batches (each `[batch, length]` arrays).
+    max_batches: score only the first N batches (None: all of them).
+
+  Returns:
+    {'loss': per target token (CE + z-loss), 'accuracy': per target token, 'num_tokens',
+    'num_examples', ...}; {} when `batches` is empty.
+  """
+  sums: dict[str, float] = {}
+  for batch in itertools.islice(batches, max_batches):
+    for key, value in jax.device_get(step_fn(params, batch)).items():
+      sums[key] = sums.get(key, 0.0) + float(np.asarray(value))
+  return finalize_metrics(sums, 1) if sums else {}
 
 
 class Trainer:
@@ -175,8 +210,11 @@ class Trainer:
   def _guide_loss(self, params: Any, guide_batch: Batch) -> jax.Array:
     return self.model.guide_loss_fn(params, guide_batch)
 
-  def _step_kwargs(self) -> dict[str, Any]:
-    """The model-side keyword arguments of `hypergrad`'s step functions."""
+  def step_kwargs(self) -> dict[str, Any]:
+    """The model-side keyword arguments of `gbt_t5x.guided.hypergrad`'s step functions
+    (optimizer, forward_fn, loss_from_outputs, loss_inputs_fn, learning-rate groups, ...; a
+    `GuidedTrainer` adds its `specs`): for calling those functions on this trainer's model
+    directly, e.g. in benchmarks and tests."""
     return self._step_fns.hypergrad_kwargs()
 
   @property
@@ -288,10 +326,8 @@ class Trainer:
         window_sums[key] = window_sums.get(key, 0.0) + value
     last_step = pending[-1][0]
     report = finalize_metrics(chunk_sums, kept)
-    # Wall seconds and this process's CPU seconds (all its threads) per step over this window
-    # (host fetch included; the first window of a run also holds compilation): what the
-    # experiments' compute accounting reads back. CPU seconds hardly change when other processes
-    # share the machine, wall seconds grow with them.
+    # The public timing metrics (module docstring): wall and CPU seconds per step over this
+    # window.
     now, now_cpu = time.monotonic(), time.process_time()
     last_flush = self._last_flush_time
     if last_flush is not None:
@@ -336,12 +372,7 @@ class Trainer:
     results = {}
     step = int(jax.device_get(self.train_state.step))
     for name, batches in batch_iters.items():
-      sums: dict[str, float] = {}
-      for batch in batches:
-        metrics = jax.device_get(self._partitioned_eval_step(self.train_state.params, batch))
-        for key, value in metrics.items():
-          sums[key] = sums.get(key, 0.0) + float(np.asarray(value))
-      report = finalize_metrics(sums, 1)
+      report = teacher_forced_eval(self._partitioned_eval_step, self.train_state.params, batches)
       results[name] = report
       self._writer(name).scalars(step, report)
       self._metrics_log.log(step, {f"{name}/{k}": v for k, v in report.items()})

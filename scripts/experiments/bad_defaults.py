@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 
 import guidance_diagnosis as gd  # the sibling script: its remedies and their records
-from gbt_t5x.experiments import bo, common, records as records_lib, report
+from harness import bo, common, records as records_lib, report
 
 NAME = "bad_defaults"
 BASE_LR = 0.002  # experiments/demo_nmt.gin

@@ -38,7 +38,7 @@ from typing import Sequence
 
 import numpy as np
 
-from gbt_t5x.experiments import bo, common, report, sizes
+from harness import bo, common, report, sizes
 
 NAME = "bo_vs_gbt"
 _D6 = ("lr_multiplier=0.1:10:log,b1=0.5:0.99,b2=0.9:0.9999,eps=1e-10:1e-6:log,"

@@ -6,7 +6,7 @@ CPU seconds of the training process, from short runs that alternate between the 
 
 e.g. `GUIDED_GIN = docs/results/guided_vs_plain/gin/guided_all.gin`. Each round trains the plain
 demo NMT configuration (`experiments/demo_nmt.gin`) and then GUIDED_GIN for `--steps` steps at
-the experiments' default size (`gbt_t5x.experiments.sizes`) in the default demo world, and reads
+the experiments' default size (`harness.sizes`) in the default demo world, and reads
 back each run's median seconds per step over its timed logging windows, in CPU seconds (all the
 process's threads) and in wall seconds. CPU seconds hardly change when other processes share the
 machine, so the ratio can be taken on a busy machine; wall seconds are printed for comparison.
@@ -32,7 +32,7 @@ import shutil
 import statistics
 from typing import Sequence
 
-from gbt_t5x.experiments import common, sizes
+from harness import common, sizes
 
 
 def _add_flags(parser) -> None:
@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise ValueError(f"--steps must be >= 40 (timed windows) and --rounds >= 1, got "
                      f"{args.steps}, {args.rounds}")
   exp = common.setup(args, "cost_probe")
-  from gbt_t5x.experiments import runner  # (loads gin and TensorFlow: after the flag checks)
+  from gbt_t5x import runner  # (loads gin and TensorFlow: after the flag checks)
   common.use_demo_world(exp)
   configs = {"plain": [common.NMT_GIN], "guided": [os.path.abspath(args.guided_gin)]}
   times: dict[str, list[tuple[float, float]]] = {label: [] for label in configs}

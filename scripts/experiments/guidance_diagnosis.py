@@ -44,7 +44,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from gbt_t5x.experiments import common, report
+from harness import common, report
 
 NAME = "guidance_diagnosis"
 BASE_LR = 0.002  # experiments/demo_nmt.gin

@@ -31,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-from gbt_t5x.experiments import common, report, sizes
+from harness import common, report, sizes
 
 NAME = "guided_vs_plain"
 ALL_KINDS = ("learning_rate", "b1", "label_smoothing", "data_weights")

@@ -33,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from gbt_t5x.experiments import bo, common, report
+from harness import bo, common, report
 
 NAME = "noisy_data"
 NOISE_RATES = (0.2, 0.4)
@@ -66,7 +66,7 @@ def bo_trials(args) -> int:
 
 
 def run_all(exp: common.Experiment, num_trials: int) -> None:
-  from gbt_t5x.experiments import search_space
+  from gbt_t5x import search_space
   score = common.translation_scores(exp)
   every = exp.size.hyper_step_every
   gins = {

@@ -46,7 +46,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from gbt_t5x.data import demo_downstream
-from gbt_t5x.experiments import common, report, sizes as sizes_lib
+from harness import common, report, sizes as sizes_lib
 
 NAME = "pretrain_downstream"
 DEFAULT_DOWNSTREAM = ",".join(f"gbt_t5x_tasks.demo_glue:demo_{t}" for t in ("cola", "mrpc", "sst2"))
@@ -83,7 +83,7 @@ def downstream_lengths(module: str, size: sizes_lib.Size) -> dict[str, int]:
 def downstream_scores(size: sizes_lib.Size, task: str, module: str, lengths: dict[str, int]):
   """`(model, params) -> scores` on `task`'s validation split: teacher-forced dev loss /
   accuracy and every task's metrics on greedy decodes (`scoring.task_metrics`)."""
-  from gbt_t5x.experiments import scoring
+  from gbt_t5x import scoring
 
   def score(model, params) -> dict[str, float]:
     dev = scoring.teacher_forced(model, params, task, "validation", lengths, size.batch_size,
@@ -152,8 +152,8 @@ def across_tasks(records: Sequence[Any]) -> Any:
 
 def run_all(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) -> None:
   size, out = exp.size, exp.out
-  from gbt_t5x.experiments import scoring
-  from gbt_t5x_tasks import demo_pretrain
+  from gbt_t5x import scoring
+  from gbt_t5x_tasks import demo, demo_pretrain
   pre_lengths = dict(demo_pretrain.DEFAULT_SEQUENCE_LENGTH)
   plain_gin = common.pretrain_gin(os.path.join(out, "gin", "pretrain.gin"))
   guided_gin = common.guided_gin(os.path.join(out, "gin", "pretrain_guided.gin"),
@@ -162,7 +162,8 @@ def run_all(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) -> No
                                  size.hyper_step_every, guide_task="demo_span_corruption_guide")
   pre_spec = scoring.ScoreSpec(dev_task="demo_span_corruption", guide_task=None,
                                decode_task="demo_span_corruption", decode_split="validation",
-                               module="gbt_t5x_tasks.demo_pretrain")
+                               module="gbt_t5x_tasks.demo_pretrain",
+                               decode_metric_fns=demo.METRIC_FNS)
   pre_bindings = [f"TASK_FEATURE_LENGTHS = {pre_lengths!r}", "PACK = False",
                   *layer_bindings(size)]
 

@@ -35,7 +35,7 @@ from typing import Sequence
 
 import numpy as np
 
-from gbt_t5x.experiments import common, report
+from harness import common, report
 
 NAME = "schedule_vs_constant"
 LR_GRID = (0.5, 2.0, 4.0)  # LR multipliers besides the default 1

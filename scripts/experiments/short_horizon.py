@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from gbt_t5x.experiments import common, report
+from harness import common, report
 
 NAME = "short_horizon"
 SETS = {"LR": ("learning_rate",), "LR+b1+LS": ("learning_rate", "b1", "label_smoothing")}

@@ -53,7 +53,7 @@ def _probe(specs=gin.REQUIRED):
 
 def _data_weights_spec(*bindings: str) -> specs_lib.GuidedHParam:
   """The data-weights spec that gin/experiments/demo_nmt_guided.gin builds (with `bindings`)."""
-  from gbt_t5x.experiments import runner
+  from gbt_t5x import runner
   runner.parse(["experiments/demo_nmt_guided.gin"],
                ["MODEL_DIR = '/tmp/unused'", "data_ids_probe.specs = %GUIDED_HPARAMS", *bindings])
   try:

@@ -2,6 +2,7 @@
 import math
 import warnings
 
+import numpy as np
 import pytest
 
 from gbt_t5x.data import metrics
@@ -128,3 +129,26 @@ def test_bad_arguments_raise():
     metrics.mean_multiclass_f1(1)
   with pytest.raises(ValueError, match="no metrics"):
     metrics.average_score({"cola": {}})
+
+
+def test_demo_translation_diagnostics_by_hand():
+  """exact match, word F1 and token accuracy (fractions 0-1) on hand-counted examples."""
+  targets = ["The cat sat.", "A dog ran home", "big red car"]
+  predictions = ["The cat sat.", "dog ran", "small blue bus"]
+  assert metrics.exact_match(targets, predictions) == {"exact_match": pytest.approx(1 / 3)}
+  # Normalised (no articles, punctuation): F1 1; "dog ran home" vs "dog ran": P 1, R 2/3; 0.
+  assert metrics.word_f1(targets, predictions) == {"word_f1": pytest.approx((1 + 0.8 + 0) / 3)}
+  aux = {metrics.TARGET_TOKENS: np.array([[5, 6, 1, 0], [7, 8, 9, 1]]),
+         metrics.OUTPUT_TOKENS: np.array([[5, 6, 1, 0], [7, 9, 9, 4]])}
+  # Target tokens (EOS included): 3 + 4, of which 3 + 2 are at their position in the decode.
+  got = metrics.token_accuracy(["a", "b"], ["a", "c"], aux)
+  assert got == {"token_accuracy": pytest.approx(5 / 7)}
+  with pytest.raises(ValueError, match="one shape"):
+    metrics.token_accuracy(["a"], ["a"], aux)
+
+
+def test_bleu_with_a_tokenizer_is_sacrebleus():
+  import sacrebleu
+  targets, predictions = ["我们明天见面。"], ["我们明天见。"]
+  want = sacrebleu.corpus_bleu(predictions, [targets], tokenize="zh").score
+  assert metrics.bleu(targets, predictions, tokenize="zh") == {"bleu": pytest.approx(want)}

@@ -1,5 +1,6 @@
 """`DatasetConfig.module` (T5X's MIXTURE_OR_TASK_MODULE) is imported before the task lookup;
-under `trust_unchanged_data` a configuration is read once per data version."""
+under a read cache (the harness's `trust_unchanged_data`) a configuration is read once per data
+version."""
 from __future__ import annotations
 
 import dataclasses
@@ -47,9 +48,10 @@ def _rows_source(split, shuffle_files, seed=None):
 
 
 def test_trusted_data_is_read_once_per_version(monkeypatch):
-  """Under `trust_unchanged_data` an evaluation split is read once per data version and
-  replayed (read-only) however far an earlier read got; another version, or no trust, reads
-  the data as it is now."""
+  """Under the experiment harness's `trust_unchanged_data` (a `data_lib.ReadCache`) an evaluation
+  split is read once per data version and replayed (read-only) however far an earlier read got;
+  another version, or no trust, reads the data as it is now."""
+  from harness import data_cache
   vocab = seqio.PassThroughVocabulary(size=16)
   features = {k: seqio.Feature(vocab, add_eos=False) for k in ("inputs", "targets")}
   name = "gbt_t5x_test_rows_task"
@@ -62,7 +64,7 @@ def test_trusted_data_is_read_once_per_version(monkeypatch):
   targets = lambda: [b["decoder_target_tokens"][0].tolist()  # noqa: E731
                      for b in data_lib.single_pass_batches(cfg)]
   try:
-    data_lib.trust_unchanged_data("world a")
+    data_cache.trust_unchanged_data("world a")
     first = next(data_lib.single_pass_batches(cfg))  # A partial read...
     assert first["decoder_target_tokens"].tolist() == [[5, 6]]
     assert data_lib.first_batch_or_error(cfg)["decoder_target_tokens"].tolist() == [[5, 6]]
@@ -71,10 +73,10 @@ def test_trusted_data_is_read_once_per_version(monkeypatch):
     assert data_lib.first_batch_or_error(cfg)["decoder_target_tokens"].tolist() == [[5, 6]]
     with pytest.raises(ValueError, match="read-only"):
       first["decoder_target_tokens"][0, 0] = 0
-    data_lib.trust_unchanged_data("world b")
+    data_cache.trust_unchanged_data("world b")
     assert targets() == [[1, 2], [3, 4]]
   finally:
-    data_lib.trust_unchanged_data(None)
+    data_cache.trust_unchanged_data(None)
   monkeypatch.setitem(_ROWS, "targets", [[11, 12]])
   assert targets() == [[11, 12]]
   with pytest.raises(ValueError, match="shuffle=False and num_epochs=1"):

@@ -183,7 +183,7 @@ def build_fd_setup(trainer) -> FDSetup:
   the compiled composed hyper-loss; call inside `float64_model()`."""
   p = trainer._partitioner
   assert jax.tree.leaves(trainer.train_state.params)[0].dtype == jnp.float64
-  kwargs = dict(guide_loss_fn=trainer._guide_loss, **trainer._step_kwargs())
+  kwargs = dict(guide_loss_fn=trainer._guide_loss, **trainer.step_kwargs())
   lookahead = jax.jit(functools.partial(hypergrad.lookahead_hypergradient,
                                         base_lr=jnp.asarray(BASE_LR), **kwargs))
   hyper_loss = jax.jit(functools.partial(hypergrad.hyper_loss, base_lr=jnp.asarray(BASE_LR),
@@ -271,7 +271,7 @@ def test_closed_form_default_equals_vjp_in_float32_on_mesh():
                                    {"learning_rate": 1.0, "b1": 0.9},
                                    trainer.train_state.opt_state) is not None
   kwargs = dict(guide_loss_fn=trainer._guide_loss, base_lr=jnp.float32(BASE_LR),
-                **trainer._step_kwargs())
+                **trainer.step_kwargs())
   with p.context():
     paths = {how: jax.jit(functools.partial(hypergrad.lookahead_hypergradient,
                                             optimizer_derivative=how, **kwargs))
@@ -645,7 +645,7 @@ def test_adafactor_gin_specs_float32_move_without_skips_and_match_float64():
   batch = next(train_batches(p, 20, 1))
   guide = data.global_batch(tiny.random_batch(GUIDE_SEED, batch_size=BATCH), p.data_sharding)
   rng = jax.random.PRNGKey(5)
-  kwargs = dict(guide_loss_fn=trainer._guide_loss, **trainer._step_kwargs())
+  kwargs = dict(guide_loss_fn=trainer._guide_loss, **trainer.step_kwargs())
   *_, got32, _ = jax.jit(functools.partial(hypergrad.lookahead_hypergradient,
                                            base_lr=jnp.asarray(BASE_LR), **kwargs))(
       state.params, state.opt_state, state.guided.raw, batch, guide, rng)
@@ -654,7 +654,7 @@ def test_adafactor_gin_specs_float32_move_without_skips_and_match_float64():
     trainer64 = make_trainer(specs, optimizer=_adafactor(), meta_learning_rate=META_LR)
     state64 = jax.tree.map(lambda x, t: jnp.asarray(np.asarray(x), t.dtype), host(state),
                            trainer64.train_state)
-    kwargs64 = dict(guide_loss_fn=trainer64._guide_loss, **trainer64._step_kwargs())
+    kwargs64 = dict(guide_loss_fn=trainer64._guide_loss, **trainer64.step_kwargs())
     *_, want, _ = jax.jit(functools.partial(hypergrad.lookahead_hypergradient,
                                             base_lr=jnp.asarray(BASE_LR), **kwargs64))(
         state64.params, state64.opt_state, state64.guided.raw, batch, guide, rng)
@@ -732,7 +732,7 @@ def fd_setup_microbatched():
   make_opt, specs = FD_CONFIGS["adamw"]
   with float64_model():
     trainer = make_trainer(specs, optimizer=make_opt(), num_microbatches=4)
-    assert trainer._step_kwargs()["num_microbatches"] == 4
+    assert trainer.step_kwargs()["num_microbatches"] == 4
     return build_fd_setup(trainer)
 
 
@@ -796,7 +796,7 @@ def test_forward_horizon_with_hyper_step_every_matches_finite_differences():
                 if isinstance(x, optax.ScaleByAdamState))
     got = {n: np.asarray(v) / 0.1 for n, v in host(adam.mu).items()}
 
-    kwargs = {n: v for n, v in trainer._step_kwargs().items() if n != "specs"}
+    kwargs = {n: v for n, v in trainer.step_kwargs().items() if n != "specs"}
     batches = list(train_batches(p, 1, k))
     guide = data.global_batch(tiny.random_batch(GUIDE_SEED, batch_size=BATCH), p.data_sharding)
     guide = dict(guide, poison=jnp.zeros((BATCH,)))

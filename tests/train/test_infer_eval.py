@@ -65,7 +65,7 @@ def test_demo_bleu_metric_equals_sacrebleu(demo):
              "A dog.", "The weak dogs jump from a kind strange beach."]
   predictions = ["The tall table wrote a famous hill.", "Some rabbits did build the doctor.",
                  "A dog.", "dogs jump beach"]
-  (fn,) = task.predict_metric_fns
+  fn = task.predict_metric_fns[0]  # BLEU; then exact match and word F1
   got = fn(targets=targets, predictions=predictions)
   want = sacrebleu.corpus_bleu(predictions, [targets]).score
   assert set(got) == {"bleu"} and got["bleu"] == pytest.approx(want, abs=1e-9)
@@ -113,15 +113,43 @@ def test_infer_eval_decodes_equal_predict_batch_and_bleu_matches(tiny, decoder_p
   assert [r["input"] for r in rows] == [e["inputs_pretokenized"].decode() for e in examples]
   # BLEU is sacrebleu's on exactly these strings.
   bleu = sacrebleu.corpus_bleu(want, [[r["target"] for r in rows]]).score
-  assert results["demo_nmt"].metrics == {"bleu": pytest.approx(bleu, abs=1e-9)}
+  assert results["demo_nmt"].metrics["bleu"] == pytest.approx(bleu, abs=1e-9)
   # ... and equals SeqIO's own metric path (LegacyMetric over the raw decode tokens).
   task = seqio.get_mixture_or_task("demo_nmt")
   tokens = evaluator.predict_tokens(params, "demo_nmt")
   assert tokens.shape == (n, LENGTHS["targets"]) and tokens.dtype == np.int32
-  (fn,) = task.predict_metric_fns
+  fn = task.predict_metric_fns[0]
   metric = seqio.metrics.LegacyMetric.empty(metric_fn=fn, postprocess_fn=task.postprocess_fn)
   seqio_value = metric.from_model_output(examples, tokens, task.output_features).compute()
   assert seqio_value["bleu"] == pytest.approx(bleu, abs=1e-9)
+
+
+def test_scoring_decode_scores_equal_a_direct_computation(demo, tiny):
+  """`gbt_t5x.scoring.decode_scores` (the evaluator and the demo task's metric fns) gives the
+  numbers of decoding with `predict_batch` and scoring by hand against the detokenized target
+  ids (cut at the targets length: many are, at 12 tokens)."""
+  from gbt_t5x import scoring
+  from gbt_t5x.data import metrics as metrics_lib
+  model, _, cfg, _, _ = tiny
+  state, _ = train_lib.initial_train_state(model, train_lib.input_shapes(cfg), PjitPartitioner(),
+                                           jax.random.PRNGKey(5))
+  n, vocab = 10, model.output_vocabulary
+  got = scoring.decode_scores(model, state.params, "demo_nmt", "validation", LENGTHS, 8, n,
+                              "gbt_t5x_tasks.demo")
+  direct_cfg = dataclasses_replace(cfg, num_epochs=1, batch_size=n, seed=scoring.EVAL_SEED)
+  batch = next(data_lib.get_dataset(direct_cfg).as_numpy_iterator())
+  decoded = np.asarray(jax.jit(model.predict_batch)(state.params, batch))
+  targets = batch["decoder_target_tokens"]
+  predictions = [vocab.decode(row.tolist()) for row in decoded]
+  references = [vocab.decode(row.tolist()) for row in targets]
+  lengths = (targets > 0).sum(axis=1)
+  correct = sum(int((d[:k] == t[:k]).sum()) for d, t, k in zip(decoded, targets, lengths))
+  want = {"bleu": sacrebleu.corpus_bleu(predictions, [references]).score,
+          "exact_match": float(np.mean([p == r for p, r in zip(predictions, references)])),
+          "token_accuracy": correct / int(lengths.sum()),
+          "word_f1": metrics_lib.squad_em_f1([[r] for r in references], predictions)["f1"] / 100,
+          "num_examples": float(n)}
+  assert got == want
 
 
 def test_infer_eval_bad_input_is_a_one_line_error(tiny):

@@ -16,9 +16,9 @@ import statistics
 from typing import Any, Callable, Mapping, Sequence
 
 from gbt_t5x import console, errors
-from gbt_t5x.experiments import records as records_lib
-from gbt_t5x.experiments import sizes as sizes_lib
-from gbt_t5x.experiments.records import RunRecord
+from harness import records as records_lib
+from harness import sizes as sizes_lib
+from harness.records import RunRecord
 
 NMT_GIN = sizes_lib.NMT_GIN
 GUIDE_TASK = "demo_nmt_guide"
@@ -116,7 +116,7 @@ def setup(args: argparse.Namespace, name: str, config: Mapping[str, Any] | None 
   from gbt_t5x import gin_utils
   gin_utils.quiet_tensorflow()
   if not args.report_only:
-    from gbt_t5x.experiments import runner
+    from gbt_t5x import runner
     # A cache the caller names wins (the test suite shares one among all its experiment runs).
     runner.enable_compilation_cache(os.environ.get("JAX_COMPILATION_CACHE_DIR")
                                     or os.path.join(args.results_dir, "_jax_cache"))
@@ -271,7 +271,7 @@ def run_arm(exp: Experiment, label: str, seed: int, gin_files: Sequence[str],
   if exp.report_only:
     raise ValueError(f"no record of run {label!r} seed {seed} in {exp.out}: rerun without "
                      "--report_only to finish the experiment")
-  from gbt_t5x.experiments import runner
+  from gbt_t5x import runner
   model_dir = exp.run_dir(label, seed)
   resumed_from = runner.latest_step(model_dir)
   result = _train(exp, label, seed, gin_files, bindings, steps,
@@ -296,7 +296,7 @@ def _train(exp: Experiment, label: str, seed: int, gin_files: Sequence[str],
   """Trains (or continues) run (`label`, `seed`) in its run dir: `sizes.run_bindings` (run dir,
   steps, seed...) then `bindings` on top of `gin_files`, logging each line with the run's name.
   Returns the `runner.TrainResult`."""
-  from gbt_t5x.experiments import runner
+  from gbt_t5x import runner
   model_dir = exp.run_dir(label, seed)
   exp.log(f"[{label} | seed {seed}] training{why}")
   return runner.run_training(
@@ -327,7 +327,7 @@ def ensure_checkpoint(exp: Experiment, record: RunRecord, gin_files: Sequence[st
   in `extra['replaced_scores']`; the timing stays the original measurement) and the caller must
   redo the runs made from the old checkpoint.
   """
-  from gbt_t5x.experiments import runner
+  from gbt_t5x import runner
   model_dir = exp.run_dir(record.label, record.seed)
   if runner.latest_step(model_dir) >= record.train_steps:
     return False
@@ -434,14 +434,14 @@ def _point_at_demo_world(folder: str, world_json: str, downstream_json: str) -> 
   changed (its folder and settings name it): datasets are checked and evaluation splits read
   once per process."""
   from gbt_t5x.data import demo_downstream
-  from gbt_t5x.train import data as data_lib
+  from harness import data_cache
   os.environ["GBT_T5X_DEMO_DIR"] = os.path.abspath(folder)
   os.environ["GBT_T5X_DEMO_CONFIG"] = world_json
   if downstream_json:
     os.environ[demo_downstream.ENV_CONFIG] = downstream_json
   else:
     os.environ.pop(demo_downstream.ENV_CONFIG, None)
-  data_lib.trust_unchanged_data(f"{os.path.abspath(folder)}|{world_json}|{downstream_json}")
+  data_cache.trust_unchanged_data(f"{os.path.abspath(folder)}|{world_json}|{downstream_json}")
 
 
 def require_record(exp: Experiment, label: str, seed: int) -> RunRecord:
@@ -456,7 +456,7 @@ def require_record(exp: Experiment, label: str, seed: int) -> RunRecord:
 def translation_scores(exp: Experiment) -> Callable[[Any, Any], dict[str, float]]:
   """Score function of a translation run: teacher-forced dev and guide loss, greedy test BLEU,
   exact match, token accuracy and word F1 (`scoring.score_run`)."""
-  from gbt_t5x.experiments import scoring
+  from gbt_t5x import scoring
   size = exp.size
 
   def score(model, params):

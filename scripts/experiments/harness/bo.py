@@ -14,8 +14,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from gbt_t5x.experiments import common
-from gbt_t5x.experiments.records import RunRecord
+from harness import common
+from harness.records import RunRecord
 
 BASE_LR = 0.002  # experiments/demo_nmt.gin's base learning rate (for `lr_multiplier`)
 
@@ -40,7 +40,7 @@ def run_study(exp: common.Experiment, label: str, space_spec: str, seed: int, nu
   Args:
     exp: the experiment.
     label: the study's name in records (e.g. 'BO d=6').
-    space_spec: the search space (`gbt_t5x.experiments.search_space`).
+    space_spec: the search space (`gbt_t5x.search_space`).
     seed: the runs' seed (params init and data order) and the sampler's seed.
     num_trials: complete trials wanted.
     gin_files: the plain runs' gin files.
@@ -61,7 +61,8 @@ def run_study(exp: common.Experiment, label: str, space_spec: str, seed: int, nu
   import optuna
 
   from gbt_t5x import search
-  from gbt_t5x.experiments import search_space, sizes
+  from gbt_t5x import search_space
+  from harness import sizes
   optuna.logging.set_verbosity(optuna.logging.WARNING)  # run_search prints one line per trial.
   space = search_space.parse_space(space_spec)
   slug = "".join(c if c.isalnum() else "_" for c in label).strip("_")

@@ -21,8 +21,9 @@ import math
 from typing import Any, Mapping
 
 NMT_GIN = "experiments/demo_nmt.gin"
-# Seed of the datasets the runs are scored on (`scoring`): random preprocessing (span corruption's
-# noise masks) is then the same in every scoring; 42 as the gin eval configs (runs/eval.gin).
+# Seed of the datasets the runs are scored on (`gbt_t5x.scoring.EVAL_SEED`, which this mirrors
+# without importing jax): random preprocessing (span corruption's noise masks) is then the same in
+# every scoring; 42 as the gin eval configs (runs/eval.gin).
 EVAL_SEED = 42
 
 

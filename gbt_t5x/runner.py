@@ -1,5 +1,9 @@
 """Runs one gin-configured training in this process and returns what scoring needs.
 
+What it is for: in-process drivers of many runs, the BO search CLI (`gbt_t5x.search`) and the
+experiments (scripts/experiments/). `seconds_per_step` reads a run's compute from the trainer's
+public timing metrics in its metrics.jsonl.
+
 The gin files mirror T5X (`import __main__ as train_script`; `train_script.train.*`), so the
 running program's `__main__` must expose `train`: `run_training` makes sure it does. Gin state is
 cleared before every run, so runs in one process do not leak bindings into each other. Runs also
