@@ -92,6 +92,7 @@ BASE_STEPS, NEXT_STEPS, KEEP = 15, 25, 3
 BASE_CHECKPOINTS = [5, 10, 15]
 TIMEOUT_S = 900
 VERDICTS = ("LOST CHECKPOINT", "SILENT WRONG", "TRACEBACK WALL", "UNEXPECTED ERROR")
+# A case the script itself failed on (its exception is the note) is reported "HARNESS ERROR".
 
 
 # ----------------------------------------------------------------------------------------------
@@ -849,9 +850,9 @@ def steps_text(health: dict[int, str | None], damaged: list[int]) -> str:
   return "[" + " ".join(parts) + "]" if parts else "[]"
 
 
-def judge(case: Case, outcome: Outcome, good_before: list[int], health_after: dict[int, str | None],
-          changed: bool, reference: dict[int, float] | None, model_dir: pathlib.Path
-          ) -> tuple[str, list[str]]:
+def judge(case: Case, outcome: Outcome, steps_before: list[int], good_before: list[int],
+          health_after: dict[int, str | None], changed: bool,
+          reference: dict[int, float] | None, model_dir: pathlib.Path) -> tuple[str, list[str]]:
   """The verdict and the notes explaining it."""
   final = outcome.runs[-1]
   problems: dict[str, list[str]] = {v: [] for v in VERDICTS}
@@ -900,7 +901,7 @@ def judge(case: Case, outcome: Outcome, good_before: list[int], health_after: di
   unchanged = case.unchanged if case.unchanged is not None else expect == "error"
   if unchanged and final.rc != 0 and changed:
     problems["SILENT WRONG"].append("the refused run changed the model dir")
-  saved_bad = [s for s, why in health_after.items() if why is not None and s not in health_before]
+  saved_bad = [s for s, why in health_after.items() if why is not None and s not in steps_before]
   if saved_bad:
     problems["SILENT WRONG"].append(f"saved checkpoints that do not verify: {saved_bad}")
   problems["SILENT WRONG"].extend(outcome.notes)
@@ -938,7 +939,8 @@ def run_case(work: Work, case: Case) -> Row:
                outcome.skipped, "", time.monotonic() - start)
   health_after = checkpoint_health(model_dir) if model_dir.is_dir() else {}
   changed = snapshot(model_dir) != before
-  verdict, notes = judge(case, outcome, good_before, health_after, changed, reference, model_dir)
+  verdict, notes = judge(case, outcome, list(health_before), good_before, health_after, changed,
+                         reference, model_dir)
   final = outcome.runs[-1]
   for i, run in enumerate(outcome.runs):
     (case_dir / f"output_{i + 1}.txt").write_text(run.output)
@@ -994,7 +996,10 @@ def main(argv: list[str] | None = None) -> int:
   start = time.monotonic()
   rows = []
   def one(case: Case) -> Row:
-    row = run_case(work, case)
+    try:
+      row = run_case(work, case)
+    except Exception as e:  # pylint: disable=broad-except
+      row = Row(case, "-", "-", "-", "-", "HARNESS ERROR", f"{type(e).__name__}: {e}", "", 0.0)
     print(f"{case.name}: {row.verdict} (exit {row.exits}, {row.seconds:.0f} s)"
           f"{': ' + row.note if row.note else ''}", file=sys.stderr, flush=True)
     return row
