@@ -73,8 +73,17 @@ def isdir(path: str) -> bool:
 
 
 def makedirs(path: str) -> None:
-  """Creates folder `path` and its parents; no error if it exists."""
-  _p(path).mkdir(parents=True, exist_ok=True)
+  """Creates folder `path` and its parents; no error if it exists.
+
+  Raises:
+    ValueError: one line, when `path` or one of its parents is a file (e.g. a MODEL_DIR given
+      as the path of an existing file).
+  """
+  try:
+    _p(path).mkdir(parents=True, exist_ok=True)
+  except (FileExistsError, NotADirectoryError) as e:
+    raise ValueError(f"cannot create the folder {path}: {e.filename or path} is a file, not a "
+                     "folder (give a folder path, e.g. for MODEL_DIR)") from None
 
 
 def listdir(path: str) -> list[str]:

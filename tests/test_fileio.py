@@ -101,3 +101,15 @@ def test_checkpoint_path_resolves_model_dir_checkpoints_folder_and_step_folder(t
   (tmp_path / "empty").mkdir()
   with pytest.raises(ValueError, match="holds no checkpoint"):
     checkpoints.find_checkpoint(str(tmp_path / "empty"))
+
+
+def test_makedirs_over_a_file_is_a_one_line_error(tmp_path):
+  """A MODEL_DIR given as the path of an existing file (or below one) is refused in one line."""
+  a_file = tmp_path / "run"
+  a_file.write_text("not a folder")
+  for path in (a_file, a_file / "checkpoints"):
+    with pytest.raises(ValueError, match="is a file, not a folder") as info:
+      fileio.makedirs(str(path))
+    assert "\n" not in str(info.value)
+  fileio.makedirs(str(tmp_path / "new" / "folder"))
+  assert (tmp_path / "new" / "folder").is_dir()
