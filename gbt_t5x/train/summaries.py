@@ -100,6 +100,17 @@ class MetricsLog:
       raise ValueError("an enabled MetricsLog needs a path")
     self.path = path
     self.enabled = enabled
+    self._tail_checked = False
+
+  def _drop_torn_tail(self) -> None:
+    """Cuts an unterminated last line (a killed run's interrupted write, which holds no whole
+    record) before the first append, so that the new records do not glue onto it."""
+    self._tail_checked = True
+    if not fileio.exists(self.path):
+      return
+    text = fileio.read_text(self.path)
+    if text and not text.endswith("\n"):
+      fileio.write_text(self.path, text[:text.rfind("\n") + 1])
 
   def log(self, step: int, scalars: Mapping[str, Any]) -> None:
     """Appends one line; values are converted to float (NaN/inf are written as JSON extensions)."""
@@ -111,6 +122,8 @@ class MetricsLog:
     directory = fileio.dirname(self.path)
     if directory:
       fileio.makedirs(directory)
+    if not self._tail_checked:
+      self._drop_torn_tail()
     fileio.append_text(self.path, json.dumps(record) + "\n")
 
 

@@ -55,6 +55,12 @@ def test_metrics_log_round_trip(tmp_path):
   assert len(summaries.read_metrics_log(path)) == 2
   with pytest.raises(ValueError, match="reserved key 'step'"):
     log.log(4, {"step": 1})
+  # A resumed run (a new log on the same file) cuts the torn line before appending: every line
+  # is a whole record again.
+  summaries.MetricsLog(path).log(3, {"train/loss": 1.5})
+  with open(path) as f:
+    lines = f.read().splitlines()
+  assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
 
 
 class _FakeClock:
