@@ -20,8 +20,11 @@ then falls back to the newest older checkpoint that verifies.
 Saves are synchronous and atomic (orbax writes `<step>.orbax-checkpoint-tmp*` and renames it), so
 a checkpoint listed by `all_steps` is complete. Saving a step that exists is a no-op; restoring
 never writes or deletes anything. Rotation (`keep`) never deletes a `protect`ed step (the
-trainer's last checkpoint before its first non-finite step). Must not import gin, seqio or
-anything from `gbt_t5x.models`.
+trainer's last checkpoint before its first non-finite step). `restore_items` reads only some
+fields of the state (the params for eval and finetuning, params and optimizer state), verified
+like a whole restore. Checkpointers are constructed by `make_checkpointer` (or
+`model_dir_checkpointer`) only, and orbax's PyTree reader by `restore_subtrees` only (also used for
+T5X's orbax layout). Must not import gin, seqio or anything from `gbt_t5x.models`.
 """
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ trainer, restore the newest checkpoint of `model_dir` that verifies (falling bac
 ones, refusing one of another shape) or the configured initial checkpoint
 (`state_init.TrainStateInitializer` owns the state, its shardings and these restore modes), and
 only then write `config.gin`, train, evaluate, checkpoint (see `last_good.py` for what is saved
-and kept after non-finite steps) and plot (`_TrainingLoop`). Must be driven
-by gin only through its arguments (no gin import here).
+and kept after non-finite steps) and plot (`_TrainingLoop`). Must be driven by gin only through
+its arguments (no gin import here).
 """
 from __future__ import annotations
 
