@@ -29,6 +29,7 @@ from gbt_t5x import fileio
 from gbt_t5x import gin_utils
 from gbt_t5x.train import data as data_lib
 from gbt_t5x.train import infer_eval
+from gbt_t5x.train import state_init
 from gbt_t5x.train import train_lib
 from gbt_t5x.train import trainer as trainer_lib
 from gbt_t5x.train.partitioning import PjitPartitioner
@@ -50,21 +51,6 @@ def teacher_forced_metrics(model: Any, params: Any, param_axes: Any,
   if not metrics:
     raise ValueError(f"task {cfg.mixture_or_task_name} split {cfg.split!r} yields no examples")
   return metrics
-
-
-def checkpoint_step(checkpoint_path: str) -> int:
-  """The step `checkpoint_path` names: a step folder's own step, else the latest checkpoint's.
-
-  `checkpoint_path` is a model dir, its checkpoints/ folder or a step folder
-  (`.../checkpoints/524288`) or a T5X checkpoint, local or `gs://`. Raises ValueError if it
-  holds no checkpoint.
-  """
-  from gbt_t5x.train import checkpoints as checkpoints_lib
-  from gbt_t5x.train import t5x_checkpoints
-  t5x = t5x_checkpoints.locate(checkpoint_path)
-  if t5x is not None:
-    return t5x_checkpoints.step_of(t5x)
-  return checkpoints_lib.find_checkpoint(checkpoint_path)[1]
 
 
 def evaluate(*, model: Any, dataset_cfg: data_lib.DatasetConfig, checkpoint_path: str,
@@ -95,13 +81,14 @@ def evaluate(*, model: Any, dataset_cfg: data_lib.DatasetConfig, checkpoint_path
   data_lib.validate_feature_lengths(dataset_cfg)
   train_lib.check_vocabularies(model, dataset_cfg)
   shapes = train_lib.input_shapes(dataset_cfg)
-  target, param_axes = train_lib.abstract_params(model, shapes, partitioner)
+  initializer = state_init.TrainStateInitializer(model, shapes, partitioner)
+  _, param_axes = initializer.abstract_params()
   evaluator = None
   if compute_decoding_metrics:
     evaluator = infer_eval.InferEvaluator(model, dataset_cfg, partitioner, param_axes,
                                           decoder_params=decoder_params,
                                           num_examples=num_examples, require_metrics=True)
-  params, step = train_lib.restore_inference_params(checkpoint_path, target)
+  params, step = initializer.restore_for_inference(checkpoint_path)
   metrics = teacher_forced_metrics(model, params, param_axes, dataset_cfg, partitioner,
                                    eval_steps)
   name, split = dataset_cfg.mixture_or_task_name, dataset_cfg.split

@@ -24,6 +24,7 @@ from gbt_t5x import gin_utils
 from gbt_t5x.eval import PREDICTIONS_FILE
 from gbt_t5x.train import data as data_lib
 from gbt_t5x.train import infer_eval
+from gbt_t5x.train import state_init
 from gbt_t5x.train import train_lib
 from gbt_t5x.train.partitioning import PjitPartitioner
 
@@ -52,11 +53,12 @@ def infer(*, model: Any, dataset_cfg: data_lib.DatasetConfig, checkpoint_path: s
   data_lib.validate_feature_lengths(dataset_cfg)
   train_lib.check_vocabularies(model, dataset_cfg)
   shapes = train_lib.input_shapes(dataset_cfg)
-  target, param_axes = train_lib.abstract_params(model, shapes, partitioner)
+  initializer = state_init.TrainStateInitializer(model, shapes, partitioner)
+  _, param_axes = initializer.abstract_params()
   evaluator = infer_eval.InferEvaluator(model, dataset_cfg, partitioner, param_axes,
                                         decoder_params=decoder_params, num_examples=num_examples,
                                         require_metrics=False)
-  params, step = train_lib.restore_inference_params(checkpoint_path, target)
+  params, step = initializer.restore_for_inference(checkpoint_path)
   results = evaluator.evaluate(params, with_metrics=False)
   path = fileio.join(output_dir, PREDICTIONS_FILE)
   if jax.process_index() == 0:

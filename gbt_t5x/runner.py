@@ -110,7 +110,7 @@ def latest_step(model_dir: str) -> int:
   ckpt_dir = fileio.join(model_dir, checkpoints.CHECKPOINTS_DIR)
   if not fileio.isdir(ckpt_dir):
     return 0
-  return int(checkpoints.Checkpointer(ckpt_dir).latest_step() or 0)
+  return int(checkpoints.make_checkpointer(ckpt_dir).latest_step() or 0)
 
 
 def seconds_per_step(model_dir: str, cpu: bool = False) -> float:

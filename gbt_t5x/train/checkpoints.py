@@ -20,8 +20,11 @@ then falls back to the newest older checkpoint that verifies.
 Saves are synchronous and atomic (orbax writes `<step>.orbax-checkpoint-tmp*` and renames it), so
 a checkpoint listed by `all_steps` is complete. Saving a step that exists is a no-op; restoring
 never writes or deletes anything. Rotation (`keep`) never deletes a `protect`ed step (the
-trainer's last checkpoint before its first non-finite step). Must not import gin, seqio or
-anything from `gbt_t5x.models`.
+trainer's last checkpoint before its first non-finite step). `restore_items` reads only some
+fields of the state (the params for eval and finetuning, params and optimizer state), verified
+like a whole restore. Checkpointers are constructed by `make_checkpointer` (or
+`model_dir_checkpointer`) only, and orbax's PyTree reader by `restore_subtrees` only (also used for
+T5X's orbax layout). Must not import gin, seqio or anything from `gbt_t5x.models`.
 """
 from __future__ import annotations
 
@@ -70,6 +73,16 @@ def resolve_checkpoint_path(path: str) -> tuple[str, int | None]:
   return path, None
 
 
+def make_checkpointer(directory: str, keep: int | None = None) -> "Checkpointer":
+  """The one place that constructs `Checkpointer`s (see there for `directory` and `keep`)."""
+  return Checkpointer(directory, keep=keep)
+
+
+def model_dir_checkpointer(model_dir: str, keep: int | None = None) -> "Checkpointer":
+  """The `Checkpointer` of a run directory: `<model_dir>/checkpoints` (created on first save)."""
+  return make_checkpointer(fileio.join(model_dir, CHECKPOINTS_DIR), keep=keep)
+
+
 def find_checkpoint(path: str) -> tuple["Checkpointer", int]:
   """A `Checkpointer` and step for `path` (see `resolve_checkpoint_path`; latest by default).
 
@@ -77,7 +90,7 @@ def find_checkpoint(path: str) -> tuple["Checkpointer", int]:
     ValueError: `path` does not exist or holds no checkpoint.
   """
   ckpt_dir, step = resolve_checkpoint_path(path)
-  ckpt = Checkpointer(ckpt_dir)
+  ckpt = make_checkpointer(ckpt_dir)
   if step is None:
     step = ckpt.latest_step()
     if step is None:
@@ -90,6 +103,38 @@ def leaf_shapes(tree: Any) -> dict[str, list[int]]:
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
   return {jax.tree_util.keystr(path): [int(d) for d in getattr(leaf, "shape", ())]
           for path, leaf in flat}
+
+
+def pytree_metadata(state_dir: str) -> Any:
+  """The tree of orbax's per-leaf metadata (`.shape`, `.dtype`) of an orbax PyTree folder (our
+  `<step>/state` or a T5X orbax checkpoint's `state/`); orbax's own exceptions pass through."""
+  from etils import epath
+  meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir))
+  return getattr(meta, "tree", meta)
+
+
+def restore_subtrees(state_dir: str, item: Mapping[str, Any], cast_dtype: bool = False
+                     ) -> dict[str, Any]:
+  """Reads only the top-level entries named by `item` from an orbax PyTree folder.
+
+  Args:
+    state_dir: the folder orbax wrote the pytree to.
+    item: {top-level key: pytree of `jax.ShapeDtypeStruct` with `.sharding`}; leaves are placed
+      directly on those shardings, the other entries of the saved tree are not read.
+    cast_dtype: also cast each leaf to its target's dtype (e.g. a bfloat16 checkpoint read into
+      float32 params).
+
+  Returns:
+    {key: restored pytree}. Orbax's own exceptions pass through (callers word them).
+  """
+  def restore_args(s: jax.ShapeDtypeStruct) -> ocp.ArrayRestoreArgs:
+    if cast_dtype:
+      return ocp.ArrayRestoreArgs(sharding=s.sharding, dtype=s.dtype)
+    return ocp.ArrayRestoreArgs(sharding=s.sharding)
+
+  item = dict(item)
+  return ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+      item=item, restore_args=jax.tree.map(restore_args, item), partial_restore=True))
 
 
 def _host_array(leaf: Any) -> np.ndarray | None:
@@ -413,6 +458,51 @@ class Checkpointer:
                        f"{failed[0].reason}")
     return None
 
+  def restore_items(self, step: int, targets: Mapping[str, Any],
+                    fit_name: str = "the target") -> dict[str, Any]:
+    """Reads only some top-level fields of the saved state (partial restore), verified.
+
+    Args:
+      step: an existing checkpoint step.
+      targets: {field of the saved state (`params`, `opt_state`, `step`, ...): pytree of
+        `jax.ShapeDtypeStruct` (with `.sharding`) matching that field's saved structure and
+        shapes}; the other fields are not read.
+      fit_name: how a mismatch names the targets ('the model', ...).
+
+    Returns:
+      {field: restored pytree placed on the target shardings}.
+
+    Raises:
+      errors.CorruptCheckpoint: unreadable, or an array does not match its checksum or is not
+        finite (one line naming the step and array).
+      ValueError: no such step, or a field's structure/shapes differ from the checkpoint's (one
+        line naming the first mismatching leaf, as a path of the whole state: `.params['w']`).
+    """
+    step = int(step)
+    manager = self._require_step(step)
+    sums = self._read_checksums(manager, step)
+    manifest = self._read_manifest(manager, step, sums)
+    saved, wanted = {}, {}
+    for name, target in targets.items():
+      prefix = f".{name}"
+      saved.update({k: v for k, v in manifest.items()
+                    if k == prefix or k.startswith((prefix + "[", prefix + "."))})
+      wanted.update({prefix + k: v for k, v in leaf_shapes(target).items()})
+    mismatch = first_mismatch(saved, wanted)
+    if mismatch is not None:
+      raise ValueError(f"checkpoint step {step} in {self.directory} does not fit {fit_name}: "
+                       f"{mismatch}")
+    try:
+      restored = restore_subtrees(fileio.join(self.directory, str(step), _STATE), targets)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._unreadable(step, e) from None
+    for name in targets:
+      bad = first_bad_leaf(restored[name], sums["arrays"] if sums else None,
+                           rename=lambda k, name=name: f".{name}{k}")
+      if bad is not None:
+        raise self._failed(step, bad)
+    return {name: restored[name] for name in targets}
+
   def restore_params(self, step: int, params_target: Any) -> Any:
     """Reads only the `params` of checkpoint `step` (for eval, inference and finetuning).
 
@@ -424,31 +514,7 @@ class Checkpointer:
     Returns:
       The params pytree, placed on the target shardings.
     """
-    step = int(step)
-    manager = self._require_step(step)
-    sums = self._read_checksums(manager, step)
-    saved = {k[len(".params"):]: v for k, v in self._read_manifest(manager, step, sums).items()
-             if k.startswith(".params")}
-    wanted = {k.replace("['params']", "", 1): v
-              for k, v in leaf_shapes({"params": params_target}).items()}
-    mismatch = first_mismatch(saved, wanted)
-    if mismatch is not None:
-      raise ValueError(f"checkpoint step {step} in {self.directory} does not fit the model: "
-                       f"{mismatch}")
-    item = {"params": params_target}
-    restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), item)
-    try:
-      restored = ocp.PyTreeCheckpointer().restore(
-          fileio.join(self.directory, str(step), _STATE),
-          args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
-                                      partial_restore=True))
-    except Exception as e:
-      raise self._unreadable(step, e) from None
-    bad = first_bad_leaf({"params": restored["params"]}, sums["arrays"] if sums else None,
-                         rename=lambda k: ".params" + k[len("['params']"):])
-    if bad is not None:
-      raise self._failed(step, bad)
-    return restored["params"]
+    return self.restore_items(step, {"params": params_target}, fit_name="the model")["params"]
 
   def saved_params(self, step: int) -> Any:
     """The `params` of checkpoint `step` as saved (structure, shapes, dtypes from orbax's
@@ -456,10 +522,7 @@ class Checkpointer:
     step = int(step)
     self._require_step(step)
     try:
-      from etils import epath
-      meta = ocp.PyTreeCheckpointHandler().metadata(
-          epath.Path(fileio.join(self.directory, str(step), _STATE)))
-      params_meta = getattr(meta, "tree", meta)["params"]
+      params_meta = pytree_metadata(fileio.join(self.directory, str(step), _STATE))["params"]
     except Exception as e:  # Missing or corrupt metadata.
       raise self._unreadable(step, e) from None
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

@@ -151,7 +151,7 @@ class BestCheckpointKeeper:
     value = float(metrics[self.metric])
     if not self.improves(value):
       return False
-    checkpointer = checkpoints_lib.Checkpointer(self.directory, keep=1)
+    checkpointer = checkpoints_lib.make_checkpointer(self.directory, keep=1)
     checkpointer.save(step, state, dict(metadata or {}))
     checkpointer.close()
     record = {"metric": self.metric, "mode": self.mode, "step": int(step), "value": value}

@@ -28,6 +28,7 @@ from gbt_t5x.guided import specs as specs_lib
 from gbt_t5x.train import data as data_lib
 from gbt_t5x.train.data_weights import DATA_IDS
 from gbt_t5x.train import optimizers as optimizers_lib
+from gbt_t5x.train import state_init
 from gbt_t5x.train import step as step_lib
 from gbt_t5x.train import summaries
 from gbt_t5x.train.step import Batch, Metrics
@@ -154,34 +155,15 @@ class GuidedTrainer(Trainer):
       if spec.name == "learning_rate" and spec.groups:
         self._lr_group_ids = hypergrad.param_group_ids(train_state.params, spec.groups)
     self._data_weights_spec = next((s for s in self.specs if s.name == "data_weights"), None)
-    replicated = partitioner.replicated
-    if train_state.guided is None:
-      guided = meta_lib.init_guided_state(self.specs, self.meta_optimizer)
-      guided = jax.device_put(guided, jax.tree.map(lambda _: replicated, guided))
-      self.train_state = train_state.replace(guided=guided)
-    self.train_state_axes = train_state_axes.replace(
-        guided=jax.tree.map(lambda _: replicated, self.train_state.guided))
+    self.train_state, self.train_state_axes = state_init.add_guided_state(
+        self.train_state, self.train_state_axes,
+        lambda: meta_lib.init_guided_state(self.specs, self.meta_optimizer), partitioner)
     if self.horizon == "forward":
-      self._init_tangents()
+      self.train_state, self.train_state_axes = state_init.add_tangents(
+          self.train_state, self.train_state_axes, self.specs, partitioner)
     self._fixed_batch: Batch | None = None
     self._host_step: int | None = None
     self._check_guide_data()
-
-  def _init_tangents(self) -> None:
-    """Zero tangents (sharded like the params and optimizer-state leaves they mirror)."""
-    axes = self.train_state_axes
-    opt_axes = [a for a, x in zip(jax.tree.leaves(axes.opt_state),
-                                  jax.tree.leaves(self.train_state.opt_state))
-                if jax.numpy.issubdtype(x.dtype, jax.numpy.floating)]
-    tangent_axes = tuple((axes.params, list(opt_axes))
-                         for _ in forward_lib.scalar_index(self.specs))
-    self.train_state_axes = axes.replace(tangents=tangent_axes)
-    if self.train_state.tangents is None:
-      init = functools.partial(forward_lib.init_tangents, self.specs)
-      tangents = self._partitioner.partition(
-          init, in_shardings=(axes.params, axes.opt_state), out_shardings=tangent_axes)(
-              self.train_state.params, self.train_state.opt_state)
-      self.train_state = self.train_state.replace(tangents=tangents)
 
   # ---------------------------------------------------------------- data
   def _check_guide_data(self) -> None:

@@ -87,14 +87,6 @@ class PjitPartitioner:
     """Maps a pytree of logical `PartitionSpec`s (e.g. `nn.get_partition_spec(vars)`) to shardings."""
     return nn.logical_to_mesh_sharding(logical_specs, self.mesh, self.logical_axis_rules)
 
-  def shardings_for_state(self, abstract_state: Any) -> Any:
-    """Shardings for every leaf of a (boxed) state: logical names where present, else replicated."""
-    specs = nn.get_partition_spec(abstract_state)
-    return jax.tree.map(
-        lambda s: NamedSharding(self.mesh, nn.logical_to_mesh_axes(s, self.logical_axis_rules))
-        if isinstance(s, PartitionSpec) else self.replicated,
-        specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
-
   @contextlib.contextmanager
   def context(self):
     """Mesh + logical-rule context needed while tracing functions that use logical constraints."""

@@ -206,13 +206,9 @@ def _read_legacy(ckpt: T5XCheckpoint, target: Any) -> Any:
 
 
 def _read_orbax(ckpt: T5XCheckpoint, target: Any) -> Any:
-  import orbax.checkpoint as ocp
   state_dir = fileio.join(ckpt.step_dir, ORBAX_STATE_DIR)
-  checkpointer = ocp.PyTreeCheckpointer()
   try:
-    from etils import epath
-    meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir))
-    tree = getattr(meta, "tree", meta)
+    tree = checkpoints_lib.pytree_metadata(state_dir)
   except Exception as e:
     raise ValueError(f"T5X orbax checkpoint {state_dir} cannot be read "
                      f"({type(e).__name__}: {errors.one_line(e)[:200]})") from None
@@ -223,12 +219,8 @@ def _read_orbax(ckpt: T5XCheckpoint, target: Any) -> Any:
   mismatch = first_difference(saved, {k: tuple(v.shape) for k, v in wanted.items()})
   if mismatch is not None:
     raise ValueError(f"T5X checkpoint {ckpt.step_dir} does not fit the model: {mismatch}")
-  item = {"target": target}
-  restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding, dtype=s.dtype),
-                              item)
   try:
-    restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
-        item=item, restore_args=restore_args, partial_restore=True))
+    restored = checkpoints_lib.restore_subtrees(state_dir, {"target": target}, cast_dtype=True)
   except Exception as e:
     raise ValueError(f"T5X orbax checkpoint {state_dir} is unreadable (corrupt or incomplete: "
                      f"{type(e).__name__}: {errors.one_line(e)[:200]})") from None

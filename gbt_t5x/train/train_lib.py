@@ -1,11 +1,13 @@
 """The `train` entry function (T5X's `train.py:train`), configured by gin through `__main__`.
 
 Order of work, chosen so that a failed start never touches an existing run: validate the
-configuration (tasks, lengths, vocabulary vs model), build the mesh and the abstract train state,
-restore the newest checkpoint of `model_dir` that verifies (falling back past corrupt ones,
-refusing one of another shape), and only then write `config.gin`, train, evaluate, checkpoint
-(see `last_good.py` for what is saved and kept after non-finite steps) and plot. Must be driven
-by gin only through its arguments (no gin import here).
+configuration (tasks, lengths, vocabulary vs model), build the mesh, the train state and the
+trainer, restore the newest checkpoint of `model_dir` that verifies (falling back past corrupt
+ones, refusing one of another shape) or the configured initial checkpoint
+(`state_init.TrainStateInitializer` owns the state, its shardings and these restore modes), and
+only then write `config.gin`, train, evaluate, checkpoint (see `last_good.py` for what is saved
+and kept after non-finite steps) and plot (`_TrainingLoop`). Must be driven by gin only through
+its arguments (no gin import here).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from gbt_t5x.train import preemption
 from gbt_t5x.train import run_lock
 from gbt_t5x.train import data as data_lib
 from gbt_t5x.train import summaries
-from gbt_t5x.train import t5x_checkpoints
+from gbt_t5x.train import state_init
 from gbt_t5x.train import train_state as train_state_lib
 from gbt_t5x.train.partitioning import PjitPartitioner
 
@@ -95,7 +97,8 @@ def check_vocabularies(model: Any, cfg: data_lib.DatasetConfig) -> None:
 
 def initial_train_state(model: Any, input_shapes: Mapping[str, tuple[int, ...]],
                         partitioner: PjitPartitioner, rng: jax.Array) -> tuple[Any, Any]:
-  """A freshly initialised `TrainState` placed on the mesh, and its `TrainState` of shardings.
+  """A freshly initialised `TrainState` placed on the mesh, and its `TrainState` of shardings
+  (`state_init.TrainStateInitializer.from_scratch`; for tests, benchmarks and notebooks).
 
   Args:
     model: an `EncoderDecoderModel` with `optimizer_def`.
@@ -103,120 +106,7 @@ def initial_train_state(model: Any, input_shapes: Mapping[str, tuple[int, ...]],
     partitioner: the mesh partitioner.
     rng: PRNG key for params init.
   """
-  init_fn = train_state_lib.init_fn_for(model, model.optimizer_def, dict(input_shapes))
-  abstract_boxed = jax.eval_shape(
-      lambda r: model.get_initial_variables(r, dict(input_shapes))["params"], rng)
-  abstract_state = jax.eval_shape(init_fn, rng)
-  axes = train_state_lib.train_state_shardings(abstract_boxed, abstract_state, partitioner)
-  state = partitioner.partition(init_fn, in_shardings=None, out_shardings=axes)(rng)
-  return state, axes
-
-
-def shape_fingerprint(params: Any) -> dict[str, list[int]]:
-  """{param path: shape} — stored with each checkpoint to name mismatches on restore."""
-  flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  return {jax.tree_util.keystr(path): list(leaf.shape) for path, leaf in flat}
-
-
-def _restore_params_from(path: str, state: Any, axes: Any, keep_step: bool = False) -> Any:
-  """Loads the params (only) of the latest checkpoint in another model dir (or a T5X checkpoint)
-  into `state`; `keep_step` also sets the step to the checkpoint's (T5X's finetuning)."""
-  state = state.replace(params=load_params(path, state.params, axes.params))
-  if not keep_step:
-    return state
-  t5x = t5x_checkpoints.locate(path)
-  step = (t5x_checkpoints.step_of(t5x) if t5x is not None
-          else checkpoints_lib.find_checkpoint(path)[1])
-  return state.replace(step=jax.device_put(np.asarray(step, state.step.dtype), axes.step))
-
-
-def _restore_params_and_optimizer_from(path: str, state: Any, axes: Any) -> Any:
-  """Loads step, params and optimizer state of the latest checkpoint in another model dir.
-
-  Raises a one-line ValueError naming the first leaf whose shape (or presence) differs.
-  """
-  import orbax.checkpoint as ocp
-  if t5x_checkpoints.locate(path) is not None:
-    raise ValueError(f"{path} is a T5X checkpoint: only its params are read (T5X's optimizer "
-                     "state is dropped); set RestoreCheckpointConfig.reset_optimizer = True")
-  ckpt, step = checkpoints_lib.find_checkpoint(path)
-  item = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
-  item_axes = {"step": axes.step, "params": axes.params, "opt_state": axes.opt_state}
-  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        item, item_axes)
-  saved = ckpt._read_manifest(ckpt._require_step(step), step)  # pylint: disable=protected-access
-  prefixes = tuple(f".{k}" for k in item)
-  saved = {k: v for k, v in saved.items() if k.startswith(prefixes)}
-  wanted = {k.replace("['", ".", 1).replace("']", "", 1): v
-            for k, v in checkpoints_lib.leaf_shapes(target).items()}
-  mismatch = checkpoints_lib.first_mismatch(saved, wanted)
-  if mismatch is not None:
-    raise ValueError(f"cannot restore params and optimizer state (reset_optimizer=False) from "
-                     f"checkpoint step {step} in {ckpt.directory}: {mismatch}")
-  restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), target)
-  restored = ocp.PyTreeCheckpointer().restore(
-      fileio.join(ckpt.directory, str(step), "state"),
-      args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True))
-  return state.replace(**restored)
-
-
-def load_params(model_dir: str, params: Any, param_axes: Any, step: int | None = None) -> Any:
-  """The params of checkpoint `step` (default: latest) in `model_dir`, on `param_axes` shardings.
-
-  Args:
-    model_dir: a run directory, its checkpoints/ folder or a step folder
-      (`checkpoints.resolve_checkpoint_path`), local or `gs://`.
-    params: pytree with the model's param shapes/dtypes (arrays or ShapeDtypeStructs).
-    param_axes: matching pytree of shardings.
-    step: checkpoint step, or None for the one the path names (a step folder) or the latest.
-
-  A T5X checkpoint (`t5x_checkpoints.locate`: `.../checkpoint_1000000`, its `checkpoint` file or
-  a T5X model dir) is read too: its params only, mapped by name.
-  """
-  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        params, param_axes)
-  t5x = t5x_checkpoints.locate(model_dir)
-  if t5x is not None and step is None:
-    return t5x_checkpoints.read_params(t5x, target)
-  ckpt, found = checkpoints_lib.find_checkpoint(model_dir)
-  step = found if step is None else step
-  return ckpt.restore_params(step, target)
-
-
-def abstract_params(model: Any, input_shapes: Mapping[str, tuple[int, ...]],
-                    partitioner: PjitPartitioner) -> tuple[Any, Any]:
-  """The model's params as `jax.ShapeDtypeStruct`s (with shardings) and their shardings.
-
-  Traced with `jax.eval_shape`: no parameter or optimizer array is allocated.
-  """
-  rng = jax.random.PRNGKey(0)
-  init_fn = train_state_lib.init_fn_for(model, model.optimizer_def, dict(input_shapes))
-  abstract_boxed = jax.eval_shape(
-      lambda r: model.get_initial_variables(r, dict(input_shapes))["params"], rng)
-  abstract_state = jax.eval_shape(init_fn, rng)
-  axes = train_state_lib.train_state_shardings(abstract_boxed, abstract_state, partitioner)
-  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        abstract_state.params, axes.params)
-  return target, axes.params
-
-
-def restore_inference_params(checkpoint_path: str, target: Any) -> tuple[Any, int]:
-  """Params of the checkpoint `checkpoint_path` names, for eval and inference.
-
-  Args:
-    checkpoint_path: a model dir, its checkpoints/ folder or a step folder, local or `gs://`.
-    target: the params as `jax.ShapeDtypeStruct`s with shardings (`abstract_params`); no
-      random train state is needed.
-
-  Returns:
-    (params on the target's shardings, step). Only the params are read; a T5X checkpoint
-    (`t5x_checkpoints.locate`) is read too.
-  """
-  t5x = t5x_checkpoints.locate(checkpoint_path)
-  if t5x is not None:
-    return t5x_checkpoints.read_params(t5x, target), t5x_checkpoints.step_of(t5x)
-  ckpt, step = checkpoints_lib.find_checkpoint(checkpoint_path)
-  return ckpt.restore_params(step, target), step
+  return state_init.TrainStateInitializer(model, input_shapes, partitioner).from_scratch(rng)
 
 
 def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
@@ -235,7 +125,8 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
           run_lock_heartbeat_s: float = 60.0,
           run_lock_stale_after_s: float = 600.0,
           divergence_factor: float | None = 10.0) -> tuple[int, Any]:
-  """Trains `model` on `train_dataset_cfg` until `total_steps`, resuming from `model_dir`.
+  """Trains `model` on `train_dataset_cfg` until `total_steps`, resuming from `model_dir`;
+  returns (final step, final TrainState).
 
   Args:
     model: an `EncoderDecoderModel` (with `optimizer_def`).
@@ -264,201 +155,248 @@ def train(*, model: Any, train_dataset_cfg: data_lib.DatasetConfig,
     run_lock_heartbeat_s: seconds between refreshes of MODEL_DIR/run.lock's heartbeat.
     run_lock_stale_after_s: a run lock whose heartbeat is older than this (seconds) is stale and
       taken over (a lock of a dead process on the same host is taken over at once).
-    divergence_factor: a training window whose mean loss exceeds this times the lowest one so
-      far counts as diverged: the checkpoint before it is kept out of rotation (see
-      `last_good.LastKnownGood`); None: only non-finite steps count.
-
-  Returns:
-    (final step, final TrainState).
+    divergence_factor: a window whose mean loss exceeds this times the lowest one so far counts
+      as diverged: the checkpoint before it is kept out of rotation (`last_good.LastKnownGood`);
+      None: only non-finite steps count.
   """
-  from gbt_t5x.train import trainer as trainer_lib
-  if total_steps <= 0:
-    raise ValueError(f"total_steps must be > 0, got {total_steps}")
   partitioner = partitioner or PjitPartitioner()
-  trainer_cls = trainer_cls or trainer_lib.Trainer
-  data_lib.validate_feature_lengths(train_dataset_cfg)
-  data_lib.task_of(train_dataset_cfg)
-  check_vocabularies(model, train_dataset_cfg)
-  # Empty or unparsable train data fails here, before model_dir is touched.
-  data_lib.first_batch_or_error(train_dataset_cfg)
-  if train_eval_dataset_cfg is not None:
-    data_lib.validate_feature_lengths(train_eval_dataset_cfg)
-    data_lib.task_of(train_eval_dataset_cfg)
-
-  # A live run on model_dir refuses this one before any work (read-only check, process 0).
-  chief = jax.process_index() == 0
-  if chief:
-    run_lock.check_free(model_dir, run_lock_stale_after_s)
-    check_metrics_log(model_dir)
-
-  # Fresh state (the trainer adds its own parts, e.g. the guided state), then restore over it.
+  _check_before_start(model, train_dataset_cfg, train_eval_dataset_cfg, total_steps, model_dir,
+                      run_lock_stale_after_s)
+  initializer = state_init.TrainStateInitializer(model, input_shapes(train_dataset_cfg),
+                                                 partitioner)
   init_rng, trainer_rng = jax.random.split(jax.random.PRNGKey(random_seed))
-  state, axes = initial_train_state(model, input_shapes(train_dataset_cfg), partitioner,
-                                    init_rng)
+  state, axes = initializer.from_scratch(init_rng)  # The trainer adds its parts (guided state).
   infer_evaluator, best_keeper = _infer_eval_and_best(
       model, infer_eval_dataset_cfg, inference_evaluator_cls, partitioner, axes, model_dir,
       best_checkpoint_metric, best_checkpoint_mode, train_eval_dataset_cfg is not None, print_fn)
-  trainer = trainer_cls(model=model, train_state=state, partitioner=partitioner,
-                        eval_names=["train_eval"] if train_eval_dataset_cfg else [],
-                        summary_dir=model_dir, train_state_axes=axes, rng=trainer_rng,
-                        log_every=log_every, total_steps=total_steps, print_fn=print_fn)
+  trainer = _make_trainer(trainer_cls, model=model, train_state=state, partitioner=partitioner,
+                          eval_names=["train_eval"] if train_eval_dataset_cfg else [],
+                          summary_dir=model_dir, train_state_axes=axes, rng=trainer_rng,
+                          log_every=log_every, total_steps=total_steps, print_fn=print_fn)
   check_guide_is_not_train(trainer, train_dataset_cfg, allow_guide_equals_train)
-
-  # Restore (validating shapes) before anything is written to model_dir.
-  ckpt_dir = fileio.join(model_dir, checkpoints_lib.CHECKPOINTS_DIR)
-  keep = checkpoint_cfg.save.keep if checkpoint_cfg.save else None
-  checkpointer = checkpoints_lib.Checkpointer(ckpt_dir, keep=keep)
-  restored = _restore_newest_valid(checkpointer, trainer, print_fn)
-  data_positions: dict[str, int] = {}
-  sampling_segment = None  # online mixture sampling rates: the segment being read
-  failed_steps: list[int] = []
-  if restored is not None:
-    latest, trainer.train_state, metadata, failed_steps = restored
-    data_positions = dict(metadata.get("data_positions", {}))
-    if metadata.get(SAMPLING_SEGMENT_KEY):
-      sampling_segment = data_lib.SamplingSegment.from_json(metadata[SAMPLING_SEGMENT_KEY])
-    print_fn(f"restored checkpoint step {latest} from {ckpt_dir}")
-    check_total_steps(latest, total_steps, ckpt_dir)
-  elif checkpoint_cfg.restore is not None and checkpoint_cfg.restore.path:
-    if checkpoint_cfg.restore.reset_optimizer:
-      trainer.train_state = _restore_params_from(checkpoint_cfg.restore.path,
-                                                 trainer.train_state, trainer.train_state_axes,
-                                                 checkpoint_cfg.restore.keep_step)
-      if checkpoint_cfg.restore.keep_step:
-        data_positions = {"train": 0}  # A new task: read it from its start, not at the step.
-      print_fn(f"initialised params from {checkpoint_cfg.restore.path}")
-    else:
-      trainer.train_state = _restore_params_and_optimizer_from(
-          checkpoint_cfg.restore.path, trainer.train_state, trainer.train_state_axes)
-      data_positions = {"train": 0}  # A new task: read it from its start, not at the step.
-      print_fn(f"initialised params, optimizer state and step "
-               f"{int(jax.device_get(trainer.train_state.step))} from "
-               f"{checkpoint_cfg.restore.path}")
-
-  # One writer per model dir: process 0 holds MODEL_DIR/run.lock until this function returns.
-  lock = run_lock.RunLock(model_dir, heartbeat_s=run_lock_heartbeat_s,
-                          stale_after_s=run_lock_stale_after_s, print_fn=print_fn,
-                          enabled=chief)
-  _acquire_on_chief(lock)
+  save = checkpoint_cfg.save  # Restore (validating shapes) before anything is written:
+  checkpointer = checkpoints_lib.model_dir_checkpointer(model_dir, save.keep if save else None)
+  start = _start(initializer, trainer, checkpointer, checkpoint_cfg.restore, total_steps, print_fn)
+  lock = _lock_model_dir(model_dir, run_lock_heartbeat_s, run_lock_stale_after_s, print_fn)
   try:
-    fileio.makedirs(model_dir)
-    for bad in failed_steps:  # Out of the way (not deleted), so that the step can be saved anew.
-      if chief:
-        print_fn(f"moved checkpoint step {bad}, which fails verification, to "
-                 f"{checkpointer.quarantine(bad)}")
-    if summarize_config_fn is not None and jax.process_index() == 0:
-      summarize_config_fn(model_dir)
-    state = trainer.train_state
-    step = int(jax.device_get(state.step))
-    train_iter = data_lib.BatchIterator(train_dataset_cfg, partitioner.data_sharding,
-                                        start_position=data_positions.get("train", step),
-                                        check_fn=getattr(trainer, "check_train_batch", None),
-                                        segment=sampling_segment)
-    # The guide task (GuidedTrainer) is read here too, so both positions resume together.
-    guide_cfg = getattr(trainer, "guide_dataset_cfg", None)
-    guide_iter = None
-    if guide_cfg is not None:
-      guide_iter = data_lib.BatchIterator(guide_cfg, partitioner.data_sharding,
-                                          start_position=data_positions.get("guide", 0))
-    save_period = checkpoint_cfg.save.period if checkpoint_cfg.save else None
-    eval_period = eval_period or save_period or total_steps
-    n_params = train_state_lib.param_count(state.params)
-    print_fn(f"model: {n_params / 1e6:.2f}M params; mesh {dict(partitioner.mesh.shape)}; "
-             f"training steps {step} -> {total_steps}")
-
-    last_good = last_good_lib.LastKnownGood(checkpointer, divergence_factor, print_fn)
-
-    def save(current_step: int) -> None:
-      if checkpoint_cfg.save is None:
-        return
-      positions = {"train": train_iter.position}
-      if guide_iter is not None:
-        positions["guide"] = guide_iter.position
-      metadata = {"data_positions": positions,
-                  "param_shapes": shape_fingerprint(trainer.train_state.params)}
-      if train_iter.segment is not None:
-        metadata[SAMPLING_SEGMENT_KEY] = train_iter.segment.as_json()
-      checkpointer.save(current_step, trainer.train_state, metadata)
-
-    def run_eval() -> dict[str, float]:
-      if train_eval_dataset_cfg is None:
-        return {}
-      eval_cfg = dataclasses.replace(train_eval_dataset_cfg, num_epochs=1, shuffle=False)
-      batches = data_lib.BatchIterator(eval_cfg, partitioner.data_sharding)
-      if eval_steps:
-        batches = (b for _, b in zip(range(eval_steps), batches))
-      results = trainer.eval({"train_eval": batches})
-      r = results["train_eval"]
-      print_fn(f"eval step {int(jax.device_get(trainer.train_state.step))}: "
-               f"loss {r.get('loss', float('nan')):.4f} accuracy {r.get('accuracy', float('nan')):.4f}")
-      return {f"train_eval/{k}": v for k, v in r.items()}
-
-    last_plot_time = time.monotonic()  # The first plot after PLOT_MIN_INTERVAL_S, or at the end.
-    with preemption.PreemptionGuard(sync_every=log_every) as guard:
-      while step < total_steps:
-        next_stop = min(total_steps, (step // eval_period + 1) * eval_period)
-        if save_period:
-          next_stop = min(next_stop, (step // save_period + 1) * save_period)
-        window_start = step
-        try:
-          window = trainer.train(train_iter, next_stop - step, start_step=step,
-                                 stop_fn=guard.should_stop, guide_iter=guide_iter)
-        except errors.TrainingStopped as e:
-          last_good.observe(window_start, {}, trainer.first_nonfinite_step)
-          raise errors.TrainingStopped(f"{e}; {last_good.newest_text()}") from None
-        step = int(jax.device_get(trainer.train_state.step))
-        healthy = last_good.observe(window_start, window, trainer.first_nonfinite_step)
-        if guard.requested:
-          # Saved even after non-finite steps: skipped steps leave the params as they were, and
-          # the rerun must continue from exactly here.
-          save(step)
-          checkpointer.wait_until_finished()
-          print_fn(f"preempted ({guard.signal_name}) at step {step}: checkpoint saved")
-          raise errors.Preempted(step, guard.signal_name)
-        if save_period and (step % save_period == 0 or step == total_steps):
-          if healthy:
-            save(step)
-          else:
-            print_fn(last_good.skip_notice(step, window))
-        if step % eval_period and step != total_steps:
-          continue  # A checkpoint-only stop.
-        eval_metrics = run_eval()
-        if infer_evaluator is not None:
-          eval_metrics.update(infer_evaluator(step, trainer.train_state.params))
-        if best_keeper is not None and best_keeper.update(
-            step, eval_metrics, trainer.train_state,
-            {"param_shapes": shape_fingerprint(trainer.train_state.params)}):
-          print_fn(f"best {best_keeper.metric} {best_keeper.best['value']:.4f} at step {step}: "
-                   f"saved to {best_keeper.directory}")
-        if jax.process_index() == 0 and (
-            step == total_steps or time.monotonic() - last_plot_time >= PLOT_MIN_INTERVAL_S):
-          write_plots(model_dir, trainer)
-          last_plot_time = time.monotonic()
-    checkpointer.wait_until_finished()
-    trainer.close()
-    if infer_evaluator is not None:
-      infer_evaluator.close()
-    return step, trainer.train_state
+    _prepare_model_dir(model_dir, checkpointer, start.failed_steps, summarize_config_fn, print_fn)
+    save_period = save.period if save else None
+    periods = _Periods(save_period, eval_period or save_period or total_steps, eval_steps,
+                       log_every)
+    loop = _TrainingLoop(trainer, checkpointer, partitioner, model_dir, total_steps, periods,
+                         train_eval_dataset_cfg, infer_evaluator, best_keeper, print_fn,
+                         last_good_lib.LastKnownGood(checkpointer, divergence_factor, print_fn))
+    return loop.run(*_data_iterators(start, trainer, train_dataset_cfg, partitioner))
   finally:
     lock.release()
 
 
-def _restore_newest_valid(checkpointer: checkpoints_lib.Checkpointer, trainer: Any,
-                          print_fn: Callable[[str], None]
-                          ) -> tuple[int, Any, dict[str, Any], list[int]] | None:
-  """The newest checkpoint of `checkpointer` that verifies, restored into the trainer's state
-  structure and shardings (`Checkpointer.restore_newest_valid`), or None without checkpoints."""
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          trainer.train_state, trainer.train_state_axes)
-  try:
-    return checkpointer.restore_newest_valid(abstract, print_fn)
-  except ValueError as e:
-    if trainer.train_state.tangents is not None and ".tangents" in str(e):
-      raise ValueError(
-          f"checkpoint step {checkpointer.latest_step()} in {checkpointer.directory} holds no "
-          "long-horizon tangents (its run used HYPERGRAD_HORIZON='greedy'); resume it with the "
-          "greedy horizon, or start HYPERGRAD_HORIZON='forward' in a new MODEL_DIR") from None
-    raise
+def _check_before_start(model: Any, train_cfg: data_lib.DatasetConfig,
+                        train_eval_cfg: data_lib.DatasetConfig | None, total_steps: int,
+                        model_dir: str, run_lock_stale_after_s: float) -> None:
+  """Everything checked before any state is built: the steps, the tasks, lengths and vocabulary
+  vs the model, that the train data yields a batch, and (process 0, read-only) that no live run
+  holds `model_dir` and that its metrics log reads."""
+  if total_steps <= 0:
+    raise ValueError(f"total_steps must be > 0, got {total_steps}")
+  data_lib.validate_feature_lengths(train_cfg)
+  data_lib.task_of(train_cfg)
+  check_vocabularies(model, train_cfg)
+  # Empty or unparsable train data fails here, before model_dir is touched.
+  data_lib.first_batch_or_error(train_cfg)
+  if train_eval_cfg is not None:
+    data_lib.validate_feature_lengths(train_eval_cfg)
+    data_lib.task_of(train_eval_cfg)
+  if jax.process_index() == 0:
+    run_lock.check_free(model_dir, run_lock_stale_after_s)
+    check_metrics_log(model_dir)
+
+
+def _make_trainer(trainer_cls: Callable[..., Any] | None, **kwargs: Any) -> Any:
+  """`trainer_cls(**kwargs)`, `trainer.Trainer` by default."""
+  from gbt_t5x.train import trainer as trainer_lib
+  return (trainer_cls or trainer_lib.Trainer)(**kwargs)
+
+
+def _start(initializer: state_init.TrainStateInitializer, trainer: Any,
+           checkpointer: checkpoints_lib.Checkpointer,
+           restore_cfg: RestoreCheckpointConfig | None, total_steps: int,
+           print_fn: Callable[[str], None]) -> state_init.Start:
+  """Puts the run's start state into `trainer` (`TrainStateInitializer.start`: resumed, from
+  `restore_cfg`'s checkpoint, or fresh) and returns where it came from."""
+  restore_cfg = restore_cfg or RestoreCheckpointConfig()
+  start = initializer.start(trainer.train_state, trainer.train_state_axes, checkpointer,
+                            restore_cfg.path, restore_cfg.reset_optimizer, restore_cfg.keep_step,
+                            print_fn)
+  if start.resumed_step is not None:
+    check_total_steps(start.resumed_step, total_steps, checkpointer.directory)
+  trainer.train_state = start.state
+  return start
+
+
+def _prepare_model_dir(model_dir: str, checkpointer: checkpoints_lib.Checkpointer,
+                       failed_steps: Sequence[int],
+                       summarize_config_fn: Callable[[str], None] | None,
+                       print_fn: Callable[[str], None]) -> None:
+  """The first writes of a run, once it holds the lock: `model_dir` itself, the checkpoints that
+  failed verification moved out of the way (not deleted, so that their steps can be saved anew),
+  and config.gin (`summarize_config_fn`)."""
+  fileio.makedirs(model_dir)
+  if jax.process_index() != 0:
+    return
+  for bad in failed_steps:
+    print_fn(f"moved checkpoint step {bad}, which fails verification, to "
+             f"{checkpointer.quarantine(bad)}")
+  if summarize_config_fn is not None:
+    summarize_config_fn(model_dir)
+
+
+def _data_iterators(start: state_init.Start, trainer: Any, train_cfg: data_lib.DatasetConfig,
+                    partitioner: PjitPartitioner
+                    ) -> tuple[data_lib.BatchIterator, data_lib.BatchIterator | None]:
+  """The train batches (and the guide task's, for a `GuidedTrainer`), at the positions the start
+  state was saved with: a resumed run reads on where it stopped (its online sampling segment
+  too), a finetuning start from the beginning, else at the state's step."""
+  positions = dict(start.metadata.get("data_positions", {}))
+  if start.data_from_start:
+    positions = {"train": 0}  # A new task: read it from its start, not at the step.
+  segment = None  # online mixture sampling rates: the segment being read
+  if start.metadata.get(SAMPLING_SEGMENT_KEY):
+    segment = data_lib.SamplingSegment.from_json(start.metadata[SAMPLING_SEGMENT_KEY])
+  step = int(jax.device_get(trainer.train_state.step))
+  train_iter = data_lib.BatchIterator(train_cfg, partitioner.data_sharding,
+                                      start_position=positions.get("train", step),
+                                      check_fn=getattr(trainer, "check_train_batch", None),
+                                      segment=segment)
+  guide_cfg = getattr(trainer, "guide_dataset_cfg", None)
+  guide_iter = None
+  if guide_cfg is not None:  # Read here too, so that both positions resume together.
+    guide_iter = data_lib.BatchIterator(guide_cfg, partitioner.data_sharding,
+                                        start_position=positions.get("guide", 0))
+  return train_iter, guide_iter
+
+
+@dataclasses.dataclass(frozen=True)
+class _Periods:
+  """When the loop stops: `save` (None: never saves) and `eval` steps, `eval_steps` batches per
+  eval (None: the whole split), `log_every` (the preemption check's sync period)."""
+  save: int | None
+  eval: int
+  eval_steps: int | None
+  log_every: int
+
+
+@dataclasses.dataclass
+class _TrainingLoop:
+  """Trains in windows that end at checkpoint and eval stops; saves (`last_good` decides
+  whether), evaluates, keeps the best checkpoint, plots, and stops cleanly on preemption."""
+  trainer: Any
+  checkpointer: checkpoints_lib.Checkpointer
+  partitioner: PjitPartitioner
+  model_dir: str
+  total_steps: int
+  periods: _Periods
+  train_eval_cfg: data_lib.DatasetConfig | None
+  infer_evaluator: Any
+  best_keeper: Any
+  print_fn: Callable[[str], None]
+  last_good: last_good_lib.LastKnownGood
+  train_iter: data_lib.BatchIterator | None = None
+  guide_iter: data_lib.BatchIterator | None = None
+
+  def run(self, train_iter: data_lib.BatchIterator,
+          guide_iter: data_lib.BatchIterator | None) -> tuple[int, Any]:
+    """Trains from the trainer's state to `total_steps`; returns (final step, final state)."""
+    self.train_iter, self.guide_iter = train_iter, guide_iter
+    trainer, periods = self.trainer, self.periods
+    step = int(jax.device_get(trainer.train_state.step))
+    n_params = train_state_lib.param_count(trainer.train_state.params)
+    self.print_fn(f"model: {n_params / 1e6:.2f}M params; mesh {dict(self.partitioner.mesh.shape)}; "
+                  f"training steps {step} -> {self.total_steps}")
+    last_plot_time = time.monotonic()  # The first plot after PLOT_MIN_INTERVAL_S, or at the end.
+    with preemption.PreemptionGuard(sync_every=periods.log_every) as guard:
+      while step < self.total_steps:
+        step, healthy, window = self._window(step, guard)
+        if periods.save and (step % periods.save == 0 or step == self.total_steps):
+          if healthy:
+            self.save(step)
+          else:
+            self.print_fn(self.last_good.skip_notice(step, window))
+        if step % periods.eval and step != self.total_steps:
+          continue  # A checkpoint-only stop.
+        self._evaluate(step)
+        if jax.process_index() == 0 and (step == self.total_steps or
+                                         time.monotonic() - last_plot_time >= PLOT_MIN_INTERVAL_S):
+          write_plots(self.model_dir, trainer)
+          last_plot_time = time.monotonic()
+    self.checkpointer.wait_until_finished()
+    trainer.close()
+    if self.infer_evaluator is not None:
+      self.infer_evaluator.close()
+    return step, trainer.train_state
+
+  def _window(self, step: int, guard: preemption.PreemptionGuard
+              ) -> tuple[int, bool, Mapping[str, float]]:
+    """Trains to the next checkpoint or eval stop; returns (step, whether the window's state may
+    be saved, its metrics). Preemption saves and raises `errors.Preempted`."""
+    periods = self.periods
+    next_stop = min(self.total_steps, (step // periods.eval + 1) * periods.eval)
+    if periods.save:
+      next_stop = min(next_stop, (step // periods.save + 1) * periods.save)
+    try:
+      window = self.trainer.train(self.train_iter, next_stop - step, start_step=step,
+                                  stop_fn=guard.should_stop, guide_iter=self.guide_iter)
+    except errors.TrainingStopped as e:
+      self.last_good.observe(step, {}, self.trainer.first_nonfinite_step)
+      raise errors.TrainingStopped(f"{e}; {self.last_good.newest_text()}") from None
+    window_start, step = step, int(jax.device_get(self.trainer.train_state.step))
+    healthy = self.last_good.observe(window_start, window, self.trainer.first_nonfinite_step)
+    if guard.requested:
+      # Saved even after non-finite steps: skipped steps leave the params as they were, and the
+      # rerun must continue from exactly here.
+      self.save(step)
+      self.checkpointer.wait_until_finished()
+      self.print_fn(f"preempted ({guard.signal_name}) at step {step}: checkpoint saved")
+      raise errors.Preempted(step, guard.signal_name)
+    return step, healthy, window
+
+  def save(self, step: int) -> None:
+    """Checkpoints the trainer's state with the data positions (and sampling segment)."""
+    if self.periods.save is None:
+      return
+    positions = {"train": self.train_iter.position}
+    if self.guide_iter is not None:
+      positions["guide"] = self.guide_iter.position
+    params = self.trainer.train_state.params
+    metadata = {"data_positions": positions, "param_shapes": checkpoints_lib.leaf_shapes(params)}
+    if self.train_iter.segment is not None:
+      metadata[SAMPLING_SEGMENT_KEY] = self.train_iter.segment.as_json()
+    self.checkpointer.save(step, self.trainer.train_state, metadata)
+
+  def _evaluate(self, step: int) -> None:
+    """The eval loss, the infer-eval hook and the best-checkpoint keeper at an eval stop."""
+    metrics = self._run_eval()
+    state = self.trainer.train_state
+    if self.infer_evaluator is not None:
+      metrics.update(self.infer_evaluator(step, state.params))
+    keeper = self.best_keeper
+    if keeper is not None and keeper.update(
+        step, metrics, state, {"param_shapes": checkpoints_lib.leaf_shapes(state.params)}):
+      self.print_fn(f"best {keeper.metric} {keeper.best['value']:.4f} at step {step}: saved to "
+                    f"{keeper.directory}")
+
+  def _run_eval(self) -> dict[str, float]:
+    if self.train_eval_cfg is None:
+      return {}
+    eval_cfg = dataclasses.replace(self.train_eval_cfg, num_epochs=1, shuffle=False)
+    batches = data_lib.BatchIterator(eval_cfg, self.partitioner.data_sharding)
+    if self.periods.eval_steps:
+      batches = (b for _, b in zip(range(self.periods.eval_steps), batches))
+    r = self.trainer.eval({"train_eval": batches})["train_eval"]
+    self.print_fn(f"eval step {int(jax.device_get(self.trainer.train_state.step))}: "
+                  f"loss {r.get('loss', float('nan')):.4f} "
+                  f"accuracy {r.get('accuracy', float('nan')):.4f}")
+    return {f"train_eval/{k}": v for k, v in r.items()}
 
 
 def check_metrics_log(model_dir: str) -> None:
@@ -478,6 +416,16 @@ def check_total_steps(checkpoint_step: int, total_steps: int, ckpt_dir: str) -> 
     raise ValueError(f"total_steps (TRAIN_STEPS) {total_steps} is below the step of the "
                      f"checkpoint to resume, {checkpoint_step} in {ckpt_dir}: raise TRAIN_STEPS "
                      "to continue, or use another MODEL_DIR to train a new model")
+
+
+def _lock_model_dir(model_dir: str, heartbeat_s: float, stale_after_s: float,
+                    print_fn: Callable[[str], None]) -> run_lock.RunLock:
+  """One writer per model dir: process 0 takes MODEL_DIR/run.lock (`_acquire_on_chief`); the
+  caller releases it when the run ends."""
+  lock = run_lock.RunLock(model_dir, heartbeat_s=heartbeat_s, stale_after_s=stale_after_s,
+                          print_fn=print_fn, enabled=jax.process_index() == 0)
+  _acquire_on_chief(lock)
+  return lock
 
 
 def _acquire_on_chief(lock: run_lock.RunLock) -> None:

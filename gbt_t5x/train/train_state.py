@@ -1,8 +1,8 @@
 """The train state: step, params, optax state and (for guided runs) the guided state.
 
 Everything in it is checkpointed together, so a restored run continues exactly. Params are stored
-unboxed (plain arrays); their logical axis names are kept separately as `PartitionSpec`s to build
-shardings. Must not import gin, seqio or `gbt_t5x.models`.
+unboxed (plain arrays); their shardings (from the logical axis names) and every restore mode are
+owned by `state_init.TrainStateInitializer`. Must not import gin, seqio or `gbt_t5x.models`.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
 
 from gbt_t5x.guided import hypergrad
 
@@ -45,45 +44,6 @@ def create_train_state(params: Any, optimizer: optax.GradientTransformation,
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params), guided=guided,
                     num_nonfinite=jnp.zeros((), jnp.int32))
-
-
-def train_state_shardings(abstract_boxed_params: Any, abstract_state: TrainState,
-                          partitioner: Any) -> TrainState:
-  """Shardings for every leaf of a `TrainState`.
-
-  Params follow their logical axis names; optimizer-state leaves that have a param's shape
-  inherit its sharding (Adam moments); factored Adafactor statistics, counters, hyper-parameters
-  and the guided state are replicated.
-
-  Args:
-    abstract_boxed_params: `jax.eval_shape` of the model's boxed `params` collection.
-    abstract_state: `jax.eval_shape` of the unboxed `TrainState`.
-    partitioner: a `PjitPartitioner`.
-  """
-  param_specs = nn.get_partition_spec(abstract_boxed_params)
-  param_shardings = jax.tree.map(
-      lambda s: NamedSharding(partitioner.mesh,
-                              nn.logical_to_mesh_axes(s, partitioner.logical_axis_rules)),
-      param_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
-  by_shape: dict[tuple[int, ...], list[NamedSharding]] = {}
-  for leaf, sharding in zip(jax.tree.leaves(abstract_state.params),
-                            jax.tree.leaves(param_shardings)):
-    by_shape.setdefault(tuple(leaf.shape), []).append(sharding)
-
-  def opt_leaf_sharding(leaf: Any) -> NamedSharding:
-    candidates = by_shape.get(tuple(getattr(leaf, "shape", ())), [])
-    # Only inherit when every param of that shape agrees on one sharding.
-    if candidates and all(c.spec == candidates[0].spec for c in candidates):
-      return candidates[0]
-    return partitioner.replicated
-
-  return TrainState(
-      step=partitioner.replicated,
-      params=param_shardings,
-      opt_state=jax.tree.map(opt_leaf_sharding, abstract_state.opt_state),
-      guided=jax.tree.map(lambda _: partitioner.replicated, abstract_state.guided),
-      num_nonfinite=jax.tree.map(lambda _: partitioner.replicated, abstract_state.num_nonfinite),
-  )
 
 
 def keep_finite_update(old: TrainState, new: TrainState, loss: jax.Array,

@@ -30,7 +30,7 @@ import tensorstore as ts
 from flax import serialization
 
 from gbt_t5x import export_t5x
-from gbt_t5x.train import checkpoints, t5x_checkpoints, train_lib
+from gbt_t5x.train import checkpoints, state_init, t5x_checkpoints
 from tests.train import tiny
 
 DEVICE = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -198,7 +198,7 @@ def test_round_trip_through_t5x_layout_is_bit_exact_and_gives_identical_logits(t
   for name, value in _names(params):
     np.testing.assert_array_equal(_bits(as_t5x[name]), _bits(value), err_msg=name)
   # And back through the eval/infer path.
-  back, step = train_lib.restore_inference_params(written, _target(params))
+  back, step = state_init.read_params(written, _target(params))
   assert step == 5
   wanted = dict(_names(params))
   for name, got in _names(back):

@@ -27,7 +27,7 @@ import numpy as np
 
 from gbt_t5x import fileio
 from gbt_t5x.train import step as step_lib
-from gbt_t5x.train import train_lib
+from gbt_t5x.train import state_init
 from gbt_t5x.train.data_weights import DATA_IDS
 from gbt_t5x.train.trainer import Trainer
 
@@ -80,8 +80,8 @@ class DoReMiTrainer(Trainer):
     if num_domains < 2:
       raise ValueError(f"DoReMi needs at least 2 domains, got {num_domains}")
     self.num_domains, self.eta, self.smoothing = int(num_domains), float(eta), float(smoothing)
-    self._reference = train_lib.load_params(reference_dir, self.train_state.params,
-                                            self.train_state_axes.params)
+    self._reference = state_init.load_params(reference_dir, self.train_state.params,
+                                             self.train_state_axes.params)
     self._alpha = np.full(self.num_domains, 1.0 / self.num_domains)
     self._alpha_sum = np.zeros(self.num_domains)
     self._steps = 0
