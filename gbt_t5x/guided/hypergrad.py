@@ -14,15 +14,18 @@ and, from the *same* quantities, the exact gradient of
 with respect to phi. Because the lookahead step is the model step, no second train
 forward/backward is run. Scheme and cost (F = one network forward, ~2F its backward):
 
-a) `outputs, lin = jax.linearize(forward, theta)` (F, keeps the residuals),
-   `d_out = dL/d outputs` (loss head only) and `g = linear_transpose(lin)(d_out)` (~2F): exactly
-   the ordinary backward pass.
-b) `(u, s'), U_vjp = jax.vjp(U, g, h_opt)`: the optimizer update is elementwise per leaf, so its
-   VJP is a few elementwise passes over the parameters. theta' = theta + u.
+a) `train_loss_gradients`, the plain step's own gradient (`jax.value_and_grad`, ~3F); when
+   loss-side values are guided, `outputs, lin = jax.linearize(forward, theta)` and
+   `g = linear_transpose(lin)(dL/d outputs)` instead: the same backward pass, with `lin` kept
+   for e).
+b) the model update under the non-finite guard: `guarded_update`, the plain step's own, when d)
+   has a closed form (`optimizer_derivatives`); else `(u, s'), U_vjp = jax.vjp(U, g, h_opt)`
+   (the update is elementwise per leaf, so its VJP is a few elementwise passes over the
+   parameters). theta' = theta + u.
 c) `L_guide(theta'), v = value_and_grad(L_guide)(theta')`: one guide forward/backward. Since
    theta' = theta + u and theta does not depend on phi, v is also dL_hyper/du.
-d) `(dg, dh_opt) = U_vjp(v)`: the optimizer-side hypergradient in effective units (exact: the
-   chain rule through U, first order in theta).
+d) `(dg, dh_opt) = U_vjp(v)` or the closed form: the optimizer-side hypergradient in effective
+   units (exact: the chain rule through U, first order in theta).
 e) only when loss-side hyper-parameters are guided (decided statically): g = J^T dL/do(o, h_loss)
    with J = d outputs / d theta, so d(dg . g)/dh_loss = d((J dg) . dL/do(o, h_loss))/dh_loss.
    `t = lin(dg)` is a tangent-only forward (~F, reusing a)'s residuals) and the remaining mixed
@@ -33,25 +36,16 @@ With `recompute_tangent=True`, e) re-runs the forward with `jax.jvp` (~2F instea
 a)'s residuals are freed before c): less peak memory for one more forward (an option for large
 models; the default keeps the linearisation). The re-run starts from an optimization barrier on
 the params: without it XLA merges it with a)'s forward (the same computation on the same inputs)
-and keeps a)'s residuals after all. Compiled memory of a guided step with LR + b1 + label
-smoothing + data weights, against the plain step: T5.1.1 tiny (B32, 64/40) 2.08 -> 1.97, small
-(B8, 64/32) 2.16 -> 2.15 (there, parameter-sized buffers dominate, not activations).
+and keeps a)'s residuals after all.
 
-Total: plain step (3F + U) + guide forward/backward + elementwise VJP of U, plus ~F when
-loss-side hyper-parameters are guided.
-
-Choice of a): `jax.linearize` + `jax.linear_transpose` was timed against `jax.vjp` on a 0.55M
-parameter MLP (batch 512, jit, 2 shared CPU cores): 10.5-11 ms against 10.7-11.3 ms (best of 5),
-bit-identical gradients, as expected since `jax.vjp` is itself linearize + transpose. It is kept
-because it hands `lin` to e) for free, where the fallback `jax.vjp` + `jax.jvp` would re-run the
-primal forward. On that MLP with AdamW, guided / (plain + guide forward/backward) measured
-~1.1-1.2 with optimizer-side values only (the VJP of U is elementwise work proportional to the
-parameter count, so the ratio falls as the batch grows) and ~1.45 with label smoothing guided
-(the extra tangent forward of e)). A forward-mode alternative for d) (one JVP of U per scalar)
-was slower than the VJP.
+Total: plain step (3F + U) + guide forward/backward + elementwise VJP (or closed form) of U, plus
+~F when loss-side hyper-parameters are guided. `jax.linearize` + `jax.linear_transpose` in a) is
+`jax.vjp` split in two (bit-identical gradients); it is used because it hands `lin` to e), where
+`jax.vjp` + `jax.jvp` would re-run the primal forward. Measurements behind these choices:
+docs/results/gradient_core/README.md.
 
 Memory: when loss-side values are guided, a)'s residuals stay alive until e), i.e. across the
-guide forward/backward; otherwise they die after the transpose as in a plain step.
+guide forward/backward; otherwise they die after the backward as in a plain step.
 
 Imports only jax, optax and `gbt_t5x.guided`; must not import gin, seqio, tensorflow, or anything
 from `gbt_t5x.models` / `gbt_t5x.train`.
@@ -444,14 +438,14 @@ def guarded_update(optimizer: optax.GradientTransformation, grads: PyTree, opt_s
                    ) -> tuple[PyTree, Any, jax.Array]:
   """The optimizer update (`optimizer_update`) under the non-finite guard (`guard_update`).
 
-  The update itself runs as a branch of a `lax.cond` on the loss being finite (a step with a
-  non-finite loss is dropped anyway): a branch is a computation of its own, which XLA compiles
-  alone, the same way in every program that calls it (the plain step, the guided step). Inlined,
-  it would be fused with whatever else the program does with the gradient and the moments, and
-  XLA contracts a * b + c into a fused multiply-add inside a fusion, so a different fusion can
-  change the last bit (an optimization barrier does not keep fusions apart on CPU: XLA turns
-  barriers into control dependencies before fusion). With the branch, a plain and a guided step give the same model update bit for
-  bit.
+  The update itself runs as a branch of a `lax.cond` (with 'where', one on the loss being
+  finite: a step with a non-finite loss is dropped anyway; with 'cond', the guard's own): a
+  branch is a computation of its own, which XLA compiles alone, the same way in every program
+  that calls it (the plain step, the guided step). Inlined, it would be fused with whatever else
+  the program does with the gradient and the moments, and XLA contracts a * b + c into a fused
+  multiply-add inside a fusion, so a different fusion can change the last bit (an optimization
+  barrier does not keep fusions apart: XLA turns barriers into control dependencies before
+  fusion). With the branch, a plain and a guided step give the same model update bit for bit.
 
   Args: as `optimizer_update`, plus the step's train `loss` (scalar).
 
@@ -465,6 +459,8 @@ def guarded_update(optimizer: optax.GradientTransformation, grads: PyTree, opt_s
     return optax.apply_updates(params, updates), new_opt_state
 
   def update_fn():
+    if NON_FINITE_GUARD == COND:  # the guard's own `lax.cond` holds the update
+      return (*apply(), None)
     new_params, new_opt_state = jax.lax.cond(jnp.isfinite(loss), apply,
                                              lambda: (params, opt_state))
     return new_params, new_opt_state, None
