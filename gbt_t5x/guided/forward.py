@@ -30,8 +30,10 @@ from typing import Any, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from gbt_t5x.guided import hypergrad
+from gbt_t5x.guided import meta as meta_lib
 from gbt_t5x.guided import specs as specs_lib
 
 PyTree = Any
@@ -90,27 +92,29 @@ def forward_step(params: PyTree, opt_state: Any, raw: Mapping[str, jax.Array],
                  tangents: Tangents, batch: Mapping[str, jax.Array], rng: jax.Array,
                  base_lr: jax.Array, *, mu: float, specs: Sequence[specs_lib.GuidedHParam],
                  **step_kwargs: Any) -> tuple[PyTree, Any, Tangents, dict[str, jax.Array]]:
-  """The model step at the raw values' effective values, with the tangents carried through it.
+  """The (unguarded) model step at the raw values' effective values, with the tangents carried
+  through it.
 
   Args:
     params, opt_state: model parameters and optimizer state.
     raw: the raw guided values (name -> array).
     tangents: Z before the step (from `init_tangents` or a previous step).
-    batch, rng, base_lr: as `hypergrad.plain_step`.
+    batch, rng, base_lr: as `hypergrad.model_update`.
     mu: damping of the carried tangent in [0, 1].
     specs: the guided hyper-parameters.
-    **step_kwargs: `hypergrad.plain_step`'s keyword arguments (optimizer, forward_fn,
+    **step_kwargs: `hypergrad.model_update`'s keyword arguments (optimizer, forward_fn,
       loss_from_outputs, loss_inputs_fn, lr_group_ids, num_microbatches).
 
   Returns:
     (new_params, new_opt_state, new_tangents, metrics); params and optimizer state are exactly
-    `hypergrad.plain_step`'s at the effective values.
+    `hypergrad.model_update`'s at the effective values; metrics are its metrics and
+    `tangent_resets`.
   """
   def phi(p, s_float, r):
-    new_p, new_s, metrics = hypergrad.plain_step(
-        p, with_float_leaves(opt_state, s_float), specs_lib.effective(specs, r), batch, rng,
-        base_lr, **step_kwargs)
-    return (new_p, float_leaves(new_s)), (new_s, metrics)
+    out = hypergrad.model_update(p, with_float_leaves(opt_state, s_float),
+                                 specs_lib.effective(specs, r), batch, rng, base_lr, guard=False,
+                                 **step_kwargs)
+    return (out.params, float_leaves(out.opt_state)), (out.opt_state, out.metrics)
 
   (new_params, _), step_jvp, (new_opt_state, metrics) = jax.linearize(
       phi, params, float_leaves(opt_state), dict(raw), has_aux=True)
@@ -122,6 +126,61 @@ def forward_step(params: PyTree, opt_state: Any, raw: Mapping[str, jax.Array],
   new_tangents, resets = reset_tangents(new_tangents, [_all_finite(z) for z in new_tangents])
   metrics = dict(metrics, tangent_resets=resets)
   return new_params, new_opt_state, new_tangents, metrics
+
+
+def forward_update(params: PyTree, opt_state: Any, raw: Mapping[str, jax.Array],
+                   tangents: Tangents, batch: Mapping[str, jax.Array], rng: jax.Array,
+                   base_lr: jax.Array, *, mu: float, specs: Sequence[specs_lib.GuidedHParam],
+                   **step_kwargs: Any
+                   ) -> tuple[hypergrad.ModelUpdate, Tangents, dict[str, jax.Array]]:
+  """`forward_step` under the model step's non-finite guard (`hypergrad.guard_update`, 'where':
+  the update is already materialised by the linearisation).
+
+  Args: as `forward_step`.
+
+  Returns:
+    (`hypergrad.ModelUpdate`, new tangents (dropped by the model step with the update when
+    `ok` is False), metrics).
+  """
+  new_params, new_opt_state, new_tangents, metrics = forward_step(
+      params, opt_state, raw, tangents, batch, rng, base_lr, mu=mu, specs=specs, **step_kwargs)
+  update, _ = hypergrad.guard_update(metrics["train_loss"], params, opt_state,
+                                     lambda: (new_params, new_opt_state, None),
+                                     mode=hypergrad.WHERE)
+  return update, new_tangents, metrics
+
+
+def guided_update(params: PyTree, opt_state: Any, guided_state: meta_lib.GuidedState,
+                  tangents: Tangents, batch: Mapping[str, jax.Array],
+                  guide_batch: Mapping[str, jax.Array], rng: jax.Array, base_lr: jax.Array, *,
+                  mu: float, specs: Sequence[specs_lib.GuidedHParam],
+                  meta_optimizer: optax.GradientTransformation, guide_loss_fn: Any,
+                  **step_kwargs: Any) -> tuple[hypergrad.GuidedOutput, Tangents]:
+  """The long-horizon guided step, structured as the greedy `hypergrad.guided_update`: the
+  guarded model step (with the tangents), the hypergradient at its params, the meta update.
+
+  A tangent whose hypergradient is not finite is reset (`finite_contractions`), counted in the
+  metric `tangent_resets` with the step's own resets.
+
+  Args:
+    params, opt_state, tangents, batch, rng, base_lr, mu, specs, **step_kwargs: as
+      `forward_step`; guided_state: raw values and meta optimizer state.
+    guide_batch: the guide batch z; meta_optimizer: from `meta.make_meta_optimizer`.
+    guide_loss_fn: (params, guide_batch) -> scalar.
+
+  Returns:
+    (`hypergrad.GuidedOutput` (metrics also hold `guide_loss`), the tangents after the step).
+  """
+  update, tangents, metrics = forward_update(params, opt_state, guided_state.raw, tangents,
+                                             batch, rng, base_lr, mu=mu, specs=specs,
+                                             **step_kwargs)
+  guide_loss, hypergrads = hypergradient(update.params, tangents, guided_state.raw, guide_batch,
+                                         specs=specs, guide_loss_fn=guide_loss_fn)
+  new_guided, _ = meta_lib.apply_hypergradient(guided_state, hypergrads, specs, meta_optimizer)
+  tangents, resets = reset_tangents(tangents, finite_contractions(hypergrads, specs))
+  metrics = dict(metrics, tangent_resets=metrics["tangent_resets"] + resets,
+                 guide_loss=guide_loss)
+  return hypergrad.GuidedOutput(update, new_guided, hypergrads, metrics), tangents
 
 
 def _all_finite(tree: PyTree) -> jax.Array:

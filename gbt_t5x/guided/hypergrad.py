@@ -14,15 +14,18 @@ and, from the *same* quantities, the exact gradient of
 with respect to phi. Because the lookahead step is the model step, no second train
 forward/backward is run. Scheme and cost (F = one network forward, ~2F its backward):
 
-a) `outputs, lin = jax.linearize(forward, theta)` (F, keeps the residuals),
-   `d_out = dL/d outputs` (loss head only) and `g = linear_transpose(lin)(d_out)` (~2F): exactly
-   the ordinary backward pass.
-b) `(u, s'), U_vjp = jax.vjp(U, g, h_opt)`: the optimizer update is elementwise per leaf, so its
-   VJP is a few elementwise passes over the parameters. theta' = theta + u.
+a) `train_loss_gradients`, the plain step's own gradient (`jax.value_and_grad`, ~3F); when
+   loss-side values are guided, `outputs, lin = jax.linearize(forward, theta)` and
+   `g = linear_transpose(lin)(dL/d outputs)` instead: the same backward pass, with `lin` kept
+   for e).
+b) the model update under the non-finite guard: `guarded_update`, the plain step's own, when d)
+   has a closed form (`optimizer_derivatives`); else `(u, s'), U_vjp = jax.vjp(U, g, h_opt)`
+   (the update is elementwise per leaf, so its VJP is a few elementwise passes over the
+   parameters). theta' = theta + u.
 c) `L_guide(theta'), v = value_and_grad(L_guide)(theta')`: one guide forward/backward. Since
    theta' = theta + u and theta does not depend on phi, v is also dL_hyper/du.
-d) `(dg, dh_opt) = U_vjp(v)`: the optimizer-side hypergradient in effective units (exact: the
-   chain rule through U, first order in theta).
+d) `(dg, dh_opt) = U_vjp(v)` or the closed form: the optimizer-side hypergradient in effective
+   units (exact: the chain rule through U, first order in theta).
 e) only when loss-side hyper-parameters are guided (decided statically): g = J^T dL/do(o, h_loss)
    with J = d outputs / d theta, so d(dg . g)/dh_loss = d((J dg) . dL/do(o, h_loss))/dh_loss.
    `t = lin(dg)` is a tangent-only forward (~F, reusing a)'s residuals) and the remaining mixed
@@ -33,25 +36,16 @@ With `recompute_tangent=True`, e) re-runs the forward with `jax.jvp` (~2F instea
 a)'s residuals are freed before c): less peak memory for one more forward (an option for large
 models; the default keeps the linearisation). The re-run starts from an optimization barrier on
 the params: without it XLA merges it with a)'s forward (the same computation on the same inputs)
-and keeps a)'s residuals after all. Compiled memory of a guided step with LR + b1 + label
-smoothing + data weights, against the plain step: T5.1.1 tiny (B32, 64/40) 2.08 -> 1.97, small
-(B8, 64/32) 2.16 -> 2.15 (there, parameter-sized buffers dominate, not activations).
+and keeps a)'s residuals after all.
 
-Total: plain step (3F + U) + guide forward/backward + elementwise VJP of U, plus ~F when
-loss-side hyper-parameters are guided.
-
-Choice of a): `jax.linearize` + `jax.linear_transpose` was timed against `jax.vjp` on a 0.55M
-parameter MLP (batch 512, jit, 2 shared CPU cores): 10.5-11 ms against 10.7-11.3 ms (best of 5),
-bit-identical gradients, as expected since `jax.vjp` is itself linearize + transpose. It is kept
-because it hands `lin` to e) for free, where the fallback `jax.vjp` + `jax.jvp` would re-run the
-primal forward. On that MLP with AdamW, guided / (plain + guide forward/backward) measured
-~1.1-1.2 with optimizer-side values only (the VJP of U is elementwise work proportional to the
-parameter count, so the ratio falls as the batch grows) and ~1.45 with label smoothing guided
-(the extra tangent forward of e)). A forward-mode alternative for d) (one JVP of U per scalar)
-was slower than the VJP.
+Total: plain step (3F + U) + guide forward/backward + elementwise VJP (or closed form) of U, plus
+~F when loss-side hyper-parameters are guided. `jax.linearize` + `jax.linear_transpose` in a) is
+`jax.vjp` split in two (bit-identical gradients); it is used because it hands `lin` to e), where
+`jax.vjp` + `jax.jvp` would re-run the primal forward. Measurements behind these choices:
+docs/results/gradient_core/README.md.
 
 Memory: when loss-side values are guided, a)'s residuals stay alive until e), i.e. across the
-guide forward/backward; otherwise they die after the transpose as in a plain step.
+guide forward/backward; otherwise they die after the backward as in a plain step.
 
 Imports only jax, optax and `gbt_t5x.guided`; must not import gin, seqio, tensorflow, or anything
 from `gbt_t5x.models` / `gbt_t5x.train`.
@@ -59,7 +53,7 @@ from `gbt_t5x.models` / `gbt_t5x.train`.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -264,25 +258,11 @@ def _check_microbatches(batch: Batch, num_microbatches: int) -> None:
                      f"{num_microbatches}")
 
 
-def train_loss_and_grads(params: PyTree, batch: Batch, rng: jax.Array,
-                         loss_inputs: Mapping[str, jax.Array], *, forward_fn: ForwardFn,
-                         loss_from_outputs: LossFromOutputs,
-                         num_microbatches: int | None = None
-                         ) -> tuple[jax.Array, dict[str, jax.Array], PyTree]:
-  """The summed training loss, its aux metric sums and its gradient, over microbatches.
-
-  Args:
-    params: parameters.
-    batch: the global batch, features `[B, ...]`.
-    rng: dropout rng; microbatch i uses `fold_in(rng, i)`.
-    loss_inputs: from the `LossInputsFn` on the whole batch (per-token arrays `[B, T]` are
-      sliced like the batch).
-    forward_fn, loss_from_outputs: see `guided_step`.
-    num_microbatches: None/1 for one pass, else M dividing B (gradients summed by `lax.scan`).
-
-  Returns:
-    (loss scalar, aux metric sums, grads with the structure of `params`).
-  """
+def _loss_and_grads(params: PyTree, batch: Batch, rng: jax.Array,
+                    loss_inputs: Mapping[str, jax.Array], *, forward_fn: ForwardFn,
+                    loss_from_outputs: LossFromOutputs, num_microbatches: int | None = None
+                    ) -> tuple[jax.Array, dict[str, jax.Array], PyTree]:
+  """(loss, aux sums, grads) by `value_and_grad`, summed over microbatches by `lax.scan`."""
   def loss_fn(p, b, r, inputs):
     return loss_from_outputs(forward_fn(p, b, r), b, inputs)
 
@@ -308,8 +288,82 @@ def train_loss_and_grads(params: PyTree, batch: Batch, rng: jax.Array,
   return loss, aux, grads
 
 
-# --------------------------------------------------------------------------- steps
-UPDATE_OK = "update_ok"  # guided-step metric: bool scalar, the non-finite guard's test
+class TrainGradients(NamedTuple):
+  """The train loss and its gradient at the params (the first part of every model step).
+
+  Attributes:
+    loss: scalar, the summed train loss (nats).
+    aux: the loss head's aux metric sums (scalars, e.g. `loss`, `accuracy`, `num_tokens`).
+    grads: dL/dparams, structure of the params.
+    outputs: the forward's outputs (e.g. logits [B, T, V]) when the linearisation is kept.
+    lin: the forward's linearisation (params tangent -> outputs tangent), when kept: a tangent
+      forward that reuses the forward's residuals (step e of the guided step).
+  """
+  loss: jax.Array
+  aux: dict[str, jax.Array]
+  grads: PyTree
+  outputs: PyTree | None = None
+  lin: Callable[[PyTree], PyTree] | None = None
+
+
+def train_loss_gradients(params: PyTree, batch: Batch, rng: jax.Array,
+                         loss_inputs: Mapping[str, jax.Array], *, forward_fn: ForwardFn,
+                         loss_from_outputs: LossFromOutputs,
+                         num_microbatches: int | None = None,
+                         keep_linearization: bool = False) -> TrainGradients:
+  """The summed train loss, its aux metric sums and its gradient: the one gradient computation
+  of the plain, greedy guided and forward-horizon steps.
+
+  Args:
+    params: parameters.
+    batch: the global batch, features `[B, ...]`.
+    rng: dropout rng; microbatch i uses `fold_in(rng, i)`.
+    loss_inputs: from the `LossInputsFn` on the whole batch (per-token arrays `[B, T]` are
+      sliced like the batch).
+    forward_fn, loss_from_outputs: see `guided_step`.
+    num_microbatches: None/1 for one pass, else M dividing B (gradients summed by `lax.scan`).
+    keep_linearization: also return the forward's outputs and linearisation (one pass only):
+      the gradient is then the transpose of that linearisation (the same backward pass).
+      Otherwise `jax.value_and_grad`, exactly as a plain step.
+
+  Returns:
+    `TrainGradients` (outputs and lin None unless kept).
+  """
+  if not keep_linearization:
+    loss, aux, grads = _loss_and_grads(params, batch, rng, loss_inputs, forward_fn=forward_fn,
+                                       loss_from_outputs=loss_from_outputs,
+                                       num_microbatches=num_microbatches)
+    return TrainGradients(loss, aux, grads)
+  if num_microbatches and num_microbatches > 1:
+    raise ValueError("keep_linearization needs one pass (num_microbatches None or 1)")
+  outputs, lin = jax.linearize(lambda p: forward_fn(p, batch, rng), params)
+  (loss, aux), d_out = jax.value_and_grad(loss_from_outputs, has_aux=True)(outputs, batch,
+                                                                            loss_inputs)
+  (grads,) = jax.linear_transpose(lin, params)(d_out)
+  return TrainGradients(loss, dict(aux), grads, outputs, lin)
+
+
+def train_loss_and_grads(params: PyTree, batch: Batch, rng: jax.Array,
+                         loss_inputs: Mapping[str, jax.Array], *, forward_fn: ForwardFn,
+                         loss_from_outputs: LossFromOutputs,
+                         num_microbatches: int | None = None
+                         ) -> tuple[jax.Array, dict[str, jax.Array], PyTree]:
+  """(loss, aux metric sums, grads): `train_loss_gradients` as a tuple."""
+  g = train_loss_gradients(params, batch, rng, loss_inputs, forward_fn=forward_fn,
+                           loss_from_outputs=loss_from_outputs,
+                           num_microbatches=num_microbatches)
+  return g.loss, g.aux, g.grads
+
+
+def train_metrics(gradients: TrainGradients) -> dict[str, jax.Array]:
+  """The metrics of a model step's train pass: the aux sums and `train_loss`."""
+  return {**gradients.aux, "train_loss": gradients.loss}
+
+
+# --------------------------------------------------------------------------- the non-finite guard
+# Legacy tuple API only (`plain_step(guard=True)`, `lookahead_hypergradient`): the metric key of
+# the guard's test. The step path gets it as `ModelUpdate.ok`.
+UPDATE_OK = "update_ok"
 
 
 def update_is_finite(loss: jax.Array, new_params: PyTree) -> jax.Array:
@@ -318,14 +372,13 @@ def update_is_finite(loss: jax.Array, new_params: PyTree) -> jax.Array:
 
 
 # How the model step's non-finite guard keeps the old params and optimizer state
-# (`guarded_update`): 'where' (the default: the update is materialised, then tested, then an
+# (`guard_update`): 'where' (the default: the update is materialised, then tested, then an
 # elementwise select per leaf picks new or old) or 'cond' (the update's finiteness is tested in a
 # first fused pass that materialises nothing, then `lax.cond` either applies the update or
 # returns the old state: fewer params-sized buffers at the peak, one more elementwise pass over
 # g, the moments and the params). Both keep the old state bit for bit on a dropped step and give
 # the unguarded step on a kept one (tests/guided/test_hypergrad.py); `python
-# scripts/bench_train.py --guards` measures what each costs against an unguarded step (README,
-# Benchmarks), which decides the default.
+# scripts/bench_train.py --guards` measures what each costs against an unguarded step.
 WHERE, COND = "where", "cond"
 NON_FINITE_GUARDS = (WHERE, COND)
 NON_FINITE_GUARD = WHERE
@@ -336,53 +389,108 @@ def keep_if(ok: jax.Array, new: PyTree, old: PyTree) -> PyTree:
   return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
+class ModelUpdate(NamedTuple):
+  """A guarded model update.
+
+  Attributes:
+    params, opt_state: the updated params and optimizer state, or the old ones (bit for bit)
+      where `ok` is False.
+    ok: bool scalar, the guard's test (`update_is_finite`): False when the step was dropped.
+  """
+  params: PyTree
+  opt_state: Any
+  ok: jax.Array
+
+
+def guard_update(loss: jax.Array, params: PyTree, opt_state: Any,
+                 update_fn: Callable[[], tuple[PyTree, Any, Any]], mode: str | None = None
+                 ) -> tuple[ModelUpdate, Any]:
+  """The one non-finite guard of the model step: apply `update_fn` only where it leaves the
+  train loss and the params finite.
+
+  Args:
+    loss: the step's train loss (scalar).
+    params, opt_state: before the update (kept where the test fails).
+    update_fn: () -> (new_params, new_opt_state, extra); `extra` (e.g. the update's VJP) is
+      passed through, and must be None with 'cond' (which calls `update_fn` twice).
+    mode: 'where' or 'cond' (see `NON_FINITE_GUARD`, read when traced, the default).
+
+  Returns:
+    (`ModelUpdate`, extra).
+  """
+  mode = NON_FINITE_GUARD if mode is None else mode
+  if mode == COND:
+    ok = update_is_finite(loss, update_fn()[0])  # only the norm is kept: nothing params-sized
+    new_params, new_opt_state = jax.lax.cond(ok, lambda: update_fn()[:2],
+                                             lambda: (params, opt_state))
+    return ModelUpdate(new_params, new_opt_state, ok), None
+  if mode != WHERE:
+    raise ValueError(f"NON_FINITE_GUARD must be one of {NON_FINITE_GUARDS}, got {mode!r}")
+  new_params, new_opt_state, extra = update_fn()
+  ok = update_is_finite(loss, new_params)
+  new_params, new_opt_state = keep_if(ok, (new_params, new_opt_state), (params, opt_state))
+  return ModelUpdate(new_params, new_opt_state, ok), extra
+
+
 def guarded_update(optimizer: optax.GradientTransformation, grads: PyTree, opt_state: Any,
                    params: PyTree, opt_hparams: Mapping[str, jax.Array], base_lr: jax.Array,
                    loss: jax.Array, lr_group_ids: PyTree | None = None
                    ) -> tuple[PyTree, Any, jax.Array]:
-  """The optimizer update applied only where it leaves the loss and the params finite.
+  """The optimizer update (`optimizer_update`) under the non-finite guard (`guard_update`).
+
+  The update itself runs as a branch of a `lax.cond` (with 'where', one on the loss being
+  finite: a step with a non-finite loss is dropped anyway; with 'cond', the guard's own): a
+  branch is a computation of its own, which XLA compiles alone, the same way in every program
+  that calls it (the plain step, the guided step). Inlined, it would be fused with whatever else
+  the program does with the gradient and the moments, and XLA contracts a * b + c into a fused
+  multiply-add inside a fusion, so a different fusion can change the last bit (an optimization
+  barrier does not keep fusions apart: XLA turns barriers into control dependencies before
+  fusion). With the branch, a plain and a guided step give the same model update bit for bit.
 
   Args: as `optimizer_update`, plus the step's train `loss` (scalar).
 
   Returns:
-    (new_params, new_opt_state, ok): ok (bool scalar) is `update_is_finite` of the updated
-    params; where it is False, `params` / `opt_state` themselves (bit for bit). How, by
-    `NON_FINITE_GUARD` (read when traced; see there).
+    (new_params, new_opt_state, ok): where ok (bool scalar) is False, `params` / `opt_state`
+    themselves (bit for bit).
   """
-  def step():
+  def apply():
     updates, new_opt_state = optimizer_update(optimizer, grads, opt_state, params, opt_hparams,
                                               base_lr, lr_group_ids)
     return optax.apply_updates(params, updates), new_opt_state
 
-  if NON_FINITE_GUARD == COND:
-    ok = update_is_finite(loss, step()[0])  # only the norm is kept: nothing params-sized
-    new_params, new_opt_state = jax.lax.cond(ok, step, lambda: (params, opt_state))
-    return new_params, new_opt_state, ok
-  if NON_FINITE_GUARD != WHERE:
-    raise ValueError(f"NON_FINITE_GUARD must be one of {NON_FINITE_GUARDS}, got "
-                     f"{NON_FINITE_GUARD!r}")
-  new_params, new_opt_state = step()
-  ok = update_is_finite(loss, new_params)
-  new_params, new_opt_state = keep_if(ok, (new_params, new_opt_state), (params, opt_state))
-  return new_params, new_opt_state, ok
+  def update_fn():
+    if NON_FINITE_GUARD == COND:  # the guard's own `lax.cond` holds the update
+      return (*apply(), None)
+    new_params, new_opt_state = jax.lax.cond(jnp.isfinite(loss), apply,
+                                             lambda: (params, opt_state))
+    return new_params, new_opt_state, None
+
+  update, _ = guard_update(loss, params, opt_state, update_fn)
+  return update.params, update.opt_state, update.ok
 
 
-def _metrics(aux: Mapping[str, jax.Array], loss: jax.Array,
-             values: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-  metrics = dict(aux)
-  metrics["train_loss"] = loss
-  for name, value in values.items():
-    metrics[f"hp/{name}"] = value
-  return metrics
+# --------------------------------------------------------------------------- the plain step
+class StepOutput(NamedTuple):
+  """A model step without a hypergradient.
+
+  Attributes:
+    params, opt_state: after the step (guarded when `ok` is not None).
+    metrics: `train_metrics` (aux sums and `train_loss`).
+    ok: the guard's test (bool scalar) when the step was guarded, else None.
+  """
+  params: PyTree
+  opt_state: Any
+  metrics: dict[str, jax.Array]
+  ok: jax.Array | None
 
 
-def plain_step(params: PyTree, opt_state: Any, values: Mapping[str, jax.Array], batch: Batch,
-               rng: jax.Array, base_lr: jax.Array, *, optimizer: optax.GradientTransformation,
-               forward_fn: ForwardFn, loss_from_outputs: LossFromOutputs,
-               loss_inputs_fn: LossInputsFn | None = None, lr_group_ids: PyTree | None = None,
-               num_microbatches: int | None = None, guard: bool = False
-               ) -> tuple[PyTree, Any, dict[str, jax.Array]]:
-  """A model step at given effective values (no hypergradient).
+def model_update(params: PyTree, opt_state: Any, values: Mapping[str, jax.Array], batch: Batch,
+                 rng: jax.Array, base_lr: jax.Array, *, optimizer: optax.GradientTransformation,
+                 forward_fn: ForwardFn, loss_from_outputs: LossFromOutputs,
+                 loss_inputs_fn: LossInputsFn | None = None, lr_group_ids: PyTree | None = None,
+                 num_microbatches: int | None = None, guard: bool = True) -> StepOutput:
+  """A model step at given effective values: `train_loss_gradients`, then the optimizer update
+  (under `guarded_update` with `guard`).
 
   Args:
     params, opt_state: model parameters and optimizer state.
@@ -391,147 +499,38 @@ def plain_step(params: PyTree, opt_state: Any, values: Mapping[str, jax.Array], 
     batch: train batch; rng: dropout rng for `forward_fn`; base_lr: schedule value (scalar).
     optimizer, forward_fn, loss_from_outputs, loss_inputs_fn, lr_group_ids: see `guided_step`.
     num_microbatches: gradient accumulation over M microbatches (None/1: one pass).
-    guard: apply the non-finite guard here (`guarded_update`): new_params / new_opt_state are
-      then `params` / `opt_state` where `metrics[UPDATE_OK]` is False.
-
-  Returns:
-    (new_params, new_opt_state, metrics): metrics are the loss head's aux metrics plus
-    `train_loss` and `hp/NAME` (effective values used), and `UPDATE_OK` with `guard`.
+    guard: apply the non-finite guard (`ok` is then its test, else None).
   """
   h_opt, h_loss = split_values(values)
   loss_inputs = (loss_inputs_fn or _identity_loss_inputs)(h_loss, batch)
-  loss, aux, grads = train_loss_and_grads(params, batch, rng, loss_inputs,
-                                          forward_fn=forward_fn,
-                                          loss_from_outputs=loss_from_outputs,
-                                          num_microbatches=num_microbatches)
+  g = train_loss_gradients(params, batch, rng, loss_inputs, forward_fn=forward_fn,
+                           loss_from_outputs=loss_from_outputs,
+                           num_microbatches=num_microbatches)
   if guard:
-    new_params, new_opt_state, ok = guarded_update(optimizer, grads, opt_state, params, h_opt,
-                                                   base_lr, loss, lr_group_ids)
-    return new_params, new_opt_state, {**_metrics(aux, loss, values), UPDATE_OK: ok}
-  updates, new_opt_state = optimizer_update(optimizer, grads, opt_state, params, h_opt, base_lr,
-                                            lr_group_ids)
-  return optax.apply_updates(params, updates), new_opt_state, _metrics(aux, loss, values)
+    new_params, new_opt_state, ok = guarded_update(optimizer, g.grads, opt_state, params, h_opt,
+                                                   base_lr, g.loss, lr_group_ids)
+    return StepOutput(new_params, new_opt_state, train_metrics(g), ok)
+  updates, new_opt_state = optimizer_update(optimizer, g.grads, opt_state, params, h_opt,
+                                            base_lr, lr_group_ids)
+  return StepOutput(optax.apply_updates(params, updates), new_opt_state, train_metrics(g), None)
 
 
-def lookahead_hypergradient(
-    params: PyTree, opt_state: Any, raw: Mapping[str, jax.Array], batch: Batch,
-    guide_batch: Batch, rng: jax.Array, base_lr: jax.Array, *,
-    specs: Sequence[specs_lib.GuidedHParam], optimizer: optax.GradientTransformation,
-    forward_fn: ForwardFn, loss_from_outputs: LossFromOutputs, guide_loss_fn: GuideLossFn,
-    loss_inputs_fn: LossInputsFn | None = None, lr_group_ids: PyTree | None = None,
-    recompute_tangent: bool = False, num_microbatches: int | None = None,
-    optimizer_derivative: str = AUTO
-) -> tuple[PyTree, Any, dict[str, jax.Array], dict[str, jax.Array]]:
-  """The model step and the exact gradient of L_hyper w.r.t. the raw values (steps a-f above).
+def plain_step(params: PyTree, opt_state: Any, values: Mapping[str, jax.Array], batch: Batch,
+               rng: jax.Array, base_lr: jax.Array, *, guard: bool = False, **step_kwargs: Any
+               ) -> tuple[PyTree, Any, dict[str, jax.Array]]:
+  """`model_update` as a (new_params, new_opt_state, metrics) tuple, unguarded by default.
 
-  Args: as `guided_step`, with `raw` (name -> raw value) in place of the guided state.
-
-  Returns:
-    (new_params, new_opt_state, hypergrads, metrics): hypergrads is name -> dL_hyper/d raw
-    (shapes of `raw`, may be non-finite); metrics as `guided_step` without `skipped`.
-    new_params / new_opt_state are already guarded: `params` / `opt_state` where
-    `metrics[UPDATE_OK]` is False (a non-finite loss or update; the hypergradients of such a
-    step mean nothing, and the model step drops its meta update).
+  With `guard`, metrics also hold the guard's test under `UPDATE_OK` (for tuple callers; the
+  step path reads `StepOutput.ok`).
   """
-  loss_inputs_fn = loss_inputs_fn or _identity_loss_inputs
-  microbatched = bool(num_microbatches) and num_microbatches > 1
-  values, act_vjp = jax.vjp(lambda r: specs_lib.effective(specs, r), dict(raw))
-  h_opt, h_loss = specs_lib.split_effective(specs, values)
-  loss_inputs = loss_inputs_fn(h_loss, batch)
-
-  # a) forward with a linearisation, loss head gradient, ordinary backward by transposition.
-  forward = lambda p: forward_fn(p, batch, rng)  # noqa: E731
-  if microbatched:  # e) recomputes each microbatch's forward (no linearisation is kept).
-    loss, aux, grads = train_loss_and_grads(params, batch, rng, loss_inputs,
-                                            forward_fn=forward_fn,
-                                            loss_from_outputs=loss_from_outputs,
-                                            num_microbatches=num_microbatches)
-  else:
-    if h_loss and not recompute_tangent:
-      outputs, lin = jax.linearize(forward, params)
-      backward = jax.linear_transpose(lin, params)
-    else:
-      outputs, backward = jax.vjp(forward, params)
-    (loss, aux), d_out = jax.value_and_grad(loss_from_outputs, has_aux=True)(outputs, batch,
-                                                                              loss_inputs)
-    (grads,) = backward(d_out)
-
-  # b) the model step, with the VJP of the optimizer update kept (or nothing kept: closed form).
-  def update(g, hopt):
-    return optimizer_update(optimizer, g, opt_state, params, hopt, base_lr, lr_group_ids)
-
-  closed_form = closed_form_for(optimizer, optimizer_derivative, h_opt, opt_state)
-  if closed_form is not None and set(h_opt) <= {specs_lib.LEARNING_RATE} and not h_loss:
-    # The LR multiplier alone: the VJP keeps only the (linear-in-LR) update, less than the
-    # closed form's inputs (g, m, n); both give the same value (T5.1.1 small compiled memory /
-    # plain 1.20 against 1.26), so the VJP is used.
-    closed_form = None
-  if closed_form is None:
-    updates, update_vjp, new_opt_state = jax.vjp(update, grads, h_opt, has_aux=True)
-  else:  # d) reads only the updated state and g: the old params and moments die here.
-    updates, new_opt_state = update(grads, h_opt)
-  new_params = optax.apply_updates(params, updates)
-  # The non-finite guard of the model step, applied before c): the old params and moments die
-  # here instead of living next to the new ones through the guide pass. (A step it drops has
-  # its guided state dropped by the model step as well.)
-  update_ok = update_is_finite(loss, new_params)
-  new_params, new_opt_state = keep_if(update_ok, (new_params, new_opt_state),
-                                      (params, opt_state))
-
-  # c) guide loss at the lookahead (= model step) params; d) back through the update.
-  guide_loss, v = jax.value_and_grad(guide_loss_fn)(new_params, guide_batch)
-  if closed_form is None:
-    d_grads, d_h_opt = update_vjp(v)
-  else:
-    d_h_opt, d_grads = _closed_form_derivatives(
-        closed_form, grads, opt_state, new_opt_state, new_params, v, h_opt, base_lr,
-        lr_group_ids, need_d_grads=bool(h_loss))
-  d_values = dict(d_h_opt)
-
-  # e) loss-side: mixed second derivative through the loss head only.
-  if h_loss and microbatched:
-    d_values.update(_microbatched_loss_side_hypergradient(
-        params, batch, rng, h_loss, d_grads, forward_fn=forward_fn,
-        loss_from_outputs=loss_from_outputs, loss_inputs_fn=loss_inputs_fn,
-        num_microbatches=num_microbatches))
-  elif h_loss:
-    if recompute_tangent:  # Memory for time: re-run the forward instead of keeping residuals.
-      # The barrier makes the params a new value, so XLA cannot merge this forward with a)'s
-      # (which would keep a)'s residuals alive through c) after all); the primal outputs are
-      # recomputed too, so nothing of a) outlives its backward.
-      params_again, d_grads = jax.lax.optimization_barrier((params, d_grads))
-      outputs, tangent = jax.jvp(forward, (params_again,), (d_grads,))
-    else:
-      tangent = lin(d_grads)
-
-    def head_grad(hl):
-      return jax.grad(lambda o: loss_from_outputs(o, batch, loss_inputs_fn(hl, batch))[0])(
-          outputs)
-
-    d_values.update(jax.grad(lambda hl: _tree_vdot(head_grad(hl), tangent))(h_loss))
-
-  # f) effective -> raw.
-  d_values = {k: d_values[k].astype(values[k].dtype) for k in values}
-  (hypergrads,) = act_vjp(d_values)
-  metrics = _metrics(aux, loss, values)
-  metrics["guide_loss"] = guide_loss
-  metrics[UPDATE_OK] = update_ok
-  metrics.update(hypergrad_metrics(hypergrads))
-  return new_params, new_opt_state, hypergrads, metrics
+  out = model_update(params, opt_state, values, batch, rng, base_lr, guard=guard, **step_kwargs)
+  metrics = dict(out.metrics)
+  if guard:
+    metrics[UPDATE_OK] = out.ok
+  return out.params, out.opt_state, metrics
 
 
-def hypergrad_metrics(hypergrads: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-  """The metrics of one guided step's hypergradients (raw units): `hypergrad_norm/NAME` (L2 norm)
-  for every value and the signed `hypergrad/NAME` for scalar values (its sign says which way the
-  guide pulls; its mean / std over a window is the hypergradient's signal-to-noise ratio)."""
-  metrics = {}
-  for name, g in hypergrads.items():
-    metrics[f"hypergrad_norm/{name}"] = jnp.sqrt(jnp.sum(jnp.square(g)))
-    if jnp.ndim(g) == 0:
-      metrics[f"hypergrad/{name}"] = g
-  return metrics
-
-
+# --------------------------------------------------------------------------- the guided step
 def closed_form_for(optimizer: optax.GradientTransformation, optimizer_derivative: str,
                     h_opt: Mapping[str, Any] | None = None, opt_state: Any = None
                     ) -> opt_derivs.ClosedForm | None:
@@ -619,6 +618,203 @@ def _microbatched_loss_side_hypergradient(
   return total
 
 
+def _derivative_closed_form(optimizer: optax.GradientTransformation, optimizer_derivative: str,
+                            h_opt: Mapping[str, jax.Array], h_loss: Mapping[str, jax.Array],
+                            opt_state: Any) -> opt_derivs.ClosedForm | None:
+  """`closed_form_for`, except that the LR multiplier alone (no loss side) takes the VJP: it then
+  keeps only the update (linear in the LR), less than the closed form's inputs (g, m, n), and
+  both give the same value."""
+  closed_form = closed_form_for(optimizer, optimizer_derivative, h_opt, opt_state)
+  if closed_form is not None and set(h_opt) <= {specs_lib.LEARNING_RATE} and not h_loss:
+    return None
+  return closed_form
+
+
+def _update_with_derivative(optimizer: optax.GradientTransformation, grads: PyTree,
+                            opt_state: Any, params: PyTree, h_opt: Mapping[str, jax.Array],
+                            base_lr: jax.Array, loss: jax.Array, lr_group_ids: PyTree | None,
+                            keep_vjp: bool) -> tuple[ModelUpdate, Callable[..., Any] | None]:
+  """Step b): the guarded model update, with the VJP of the optimizer update kept or not.
+
+  Without the VJP this is exactly the plain step's `guarded_update`. With it, the guard is
+  'where' (the VJP closure cannot leave a `lax.cond`). The guard runs before the guide pass, so
+  the old params and moments die here instead of living next to the new ones.
+
+  Returns:
+    (`ModelUpdate`, the update's VJP (d updates -> (d grads, d h_opt)) or None).
+  """
+  if not keep_vjp:
+    new_params, new_opt_state, ok = guarded_update(optimizer, grads, opt_state, params, h_opt,
+                                                   base_lr, loss, lr_group_ids)
+    return ModelUpdate(new_params, new_opt_state, ok), None
+
+  def update(g, hopt):
+    return optimizer_update(optimizer, g, opt_state, params, hopt, base_lr, lr_group_ids)
+
+  def update_fn():
+    updates, update_vjp, new_opt_state = jax.vjp(update, grads, h_opt, has_aux=True)
+    return optax.apply_updates(params, updates), new_opt_state, update_vjp
+
+  return guard_update(loss, params, opt_state, update_fn, mode=WHERE)
+
+
+def _loss_side_hypergradient(params: PyTree, batch: Batch, rng: jax.Array,
+                             h_loss: Mapping[str, jax.Array], d_grads: PyTree,
+                             gradients: TrainGradients, *, forward_fn: ForwardFn,
+                             loss_from_outputs: LossFromOutputs, loss_inputs_fn: LossInputsFn,
+                             num_microbatches: int | None) -> dict[str, jax.Array]:
+  """Step e): d(d_grads . g)/dh_loss, the mixed second derivative through the loss head only.
+
+  The tangent J d_grads comes from the kept linearisation (`gradients.lin`), else from a re-run
+  forward (`jax.jvp`; per microbatch when microbatched). The re-run starts from an optimization
+  barrier on the params, so that XLA cannot merge it with step a)'s forward (which would keep
+  a)'s residuals alive through the guide pass after all).
+  """
+  if num_microbatches and num_microbatches > 1:
+    return _microbatched_loss_side_hypergradient(
+        params, batch, rng, h_loss, d_grads, forward_fn=forward_fn,
+        loss_from_outputs=loss_from_outputs, loss_inputs_fn=loss_inputs_fn,
+        num_microbatches=num_microbatches)
+  if gradients.lin is not None:
+    outputs, tangent = gradients.outputs, gradients.lin(d_grads)
+  else:
+    params_again, d_grads = jax.lax.optimization_barrier((params, d_grads))
+    outputs, tangent = jax.jvp(lambda p: forward_fn(p, batch, rng), (params_again,), (d_grads,))
+
+  def head_grad(hl):
+    return jax.grad(lambda o: loss_from_outputs(o, batch, loss_inputs_fn(hl, batch))[0])(
+        outputs)
+
+  return dict(jax.grad(lambda hl: _tree_vdot(head_grad(hl), tangent))(h_loss))
+
+
+class LookaheadOutput(NamedTuple):
+  """The greedy guided step before its meta update.
+
+  Attributes:
+    update: the guarded model step (`ModelUpdate`), identical to the plain step's.
+    hypergrads: name -> dL_hyper/d raw (shapes of the raw values; may be non-finite).
+    metrics: `train_metrics` and `guide_loss` (summed guide loss at the new params).
+  """
+  update: ModelUpdate
+  hypergrads: dict[str, jax.Array]
+  metrics: dict[str, jax.Array]
+
+
+def lookahead_update(
+    params: PyTree, opt_state: Any, raw: Mapping[str, jax.Array], batch: Batch,
+    guide_batch: Batch, rng: jax.Array, base_lr: jax.Array, *,
+    specs: Sequence[specs_lib.GuidedHParam], optimizer: optax.GradientTransformation,
+    forward_fn: ForwardFn, loss_from_outputs: LossFromOutputs, guide_loss_fn: GuideLossFn,
+    loss_inputs_fn: LossInputsFn | None = None, lr_group_ids: PyTree | None = None,
+    recompute_tangent: bool = False, num_microbatches: int | None = None,
+    optimizer_derivative: str = AUTO) -> LookaheadOutput:
+  """The model step and the exact gradient of L_hyper w.r.t. the raw values (steps a-f above).
+
+  Args: as `guided_step`, with `raw` (name -> raw value) in place of the guided state.
+
+  A step the guard drops (`update.ok` False: a non-finite loss or update) keeps the old params
+  and optimizer state; its hypergradients mean nothing and the model step drops its meta update.
+  """
+  loss_inputs_fn = loss_inputs_fn or _identity_loss_inputs
+  microbatched = bool(num_microbatches) and num_microbatches > 1
+  values, act_vjp = jax.vjp(lambda r: specs_lib.effective(specs, r), dict(raw))
+  h_opt, h_loss = specs_lib.split_effective(specs, values)
+  # a) the train gradient, with the forward's linearisation kept when e) will reuse it.
+  gradients = train_loss_gradients(
+      params, batch, rng, loss_inputs_fn(h_loss, batch), forward_fn=forward_fn,
+      loss_from_outputs=loss_from_outputs, num_microbatches=num_microbatches,
+      keep_linearization=bool(h_loss) and not recompute_tangent and not microbatched)
+  # b) the guarded model step, with the VJP of the optimizer update kept unless closed form.
+  closed_form = _derivative_closed_form(optimizer, optimizer_derivative, h_opt, h_loss,
+                                        opt_state)
+  update, update_vjp = _update_with_derivative(
+      optimizer, gradients.grads, opt_state, params, h_opt, base_lr, gradients.loss,
+      lr_group_ids, keep_vjp=closed_form is None)
+  # c) guide loss at the lookahead (= model step) params; d) back through the update.
+  guide_loss, v = jax.value_and_grad(guide_loss_fn)(update.params, guide_batch)
+  if closed_form is None:
+    d_grads, d_h_opt = update_vjp(v)
+  else:  # d) reads only the updated state and g.
+    d_h_opt, d_grads = _closed_form_derivatives(
+        closed_form, gradients.grads, opt_state, update.opt_state, update.params, v, h_opt,
+        base_lr, lr_group_ids, need_d_grads=bool(h_loss))
+  d_values = dict(d_h_opt)
+  if h_loss:  # e) loss side.
+    d_values.update(_loss_side_hypergradient(
+        params, batch, rng, h_loss, d_grads, gradients, forward_fn=forward_fn,
+        loss_from_outputs=loss_from_outputs, loss_inputs_fn=loss_inputs_fn,
+        num_microbatches=num_microbatches))
+  # f) effective -> raw.
+  (hypergrads,) = act_vjp({k: d_values[k].astype(values[k].dtype) for k in values})
+  return LookaheadOutput(update, hypergrads, {**train_metrics(gradients),
+                                              "guide_loss": guide_loss})
+
+
+def lookahead_hypergradient(
+    params: PyTree, opt_state: Any, raw: Mapping[str, jax.Array], batch: Batch,
+    guide_batch: Batch, rng: jax.Array, base_lr: jax.Array, *,
+    specs: Sequence[specs_lib.GuidedHParam], optimizer: optax.GradientTransformation,
+    forward_fn: ForwardFn, loss_from_outputs: LossFromOutputs, guide_loss_fn: GuideLossFn,
+    loss_inputs_fn: LossInputsFn | None = None, lr_group_ids: PyTree | None = None,
+    recompute_tangent: bool = False, num_microbatches: int | None = None,
+    optimizer_derivative: str = AUTO
+) -> tuple[PyTree, Any, dict[str, jax.Array], dict[str, jax.Array]]:
+  """`lookahead_update` as a (new_params, new_opt_state, hypergrads, metrics) tuple, with the
+  guard's test in metrics under `UPDATE_OK` (for tuple callers). Args: as `lookahead_update`."""
+  out = lookahead_update(
+      params, opt_state, raw, batch, guide_batch, rng, base_lr, specs=specs,
+      optimizer=optimizer, forward_fn=forward_fn, loss_from_outputs=loss_from_outputs,
+      guide_loss_fn=guide_loss_fn, loss_inputs_fn=loss_inputs_fn, lr_group_ids=lr_group_ids,
+      recompute_tangent=recompute_tangent, num_microbatches=num_microbatches,
+      optimizer_derivative=optimizer_derivative)
+  return (out.update.params, out.update.opt_state, out.hypergrads,
+          {**out.metrics, UPDATE_OK: out.update.ok})
+
+
+def hypergrad_metrics(hypergrads: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """The metrics of one guided step's hypergradients (raw units): `hypergrad_norm/NAME` (L2 norm)
+  for every value and the signed `hypergrad/NAME` for scalar values (its sign says which way the
+  guide pulls; its mean / std over a window is the hypergradient's signal-to-noise ratio)."""
+  metrics = {}
+  for name, g in hypergrads.items():
+    metrics[f"hypergrad_norm/{name}"] = jnp.sqrt(jnp.sum(jnp.square(g)))
+    if jnp.ndim(g) == 0:
+      metrics[f"hypergrad/{name}"] = g
+  return metrics
+
+
+class GuidedOutput(NamedTuple):
+  """A guided step (either horizon): the model step, the hypergradient and the meta update.
+
+  Attributes:
+    update: the guarded model step (`ModelUpdate`).
+    guided: the guided state after the meta update (the model step drops it with the update).
+    hypergrads: name -> dL_guide/d raw (before the meta update).
+    metrics: `train_metrics`, `guide_loss` and the horizon's own (`tangent_resets`).
+  """
+  update: ModelUpdate
+  guided: meta_lib.GuidedState
+  hypergrads: dict[str, jax.Array]
+  metrics: dict[str, jax.Array]
+
+
+def guided_update(params: PyTree, opt_state: Any, guided_state: meta_lib.GuidedState,
+                  batch: Batch, guide_batch: Batch, rng: jax.Array, base_lr: jax.Array, *,
+                  specs: Sequence[specs_lib.GuidedHParam],
+                  meta_optimizer: optax.GradientTransformation,
+                  **lookahead_kwargs: Any) -> GuidedOutput:
+  """The greedy guided step: `lookahead_update`, then the meta update of the raw values.
+
+  Args: as `guided_step`.
+  """
+  out = lookahead_update(params, opt_state, guided_state.raw, batch, guide_batch, rng, base_lr,
+                         specs=specs, **lookahead_kwargs)
+  new_guided, _ = meta_lib.apply_hypergradient(guided_state, out.hypergrads, specs,
+                                               meta_optimizer)
+  return GuidedOutput(out.update, new_guided, out.hypergrads, out.metrics)
+
+
 def guided_step(params: PyTree, opt_state: Any, guided_state: meta_lib.GuidedState,
                 batch: Batch, guide_batch: Batch, rng: jax.Array, base_lr: jax.Array, *,
                 specs: Sequence[specs_lib.GuidedHParam],
@@ -629,7 +825,8 @@ def guided_step(params: PyTree, opt_state: Any, guided_state: meta_lib.GuidedSta
                 recompute_tangent: bool = False, num_microbatches: int | None = None,
                 optimizer_derivative: str = AUTO
                 ) -> tuple[PyTree, Any, meta_lib.GuidedState, dict[str, jax.Array]]:
-  """The fused model step + exact one-step-lookahead hypergradient + meta update.
+  """The fused model step + exact one-step-lookahead hypergradient + meta update, as a tuple
+  (`guided_update` is the same step as a `GuidedOutput`).
 
   Args:
     params, opt_state: model parameters and optimizer state (`inject_hyperparams` state).
@@ -660,22 +857,22 @@ def guided_step(params: PyTree, opt_state: Any, guided_state: meta_lib.GuidedSta
 
   Returns:
     (new_params, new_opt_state, new_guided_state, metrics). new_params/new_opt_state are the
-    model step at the values before the meta update (identical to `plain_step`). metrics: aux
-    metrics, `train_loss`, `guide_loss` (at new_params), `hypergrad_norm/NAME` (raw units),
-    `hp/NAME` (values used), `skipped` (1.0 if any value's meta update was skipped),
-    `update_ok` (`UPDATE_OK`, bool: False when the non-finite guard kept the old params and
-    optimizer state, already applied to new_params / new_opt_state).
+    model step at the values before the meta update (the plain step's, guarded). metrics:
+    aux metrics, `train_loss`, `guide_loss` (at new_params), `hypergrad_norm/NAME` (raw
+    units), `skipped` (1.0 if any value's meta update was skipped) and `UPDATE_OK` (bool: False
+    when the non-finite guard kept the old params and optimizer state).
   """
-  new_params, new_opt_state, hypergrads, metrics = lookahead_hypergradient(
-      params, opt_state, guided_state.raw, batch, guide_batch, rng, base_lr, specs=specs,
-      optimizer=optimizer, forward_fn=forward_fn, loss_from_outputs=loss_from_outputs,
-      guide_loss_fn=guide_loss_fn, loss_inputs_fn=loss_inputs_fn, lr_group_ids=lr_group_ids,
+  out = guided_update(
+      params, opt_state, guided_state, batch, guide_batch, rng, base_lr, specs=specs,
+      meta_optimizer=meta_optimizer, optimizer=optimizer, forward_fn=forward_fn,
+      loss_from_outputs=loss_from_outputs, guide_loss_fn=guide_loss_fn,
+      loss_inputs_fn=loss_inputs_fn, lr_group_ids=lr_group_ids,
       recompute_tangent=recompute_tangent, num_microbatches=num_microbatches,
       optimizer_derivative=optimizer_derivative)
-  new_guided, skipped = meta_lib.apply_hypergradient(guided_state, hypergrads, specs,
-                                                     meta_optimizer)
-  metrics["skipped"] = skipped.astype(jnp.float32)
-  return new_params, new_opt_state, new_guided, metrics
+  skipped = (out.guided.num_skipped - guided_state.num_skipped).astype(jnp.float32)
+  metrics = {**out.metrics, **hypergrad_metrics(out.hypergrads), "skipped": skipped,
+             UPDATE_OK: out.update.ok}
+  return out.update.params, out.update.opt_state, out.guided, metrics
 
 
 def hyper_loss(raw: Mapping[str, jax.Array], params: PyTree, opt_state: Any, batch: Batch,
@@ -690,11 +887,8 @@ def hyper_loss(raw: Mapping[str, jax.Array], params: PyTree, opt_state: Any, bat
   `jax.grad(hyper_loss)` must equal the hypergradient of `guided_step` (before the meta update).
   """
   values = specs_lib.effective(specs, raw)
-  h_opt, h_loss = specs_lib.split_effective(specs, values)
-  loss_inputs = (loss_inputs_fn or _identity_loss_inputs)(h_loss, batch)
-  _, _, grads = train_loss_and_grads(params, batch, rng, loss_inputs, forward_fn=forward_fn,
-                                     loss_from_outputs=loss_from_outputs,
-                                     num_microbatches=num_microbatches)
-  updates, _ = optimizer_update(optimizer, grads, opt_state, params, h_opt, base_lr,
-                                lr_group_ids)
-  return guide_loss_fn(optax.apply_updates(params, updates), guide_batch)
+  out = model_update(params, opt_state, values, batch, rng, base_lr, optimizer=optimizer,
+                     forward_fn=forward_fn, loss_from_outputs=loss_from_outputs,
+                     loss_inputs_fn=loss_inputs_fn, lr_group_ids=lr_group_ids,
+                     num_microbatches=num_microbatches, guard=False)
+  return guide_loss_fn(out.params, guide_batch)

@@ -5,11 +5,12 @@ Every step is `step.model_step` at the guided state's effective values; every
 lookahead, and the guide loss at the updated params (a batch from the held-out guide task, drawn
 from the `guide_iter` that the training loop hands to `train`) is differentiated through that
 update into the raw hyper-parameters, which the meta optimizer then moves
-(`gbt_t5x.guided.hypergrad.guided_step`). The guided state lives in
+(`gbt_t5x.guided.hypergrad.guided_update`). The guided state lives in
 `TrainState.guided` (checkpointed with everything else, replicated on the mesh); effective values
 go to TensorBoard, the progress line, `MODEL_DIR/guided_trajectory.jsonl` (every step) and
 `MODEL_DIR/hparams.png`, vector entries under their names (`GuidedHParam.entry_names`, e.g. the
-demo's noise buckets: `hp/data_weights/untranslated_copy`). Gin selects it with `train.trainer_cls = @guided_trainer.GuidedTrainer`.
+demo's noise buckets: `hp/data_weights/untranslated_copy`). Gin selects it with
+`train.trainer_cls = @guided_trainer.GuidedTrainer`.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from gbt_t5x.guided import meta as meta_lib
 from gbt_t5x.guided import specs as specs_lib
 from gbt_t5x.train import data as data_lib
 from gbt_t5x.train.data_weights import DATA_IDS
+from gbt_t5x.train import metric_kinds
 from gbt_t5x.train import optimizers as optimizers_lib
 from gbt_t5x.train import state_init
 from gbt_t5x.train import step as step_lib
@@ -238,22 +240,6 @@ class GuidedTrainer(Trainer):
         out_shardings=(self.train_state_axes, self._partitioner.replicated),
         donate_argnums=(0,))
 
-  def progress_view(self, report: Mapping[str, float]) -> dict[str, float]:
-    """`Trainer`'s view (the LR multiplier as `lr_mult`, vector entries by name, e.g.
-    `data_weights/untranslated_copy`) and, per guided value, the steps of the window whose meta
-    update skipped it (`skipped/NAME`, shown when non-zero), the forward horizon's
-    `tangent_resets` when non-zero; no hypergradient norms."""
-    view = {}
-    for key, value in super().progress_view(report).items():
-      if key.startswith(("hypergrad_norm/", "hypergrad/")) or key == "skipped":
-        continue
-      if key.startswith("skipped/") or key == "tangent_resets":
-        if value > 0:
-          view[key] = int(value)
-        continue
-      view[key] = value
-    return view
-
   # ---------------------------------------------------------------- loop hooks
   def _run_one_step(self, batch_iter: Iterator[Batch]) -> Metrics:
     if self._host_step is None:
@@ -286,10 +272,10 @@ class GuidedTrainer(Trainer):
       values = {}
       for spec in self.specs:
         if spec.shape == ():
-          values[spec.name] = float(metrics[f"hp/{spec.name}"])
+          values[spec.name] = float(metrics[metric_kinds.hp_key(spec.name)])
         else:
           tags = specs_lib.entry_tags(spec.entry_names, int(np.prod(spec.shape)))
-          values[spec.name] = [float(metrics[f"hp/{spec.name}/{tag}"]) for tag in tags]
+          values[spec.name] = [float(metrics[metric_kinds.hp_key(spec.name, tag)]) for tag in tags]
       row = {"step": step, "applied_learning_rate": float(metrics["learning_rate"]),
              "values": values}
       if self.entry_names:

@@ -3,8 +3,8 @@
 A plain run, a run replaying a learned schedule and a guided run differ only in where the
 hyper-parameter values of a step come from (a `ValuesFn`: nothing, the replayed schedules at the
 step, or the guided state's effective values) and, on a guided step, in the hypergradient and
-meta update that `hypergrad.guided_step` adds on top of the same model step. Everything else
-happens here once:
+meta update that `hypergrad.guided_update` (greedy) or `forward.guided_update` (long horizon)
+adds on top of the same model step. Everything else happens here once:
 
 - the values are split by name into optimizer side and loss side (`hypergrad.split_values`);
 - optimizer-side values are injected into the optax `inject_hyperparams` state with aliases
@@ -12,13 +12,16 @@ happens here once:
   multiplier);
 - loss-side values become the loss head's inputs (`StepFns.loss_inputs_fn`: label smoothing and
   per-token data weights of the whole batch);
-- gradients are accumulated over microbatches (`hypergrad.train_loss_and_grads`);
+- the train gradient is `hypergrad.train_loss_gradients` on every path (accumulated over
+  microbatches), the update `hypergrad.optimizer_update`;
 - with the long ('forward') hypergradient horizon, every step also carries the tangents
   d(params, optimizer state)/d(raw values) in `TrainState.tangents` (`guided.forward`), and a
   guided step contracts them with the guide gradient instead of differentiating one step;
-- the non-finite guard: a step whose train loss or new params are not finite keeps the old
+- the non-finite guard (`hypergrad.guard_update` on every path, its test returned as
+  `ModelUpdate.ok`): a step whose train loss or new params are not finite keeps the old
   params, optimizer and guided state, advances the step counter and counts it in
-  `TrainState.num_nonfinite` (the trainer stops past `max_nonfinite_steps`).
+  `TrainState.num_nonfinite` (the trainer stops past `max_nonfinite_steps`);
+- the step's metrics, treated as `metric_kinds` says (zeroed on a dropped step or not).
 
 Must not import gin or seqio.
 """
@@ -33,8 +36,8 @@ import optax
 
 from gbt_t5x.guided import forward as forward_lib
 from gbt_t5x.guided import hypergrad
-from gbt_t5x.guided import meta as meta_lib
 from gbt_t5x.guided import specs as specs_lib
+from gbt_t5x.train import metric_kinds
 from gbt_t5x.train import train_state as train_state_lib
 from gbt_t5x.train.train_state import TrainState
 
@@ -74,7 +77,8 @@ class StepFns:
   entry_names: Mapping[str, Sequence[str]] | None = None
 
   def hypergrad_kwargs(self) -> dict[str, Any]:
-    """Keyword arguments shared by `hypergrad.plain_step` and `hypergrad.guided_step`."""
+    """Keyword arguments shared by `hypergrad.model_update`, `hypergrad.guided_update` and
+    `forward.forward_update` / `forward.guided_update`."""
     return dict(optimizer=self.optimizer, forward_fn=self.forward_fn,
                 loss_from_outputs=self.loss_from_outputs, loss_inputs_fn=self.loss_inputs_fn,
                 lr_group_ids=self.lr_group_ids, num_microbatches=self.num_microbatches)
@@ -128,8 +132,9 @@ def guided_values(specs: Sequence[specs_lib.GuidedHParam]) -> ValuesFn:
 # ------------------------------------------------------------------------------ the step
 def value_metrics(values: Mapping[str, jax.Array], base_lr: jax.Array,
                   entry_names: Mapping[str, Sequence[str]] | None = None) -> Metrics:
-  """`hp/NAME` per scalar value, `hp/NAME/ENTRY` per vector entry, and the applied
-  `learning_rate` (the schedule's value times a scalar multiplier).
+  """`hp/NAME` per scalar value, `hp/NAME/ENTRY` per vector entry (`metric_kinds.hp_key`, the
+  only place these keys are built), and the applied `learning_rate` (the schedule's value times
+  a scalar multiplier).
 
   ENTRY is the entry's name from `entry_names[NAME]` made tag-safe (`hp/data_weights/
   untranslated_copy`), or its index (`hp/data_weights/3`) for a value without names. A names
@@ -140,17 +145,72 @@ def value_metrics(values: Mapping[str, jax.Array], base_lr: jax.Array,
   for name, value in values.items():
     flat = jnp.ravel(jnp.asarray(value))
     if jnp.ndim(value) == 0:
-      metrics[f"hp/{name}"] = flat[0]
+      metrics[metric_kinds.hp_key(name)] = flat[0]
       continue
     try:
       tags = specs_lib.entry_tags(tuple(entry_names.get(name, ())), flat.size)
     except ValueError as e:
       raise ValueError(f"hyper-parameter {name!r}: {e}") from None
     for i, tag in enumerate(tags):
-      metrics[f"hp/{name}/{tag}"] = flat[i]
+      metrics[metric_kinds.hp_key(name, tag)] = flat[i]
   multiplier = values.get(specs_lib.LEARNING_RATE)
   scalar = multiplier is not None and jnp.ndim(multiplier) == 0
   metrics["learning_rate"] = base_lr * multiplier if scalar else jnp.asarray(base_lr)
+  return metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stepped:
+  """What one of the step's bodies returns: the guarded update, the state parts that guiding
+  moves, the hypergradients of a guided step (else None) and the body's metrics."""
+  update: hypergrad.ModelUpdate
+  guided: Any
+  tangents: Any
+  hypergrads: Mapping[str, jax.Array] | None
+  metrics: Metrics
+
+
+def _step_body(state: TrainState, batch: Batch, values: Mapping[str, jax.Array], rng: jax.Array,
+               base_lr: jax.Array, fns: StepFns, guide_batch: Batch | None,
+               guidance: Guidance | None) -> _Stepped:
+  """Dispatches to the plain, greedy guided or forward-horizon (plain or guided) step."""
+  kwargs = fns.hypergrad_kwargs()
+  if guidance is not None and guidance.horizon == "forward":
+    horizon = dict(mu=guidance.mu, specs=guidance.specs, **kwargs)
+    if guide_batch is None:
+      update, tangents, metrics = forward_lib.forward_update(
+          state.params, state.opt_state, state.guided.raw, state.tangents, batch, rng, base_lr,
+          **horizon)
+      return _Stepped(update, state.guided, tangents, None, metrics)
+    out, tangents = forward_lib.guided_update(
+        state.params, state.opt_state, state.guided, state.tangents, batch, guide_batch, rng,
+        base_lr, meta_optimizer=guidance.meta_optimizer, guide_loss_fn=fns.guide_loss_fn,
+        **horizon)
+    return _Stepped(out.update, out.guided, tangents, out.hypergrads, out.metrics)
+  if guide_batch is None:
+    out = hypergrad.model_update(state.params, state.opt_state, values, batch, rng, base_lr,
+                                 guard=True, **kwargs)
+    update = hypergrad.ModelUpdate(out.params, out.opt_state, out.ok)
+    return _Stepped(update, state.guided, state.tangents, None, out.metrics)
+  out = hypergrad.guided_update(
+      state.params, state.opt_state, state.guided, batch, guide_batch, rng, base_lr,
+      specs=guidance.specs, meta_optimizer=guidance.meta_optimizer,
+      guide_loss_fn=fns.guide_loss_fn, recompute_tangent=guidance.recompute_tangent,
+      optimizer_derivative=guidance.optimizer_derivative, **kwargs)
+  return _Stepped(out.update, out.guided, state.tangents, out.hypergrads, out.metrics)
+
+
+def _guided_metrics(old: TrainState, new: TrainState, hypergrads: Mapping[str, jax.Array],
+                    guide_loss: jax.Array, guide_batch: Batch) -> Metrics:
+  """A guided step's own metrics: `guide_loss_per_token`, the hypergradient metrics and the
+  meta-update skips as counted in the (guarded) states."""
+  guide_tokens = jnp.sum(guide_batch["decoder_loss_weights"].astype(jnp.float32))
+  metrics = {"guide_loss_per_token": guide_loss / jnp.maximum(guide_tokens, 1)}
+  metrics.update(hypergrad.hypergrad_metrics(hypergrads))
+  metrics["skipped"] = (new.guided.num_skipped - old.guided.num_skipped).astype(jnp.float32)
+  for name in new.guided.skips:
+    metrics[f"skipped/{name}"] = (new.guided.skips[name] - old.guided.skips[name]).astype(
+        jnp.float32)
   return metrics
 
 
@@ -163,79 +223,41 @@ def model_step(state: TrainState, batch: Batch, *, fns: StepFns, values_fn: Valu
     state: the train state (params, optimizer state, guided state, counters).
     batch: the global train batch, features [B, L].
     fns: the model-side callables.
-    values_fn: where this step's hyper-parameter values come from (ignored on guided steps,
-      whose values are the guided state's).
+    values_fn: where this step's hyper-parameter values come from (ignored on guided and
+      forward-horizon steps, whose values are the guided state's).
     guide_batch: a guide batch for a guided step, else None.
     guidance: required with `guide_batch`; with the 'forward' horizon, given on every step of
       the run (the tangents move with every model step).
 
   Returns:
-    (new state, scalar metrics): the loss head's sums (`loss`, `accuracy`, `num_tokens`, ...;
-    zeroed on a skipped step), `train_loss`, `hp/NAME` (`hp/NAME/ENTRY`) values used,
-    `learning_rate`,
-    `nonfinite_skipped`; on guided steps also `guide_loss_per_token` (nats per guide token),
-    `hypergrad_norm/NAME` (`hypergrad/NAME`, signed, for scalars), `skipped` (1 if any value's meta update was skipped) and
-    `skipped/NAME` per value.
+    (new state, scalar metrics): the loss head's sums (`loss`, `accuracy`, `num_tokens`, ...),
+    `train_loss`, `hp/NAME` (`hp/NAME/ENTRY`) values used, `learning_rate`,
+    `nonfinite_skipped`; `tangent_resets` with the forward horizon; on guided steps also
+    `guide_loss_per_token` (nats per guide token), `hypergrad_norm/NAME` (`hypergrad/NAME`,
+    signed, for scalars), `skipped` (1 if any value's meta update was skipped) and
+    `skipped/NAME` per value. Keys whose `metric_kinds` kind says so are zeroed on a step the
+    guard dropped.
   """
+  if guide_batch is not None and guidance is None:
+    raise ValueError("a guided step needs a Guidance (specs and meta optimizer)")
   rng = jax.random.fold_in(fns.rng, state.step)
   base_lr = fns.learning_rate_fn(state.step)
-  update_ok = None  # the guard's test, when the step has applied it already (not: forward horizon)
-  tangents = state.tangents
-  if guidance is not None and guidance.horizon == "forward":
+  if guidance is not None and (guide_batch is not None or guidance.horizon == "forward"):
     values = specs_lib.effective(guidance.specs, state.guided.raw)
-    params, opt_state, tangents, metrics = forward_lib.forward_step(
-        state.params, state.opt_state, state.guided.raw, state.tangents, batch, rng, base_lr,
-        mu=guidance.mu, specs=guidance.specs, **fns.hypergrad_kwargs())
-    metrics = dict(metrics)
-    guided = state.guided
-    if guide_batch is not None:
-      guide_loss, hypergrads = forward_lib.hypergradient(
-          params, tangents, state.guided.raw, guide_batch, specs=guidance.specs,
-          guide_loss_fn=fns.guide_loss_fn)
-      guided, _ = meta_lib.apply_hypergradient(state.guided, hypergrads, guidance.specs,
-                                               guidance.meta_optimizer)
-      tangents, resets = forward_lib.reset_tangents(
-          tangents, forward_lib.finite_contractions(hypergrads, guidance.specs))
-      metrics["tangent_resets"] = metrics["tangent_resets"] + resets
-      metrics["guide_loss"] = guide_loss
-      metrics.update(hypergrad.hypergrad_metrics(hypergrads))
-  elif guide_batch is None:
-    values = values_fn(state)
-    params, opt_state, metrics = hypergrad.plain_step(
-        state.params, state.opt_state, values, batch, rng, base_lr, guard=True,
-        **fns.hypergrad_kwargs())
-    metrics = dict(metrics)
-    update_ok = metrics.pop(hypergrad.UPDATE_OK)
-    guided = state.guided
   else:
-    if guidance is None:
-      raise ValueError("a guided step needs a Guidance (specs and meta optimizer)")
-    values = specs_lib.effective(guidance.specs, state.guided.raw)
-    params, opt_state, guided, metrics = hypergrad.guided_step(
-        state.params, state.opt_state, state.guided, batch, guide_batch, rng, base_lr,
-        specs=guidance.specs, meta_optimizer=guidance.meta_optimizer,
-        guide_loss_fn=fns.guide_loss_fn, recompute_tangent=guidance.recompute_tangent,
-        optimizer_derivative=guidance.optimizer_derivative, **fns.hypergrad_kwargs())
-    metrics = dict(metrics)
-    update_ok = metrics.pop(hypergrad.UPDATE_OK)
+    values = values_fn(state)
+  body = _step_body(state, batch, values, rng, base_lr, fns, guide_batch, guidance)
+  new_state = state.replace(step=state.step + 1, params=body.update.params,
+                            opt_state=body.update.opt_state, guided=body.guided,
+                            tangents=body.tangents)
+  new_state, nonfinite = train_state_lib.keep_finite_update(
+      state, new_state, body.metrics["loss"], body.update.ok)
+  metrics = {k: v for k, v in body.metrics.items() if k != "guide_loss"}
   if guide_batch is not None:
-    guide_tokens = jnp.sum(guide_batch["decoder_loss_weights"].astype(jnp.float32))
-    metrics["guide_loss_per_token"] = metrics.pop("guide_loss") / jnp.maximum(guide_tokens, 1)
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                            guided=guided, tangents=tangents)
-  new_state, nonfinite = train_state_lib.keep_finite_update(state, new_state, metrics["loss"],
-                                                            update_ok)
-  if guide_batch is not None:  # Skips as counted in the (guarded) state.
-    new_guided, old_guided = new_state.guided, state.guided
-    metrics["skipped"] = (new_guided.num_skipped - old_guided.num_skipped).astype(jnp.float32)
-    for name in new_guided.skips:
-      metrics[f"skipped/{name}"] = (new_guided.skips[name] - old_guided.skips[name]).astype(
-          jnp.float32)
-  model_sums = {k: v for k, v in metrics.items()
-                if not k.startswith(("hp/", "hypergrad", "skipped", "guide_loss"))}
-  metrics.update({k: jnp.where(nonfinite > 0, jnp.zeros_like(v), v)
-                  for k, v in model_sums.items()})
-  metrics = {k: v for k, v in metrics.items() if not k.startswith("hp/")}
+    metrics.update(_guided_metrics(state, new_state, body.hypergrads,
+                                   body.metrics["guide_loss"], guide_batch))
+  metrics = {k: jnp.where(nonfinite > 0, jnp.zeros_like(v), v)
+             if metric_kinds.kind_of(k).zero_on_skip else v for k, v in metrics.items()}
   metrics.update(value_metrics(values, base_lr, fns.entry_names))
   metrics["nonfinite_skipped"] = nonfinite
   return new_state, {k: v for k, v in metrics.items() if jnp.ndim(v) == 0}

@@ -32,6 +32,7 @@ import numpy as np
 from gbt_t5x import errors
 from gbt_t5x.guided import specs as specs_lib
 from gbt_t5x.train import data_weights as data_weights_lib
+from gbt_t5x.train import metric_kinds
 from gbt_t5x.train import step as step_lib
 from gbt_t5x.train import summaries
 from gbt_t5x.train.partitioning import PjitPartitioner
@@ -46,24 +47,17 @@ def eval_step(model: Any, params: Any, batch: Batch) -> Metrics:
 
 
 def finalize_metrics(sums: Mapping[str, float], num_steps: int) -> dict[str, float]:
-  """Turns summed per-step metrics into T5X-style reported values.
+  """Turns summed per-step metrics into T5X-style reported values, by `metric_kinds`.
 
-  `loss`, `cross_ent_loss`, `z_loss` and `accuracy` become per-target-token means; token,
-  example and skip counts stay sums; the learning rate and any other key (hyper-parameter
-  values) become per-step means.
+  PER_TOKEN keys (`loss`, `accuracy`, ...) become per-target-token means; COUNT keys (tokens,
+  examples, skips) stay sums; MEAN keys (the learning rate, hyper-parameter values, any other
+  key) become per-step means.
   """
   tokens = max(float(sums.get("num_tokens", 0.0)), 1.0)
-  out = {}
-  for key, value in sums.items():
-    if key in ("loss", "cross_ent_loss", "z_loss", "accuracy"):
-      out[key] = float(value) / tokens
-    elif key in ("num_tokens", "num_examples", "nonfinite_skipped",
-                 "tangent_resets") or key.startswith("skipped"):
-      # Counts: skipped steps, guided steps that skipped a value, reset forward tangents.
-      out[key] = float(value)
-    else:
-      out[key] = float(value) / max(num_steps, 1)
-  return out
+  divisors = {metric_kinds.PER_TOKEN: tokens, metric_kinds.COUNT: 1.0,
+              metric_kinds.MEAN: float(max(num_steps, 1))}
+  return {key: float(value) / divisors[metric_kinds.kind_of(key).reduce]
+          for key, value in sums.items()}
 
 
 def teacher_forced_eval(step_fn: Callable[[Any, Batch], Metrics], params: Any,
@@ -350,16 +344,21 @@ class Trainer:
     return kept
 
   def progress_view(self, report: Mapping[str, float]) -> dict[str, float]:
-    """The subset of a report shown on the progress line (everything goes to TensorBoard); a
-    learning-rate multiplier (`hp/learning_rate[/GROUP]`) is shown as `lr_mult[/GROUP]`, apart
-    from the applied learning rate `lr`."""
-    hidden = ("num_tokens", "num_examples", "train_loss", "cross_ent_loss", "z_loss")
+    """The subset of a report shown on the progress line (everything goes to TensorBoard), by
+    `metric_kinds` (e.g. token counts and hypergradients hidden, skip counts only when
+    non-zero); a learning-rate multiplier (`hp/learning_rate[/GROUP]`) is shown as
+    `lr_mult[/GROUP]`, apart from the applied learning rate `lr`."""
+    lr_key = metric_kinds.hp_key(specs_lib.LEARNING_RATE)
     view = {}
     for key, value in report.items():
-      if key in hidden or (key == "nonfinite_skipped" and value == 0):
+      progress = metric_kinds.kind_of(key).progress
+      if progress == metric_kinds.HIDDEN or (
+          progress in (metric_kinds.NONZERO, metric_kinds.NONZERO_COUNT) and value == 0):
         continue
-      if key == "hp/learning_rate" or key.startswith("hp/learning_rate/"):
-        key = "lr_mult" + key[len("hp/learning_rate"):]
+      if progress == metric_kinds.NONZERO_COUNT:
+        value = int(value)
+      if key == lr_key or key.startswith(lr_key + "/"):
+        key = "lr_mult" + key[len(lr_key):]
       view[key] = value
     return view
 
