@@ -575,19 +575,26 @@ def closed_form_for(optimizer: optax.GradientTransformation, optimizer_derivativ
 def _closed_form_derivatives(closed_form: opt_derivs.ClosedForm, grads: PyTree, opt_state: Any,
                              new_opt_state: Any, new_params: PyTree, v: PyTree,
                              h_opt: Mapping[str, jax.Array], base_lr: jax.Array,
-                             lr_group_ids: PyTree | None, need_d_grads: bool
+                             lr_group_ids: PyTree | None, need_d_grads: bool,
+                             scales: PyTree | None = None
                              ) -> tuple[dict[str, jax.Array], PyTree]:
   """Step d) by `optimizer_derivatives` from the updated state (`opt_state`, the state before
-  the update, only gives the hyper-parameter values the update used): ({name in h_opt:
+  the update, only gives the hyper-parameter values the update used; Adafactor also needs
+  `scales`, its `param_scales` of the params before the update): ({name in h_opt:
   <v, du/dh>}, (du/dg)^T v or None)."""
   hyperparams = _inject(opt_state, h_opt, base_lr).hyperparams
   own = {name: (name if name == specs_lib.LEARNING_RATE else
                 specs_lib.resolve_optimizer_name(name, hyperparams)) for name in h_opt}
-  derivs, d_grads = opt_derivs.adamw_derivatives(
-      grads, new_opt_state, new_params, v, hyperparams, base_lr, [own[n] for n in h_opt],
-      closed_form,
-      multiplier=h_opt.get(specs_lib.LEARNING_RATE), lr_group_ids=lr_group_ids,
-      need_d_grads=need_d_grads)
+  names = [own[n] for n in h_opt]
+  multiplier = h_opt.get(specs_lib.LEARNING_RATE)
+  if closed_form.family == opt_derivs.ADAFACTOR:
+    derivs, d_grads = opt_derivs.adafactor_derivatives(
+        grads, new_opt_state, new_params, v, scales, hyperparams, base_lr, names, closed_form,
+        multiplier=multiplier, lr_group_ids=lr_group_ids), None
+  else:
+    derivs, d_grads = opt_derivs.adamw_derivatives(
+        grads, new_opt_state, new_params, v, hyperparams, base_lr, names, closed_form,
+        multiplier=multiplier, lr_group_ids=lr_group_ids, need_d_grads=need_d_grads)
   return {name: derivs[own[name]] for name in h_opt}, d_grads
 
 
@@ -626,6 +633,12 @@ def _derivative_closed_form(optimizer: optax.GradientTransformation, optimizer_d
   both give the same value."""
   closed_form = closed_form_for(optimizer, optimizer_derivative, h_opt, opt_state)
   if closed_form is not None and set(h_opt) <= {specs_lib.LEARNING_RATE} and not h_loss:
+    return None
+  if closed_form is not None and closed_form.family == opt_derivs.ADAFACTOR and h_loss:
+    # Adafactor's closed form gives <v, du/dh> only, not the (du/dg)^T v of the loss side.
+    if optimizer_derivative == CLOSED_FORM:
+      raise ValueError("optimizer_derivative='closed_form': Adafactor's closed form does not "
+                       "cover loss-side values (label smoothing, data weights); use 'auto'")
     return None
   return closed_form
 
@@ -728,6 +741,9 @@ def lookahead_update(
   # b) the guarded model step, with the VJP of the optimizer update kept unless closed form.
   closed_form = _derivative_closed_form(optimizer, optimizer_derivative, h_opt, h_loss,
                                         opt_state)
+  # Adafactor's closed form needs of the old params only their per-leaf RMS scalars.
+  scales = (opt_derivs.param_scales(params, closed_form.adafactor)
+            if closed_form is not None and closed_form.family == opt_derivs.ADAFACTOR else None)
   update, update_vjp = _update_with_derivative(
       optimizer, gradients.grads, opt_state, params, h_opt, base_lr, gradients.loss,
       lr_group_ids, keep_vjp=closed_form is None)
@@ -738,7 +754,7 @@ def lookahead_update(
   else:  # d) reads only the updated state and g.
     d_h_opt, d_grads = _closed_form_derivatives(
         closed_form, gradients.grads, opt_state, update.opt_state, update.params, v, h_opt,
-        base_lr, lr_group_ids, need_d_grads=bool(h_loss))
+        base_lr, lr_group_ids, need_d_grads=bool(h_loss), scales=scales)
   d_values = dict(d_h_opt)
   if h_loss:  # e) loss side.
     d_values.update(_loss_side_hypergradient(

@@ -50,6 +50,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 PyTree = Any
@@ -233,7 +234,7 @@ def factored_dims(shape: tuple[int, ...], factored: bool,
   its second moment is kept whole (not factored, fewer than 2 dims, or too small)."""
   if not factored or len(shape) < 2:
     return None
-  order = sorted(range(len(shape)), key=lambda i: (shape[i], i))
+  order = np.argsort(shape)
   if shape[order[-2]] < min_dim_size_to_factor:
     return None
   return int(order[-2]), int(order[-1])

@@ -91,17 +91,6 @@ def _rescale_jvp(row_axis, col_axis, primals, tangents):
   return out, d_out
 
 
-def _factored_dims(shape: tuple[int, ...], factored: bool,
-                   min_dim_size_to_factor: int) -> tuple[int, int] | None:
-  """The two largest axes (second largest, largest) when factoring applies, else None."""
-  if not factored or len(shape) < 2:
-    return None
-  order = np.argsort(shape)
-  if shape[order[-2]] < min_dim_size_to_factor:
-    return None
-  return int(order[-2]), int(order[-1])
-
-
 def scale_by_factored_rms(factored: bool, decay_rate: jax.Array, min_dim_size_to_factor: int,
                           eps: jax.Array) -> optax.GradientTransformation:
   """optax's `scale_by_factored_rms` (decay offset 0) with a float32-safe derivative.
@@ -122,7 +111,7 @@ def scale_by_factored_rms(factored: bool, decay_rate: jax.Array, min_dim_size_to
     beta2 = 1.0 - t ** (-decay_rate)
 
     def one(grad, v_row, v_col, v, param):
-      dims = _factored_dims(param.shape, factored, min_dim_size_to_factor)
+      dims = optimizer_derivatives.factored_dims(param.shape, factored, min_dim_size_to_factor)
       dtype = param.dtype
       empty = jnp.zeros((1,), dtype=dtype)
       grad_sqr = jnp.square(grad) + eps
@@ -253,7 +242,7 @@ def adafactor(decay_rate: float = 0.8, momentum: float | None = None,
     raise ValueError(f"min_dim_size_to_factor must be a positive int, got "
                      f"{min_dim_size_to_factor}")
   as_float = lambda v: None if v is None else float(v)  # noqa: E731
-  return optax.inject_hyperparams(
+  optimizer = optax.inject_hyperparams(
       _adafactor_inner,
       static_args=("multiply_by_parameter_scale", "min_dim_size_to_factor", "factored",
                    "weight_decay_mask"),
@@ -264,6 +253,13 @@ def adafactor(decay_rate: float = 0.8, momentum: float | None = None,
           multiply_by_parameter_scale=bool(multiply_by_parameter_scale),
           min_dim_size_to_factor=int(min_dim_size_to_factor), factored=bool(factored),
           weight_decay_mask=weight_decay_mask)
+  if momentum is not None:  # A first moment: no closed form (the guided step takes the VJP).
+    return optimizer
+  return optimizer_derivatives.register(optimizer, optimizer_derivatives.ClosedForm(
+      optimizer_derivatives.ADAFACTOR, weight_decay_mask, optimizer_derivatives.AdafactorOptions(
+          factored=bool(factored), min_dim_size_to_factor=int(min_dim_size_to_factor),
+          multiply_by_parameter_scale=bool(multiply_by_parameter_scale),
+          clipping=clipping_threshold is not None, weight_decay=weight_decay_rate is not None)))
 
 
 def hyperparam_names(optimizer: optax.GradientTransformation, params: Any) -> tuple[str, ...]:

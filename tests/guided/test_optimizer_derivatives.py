@@ -53,6 +53,11 @@ CASES = {
          GuidedHParam("b1", 0.8, "sigmoid", lower=0.0, upper=0.999),
          GuidedHParam("weight_decay", 0.01, "linear", lower=0.0),
          GuidedHParam("label_smoothing", 0.1, "sigmoid", lower=0.0, upper=0.5))),
+    "mlp adafactor LR + decay_rate + weight decay": (
+        "mlp", lambda: optimizers.adafactor(weight_decay_rate=0.01, min_dim_size_to_factor=2),
+        (GuidedHParam("learning_rate", 1.3, "exp"),
+         GuidedHParam("decay_rate", 0.8, "exp"),
+         GuidedHParam("weight_decay_rate", 0.01, "linear", lower=0.0))),
     "mlp adam LR + b2 + label smoothing + data weights": (
         "mlp", lambda: optimizers.adam(eps=1e-4),
         (GuidedHParam("learning_rate", 0.7, "softplus"),
@@ -170,10 +175,12 @@ def test_auto_picks_the_closed_form_where_registered(x64):
   unregistered = optax.inject_hyperparams(optax.adamw)(learning_rate=0.0)
   assert hypergrad.closed_form_for(unregistered, hypergrad.AUTO, lr_b1,
                                    unregistered.init({"w": jnp.zeros((2,))})) is None
-  assert opt_derivs.closed_form_of(optimizers.adafactor()) is None
   adafactor = optimizers.adafactor()
   assert hypergrad.closed_form_for(adafactor, hypergrad.AUTO, {"decay_rate": 0.8},
-                                   adafactor.init({"w": jnp.zeros((2, 2))})) is None
+                                   adafactor.init({"w": jnp.zeros((2, 2))})) is not None
+  with_momentum = optimizers.adafactor(momentum=0.9)
+  assert hypergrad.closed_form_for(with_momentum, hypergrad.AUTO, {"decay_rate": 0.8},
+                                   with_momentum.init({"w": jnp.zeros((2, 2))})) is None
   for fn in (hypergrad.guided_step, hypergrad.lookahead_hypergradient):
     assert inspect.signature(fn).parameters["optimizer_derivative"].default == hypergrad.AUTO
 
@@ -199,4 +206,9 @@ def test_closed_form_refuses_an_unregistered_optimizer(x64):
 def test_registered_families():
   assert opt_derivs.closed_form_of(optimizers.adamw()).family == opt_derivs.ADAMW
   assert opt_derivs.closed_form_of(optimizers.adam()).family == opt_derivs.ADAMW
-  assert opt_derivs.closed_form_of(optimizers.adafactor()) is None
+  adafactor = opt_derivs.closed_form_of(optimizers.adafactor())
+  assert adafactor.family == opt_derivs.ADAFACTOR
+  assert adafactor.adafactor == opt_derivs.AdafactorOptions(
+      factored=True, min_dim_size_to_factor=128, multiply_by_parameter_scale=True,
+      clipping=True, weight_decay=False)
+  assert opt_derivs.closed_form_of(optimizers.adafactor(momentum=0.9)) is None

@@ -260,15 +260,24 @@ def test_t5_hypergradient_matches_central_differences(fd_setups, config, name):
 CF_RTOL_FLOAT32 = 1e-4
 
 
-def test_closed_form_default_equals_vjp_in_float32_on_mesh():
-  make_opt, specs = FD_CONFIGS["adamw"]
+# T5X's Adafactor (factored second moments, clipping, parameter scale; no momentum), whose
+# closed form covers the LR multiplier and decay_rate.
+ADAFACTOR_T5X = (lambda: optimizers.adafactor(min_dim_size_to_factor=8),
+                 (GuidedHParam("learning_rate", 1.0, "exp", lower=0.01, upper=100.0),
+                  GuidedHParam("decay_rate", 0.8, "exp")))
+
+
+@pytest.mark.parametrize("config", ["adamw", "adafactor (T5X)"])
+def test_closed_form_default_equals_vjp_in_float32_on_mesh(config):
+  make_opt, specs = FD_CONFIGS["adamw"] if config == "adamw" else ADAFACTOR_T5X
   num_microbatches = 2
   p = PjitPartitioner(num_partitions=2)
   trainer = make_trainer(specs, partitioner=p, optimizer=make_opt(),
                          num_microbatches=num_microbatches)
   assert trainer.optimizer_derivative == hypergrad.AUTO
   assert hypergrad.closed_form_for(trainer.optimizer, hypergrad.AUTO,
-                                   {"learning_rate": 1.0, "b1": 0.9},
+                                   {"learning_rate": 1.0, ("b1" if config == "adamw" else
+                                                           "decay_rate"): 0.8},
                                    trainer.train_state.opt_state) is not None
   kwargs = dict(guide_loss_fn=trainer._guide_loss, base_lr=jnp.float32(BASE_LR),
                 **trainer.step_kwargs())
