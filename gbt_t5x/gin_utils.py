@@ -1,7 +1,8 @@
 """Gin command-line handling shared by the `train`/`eval`/`infer` entry points (T5X's gin_utils).
 
 Flags mirror T5X: `--gin_file` (repeatable; a relative name is looked up as given, then in each
-`--gin_search_paths` folder, then in the gin folder shipped with the package), `--gin_bindings` / `--gin.NAME=VALUE` (rewritten to a binding
+`--gin_search_paths` folder, then in the gin folder shipped with the package), `--gin_bindings` /
+`--gin.NAME=VALUE` (rewritten to a binding
 `NAME = VALUE`), `--tfds_data_dir`. Errors in gin files or bindings are turned into one-line
 `ValueError`s naming the file or binding.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import pathlib
 import re
 import sys
@@ -196,7 +196,8 @@ def make_parser(description: str, entry: str | None = None) -> argparse.Argument
                       help="this process's id (or env GBT_T5X_PROCESS_ID)")
   parser.add_argument("--multiprocess", action="store_true",
                       help="let jax.distributed auto-detect the cluster (TPU pods, SLURM, ...)")
-  parser.add_argument("--tfds_data_dir", default=None, help="TFDS data dir (seqio.set_tfds_data_dir_override)")
+  parser.add_argument("--tfds_data_dir", default=None,
+                      help="TFDS data dir (seqio.set_tfds_data_dir_override)")
   parser.add_argument("--verbose", action="store_true",
                       help="also show the libraries' log lines (TensorFlow, XLA, SeqIO notices); "
                       "or set GBT_T5X_VERBOSE=1")

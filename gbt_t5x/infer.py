@@ -2,7 +2,8 @@
 
 T5X's infer entry point surface: gin files `import __main__ as infer_script` and bind
 `infer_script.infer.*`. Writes `OUTPUT_DIR/predictions.jsonl`, one {task, input, target,
-prediction} line per example (detokenized strings; `target` is the task's reference text), decoded with `decoder_params` (greedy by default; beam search or sampling on request).
+prediction} line per example (detokenized strings; `target` is the task's reference text), decoded
+with `decoder_params` (greedy by default; beam search or sampling on request).
 No metrics are computed, so tasks without metric fns work too.
 """
 from __future__ import annotations

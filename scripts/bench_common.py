@@ -15,7 +15,7 @@ import os
 import re
 import statistics
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 
 def setup_xla_flags() -> None:

@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from gbt_t5x.data import demo_mixture_corpora as corpora
 from gbt_t5x.data import demo_world
-from gbt_t5x.data import guide_split
+from gbt_t5x.data import guide_split  # noqa: F401  (registers the guide splits)
 from gbt_t5x_tasks import c4
 from gbt_t5x_tasks import demo
 from gbt_t5x_tasks import demo_pretrain

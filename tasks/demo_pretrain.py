@@ -19,7 +19,6 @@ Must not import: jax, flax, or anything of `gbt_t5x.models` / `train` / `guided`
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import seqio

@@ -31,10 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 import seqio
-import tensorflow as tf
 
 from gbt_t5x.data import guide_split
 from gbt_t5x.data import tfds_source

@@ -70,7 +70,8 @@ def running_emulator(timeout_s: float = 30.0) -> Iterator[str]:
 def filesystem(endpoint: str):
   """A gcsfs filesystem on the emulator (for test-side listing, reading and copying)."""
   from gcsfs.core import GCSFileSystem  # Not the "extended" one, which probes gRPC endpoints.
-  return GCSFileSystem(endpoint_url=endpoint, token="anon", project="test", skip_instance_cache=True)
+  return GCSFileSystem(endpoint_url=endpoint, token="anon", project="test",
+                       skip_instance_cache=True)
 
 
 def download(endpoint: str, prefix: str, dest) -> list[str]:

@@ -36,7 +36,8 @@ def test_mixture_weights_quick(results_dir):
   at_budget = records["BO pick at GBT's compute"]
   assert at_budget["extra"]["bo_compute"] <= final["extra"]["bo_compute"]
   # DoReMi's compute counts its reference and proxy runs: more than twice a plain run's.
-  compute = {row["arm"]: report.parse_mean_std(row["compute (plain steps)"])[0] for row in pretraining}
+  compute = {row["arm"]: report.parse_mean_std(row["compute (plain steps)"])[0]
+             for row in pretraining}
   assert compute["DoReMi"] > 2 * compute["natural rates"]
   # Every pretrained checkpoint (the BO picks included) is finetuned once on the quick task.
   finetuned = [label for label in records if label.startswith("finetune ")]

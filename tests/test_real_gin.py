@@ -82,7 +82,7 @@ def test_real_data_gin_file_parses_and_names_registered_tasks(parsed, path):
   # train entry point's: a command-line binding of train_script.train (parsed as `train.x`)
   # stays unambiguous in a process that has both.
   with gin.unlock_config():
-    import gbt_t5x.train.__main__  # pylint: disable=unused-import,import-outside-toplevel
+    import gbt_t5x.train.__main__  # noqa: F401  (registers train_script.train)
     gin.parse_config("train.train_eval_dataset_cfg = None")
   task, guide = REAL_FILES[path]
   assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == task

@@ -15,7 +15,8 @@ a tiny model leaves at chance (kept for larger models).
   `foreign_word` (one English function word of `INTRUDER_WORDS` inserted anywhere: a single-token
   cue a tiny model learns within a few hundred steps) and `verb_final` (the main clause's verb,
   the sentence's last word, moved to the start of the main clause: a structural cue it does not
-  learn at that size, so the task is neither at chance nor at its ceiling). 'hard': in equal thirds, `agreement` (the
+  learn at that size, so the task is neither at chance nor at its ceiling). 'hard': in equal
+  thirds, `agreement` (the
   verb's person/number suffix swapped for one that disagrees with an overt subject), `verb_final`
   (the verb moved to a random earlier position of its clause) and `adjective_order` (an
   adjective moved in front of its noun, where no other noun phrase can absorb it). Every

@@ -452,7 +452,8 @@ def _sample_clause(d: _Draws) -> Clause:
     verb, obj = d.choice(_INTRANSITIVE_LIST), None
   tense = _TENSES[d.weighted((0.4, 0.4, 0.2))]
   negated = d.uniform() < 0.15
-  pps = tuple((d.choice(_PREPOSITIONS), _sample_np(d)) for _ in range(d.weighted((0.55, 0.35, 0.1))))
+  pps = tuple((d.choice(_PREPOSITIONS), _sample_np(d))
+              for _ in range(d.weighted((0.55, 0.35, 0.1))))
   return Clause(subject=subject, verb=verb, obj=obj, tense=tense, negated=negated, pps=pps)
 
 
@@ -645,7 +646,7 @@ def train_sentencepiece(sentences: Iterable[str], vocab_size: int, seed: int) ->
 def default_data_dir() -> pathlib.Path:
   """`$GBT_T5X_DEMO_DIR` if set, else `~/.cache/gbt_t5x/demo`."""
   env = os.environ.get(ENV_DATA_DIR)
-  return pathlib.Path(env).expanduser() if env else pathlib.Path("~/.cache/gbt_t5x/demo").expanduser()
+  return (pathlib.Path(env) if env else pathlib.Path("~/.cache/gbt_t5x/demo")).expanduser()
 
 
 def config_from_env() -> dict:
@@ -664,7 +665,8 @@ def config_from_env() -> dict:
   allowed = {f.name for f in dataclasses.fields(DemoWorldConfig)}
   unknown = set(cfg) - allowed
   if unknown:
-    raise ValueError(f"${ENV_CONFIG} has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+    raise ValueError(f"${ENV_CONFIG} has unknown keys {sorted(unknown)}; "
+                     f"allowed: {sorted(allowed)}")
   return cfg
 
 
@@ -749,7 +751,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   """CLI: `python -m gbt_t5x.data.demo_world --out_dir DIR [--seed ...]`."""
   defaults = DemoWorldConfig()
   p = argparse.ArgumentParser(description="Generate the gbt_t5x demo world (corpus + vocabulary).")
-  p.add_argument("--out_dir", default=None, help=f"default: ${ENV_DATA_DIR} or ~/.cache/gbt_t5x/demo")
+  p.add_argument("--out_dir", default=None,
+                 help=f"default: ${ENV_DATA_DIR} or ~/.cache/gbt_t5x/demo")
   for f in dataclasses.fields(DemoWorldConfig):
     p.add_argument(f"--{f.name}", type=type(getattr(defaults, f.name)),
                    default=getattr(defaults, f.name))

@@ -147,7 +147,8 @@ def apply_hypergradient(state: GuidedState, hypergrads: Mapping[str, jax.Array],
 
   A value whose hypergradient has a non-finite entry, or whose meta update would not be finite
   (e.g. Adam's second moment overflowing on a huge hypergradient), is skipped: its raw value and
-  its own meta moments stay as they were and `skips[name]` is incremented, while the finite values move
+  its own meta moments stay as they were and `skips[name]` is incremented, while the finite values
+  move
   (their update is exactly the all-finite one when every value is finite). Shared meta-state
   leaves (Adam's step count) advance when any value moves.
 

@@ -12,7 +12,7 @@ if __name__ == "__main__":
   console.configure(sys.argv)  # Before TensorFlow and JAX load (they log when imported).
 
 from gbt_t5x import gin_utils
-from gbt_t5x.train.train_lib import train  # `__main__.train`, which gin files bind.
+from gbt_t5x.train.train_lib import train  # noqa: F401  (`__main__.train`, which gin binds)
 
 _train_using_gin = gin_utils.train_configurable()
 

@@ -27,7 +27,6 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from gbt_t5x.guided import optimizer_derivatives

@@ -1,4 +1,5 @@
-"""A T5X-style partitioner: a `jax.sharding.Mesh` with `data` and `model` axes plus logical-axis rules.
+"""A T5X-style partitioner: a `jax.sharding.Mesh` with `data` and `model` axes plus logical-axis
+rules.
 
 Mirrors T5X's `PjitPartitioner(num_partitions, model_parallel_submesh, logical_axis_rules)` on
 today's jax API (`jax.jit` with `in_shardings`/`out_shardings`). Unlike T5X, `num_partitions` is
@@ -19,7 +20,8 @@ LogicalAxisRules = Sequence[tuple[str, str | None]]
 
 
 def standard_logical_axis_rules() -> tuple[tuple[str, str | None], ...]:
-  """T5X's standard rules: batch on `data`; vocab, mlp, heads, joined_kv on `model`; rest replicated."""
+  """T5X's standard rules: batch on `data`; vocab, mlp, heads, joined_kv on `model`; rest
+  replicated."""
   return (
       ("batch", "data"),
       ("vocab", "model"),
@@ -84,7 +86,8 @@ class PjitPartitioner:
     return NamedSharding(self.mesh, PartitionSpec())
 
   def shardings_from_logical(self, logical_specs: Any) -> Any:
-    """Maps a pytree of logical `PartitionSpec`s (e.g. `nn.get_partition_spec(vars)`) to shardings."""
+    """Maps a pytree of logical `PartitionSpec`s (e.g. `nn.get_partition_spec(vars)`) to
+    shardings."""
     return nn.logical_to_mesh_sharding(logical_specs, self.mesh, self.logical_axis_rules)
 
   @contextlib.contextmanager

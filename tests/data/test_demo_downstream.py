@@ -86,7 +86,8 @@ def test_render_variant(lex):
   cat = st["noun:cat"] + sx["noun_pl"] + sx["def"] + sx["acc"]
   pp = [st["noun:house"], st["prep:in"]]
   verb = st["verb:see"] + sx["past"] + sx["p2pl"]
-  assert dd.render_variant(s, lex, []) == dw.render_source(s, lex) == " ".join(pp + [cat, verb]) + "."
+  expected = " ".join(pp + [cat, verb]) + "."
+  assert dd.render_variant(s, lex, []) == dw.render_source(s, lex) == expected
   assert set(dd.variant_options(s)) == {("main", "explicit"), ("main", "scramble")}
   both = dd.render_variant(s, lex, [("main", "explicit"), ("main", "scramble")])
   assert both == " ".join([st["pron:2pl"], cat] + pp + [verb]) + "."

@@ -9,9 +9,7 @@ from __future__ import annotations
 import os
 import pathlib
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from gbt_t5x import errors

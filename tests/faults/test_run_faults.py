@@ -91,7 +91,8 @@ def test_corrupt_newest_falls_back_resumes_and_equals_the_uninterrupted_run(cli,
   # The damaged checkpoint is kept, out of the way; training redid step 5 from checkpoint 4.
   assert _state_files(model_dir / "corrupt_checkpoints" / "5") == damaged
   assert checkpoint_steps(model_dir) == [3, 4, 5]
-  assert _trained_checksums(model_dir, 5) == _trained_checksums(good_run, 5)  # Same arrays, bit for bit (CRC-32).
+  # Same arrays, bit for bit (CRC-32).
+  assert _trained_checksums(model_dir, 5) == _trained_checksums(good_run, 5)
 
 
 def test_every_checkpoint_corrupt_is_one_line_and_writes_nothing(cli, good_run, tmp_path):  # noqa: F811

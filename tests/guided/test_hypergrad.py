@@ -10,7 +10,6 @@ only; compiled functions are shared through module-scoped fixtures.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable
 
 import jax

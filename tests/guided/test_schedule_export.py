@@ -45,7 +45,7 @@ def test_export_writes_gin_that_replays_the_trajectory(tmp_path):
   gin.clear_config()
   try:
     gin.parse_config_file(path)
-    from gbt_t5x.train import trainer
+    from gbt_t5x.train import trainer  # noqa: F401  (registers trainer.Trainer)
     schedules = gin.query_parameter("trainer.Trainer.hyperparam_schedules")
     assert set(schedules) == {"learning_rate", "b1", "data_weights"}
     # With one knot per step, the schedule at model step s is the value used at step s.

@@ -7,7 +7,6 @@ the CLI tests reuse `test_cli`'s world and helpers (each start costs ~10-15 s).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -184,7 +183,8 @@ def test_best_checkpoint_keeper_keeps_only_improvements(tmp_path):
   again = eval_hooks.BestCheckpointKeeper(str(tmp_path), "infer_eval/t/bleu", "max")
   assert not again.improves(7.0) and again.improves(8.0)
   low = eval_hooks.BestCheckpointKeeper(str(tmp_path / "b"), "train_eval/loss", "min")
-  assert low.update(1, {"train_eval/loss": 3.0}, state) and low.update(2, {"train_eval/loss": 2.0}, state)
+  assert low.update(1, {"train_eval/loss": 3.0}, state)
+  assert low.update(2, {"train_eval/loss": 2.0}, state)
   with pytest.raises(ValueError, match="is not among the evaluation metrics: train_eval/acc"):
     low.update(3, {"train_eval/acc": 1.0}, state)
   with pytest.raises(ValueError, match="needs infer_eval_dataset_cfg"):

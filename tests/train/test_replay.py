@@ -1,6 +1,5 @@
 """Replaying fixed hyper-parameter schedules in a plain Trainer equals the same constants."""
 import jax
-import numpy as np
 import pytest
 
 from gbt_t5x.guided import schedule

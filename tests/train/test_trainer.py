@@ -4,7 +4,6 @@ uninterrupted run."""
 import jax
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 
 from gbt_t5x.train import checkpoints, data, train_lib, trainer as trainer_lib
 from gbt_t5x.train.partitioning import PjitPartitioner
