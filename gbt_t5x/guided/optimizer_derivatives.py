@@ -116,6 +116,63 @@ def _mask_tree(mask: Any, params: PyTree) -> PyTree:
   return mask(params) if callable(mask) else mask
 
 
+def _new_totals(names: Sequence[str], num_groups: int) -> dict[str, list[Any]]:
+  """Running sums of <v, du/dh> per name ([num_groups] entries for the LR multiplier)."""
+  return {n: [0.0] * (num_groups if n == "learning_rate" else 1) for n in names}
+
+
+def _add_leaf(totals: dict[str, list[Any]], names: Sequence[str], terms: Sequence[jax.Array],
+              v_leaf: jax.Array, gid: int) -> None:
+  """Adds one leaf's contractions <v_leaf, term> (one variadic reduction over the leaf)."""
+  if not terms:
+    return
+  dt = v_leaf.dtype
+  sums = jax.lax.reduce(tuple(v_leaf * term for term in terms),
+                        tuple(jnp.zeros((), dt) for _ in terms),
+                        lambda a, b: tuple(x + y for x, y in zip(a, b)),
+                        tuple(range(v_leaf.ndim)))
+  for name, total in zip(names, sums):
+    k = gid if name == "learning_rate" else 0
+    totals[name][k] = totals[name][k] + total
+
+
+def _finish(totals: dict[str, list[Any]], names: Sequence[str], vector_lr: bool
+            ) -> dict[str, jax.Array]:
+  return {n: (jnp.stack([jnp.asarray(x) for x in totals[n]])
+              if n == "learning_rate" and vector_lr else jnp.asarray(totals[n][0]))
+          for n in names}
+
+
+def _adamw_leaf_terms(names: Sequence[str], theta1, g, m1, n1, s, wd_leaf, decays: bool,
+                      coef: Mapping[str, jax.Array]) -> tuple[list[jax.Array], jax.Array,
+                                                             jax.Array, jax.Array]:
+  """One leaf's du/dh per name (the formulas of the module docstring), and (direction, r, D).
+  `coef`: b1, b2, c1, c2, dc1, dc2, eps, eps_root, base_lr cast to the leaf's dtype."""
+  c = coef
+  m_hat, n_hat = m1 / c["c1"], n1 / c["c2"]
+  r = jnp.sqrt(n_hat + c["eps_root"])
+  den = r + c["eps"]
+  direction = m_hat / den
+  keep = 1 - s * wd_leaf  # theta1 = keep * theta - s * direction
+  terms = []
+  for name in names:
+    if name == "learning_rate":
+      terms.append(-c["base_lr"] * (direction + wd_leaf * theta1) / keep)
+    elif name == "b1":
+      dm_hat = (m1 - g) / c["b1"] / c["c1"] - m1 * c["dc1"] / c["c1"] ** 2
+      terms.append(-s * dm_hat / den)
+    elif name == "b2":
+      dn_hat = (n1 - g * g) / c["b2"] / c["c2"] - n1 * c["dc2"] / c["c2"] ** 2
+      terms.append(s * direction / den / (2 * r) * dn_hat)
+    elif name == "eps":
+      terms.append(s * direction / den)
+    elif name == "eps_root":
+      terms.append(s * direction / den / (2 * r))
+    else:  # weight_decay
+      terms.append(-s * (theta1 + s * direction) / keep if decays else jnp.zeros_like(theta1))
+  return terms, direction, r, den
+
+
 def adamw_derivatives(grads: PyTree, new_opt_state: Any, new_params: PyTree, v: PyTree,
                       hyperparams: Mapping[str, jax.Array], base_lr: jax.Array,
                       names: Sequence[str], closed_form: ClosedForm,
@@ -150,19 +207,17 @@ def adamw_derivatives(grads: PyTree, new_opt_state: Any, new_params: PyTree, v: 
   adam = _adam_state(new_opt_state)
   vector_lr = multiplier is not None and jnp.ndim(multiplier) > 0
   hp = {k: jnp.asarray(val) for k, val in hyperparams.items()}
-  b1, b2, eps, eps_root = hp["b1"], hp["b2"], hp["eps"], hp["eps_root"]
+  b1, b2 = hp["b1"], hp["b2"]
   wd = hp.get("weight_decay", jnp.zeros((), jnp.float32))
   t = adam.count.astype(jnp.float32)
-  c1, c2 = 1 - b1 ** t, 1 - b2 ** t
-  dc1 = -t * b1 ** (t - 1)  # d c1 / d b1
-  dc2 = -t * b2 ** (t - 1)
+  coef = {"b1": b1, "b2": b2, "c1": 1 - b1 ** t, "c2": 1 - b2 ** t,
+          "dc1": -t * b1 ** (t - 1), "dc2": -t * b2 ** (t - 1),  # d c1 / d b1, d c2 / d b2
+          "eps": hp["eps"], "eps_root": hp["eps_root"], "base_lr": base_lr}
   ordered = list(names)
   leaves, treedef = jax.tree.flatten(new_params)
   mask = treedef.flatten_up_to(_mask_tree(closed_form.weight_decay_mask, new_params))
   groups = treedef.flatten_up_to(lr_group_ids) if vector_lr else [0] * len(leaves)
-  num_groups = multiplier.shape[0] if vector_lr else 1
-  totals: dict[str, list[Any]] = {
-      n: [0.0] * (num_groups if n == "learning_rate" else 1) for n in ordered}
+  totals = _new_totals(ordered, multiplier.shape[0] if vector_lr else 1)
   d_grads = []
   for theta1, g, m1, n1, vv, decays, gid in zip(
       leaves, treedef.flatten_up_to(grads), treedef.flatten_up_to(adam.mu),
@@ -172,45 +227,14 @@ def adamw_derivatives(grads: PyTree, new_opt_state: Any, new_params: PyTree, v: 
     s = cast(base_lr * (multiplier[gid] if vector_lr else
                         (multiplier if multiplier is not None else 1.0)))
     wd_leaf = cast(wd) if decays else jnp.zeros((), dt)
-    m_hat, n_hat = m1 / cast(c1), n1 / cast(c2)
-    r = jnp.sqrt(n_hat + cast(eps_root))
-    den = r + cast(eps)
-    direction = m_hat / den
-    keep = 1 - s * wd_leaf  # theta1 = keep * theta - s * direction
-    terms = []
-    for name in ordered:
-      if name == "learning_rate":
-        terms.append(-cast(base_lr) * (direction + wd_leaf * theta1) / keep)
-      elif name == "b1":
-        m_minus_g = (m1 - g) / cast(b1)
-        dm_hat = m_minus_g / cast(c1) - m1 * cast(dc1) / cast(c1) ** 2
-        terms.append(-s * dm_hat / den)
-      elif name == "b2":
-        n_minus_g2 = (n1 - g * g) / cast(b2)
-        dn_hat = n_minus_g2 / cast(c2) - n1 * cast(dc2) / cast(c2) ** 2
-        terms.append(s * direction / den / (2 * r) * dn_hat)
-      elif name == "eps":
-        terms.append(s * direction / den)
-      elif name == "eps_root":
-        terms.append(s * direction / den / (2 * r))
-      else:  # weight_decay
-        terms.append(-s * (theta1 + s * direction) / keep if decays
-                     else jnp.zeros_like(theta1))
-    if terms:
-      sums = jax.lax.reduce(tuple(vv * term for term in terms),
-                            tuple(jnp.zeros((), dt) for _ in terms),
-                            lambda a, b: tuple(x + y for x, y in zip(a, b)),
-                            tuple(range(theta1.ndim)))
-      for name, total in zip(ordered, sums):
-        k = gid if name == "learning_rate" else 0
-        totals[name][k] = totals[name][k] + total
+    c = {k: cast(x) for k, x in coef.items()}
+    terms, direction, r, den = _adamw_leaf_terms(ordered, theta1, g, m1, n1, s, wd_leaf, decays, c)
+    _add_leaf(totals, ordered, terms, vv, gid)
     if need_d_grads:
-      d_grads.append(-s * vv * ((1 - cast(b1)) / (cast(c1) * den)
-                                - direction * (1 - cast(b2)) * g / (cast(c2) * r * den)))
-  out = {n: (jnp.stack([jnp.asarray(x) for x in totals[n]])
-             if n == "learning_rate" and vector_lr else jnp.asarray(totals[n][0]))
-         for n in ordered}
-  return out, (jax.tree.unflatten(treedef, d_grads) if need_d_grads else None)
+      d_grads.append(-s * vv * ((1 - c["b1"]) / (c["c1"] * den)
+                                - direction * (1 - c["b2"]) * g / (c["c2"] * r * den)))
+  return (_finish(totals, ordered, vector_lr),
+          jax.tree.unflatten(treedef, d_grads) if need_d_grads else None)
 
 
 # ---------------------------------------------------------------------------- Adafactor
@@ -356,8 +380,7 @@ def adafactor_derivatives(grads: PyTree, new_opt_state: Any, new_params: PyTree,
   mask = treedef.flatten_up_to(_mask_tree(closed_form.weight_decay_mask, new_params))
   groups = treedef.flatten_up_to(lr_group_ids) if vector_lr else [0] * len(leaves)
   num_groups = multiplier.shape[0] if vector_lr else 1
-  totals: dict[str, list[Any]] = {
-      n: [0.0] * (num_groups if n == "learning_rate" else 1) for n in names}
+  totals = _new_totals(names, num_groups)
   flat = [treedef.flatten_up_to(tree) for tree in (grads, state.v_row, state.v_col, state.v, v,
                                                      scales)]
   for theta1, g, v_row, v_col, v_full, vv, s, decays, gid in zip(leaves, *flat, mask, groups):
@@ -381,10 +404,5 @@ def adafactor_derivatives(grads: PyTree, new_opt_state: Any, new_params: PyTree,
         terms.append(-a * theta if decays else jnp.zeros_like(theta1))
       else:
         terms.append(-a * lr * s * dys[through_y.index(name)])
-    sums = [jnp.sum(vv * term) for term in terms]
-    for name, total in zip(names, sums):
-      k = gid if name == "learning_rate" else 0
-      totals[name][k] = totals[name][k] + total
-  return {n: (jnp.stack([jnp.asarray(x) for x in totals[n]])
-              if n == "learning_rate" and vector_lr else jnp.asarray(totals[n][0]))
-          for n in names}
+    _add_leaf(totals, names, terms, vv, gid)
+  return _finish(totals, names, vector_lr)
