@@ -214,6 +214,26 @@ def _take_beams(x: Array, index: Array) -> Array:
   return jax.vmap(lambda row, idx: row[idx])(x, index)
 
 
+def _beam_search_continues(max_decode_length: int, alpha: float) -> Callable[[dict], Array]:
+  """The beam search loop's condition: steps left, and some row with an alive beam that can
+  still beat its pool's worst finished score (alpha >= 0: log-probs only fall, and the largest
+  length penalty flatters them most)."""
+  max_penalty = brevity_penalty(alpha, float(max_decode_length))
+
+  def cond(c: dict) -> Array:
+    best_alive = jnp.max(c["alive_log_probs"], axis=1)
+    no_alive = best_alive <= NEG_INF / 2
+    if alpha >= 0.0:
+      worst_finished = jnp.min(jnp.where(c["finished_flags"], c["finished_scores"], NEG_INF),
+                               axis=1)
+      settled = jnp.all(c["finished_flags"], axis=1) & (worst_finished > best_alive / max_penalty)
+    else:
+      settled = jnp.zeros_like(no_alive)
+    return (c["step"] < max_decode_length) & ~jnp.all(no_alive | settled)
+
+  return cond
+
+
 def beam_search(step_fn: StepFn, state: State, batch_size: int, max_decode_length: int,
                 beam_size: int, alpha: float = 0.6, eos_id: int = 1, bos_id: int = 0
                 ) -> tuple[Array, Array]:
@@ -256,18 +276,7 @@ def beam_search(step_fn: StepFn, state: State, batch_size: int, max_decode_lengt
       finished_scores=jnp.full((b, k), NEG_INF, jnp.float32),
       finished_flags=jnp.zeros((b, k), bool),
       state=state)
-  max_penalty = brevity_penalty(alpha, float(t))
-
-  def cond(c):
-    best_alive = jnp.max(c["alive_log_probs"], axis=1)
-    no_alive = best_alive <= NEG_INF / 2
-    if alpha >= 0.0:  # log-probs only fall; the largest penalty flatters them most
-      worst_finished = jnp.min(jnp.where(c["finished_flags"], c["finished_scores"], NEG_INF),
-                               axis=1)
-      settled = jnp.all(c["finished_flags"], axis=1) & (worst_finished > best_alive / max_penalty)
-    else:
-      settled = jnp.zeros_like(no_alive)
-    return (c["step"] < t) & ~jnp.all(no_alive | settled)
+  cond = _beam_search_continues(t, alpha)
 
   def body(c):
     step = c["step"]
