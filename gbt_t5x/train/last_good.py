@@ -4,9 +4,9 @@ keeps when training goes wrong).
 * A checkpoint is saved only from a state whose recent window of steps (those since the previous
   save or evaluation stop) had no step skipped for a non-finite loss or gradient: a run that is
   failing does not save -- and so does not rotate out older checkpoints -- while it fails.
-* The newest checkpoint saved before the first non-finite step, or before the first diverged
-  window (train loss above `divergence_factor` times the lowest window loss of this process), is
-  protected from rotation (`keep`) for the rest of the run.
+* The newest checkpoint saved before the first non-finite step, or before the state that
+  started the first diverged window (train loss above `divergence_factor` times the lowest window
+  loss of this process), is protected from rotation (`keep`) for the rest of the run.
 * When the run stops for too many non-finite steps, the message names the checkpoints truthfully.
 Must not import gin.
 """
@@ -64,7 +64,10 @@ class LastKnownGood:
       self._print(f"warning: train loss {loss:.4g} of the steps after {window_start} is over "
                   f"{self.divergence_factor:g} times the lowest so far ({self._lowest_loss:.4g}): "
                   "diverging?")
-      self._mark_bad(window_start)
+      # The window's losses were computed from the states from `window_start` on, so the state
+      # at `window_start` (made by the update before it) may already be diverged: the last known
+      # good checkpoint is one saved before it.
+      self._mark_bad(window_start - 1)
     return skipped == 0
 
   def _mark_bad(self, last_good_step: int) -> None:

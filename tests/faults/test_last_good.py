@@ -18,15 +18,17 @@ def test_diverged_window_protects_the_checkpoint_before_it(tmp_path):
   for step, loss in ((10, 5.0), (20, 2.0), (30, 1.5)):
     assert policy.observe(step - 10, {"loss": loss}, None)
     ckpt.save(step, state, METADATA)
-  # Loss 40x the lowest: diverged (finite, so it still saves), checkpoint 30 is protected.
+  # Loss 40x the lowest from the state at step 30 on: diverged (finite, so it still saves). The
+  # state at 30 produced those losses (the update before it may be the diverging one, as with a
+  # LR of 1e6), so checkpoint 20, the one before it, is protected.
   assert policy.observe(30, {"loss": 60.0}, None)
-  assert policy.protected_step == 30 and any("diverging?" in line for line in printed)
+  assert policy.protected_step == 20 and any("diverging?" in line for line in printed)
   for step in (40, 50, 60):
     ckpt.save(step, state, METADATA)
     assert policy.observe(step, {"loss": 70.0}, None)
-  assert ckpt.all_steps() == [30, 50, 60]
+  assert ckpt.all_steps() == [20, 50, 60]
   assert policy.newest_text().endswith("; the last before the first non-finite or diverged step "
-                                       "is step 30")
+                                       "is step 20")
 
 
 def test_non_finite_window_does_not_save_and_protects_the_last_finite_checkpoint(tmp_path):
