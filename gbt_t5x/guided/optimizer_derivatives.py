@@ -100,14 +100,15 @@ def closed_form_of(optimizer: optax.GradientTransformation) -> ClosedForm | None
     return None
 
 
-def _adam_state(opt_state: Any) -> Any:
-  """The `ScaleByAdamState` inside an inject_hyperparams(adamw/adam) state."""
+def _inner_state(opt_state: Any, state_type: type, family: str) -> Any:
+  """The `state_type` part (e.g. `optax.ScaleByAdamState`) of an inject_hyperparams state's
+  chain; `family` names the closed form in the error."""
   inner = getattr(opt_state, "inner_state", None)
   for part in (inner if isinstance(inner, tuple) else (inner,)):
-    if isinstance(part, optax.ScaleByAdamState):
+    if isinstance(part, state_type):
       return part
-  raise ValueError("closed-form AdamW derivative: the optimizer state holds no "
-                   "optax.ScaleByAdamState")
+  raise ValueError(f"closed-form {family} derivative: the optimizer state holds no "
+                   f"optax.{state_type.__name__}")
 
 
 def _mask_tree(mask: Any, params: PyTree) -> PyTree:
@@ -204,7 +205,7 @@ def adamw_derivatives(grads: PyTree, new_opt_state: Any, new_params: PyTree, v: 
   if unsupported:
     raise ValueError(f"closed-form AdamW derivative: unsupported hyper-parameter(s) "
                      f"{unsupported}; supported: {list(SUPPORTED[ADAMW])}")
-  adam = _adam_state(new_opt_state)
+  adam = _inner_state(new_opt_state, optax.ScaleByAdamState, "AdamW")
   vector_lr = multiplier is not None and jnp.ndim(multiplier) > 0
   hp = {k: jnp.asarray(val) for k, val in hyperparams.items()}
   b1, b2 = hp["b1"], hp["b2"]
@@ -273,15 +274,6 @@ def param_scales(params: PyTree, options: AdafactorOptions) -> PyTree:
       return jnp.ones((), p.dtype)
     return jnp.maximum(jnp.sqrt(jnp.mean(jnp.square(p))), jnp.asarray(MIN_PARAM_SCALE, p.dtype))
   return jax.tree.map(scale, params)
-
-
-def _factored_state(opt_state: Any) -> Any:
-  inner = getattr(opt_state, "inner_state", None)
-  for part in (inner if isinstance(inner, tuple) else (inner,)):
-    if isinstance(part, optax.FactoredState):
-      return part
-  raise ValueError("closed-form Adafactor derivative: the optimizer state holds no "
-                   "optax.FactoredState")
 
 
 def _direction_and_tangents(g, second, dims, beta, eps, threshold, tangents):
@@ -363,7 +355,7 @@ def adafactor_derivatives(grads: PyTree, new_opt_state: Any, new_params: PyTree,
   if unsupported or options is None:
     raise ValueError(f"closed-form Adafactor derivative: unsupported hyper-parameter(s) "
                      f"{unsupported}; supported: {list(SUPPORTED[ADAFACTOR])}")
-  state = _factored_state(new_opt_state)
+  state = _inner_state(new_opt_state, optax.FactoredState, "Adafactor")
   vector_lr = multiplier is not None and jnp.ndim(multiplier) > 0
   hp = {k: jnp.asarray(val) for k, val in hyperparams.items()}
   t = jnp.asarray(state.count, jnp.float32)
