@@ -9,11 +9,19 @@ by default `configure` silences the C++ logs below FATAL (`TF_CPP_MIN_LOG_LEVEL=
 set before TensorFlow or JAX are imported), imports TensorFlow with the process's stderr (file
 descriptor 2) sent to a temporary file — TensorFlow 2.21 writes its load-time lines before its
 log level applies, and no setting reaches them; the file is replayed if the import fails — and
-drops those known Python notices. Everything else
+drops those known Python notices. A library's background thread that logs a refused write (orbax's
+checkpoint writer on a full disk logs each thread's traceback) is dropped too: the entry point
+reports that failure itself, in one line (`errors.exit_code_of`); so are the "Event loop is
+closed" tracebacks that the failed write's late I/O callbacks print (each raised in asyncio's
+`call_soon_threadsafe`, called from TensorStore's threads after orbax closed its loop; Python
+reports such exceptions through `sys.unraisablehook`), and the exceptions of orbax's read
+coroutines abandoned after one shard of a damaged checkpoint failed to read (the entry point's
+warning names the checkpoint). Everything else
 still shows: the project's progress, eval and report lines, and warnings that matter (a skipped
 non-finite step, a data problem). `--verbose` or `GBT_T5X_VERBOSE=1` keeps every library line.
 
-Imports only the standard library (it runs before TensorFlow and JAX are imported).
+Imports only the standard library and `gbt_t5x.errors` (it runs before TensorFlow and JAX are
+imported).
 """
 from __future__ import annotations
 
@@ -21,7 +29,9 @@ import logging
 import os
 import sys
 import tempfile
-from typing import Sequence
+from typing import Any, Callable, Sequence
+
+from gbt_t5x import errors
 
 VERBOSE_FLAG = "--verbose"
 VERBOSE_ENV = "GBT_T5X_VERBOSE"
@@ -34,8 +44,14 @@ KNOWN_NOTICES = (
 
 
 class _DropKnownNotices(logging.Filter):
+  """Drops the `KNOWN_NOTICES`, and error records whose exception is the filesystem refusing a
+  write (the entry point's own one-line error names it)."""
+
   def filter(self, record: logging.LogRecord) -> bool:
-    return not str(record.getMessage()).startswith(KNOWN_NOTICES)
+    if str(record.getMessage()).startswith(KNOWN_NOTICES):
+      return False
+    exception = record.exc_info[1] if record.exc_info else None
+    return exception is None or errors.write_failure(exception) is None
 
 
 def is_verbose(argv: Sequence[str] = ()) -> bool:
@@ -61,7 +77,47 @@ def configure(argv: Sequence[str] = (), import_tensorflow: bool = True) -> bool:
   drop = _DropKnownNotices()
   for name in ("absl", ""):  # SeqIO logs through absl's logger; filters apply where records start.
     logging.getLogger(name).addFilter(drop)
+  sys.unraisablehook = _skip_closed_loop_unraisables(sys.unraisablehook)
   return False
+
+
+def _is_closed_loop_callback(kind: type, value: BaseException, traceback) -> bool:
+  """Whether an exception is a library callback's "Event loop is closed": its outermost frame is
+  asyncio's own `call_soon_threadsafe`, i.e. it was raised in a foreign thread's callback, never
+  in the main program."""
+  outermost = traceback.tb_frame.f_code if traceback is not None else None
+  return (kind is RuntimeError and str(value) == "Event loop is closed" and outermost is not None
+          and outermost.co_name == "call_soon_threadsafe"
+          and os.path.basename(os.path.dirname(outermost.co_filename)) == "asyncio")
+
+
+# Packages whose abandoned I/O coroutines may report an exception after the read or write they
+# served failed (and was reported by the entry point).
+_CHECKPOINT_IO_PACKAGES = ("orbax", "tensorstore")
+
+
+def _is_abandoned_checkpoint_io(unraisable: Any) -> bool:
+  """Whether an unraisable exception comes from a checkpoint library's coroutine that was
+  garbage-collected with its exception unread (orbax reads an array's shards concurrently; when
+  one fails, the others' errors are never awaited)."""
+  code = getattr(unraisable.object, "cr_code", None)
+  parts = code.co_filename.split(os.sep) if code is not None else []
+  return any(package in parts for package in _CHECKPOINT_IO_PACKAGES)
+
+
+def _skip_closed_loop_unraisables(hook: Callable[..., None]) -> Callable[..., None]:
+  """`sys.unraisablehook` `hook` (how TensorStore reports a callback's exception, and Python an
+  abandoned coroutine's), printing nothing for `_is_closed_loop_callback` exceptions and
+  `_is_abandoned_checkpoint_io` ones: no code can act on them; the failed read or write itself
+  reaches the entry point, which reports it in one line."""
+
+  def unraisablehook(unraisable) -> None:
+    if not (_is_closed_loop_callback(unraisable.exc_type, unraisable.exc_value,
+                                     unraisable.exc_traceback)
+            or _is_abandoned_checkpoint_io(unraisable)):
+      hook(unraisable)
+
+  return unraisablehook
 
 
 def import_tensorflow_quietly() -> None:

@@ -5,7 +5,8 @@
 Builds the real train state (params + AdamW moments) of T5 v1.1 `--size` on one device and times,
 `--repeats` times each (median reported, seconds): a save with the per-array CRC-32 checksums and
 one without (checksumming switched off), a restore with the checksum and finiteness checks and one
-without. Also prints the checksum pass alone (host copy + CRC-32 of every array). Not a test; the
+without. Also prints the checksum pass alone (host copy + CRC-32 of every array), and the last
+line `ratio: ...` (with checks / without, save and restore). Not a test; the
 numbers depend on the machine, its disk and how busy it is (run it on a quiet one).
 """
 from __future__ import annotations
@@ -74,6 +75,9 @@ def main() -> None:
   alone = _median_seconds(lambda: checkpoints.state_checksums(state), args.repeats)
   bc.print_table(["verification", "save s", "restore s"], rows)
   print(f"checksum pass alone: {alone:.3f} s ({n_bytes / 2**30 / alone:.2f} GiB/s)")
+  (_, save_plain, restore_plain), (_, save_checked, restore_checked) = rows
+  print(f"ratio: with checks / without, {args.size}: save {save_checked / save_plain:.2f}, "
+        f"restore {restore_checked / restore_plain:.2f}")
   shutil.rmtree(args.dir, ignore_errors=True)
 
 

@@ -40,9 +40,10 @@ is 1 when any verdict is not `ok`.
 Why: issue 40's closing note re-runs "the same 46-case table"; this script is that table, so it
 can be re-run after any change to checkpointing, resume or input validation.
 
-How long: 35 minutes with `--jobs 3` on a 2-core machine shared with other work (load ~16): the
-base run and the reference continuation ~5, then 30 for the cases (a subprocess start is 15-60 s
-there; training cases 2-5 minutes, the signal and disk cases run twice). Less on a quiet machine.
+How long: 11 minutes with `--jobs 2` on a 2-core machine shared with other work (load ~11; 35 with
+`--jobs 3` at load ~16): the base run and the reference continuation first, then the cases (a
+subprocess start is 15-60 s there; training cases up to a minute or two, the signal and disk
+cases run twice). Less on a quiet machine.
 Needs Linux; the full-disk and read-only cases need `unshare -m` and `mount` (root), otherwise they
 are reported `skipped`. The work dir is a temporary folder, removed at the end unless `--keep` or
 `--work_dir` is given; a `--work_dir` that already holds a finished base run (and reference) reuses

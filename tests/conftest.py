@@ -18,7 +18,11 @@ EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(_
 if EXPERIMENTS_DIR not in sys.path:
   sys.path.insert(0, EXPERIMENTS_DIR)
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# The mesh tests need 8 host devices: added to whatever XLA_FLAGS the caller set (an empty or
+# unrelated XLA_FLAGS would otherwise leave one device and fail them with a misleading error).
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 

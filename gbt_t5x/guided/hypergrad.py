@@ -372,16 +372,18 @@ def update_is_finite(loss: jax.Array, new_params: PyTree) -> jax.Array:
 
 
 # How the model step's non-finite guard keeps the old params and optimizer state
-# (`guard_update`): 'where' (the default: the update is materialised, then tested, then an
-# elementwise select per leaf picks new or old) or 'cond' (the update's finiteness is tested in a
-# first fused pass that materialises nothing, then `lax.cond` either applies the update or
-# returns the old state: fewer params-sized buffers at the peak, one more elementwise pass over
-# g, the moments and the params). Both keep the old state bit for bit on a dropped step and give
-# the unguarded step on a kept one (tests/guided/test_hypergrad.py); `python
-# scripts/bench_train.py --guards` measures what each costs against an unguarded step.
+# (`guard_update`): 'cond' (the default: the update's finiteness is tested in a first fused pass
+# that materialises nothing, then `lax.cond` either applies the update or returns the old state)
+# or 'where' (the update is materialised, then tested, then an elementwise select per leaf picks
+# new or old: one more params-sized buffer at the peak, which 'cond' pays for with one more
+# elementwise pass over g, the moments and the params). Both keep the old state bit for bit on a
+# dropped step and give the same run bit for bit otherwise (tests/guided/test_hypergrad.py,
+# tests/train/test_guided_trainer.py); `python scripts/bench_train.py --guards` measures what each
+# costs against an unguarded step (README, Benchmarks). The guided step with the update's VJP
+# always uses 'where' (the VJP closure cannot leave a `lax.cond`).
 WHERE, COND = "where", "cond"
 NON_FINITE_GUARDS = (WHERE, COND)
-NON_FINITE_GUARD = WHERE
+NON_FINITE_GUARD = COND
 
 
 def keep_if(ok: jax.Array, new: PyTree, old: PyTree) -> PyTree:
@@ -767,23 +769,12 @@ def lookahead_update(
                                               "guide_loss": guide_loss})
 
 
-def lookahead_hypergradient(
-    params: PyTree, opt_state: Any, raw: Mapping[str, jax.Array], batch: Batch,
-    guide_batch: Batch, rng: jax.Array, base_lr: jax.Array, *,
-    specs: Sequence[specs_lib.GuidedHParam], optimizer: optax.GradientTransformation,
-    forward_fn: ForwardFn, loss_from_outputs: LossFromOutputs, guide_loss_fn: GuideLossFn,
-    loss_inputs_fn: LossInputsFn | None = None, lr_group_ids: PyTree | None = None,
-    recompute_tangent: bool = False, num_microbatches: int | None = None,
-    optimizer_derivative: str = AUTO
-) -> tuple[PyTree, Any, dict[str, jax.Array], dict[str, jax.Array]]:
-  """`lookahead_update` as a (new_params, new_opt_state, hypergrads, metrics) tuple, with the
-  guard's test in metrics under `UPDATE_OK` (for tuple callers). Args: as `lookahead_update`."""
-  out = lookahead_update(
-      params, opt_state, raw, batch, guide_batch, rng, base_lr, specs=specs,
-      optimizer=optimizer, forward_fn=forward_fn, loss_from_outputs=loss_from_outputs,
-      guide_loss_fn=guide_loss_fn, loss_inputs_fn=loss_inputs_fn, lr_group_ids=lr_group_ids,
-      recompute_tangent=recompute_tangent, num_microbatches=num_microbatches,
-      optimizer_derivative=optimizer_derivative)
+def lookahead_hypergradient(*args: Any, **kwargs: Any
+                            ) -> tuple[PyTree, Any, dict[str, jax.Array], dict[str, jax.Array]]:
+  """`lookahead_update(*args, **kwargs)` as a (new_params, new_opt_state, hypergrads, metrics)
+  tuple, with the guard's test in metrics under `UPDATE_OK` (for tuple callers: tests and the
+  benchmark). Args: exactly `lookahead_update`'s."""
+  out = lookahead_update(*args, **kwargs)
   return (out.update.params, out.update.opt_state, out.hypergrads,
           {**out.metrics, UPDATE_OK: out.update.ok})
 

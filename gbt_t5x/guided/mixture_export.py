@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from gbt_t5x import fileio
+from gbt_t5x import fileio, search_space
 
 MIXTURE_FILE = "learned_mixture.gin"
 RATES = ("final", "mean")
@@ -87,10 +87,11 @@ def search_gin_text(mixture: str, module: str | None, task_names: Sequence[str])
 
   Raises:
     ValueError: one line, for a name that is not a plain SeqIO name, or more tasks than the
-      search space has `mixture_weight_i` entries for (8).
+      search space has `mixture_weight_i` entries for (`search_space.MAX_MIXTURE_TASKS`).
   """
-  if len(task_names) > 8:
-    raise ValueError(f"{mixture} has {len(task_names)} leaf tasks: a rate search covers at most 8")
+  if len(task_names) > search_space.MAX_MIXTURE_TASKS:
+    raise ValueError(f"{mixture} has {len(task_names)} leaf tasks: a rate search covers at most "
+                     f"{search_space.MAX_MIXTURE_TASKS}")
   _check_names([mixture, *task_names, *([module] if module else [])])
   entries = ", ".join(f"{name!r}: %MIXTURE_WEIGHT_{i}" for i, name in enumerate(task_names))
   return "\n".join([

@@ -4,9 +4,10 @@ keeps when training goes wrong).
 * A checkpoint is saved only from a state whose recent window of steps (those since the previous
   save or evaluation stop) had no step skipped for a non-finite loss or gradient: a run that is
   failing does not save -- and so does not rotate out older checkpoints -- while it fails.
-* The newest checkpoint saved before the first non-finite step, or before the state that
-  started the first diverged window (train loss above `divergence_factor` times the lowest window
-  loss of this process), is protected from rotation (`keep`) for the rest of the run.
+* The newest checkpoint saved before the state that produced the first non-finite step, or
+  before the state that started the first diverged window (train loss above
+  `divergence_factor` times the lowest window loss of this process), is protected from
+  rotation (`keep`) for the rest of the run.
 * When the run stops for too many non-finite steps, the message names the checkpoints truthfully.
 Must not import gin.
 """
@@ -59,7 +60,10 @@ class LastKnownGood:
     if loss is not None and math.isfinite(loss) and not skipped:
       self._lowest_loss = min(self._lowest_loss, loss)
     if first_nonfinite_step is not None:
-      self._mark_bad(first_nonfinite_step - 1)
+      # The skipped step's loss was computed from the state one step before it: that state may
+      # itself be the broken one (an LR of 1e6 makes one finite-looking update, then NaNs), so
+      # the last known good checkpoint is one saved before that state.
+      self._mark_bad(first_nonfinite_step - 2)
     if diverged and self._first_bad_step is None:
       self._print(f"warning: train loss {loss:.4g} of the steps after {window_start} is over "
                   f"{self.divergence_factor:g} times the lowest so far ({self._lowest_loss:.4g}): "

@@ -11,6 +11,16 @@ def _policy(tmp_path, printed):
   return ckpt, last_good.LastKnownGood(ckpt, divergence_factor=10.0, print_fn=printed.append)
 
 
+def _two_good_checkpoints(tmp_path, printed):
+  """A policy that saw two finite windows, each followed by a save (checkpoints 10 and 20)."""
+  ckpt, policy = _policy(tmp_path, printed)
+  state = _make_state(0)
+  for step in (10, 20):
+    assert policy.observe(step - 10, {"loss": 2.0}, None)
+    ckpt.save(step, state, METADATA)
+  return ckpt, policy, state
+
+
 def test_diverged_window_protects_the_checkpoint_before_it(tmp_path):
   printed = []
   ckpt, policy = _policy(tmp_path, printed)
@@ -33,12 +43,9 @@ def test_diverged_window_protects_the_checkpoint_before_it(tmp_path):
 
 def test_non_finite_window_does_not_save_and_protects_the_last_finite_checkpoint(tmp_path):
   printed = []
-  ckpt, policy = _policy(tmp_path, printed)
-  state = _make_state(0)
-  for step in (10, 20):
-    assert policy.observe(step - 10, {"loss": 2.0}, None)
-    ckpt.save(step, state, METADATA)
-  # Step 23 (state step 23) was the first skipped one: checkpoint 20 is the last good one.
+  ckpt, policy, state = _two_good_checkpoints(tmp_path, printed)
+  # State step 23 came after the first skipped step, computed from state 22: checkpoint 20 is
+  # the last good one.
   assert not policy.observe(20, {"loss": 2.0, "nonfinite_skipped": 2.0}, 23)
   assert policy.protected_step == 20
   assert policy.skip_notice(30, {"nonfinite_skipped": 2.0}) == (
@@ -48,3 +55,14 @@ def test_non_finite_window_does_not_save_and_protects_the_last_finite_checkpoint
     assert policy.observe(step - 10, {"loss": 1.9}, 23)
     ckpt.save(step, state, METADATA)
   assert ckpt.all_steps() == [20, 50, 60]
+
+
+def test_state_that_produced_the_first_non_finite_step_is_not_called_good(tmp_path):
+  """Checkpoint 20 was saved after a window of finite losses, but the state it holds produced
+  the first non-finite loss (state step 21 follows the skipped step): 10 is the last good one."""
+  printed = []
+  ckpt, policy, state = _two_good_checkpoints(tmp_path, printed)
+  assert not policy.observe(20, {"nonfinite_skipped": 10.0}, 21)
+  assert policy.protected_step == 10
+  assert printed[-1] == ("checkpoint step 10 (the last before step 20) is kept out of rotation "
+                         "as the last known good one")

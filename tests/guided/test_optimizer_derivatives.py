@@ -181,7 +181,7 @@ def test_auto_picks_the_closed_form_where_registered(x64):
   with_momentum = optimizers.adafactor(momentum=0.9)
   assert hypergrad.closed_form_for(with_momentum, hypergrad.AUTO, {"decay_rate": 0.8},
                                    with_momentum.init({"w": jnp.zeros((2, 2))})) is None
-  for fn in (hypergrad.guided_step, hypergrad.lookahead_hypergradient):
+  for fn in (hypergrad.guided_step, hypergrad.lookahead_update):
     assert inspect.signature(fn).parameters["optimizer_derivative"].default == hypergrad.AUTO
 
 

@@ -870,7 +870,8 @@ def test_forward_horizon_resume_equals_uninterrupted_run(init_1dev, tmp_path):
   assert "\n" not in str(info.value) and "tangents" in str(info.value)
 
 
-def test_guided_run_with_frozen_values_trains_as_the_plain_trainer(init_1dev):
+@pytest.mark.parametrize("guard", hypergrad.NON_FINITE_GUARDS)
+def test_guided_run_with_frozen_values_trains_as_the_plain_trainer(init_1dev, guard, monkeypatch):
   """Meta learning rate 0: every model step of a GuidedTrainer (guided every 2nd step, plain at
   the guided values in between) is bit for bit the plain Trainer's step at the same values, so
   guided and plain runs differ only by what the guide moves, not through their plumbing: the
@@ -882,6 +883,7 @@ def test_guided_run_with_frozen_values_trains_as_the_plain_trainer(init_1dev):
   0.89999992 in float32), so a plain run at the optimizer's own values differs by that rounding.
   """
   from gbt_t5x.train import trainer as trainer_lib
+  monkeypatch.setattr(hypergrad, "NON_FINITE_GUARD", guard)  # either guard (read when traced)
   model, fresh, axes, p = init_1dev
   specs = (GuidedHParam("learning_rate", 1.0, "exp", lower=0.01, upper=100.0),
            GuidedHParam("b1", 0.9, "sigmoid", lower=0.0, upper=0.999))
@@ -907,3 +909,26 @@ def test_guided_run_with_frozen_values_trains_as_the_plain_trainer(init_1dev):
   moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.max(np.abs(a - b)), got.params,
                                        host(fresh.params)))
   assert max(moved) > 1e-4  # the runs trained (equality is not of two untouched inits)
+
+
+def test_the_guard_mode_does_not_change_a_runs_numbers(init_1dev, monkeypatch):
+  """Plain Trainer runs under the 'where' and the 'cond' non-finite guard (the default since
+  issue 39) log the same losses and end in the same state, bit for bit: switching the default
+  changes memory and time, not results (runs recorded under either compare)."""
+  from gbt_t5x.train import trainer as trainer_lib
+  model, fresh, axes, p = init_1dev
+  logged, states = {}, {}
+  for guard in hypergrad.NON_FINITE_GUARDS:
+    monkeypatch.setattr(hypergrad, "NON_FINITE_GUARD", guard)
+    plain = trainer_lib.Trainer(model=model, train_state=jax.tree.map(jnp.copy, fresh),
+                                partitioner=p, eval_names=[], summary_dir=None,
+                                train_state_axes=axes, rng=jax.random.PRNGKey(1),
+                                learning_rate_fn=lambda step: BASE_LR, log_every=1000,
+                                print_fn=lambda s: None)
+    logged[guard] = [[plain.train(iter([b]), 1)[k] for k in ("loss", "accuracy")]
+                     for b in train_batches(p, 0, 4)]
+    states[guard] = host(plain.train_state)
+  np.testing.assert_array_equal(np.asarray(logged["where"]), np.asarray(logged["cond"]))
+  for a, b in zip(jax.tree.leaves((states["where"].params, states["where"].opt_state)),
+                  jax.tree.leaves((states["cond"].params, states["cond"].opt_state))):
+    np.testing.assert_array_equal(a, b)
