@@ -703,6 +703,25 @@ def _loss_side_hypergradient(params: PyTree, batch: Batch, rng: jax.Array,
   return dict(jax.grad(lambda hl: _tree_vdot(head_grad(hl), tangent))(h_loss))
 
 
+def _params_for_tangent(params: PyTree, update: ModelUpdate, d_grads: PyTree,
+                        gradients: TrainGradients, closed_form: opt_derivs.ClosedForm | None,
+                        opt_state: Any, h_opt: Mapping[str, jax.Array], base_lr: jax.Array,
+                        lr_group_ids: PyTree | None) -> PyTree:
+  """The params step e) re-runs the train forward at: the old params, or, for AdamW's closed form
+  when e) re-runs the forward (`recompute_tangent`, microbatches), the old params recovered from
+  the updated ones (`optimizer_derivatives.adamw_params_before`; equal up to rounding), so that
+  the old params need not outlive the update (one params-sized buffer less at the peak). On a
+  step the guard dropped the recovery is meaningless, and so are the hypergradients it feeds,
+  which the step drops."""
+  if (closed_form is None or closed_form.family != opt_derivs.ADAMW
+      or gradients.lin is not None):
+    return params
+  return opt_derivs.adamw_params_before(
+      update.params, update.opt_state, d_grads, _inject(opt_state, h_opt, base_lr).hyperparams,
+      base_lr, closed_form, multiplier=h_opt.get(specs_lib.LEARNING_RATE),
+      lr_group_ids=lr_group_ids)
+
+
 class LookaheadOutput(NamedTuple):
   """The greedy guided step before its meta update.
 
@@ -760,7 +779,9 @@ def lookahead_update(
   d_values = dict(d_h_opt)
   if h_loss:  # e) loss side.
     d_values.update(_loss_side_hypergradient(
-        params, batch, rng, h_loss, d_grads, gradients, forward_fn=forward_fn,
+        _params_for_tangent(params, update, d_grads, gradients, closed_form, opt_state, h_opt,
+                            base_lr, lr_group_ids),
+        batch, rng, h_loss, d_grads, gradients, forward_fn=forward_fn,
         loss_from_outputs=loss_from_outputs, loss_inputs_fn=loss_inputs_fn,
         num_microbatches=num_microbatches))
   # f) effective -> raw.

@@ -144,6 +144,20 @@ def _finish(totals: dict[str, list[Any]], names: Sequence[str], vector_lr: bool
           for n in names}
 
 
+def _after(v_leaf: jax.Array, *leaves: jax.Array) -> tuple[jax.Array, ...]:
+  """`leaves` made data-dependent on `v_leaf` (x + 0 * v: the same values for a finite v).
+
+  With loss-side values, a leaf's direction, r and D feed both the reduction and (du/dg)^T v, so
+  XLA materialises them (params-sized) and, as they do not depend on v, may compute them right
+  after the model update: they then live through the whole guide pass (+713 MiB at T5-small,
+  measured in the buffer assignment). Depending on v, they are computed when the leaf's v is and
+  die with its reduction. XLA:CPU removes `optimization_barrier` before scheduling, so a barrier
+  cannot order them; its simplifier keeps 0 * v for floats (0 * inf is NaN), so this stays.
+  """
+  zero = jnp.zeros((), v_leaf.dtype) * v_leaf
+  return tuple(x + zero for x in leaves)
+
+
 def _adamw_leaf_terms(names: Sequence[str], theta1, g, m1, n1, s, wd_leaf, decays: bool,
                       coef: Mapping[str, jax.Array]) -> tuple[list[jax.Array], jax.Array,
                                                              jax.Array, jax.Array]:
@@ -172,6 +186,64 @@ def _adamw_leaf_terms(names: Sequence[str], theta1, g, m1, n1, s, wd_leaf, decay
     else:  # weight_decay
       terms.append(-s * (theta1 + s * direction) / keep if decays else jnp.zeros_like(theta1))
   return terms, direction, r, den
+
+
+def _adamw_coefficients(new_opt_state: Any, hyperparams: Mapping[str, jax.Array],
+                        base_lr: jax.Array) -> tuple[Any, dict[str, jax.Array], jax.Array]:
+  """(the updated `ScaleByAdamState`, the scalar coefficients `_adamw_leaf_terms` reads, the
+  weight decay) of an AdamW update that used `hyperparams` (t = the updated count)."""
+  adam = _inner_state(new_opt_state, optax.ScaleByAdamState, "AdamW")
+  hp = {k: jnp.asarray(val) for k, val in hyperparams.items()}
+  b1, b2 = hp["b1"], hp["b2"]
+  t = adam.count.astype(jnp.float32)
+  coef = {"b1": b1, "b2": b2, "c1": 1 - b1 ** t, "c2": 1 - b2 ** t,
+          "dc1": -t * b1 ** (t - 1), "dc2": -t * b2 ** (t - 1),  # d c1 / d b1, d c2 / d b2
+          "eps": hp["eps"], "eps_root": hp["eps_root"], "base_lr": base_lr}
+  return adam, coef, hp.get("weight_decay", jnp.zeros((), jnp.float32))
+
+
+def _leaf_coefficients(dt: Any, coef: Mapping[str, jax.Array], wd: jax.Array, decays: bool,
+                       base_lr: jax.Array, multiplier: jax.Array | None, gid: int
+                       ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+  """(s, the leaf's weight decay, `coef`), cast to the leaf's dtype `dt`; s = base_lr times the
+  leaf's multiplier (`multiplier[gid]` for a vector one)."""
+  cast = lambda x: jnp.asarray(x).astype(dt)  # noqa: E731
+  vector_lr = multiplier is not None and jnp.ndim(multiplier) > 0
+  s = cast(base_lr * (multiplier[gid] if vector_lr else
+                      (multiplier if multiplier is not None else 1.0)))
+  wd_leaf = cast(wd) if decays else jnp.zeros((), dt)
+  return s, wd_leaf, {k: cast(x) for k, x in coef.items()}
+
+
+def adamw_params_before(new_params: PyTree, new_opt_state: Any, d_grads: PyTree,
+                        hyperparams: Mapping[str, jax.Array], base_lr: jax.Array,
+                        closed_form: ClosedForm, multiplier: jax.Array | None = None,
+                        lr_group_ids: PyTree | None = None) -> PyTree:
+  """theta, the params before an AdamW update, from theta1 and the updated moments:
+  theta = (theta1 + s a) / (1 - s wd) (module docstring); equal to the old params up to
+  rounding (about one float32 ulp of theta1).
+
+  What it is for: step e) with a re-run forward needs the old params after the guide pass;
+  keeping them costs a params-sized copy for the whole guided step (the updated params are
+  written over them), recovering them costs one elementwise pass. Each leaf is made dependent on
+  its `d_grads` leaf (`_after`), so XLA computes it after d), when it is needed.
+
+  Args: as `adamw_derivatives`; `d_grads`: (du/dg)^T v (structure of the params).
+  """
+  adam, coef, wd = _adamw_coefficients(new_opt_state, hyperparams, base_lr)
+  leaves, treedef = jax.tree.flatten(new_params)
+  vector_lr = multiplier is not None and jnp.ndim(multiplier) > 0
+  mask = treedef.flatten_up_to(_mask_tree(closed_form.weight_decay_mask, new_params))
+  groups = treedef.flatten_up_to(lr_group_ids) if vector_lr else [0] * len(leaves)
+  before = []
+  for theta1, m1, n1, dg, decays, gid in zip(
+      leaves, treedef.flatten_up_to(adam.mu), treedef.flatten_up_to(adam.nu),
+      treedef.flatten_up_to(d_grads), mask, groups):
+    s, wd_leaf, c = _leaf_coefficients(theta1.dtype, coef, wd, decays, base_lr, multiplier, gid)
+    theta1, m1, n1 = _after(dg, theta1, m1, n1)
+    direction = m1 / c["c1"] / (jnp.sqrt(n1 / c["c2"] + c["eps_root"]) + c["eps"])
+    before.append((theta1 + s * direction) / (1 - s * wd_leaf))
+  return jax.tree.unflatten(treedef, before)
 
 
 def adamw_derivatives(grads: PyTree, new_opt_state: Any, new_params: PyTree, v: PyTree,
@@ -205,15 +277,8 @@ def adamw_derivatives(grads: PyTree, new_opt_state: Any, new_params: PyTree, v: 
   if unsupported:
     raise ValueError(f"closed-form AdamW derivative: unsupported hyper-parameter(s) "
                      f"{unsupported}; supported: {list(SUPPORTED[ADAMW])}")
-  adam = _inner_state(new_opt_state, optax.ScaleByAdamState, "AdamW")
+  adam, coef, wd = _adamw_coefficients(new_opt_state, hyperparams, base_lr)
   vector_lr = multiplier is not None and jnp.ndim(multiplier) > 0
-  hp = {k: jnp.asarray(val) for k, val in hyperparams.items()}
-  b1, b2 = hp["b1"], hp["b2"]
-  wd = hp.get("weight_decay", jnp.zeros((), jnp.float32))
-  t = adam.count.astype(jnp.float32)
-  coef = {"b1": b1, "b2": b2, "c1": 1 - b1 ** t, "c2": 1 - b2 ** t,
-          "dc1": -t * b1 ** (t - 1), "dc2": -t * b2 ** (t - 1),  # d c1 / d b1, d c2 / d b2
-          "eps": hp["eps"], "eps_root": hp["eps_root"], "base_lr": base_lr}
   ordered = list(names)
   leaves, treedef = jax.tree.flatten(new_params)
   mask = treedef.flatten_up_to(_mask_tree(closed_form.weight_decay_mask, new_params))
@@ -223,12 +288,9 @@ def adamw_derivatives(grads: PyTree, new_opt_state: Any, new_params: PyTree, v: 
   for theta1, g, m1, n1, vv, decays, gid in zip(
       leaves, treedef.flatten_up_to(grads), treedef.flatten_up_to(adam.mu),
       treedef.flatten_up_to(adam.nu), treedef.flatten_up_to(v), mask, groups):
-    dt = g.dtype
-    cast = lambda x: jnp.asarray(x).astype(dt)  # noqa: E731
-    s = cast(base_lr * (multiplier[gid] if vector_lr else
-                        (multiplier if multiplier is not None else 1.0)))
-    wd_leaf = cast(wd) if decays else jnp.zeros((), dt)
-    c = {k: cast(x) for k, x in coef.items()}
+    s, wd_leaf, c = _leaf_coefficients(g.dtype, coef, wd, decays, base_lr, multiplier, gid)
+    if need_d_grads:  # direction, r and D then feed two consumers: see `_after`.
+      m1, n1 = _after(vv, m1, n1)
     terms, direction, r, den = _adamw_leaf_terms(ordered, theta1, g, m1, n1, s, wd_leaf, decays, c)
     _add_leaf(totals, ordered, terms, vv, gid)
     if need_d_grads:

@@ -183,8 +183,9 @@ def run_all(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) -> No
     for label in pretrain_arms(size.quick):
       if label == DOREMI:
         natural = done[NATURAL]
-        common.ensure_checkpoint(exp, natural, arms[NATURAL][0],
-                                 [*base, *arms[NATURAL][1]], score, steps=size.pretrain_steps)
+        if exp.store.get(DOREMI_PROXY, seed) is None:  # The proxy starts from natural's model.
+          common.ensure_checkpoint(exp, natural, arms[NATURAL][0],
+                                   [*base, *arms[NATURAL][1]], score, steps=size.pretrain_steps)
         proxy_gin = doremi_proxy_gin(os.path.join(out, "gin", f"doremi_proxy_seed{seed}.gin"),
                                      plain_gin, os.path.join(out, natural.model_dir), domain_names)
         proxy = common.run_arm(exp, DOREMI_PROXY, seed, [proxy_gin],

@@ -212,3 +212,28 @@ def test_registered_families():
       factored=True, min_dim_size_to_factor=128, multiply_by_parameter_scale=True,
       clipping=True, weight_decay=False)
   assert opt_derivs.closed_form_of(optimizers.adafactor(momentum=0.9)) is None
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if "adafactor" not in c])
+def test_params_before_the_update_are_recovered_from_the_updated_state(case):
+  """`adamw_params_before` (what step e) re-runs the forward at, with `recompute_tangent`) gives
+  the params the model step started from, from the updated params and moments alone: masked
+  weight decay, a per-group LR vector and a scalar multiplier included (float64, with the
+  optimizer's float32 hyper-parameters: to `RTOL`)."""
+  params, opt_state, raw, batch, _, rng, base_lr, kwargs = _setup(case)
+  values = specs_lib.effective(kwargs["specs"], raw)
+  h_opt, _ = specs_lib.split_effective(kwargs["specs"], values)
+  step = hypergrad.plain_step(
+      params, opt_state, values, batch, rng, base_lr,
+      **{k: v for k, v in kwargs.items() if k not in ("specs", "guide_loss_fn")})
+  new_params, new_opt_state = step[0], step[1]
+  hyperparams = hypergrad._inject(opt_state, h_opt, base_lr).hyperparams
+  recovered = opt_derivs.adamw_params_before(
+      new_params, new_opt_state, jax.tree.map(jnp.zeros_like, params), hyperparams, base_lr,
+      opt_derivs.closed_form_of(kwargs["optimizer"]),
+      multiplier=h_opt.get(specs_lib.LEARNING_RATE), lr_group_ids=kwargs["lr_group_ids"])
+  moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
+      jax.tree.leaves(new_params), jax.tree.leaves(params)))
+  assert moved > 1e-4  # the step moved the params: recovering them is not trivial
+  for got, want in zip(jax.tree.leaves(recovered), jax.tree.leaves(params)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=RTOL, atol=1e-12)
