@@ -147,10 +147,11 @@ def _finish(totals: dict[str, list[Any]], names: Sequence[str], vector_lr: bool
 def _after(v_leaf: jax.Array, *leaves: jax.Array) -> tuple[jax.Array, ...]:
   """`leaves` made data-dependent on `v_leaf` (x + 0 * v: the same values for a finite v).
 
-  With loss-side values, a leaf's direction, r and D feed both the reduction and (du/dg)^T v, so
-  XLA materialises them (params-sized) and, as they do not depend on v, may compute them right
-  after the model update: they then live through the whole guide pass (+713 MiB at T5-small,
-  measured in the buffer assignment). Depending on v, they are computed when the leaf's v is and
+  With loss-side values, an AdamW leaf's direction, r and D feed both the reduction and
+  (du/dg)^T v (Adafactor's y and its tangents: the clipping RMS and the terms), so XLA
+  materialises them (params-sized) and, as they do not depend on v, may compute them right after
+  the model update: they then live through the whole guide pass (+651 MiB at T5-small AdamW,
+  +294 MiB Adafactor, `scripts/xla_peak_buffers.py`). Depending on v, they are computed when the leaf's v is and
   die with its reduction. XLA:CPU removes `optimization_barrier` before scheduling, so a barrier
   cannot order them; its simplifier keeps 0 * v for floats (0 * inf is NaN), so this stays.
   """
@@ -440,6 +441,7 @@ def adafactor_derivatives(grads: PyTree, new_opt_state: Any, new_params: PyTree,
   for theta1, g, v_row, v_col, v_full, vv, s, decays, gid in zip(leaves, *flat, mask, groups):
     dt = g.dtype
     cast = lambda x: jnp.asarray(x).astype(dt)  # noqa: E731
+    g, theta1 = _after(vv, g, theta1)  # y and its tangents feed several consumers: see `_after`
     dims = factored_dims(theta1.shape, options.factored, options.min_dim_size_to_factor)
     second = (v_row, v_col) if dims is not None else (v_full,)
     y, dys = _direction_and_tangents(
