@@ -147,11 +147,12 @@ def _finish(totals: dict[str, list[Any]], names: Sequence[str], vector_lr: bool
 def _after(v_leaf: jax.Array, *leaves: jax.Array) -> tuple[jax.Array, ...]:
   """`leaves` made data-dependent on `v_leaf` (x + 0 * v: the same values for a finite v).
 
-  With loss-side values, an AdamW leaf's direction, r and D feed both the reduction and
-  (du/dg)^T v (Adafactor's y and its tangents: the clipping RMS and the terms), so XLA
+  An AdamW leaf's direction, r and D feed several terms of the reduction (and (du/dg)^T v with
+  loss-side values; Adafactor's y and its tangents: the clipping RMS and the terms), so XLA
   materialises them (params-sized) and, as they do not depend on v, may compute them right after
-  the model update: they then live through the whole guide pass (+651 MiB at T5-small AdamW,
-  +294 MiB Adafactor, `scripts/xla_peak_buffers.py`). Depending on v, they are computed when the leaf's v is and
+  the model update: they then live through the whole guide pass (at T5-small: +651 MiB AdamW
+  with loss-side values, +587 MiB AdamW LR + b1 + b2, +294 MiB Adafactor;
+  `scripts/xla_peak_buffers.py`). Depending on v, they are computed when the leaf's v is and
   die with its reduction. XLA:CPU removes `optimization_barrier` before scheduling, so a barrier
   cannot order them; its simplifier keeps 0 * v for floats (0 * inf is NaN), so this stays.
   """
@@ -290,8 +291,7 @@ def adamw_derivatives(grads: PyTree, new_opt_state: Any, new_params: PyTree, v: 
       leaves, treedef.flatten_up_to(grads), treedef.flatten_up_to(adam.mu),
       treedef.flatten_up_to(adam.nu), treedef.flatten_up_to(v), mask, groups):
     s, wd_leaf, c = _leaf_coefficients(g.dtype, coef, wd, decays, base_lr, multiplier, gid)
-    if need_d_grads:  # direction, r and D then feed two consumers: see `_after`.
-      m1, n1 = _after(vv, m1, n1)
+    m1, n1 = _after(vv, m1, n1)  # direction, r and D feed several consumers: see `_after`
     terms, direction, r, den = _adamw_leaf_terms(ordered, theta1, g, m1, n1, s, wd_leaf, decays, c)
     _add_leaf(totals, ordered, terms, vv, gid)
     if need_d_grads:
