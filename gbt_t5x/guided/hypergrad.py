@@ -879,7 +879,8 @@ def guided_step(params: PyTree, opt_state: Any, guided_state: meta_lib.GuidedSta
     lr_group_ids: from `param_group_ids`, when the learning-rate multiplier is a vector.
     recompute_tangent: for loss-side hyper-parameters, recompute the train forward for the
       tangent (e) instead of keeping its linearisation alive through the guide pass: less peak
-      memory (the train activations are freed before the guide forward), one more forward.
+      memory (the train activations are freed before the guide forward; with AdamW's closed
+      form the old params too, recovered from the updated state), one more forward.
     num_microbatches: gradient accumulation over M microbatches (None/1: one pass); step e)
       then re-runs each microbatch's forward (as with `recompute_tangent`).
     optimizer_derivative: 'auto' (default: the closed form where `optimizer_derivatives` has
