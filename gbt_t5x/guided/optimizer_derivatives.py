@@ -160,16 +160,22 @@ def _after(v_leaf: jax.Array, *leaves: jax.Array) -> tuple[jax.Array, ...]:
   return tuple(x + zero for x in leaves)
 
 
+def _adamw_direction(m1: jax.Array, n1: jax.Array, c: Mapping[str, jax.Array]
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(a = m1hat / D, r, D) of one leaf from its updated moments (module docstring); `c` as in
+  `_adamw_leaf_terms`."""
+  r = jnp.sqrt(n1 / c["c2"] + c["eps_root"])
+  den = r + c["eps"]
+  return m1 / c["c1"] / den, r, den
+
+
 def _adamw_leaf_terms(names: Sequence[str], theta1, g, m1, n1, s, wd_leaf, decays: bool,
                       coef: Mapping[str, jax.Array]) -> tuple[list[jax.Array], jax.Array,
                                                              jax.Array, jax.Array]:
   """One leaf's du/dh per name (the formulas of the module docstring), and (direction, r, D).
   `coef`: b1, b2, c1, c2, dc1, dc2, eps, eps_root, base_lr cast to the leaf's dtype."""
   c = coef
-  m_hat, n_hat = m1 / c["c1"], n1 / c["c2"]
-  r = jnp.sqrt(n_hat + c["eps_root"])
-  den = r + c["eps"]
-  direction = m_hat / den
+  direction, r, den = _adamw_direction(m1, n1, c)
   keep = 1 - s * wd_leaf  # theta1 = keep * theta - s * direction
   terms = []
   for name in names:
@@ -188,6 +194,18 @@ def _adamw_leaf_terms(names: Sequence[str], theta1, g, m1, n1, s, wd_leaf, decay
     else:  # weight_decay
       terms.append(-s * (theta1 + s * direction) / keep if decays else jnp.zeros_like(theta1))
   return terms, direction, r, den
+
+
+def _leaf_layout(new_params: PyTree, closed_form: ClosedForm, multiplier: jax.Array | None,
+                 lr_group_ids: PyTree | None) -> tuple[list[jax.Array], Any, list[bool],
+                                                       list[int], bool]:
+  """(the leaves of `new_params`, their treedef, each leaf's weight-decay mask entry, each leaf's
+  LR group (0 unless the multiplier is a vector), whether it is)."""
+  vector_lr = multiplier is not None and jnp.ndim(multiplier) > 0
+  leaves, treedef = jax.tree.flatten(new_params)
+  mask = treedef.flatten_up_to(_mask_tree(closed_form.weight_decay_mask, new_params))
+  groups = treedef.flatten_up_to(lr_group_ids) if vector_lr else [0] * len(leaves)
+  return leaves, treedef, mask, groups, vector_lr
 
 
 def _adamw_coefficients(new_opt_state: Any, hyperparams: Mapping[str, jax.Array],
@@ -233,17 +251,15 @@ def adamw_params_before(new_params: PyTree, new_opt_state: Any, d_grads: PyTree,
   Args: as `adamw_derivatives`; `d_grads`: (du/dg)^T v (structure of the params).
   """
   adam, coef, wd = _adamw_coefficients(new_opt_state, hyperparams, base_lr)
-  leaves, treedef = jax.tree.flatten(new_params)
-  vector_lr = multiplier is not None and jnp.ndim(multiplier) > 0
-  mask = treedef.flatten_up_to(_mask_tree(closed_form.weight_decay_mask, new_params))
-  groups = treedef.flatten_up_to(lr_group_ids) if vector_lr else [0] * len(leaves)
+  leaves, treedef, mask, groups, _ = _leaf_layout(new_params, closed_form, multiplier,
+                                                  lr_group_ids)
   before = []
   for theta1, m1, n1, dg, decays, gid in zip(
       leaves, treedef.flatten_up_to(adam.mu), treedef.flatten_up_to(adam.nu),
       treedef.flatten_up_to(d_grads), mask, groups):
     s, wd_leaf, c = _leaf_coefficients(theta1.dtype, coef, wd, decays, base_lr, multiplier, gid)
     theta1, m1, n1 = _after(dg, theta1, m1, n1)
-    direction = m1 / c["c1"] / (jnp.sqrt(n1 / c["c2"] + c["eps_root"]) + c["eps"])
+    direction, _, _ = _adamw_direction(m1, n1, c)
     before.append((theta1 + s * direction) / (1 - s * wd_leaf))
   return jax.tree.unflatten(treedef, before)
 
@@ -280,11 +296,9 @@ def adamw_derivatives(grads: PyTree, new_opt_state: Any, new_params: PyTree, v: 
     raise ValueError(f"closed-form AdamW derivative: unsupported hyper-parameter(s) "
                      f"{unsupported}; supported: {list(SUPPORTED[ADAMW])}")
   adam, coef, wd = _adamw_coefficients(new_opt_state, hyperparams, base_lr)
-  vector_lr = multiplier is not None and jnp.ndim(multiplier) > 0
   ordered = list(names)
-  leaves, treedef = jax.tree.flatten(new_params)
-  mask = treedef.flatten_up_to(_mask_tree(closed_form.weight_decay_mask, new_params))
-  groups = treedef.flatten_up_to(lr_group_ids) if vector_lr else [0] * len(leaves)
+  leaves, treedef, mask, groups, vector_lr = _leaf_layout(new_params, closed_form, multiplier,
+                                                          lr_group_ids)
   totals = _new_totals(ordered, multiplier.shape[0] if vector_lr else 1)
   d_grads = []
   for theta1, g, m1, n1, vv, decays, gid in zip(
@@ -419,7 +433,6 @@ def adafactor_derivatives(grads: PyTree, new_opt_state: Any, new_params: PyTree,
     raise ValueError(f"closed-form Adafactor derivative: unsupported hyper-parameter(s) "
                      f"{unsupported}; supported: {list(SUPPORTED[ADAFACTOR])}")
   state = _inner_state(new_opt_state, optax.FactoredState, "Adafactor")
-  vector_lr = multiplier is not None and jnp.ndim(multiplier) > 0
   hp = {k: jnp.asarray(val) for k, val in hyperparams.items()}
   t = jnp.asarray(state.count, jnp.float32)
   decay = hp["decay_rate"]
@@ -431,9 +444,8 @@ def adafactor_derivatives(grads: PyTree, new_opt_state: Any, new_params: PyTree,
   directions = {"decay_rate": (d_beta_d_decay, 0.0, 0.0), "eps": (0.0, 1.0, 0.0),
                 "clipping_threshold": (0.0, 0.0, 1.0)}
   through_y = [n for n in names if n in directions]
-  leaves, treedef = jax.tree.flatten(new_params)
-  mask = treedef.flatten_up_to(_mask_tree(closed_form.weight_decay_mask, new_params))
-  groups = treedef.flatten_up_to(lr_group_ids) if vector_lr else [0] * len(leaves)
+  leaves, treedef, mask, groups, vector_lr = _leaf_layout(new_params, closed_form, multiplier,
+                                                          lr_group_ids)
   num_groups = multiplier.shape[0] if vector_lr else 1
   totals = _new_totals(names, num_groups)
   flat = [treedef.flatten_up_to(tree) for tree in (grads, state.v_row, state.v_col, state.v, v,
