@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import pathlib
 import shutil
 
@@ -162,6 +163,22 @@ def test_bad_defaults_quick_report_and_rerun(results_dir):
   proc = run_script("bad_defaults.py", results_dir)
   assert "] training" not in proc.stdout
   assert snapshot(out / "records") == before
+
+
+def test_bad_defaults_gap_is_only_a_gap_when_the_best_constant_is_better():
+  """The share of the start → best-constant gap a guided run closes, by hand: a start already
+  better than the best constant (label smoothing 0.3 has a lower dev loss than any grid value)
+  has no gap, so a guided run that moves away from it is not counted as progress."""
+  spec = importlib.util.spec_from_file_location("bad_defaults", SCRIPTS / "bad_defaults.py")
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  gap = script.gap_closed
+  assert gap(1.2, 1.1, 1.0, lower_is_better=True) == pytest.approx(0.5)
+  assert gap(1.2, 1.3, 1.0, lower_is_better=True) == pytest.approx(-0.5)
+  assert math.isnan(gap(0.826, 0.946, 0.965, lower_is_better=True))
+  assert gap(20.0, 23.0, 26.0, lower_is_better=False) == pytest.approx(0.5)
+  assert math.isnan(gap(24.0, 20.0, 22.0, lower_is_better=False))
+  assert math.isnan(gap(1.0, 0.9, 1.0, lower_is_better=True))
 
 
 def test_guidance_diagnosis_report_rebuilds_from_the_committed_records(tmp_path):

@@ -17,7 +17,8 @@ constant of schedule_vs_constant (the grid run with the lowest guide loss on the
 BO (bo_vs_gbt's TPE studies, whose boxes cover every start: d = 1 for the LR starts, d = 6 for
 the others) limited to the guided run's compute. The report gives, per start, the fraction of the
 gap from the start to the best constant that one guided run closes (dev loss, the primary
-metric, and test BLEU), per seed and as a mean, with paired intervals against BO.
+metric, and test BLEU), per seed and as a mean ("no gap" where the start is already at least as
+good as the best constant), with paired intervals against BO.
 
 Writes RESULTS_DIR/bad_defaults/: report.md, gap_closed.png, experiment.json, records/ and runs/.
 Rerunning skips finished runs and resumes an interrupted one; `--report_only` rebuilds the report.
@@ -114,26 +115,31 @@ def run_all(exp: common.Experiment) -> None:
                        common.trajectory_extra)
 
 
-def best_constants(exp: common.Experiment, seeds: Sequence[int]) -> list[Any] | None:
-  """schedule_vs_constant's best constant per seed (lowest guide loss among its grid), or None
-  when its records are not there (e.g. --quick)."""
+def best_constants(exp: common.Experiment, seeds: Sequence[int]
+                   ) -> tuple[list[Any], list[float]] | None:
+  """schedule_vs_constant's best constant per seed (lowest guide loss among its grid) and the
+  compute of the grid that found it (the grid runs' steps, plain-step equivalents), or None when
+  its records are not there (e.g. --quick)."""
   path = os.path.join(exp.results_dir, "schedule_vs_constant")
   if not os.path.exists(os.path.join(path, "experiment.json")):
     return None
   store = records_lib.load_store(path)
   grid = ["constant: default", *[f"constant: LR multiplier {m:g}" for m in (0.5, 2.0, 4.0)],
           *[f"constant: label smoothing {v:g}" for v in (0.05, 0.1, 0.2)]]
-  out = []
+  best, compute = [], []
   for seed in seeds:
     runs = [r for r in (store.get(label, seed) for label in grid) if r is not None]
     if not runs:
       return None
-    out.append(min(runs, key=lambda r: np.nan_to_num(r.scores["guide_loss"], nan=np.inf)))
-  return out
+    best.append(min(runs, key=lambda r: np.nan_to_num(r.scores["guide_loss"], nan=np.inf)))
+    compute.append(float(sum(r.train_steps for r in runs)))
+  return best, compute
 
 
-def bo_at_budget(exp: common.Experiment, space: str, seed: int, budget: float) -> Any | None:
-  """bo_vs_gbt's TPE pick in `space` for `seed` within `budget` plain steps, or None."""
+def bo_at_budget(exp: common.Experiment, space: str, seed: int, budget: float
+                 ) -> tuple[Any, float] | None:
+  """bo_vs_gbt's TPE pick in `space` for `seed` within `budget` plain steps and the compute its
+  trials used, or None."""
   path = os.path.join(exp.results_dir, "bo_vs_gbt")
   if not os.path.exists(os.path.join(path, "experiment.json")):
     return None
@@ -142,19 +148,36 @@ def bo_at_budget(exp: common.Experiment, space: str, seed: int, budget: float) -
   if any(t is None for t in trials):
     return None
   curve = bo.pick_curve(trials, common.StepTime.median(trials))
-  return bo.picks_at_budget(curve, budget).at_budget
+  picks = bo.picks_at_budget(curve, budget)
+  return picks.at_budget, picks.at_budget_compute
 
 
-def gap_closed(start: float, reached: float, best: float) -> float:
+def gap_closed(start: float, reached: float, best: float, lower_is_better: bool) -> float:
   """(reached − start) / (best − start): 1 = all the way to the best constant, 0 = no better than
-  the start, < 0 = worse; NaN when the start is already at the best."""
+  the start, < 0 = worse. NaN when the best constant is not better than the start (no gap to
+  close: a ratio there would read a step away from the start as progress)."""
   gap = best - start
-  return (reached - start) / gap if abs(gap) > 1e-12 else math.nan
+  if (gap >= 0) if lower_is_better else (gap <= 0):
+    return math.nan
+  return (reached - start) / gap
+
+
+LOWER_IS_BETTER = {"dev_loss": True, "bleu": False}
+
+
+def _percents(values: Sequence[float]) -> str:
+  return ", ".join("no gap" if math.isnan(v) else f"{v * 100:.0f} %" for v in values)
+
+
+def _mean_percent(values: Sequence[float]) -> str:
+  finite = [v for v in values if not math.isnan(v)]
+  return f"{np.mean(finite) * 100:.0f} %" if finite else "n/a"
 
 
 def write_report(exp: common.Experiment) -> str:
   seeds = list(exp.seeds)
-  best = best_constants(exp, seeds)
+  constants = best_constants(exp, seeds)
+  best = constants[0] if constants is not None else None
   remedy = chosen_remedy(exp)
   sections, verdicts, bars = [], [], {}
   for start in starts(exp.size.quick):
@@ -170,13 +193,14 @@ def write_report(exp: common.Experiment) -> str:
     space = STARTS[start][3]
     if best is not None:
       runs["best constant (schedule_vs_constant)"] = best
-      compute["best constant (schedule_vs_constant)"] = [math.nan] * len(seeds)
+      compute["best constant (schedule_vs_constant)"] = constants[1]  # the grid's runs
       order.append("best constant (schedule_vs_constant)")
-    bo_runs = [bo_at_budget(exp, space, s, c) for s, c in zip(seeds, compute[f"guided ({GREEDY})"])]
-    if all(r is not None for r in bo_runs):
+    bo_picks = [bo_at_budget(exp, space, s, c)
+                for s, c in zip(seeds, compute[f"guided ({GREEDY})"])]
+    if all(p is not None for p in bo_picks):
       label = f"BO {space} at the guided run's compute"
-      runs[label] = bo_runs
-      compute[label] = [math.nan] * len(seeds)
+      runs[label] = [pick for pick, _ in bo_picks]
+      compute[label] = [used for _, used in bo_picks]  # its trials' steps within the budget
       order.append(label)
     table = report.arm_table(order, runs, compute)
     comparisons = [(k, "plain", f"{k} vs plain at the start") for k in kinds[1:]]
@@ -186,17 +210,19 @@ def write_report(exp: common.Experiment) -> str:
     lines = []
     if best is not None:
       for k in kinds[1:]:
-        per_seed = {m: [gap_closed(p.scores[m], g.scores[m], b.scores[m])
+        per_seed = {m: [gap_closed(p.scores[m], g.scores[m], b.scores[m], LOWER_IS_BETTER[m])
                         for p, g, b in zip(runs["plain"], runs[k], best)]
-                    for m in ("dev_loss", "bleu")}
+                    for m in LOWER_IS_BETTER}
         lines.append(
-            f"- {start}, {k}: closes {np.nanmean(per_seed['dev_loss']) * 100:.0f} % of the dev-"
-            f"loss gap to the best constant (per seed "
-            f"{', '.join(f'{v * 100:.0f} %' for v in per_seed['dev_loss'])}) and "
-            f"{np.nanmean(per_seed['bleu']) * 100:.0f} % of the BLEU gap (per seed "
-            f"{', '.join(f'{v * 100:.0f} %' for v in per_seed['bleu'])}), at "
-            f"{np.mean(compute[k]):.0f} plain steps of compute.")
-        bars[f"{start}, {k}"] = [v * 100 for v in per_seed["dev_loss"]]
+            f"- {start}, {k}: share of the gap from the start to the best constant closed, mean "
+            f"(per seed): dev loss {_mean_percent(per_seed['dev_loss'])} "
+            f"({_percents(per_seed['dev_loss'])}), test BLEU {_mean_percent(per_seed['bleu'])} "
+            f"({_percents(per_seed['bleu'])}), at {np.mean(compute[k]):.0f} plain steps of "
+            "compute (\"no gap\": the start is already at least as good as the best constant "
+            "on that seed).")
+        finite = [v * 100 for v in per_seed["dev_loss"] if not math.isnan(v)]
+        if finite:  # a start with no gap on any seed has no bar
+          bars[f"{start}, {k}"] = finite
     for a, b, name in comparisons:
       lines.append(f"- {start}, {name}: {report.paired_summary(diffs[(a, b)])}.")
     verdicts += lines
@@ -209,7 +235,9 @@ def write_report(exp: common.Experiment) -> str:
            f"{exp.size.num_layers} layers, AdamW 2e-3 warmup + linear decay). Each guided run "
            f"learns the values its start got wrong (meta LR {exp.meta_lr:g}, a guided step every "
            f"{exp.size.hyper_step_every}). Best constant and BO are read from the committed "
-           "schedule_vs_constant and bo_vs_gbt records (same seeds and regime)"
+           "schedule_vs_constant and bo_vs_gbt records (same seeds and regime); the best constant's "
+           "compute is that of the grid that found it, BO's that of its trials within the guided "
+           "run's compute"
            + ("" if best is not None else "; not available at this size") + f". Seeds {seeds}. "
            + (f"Remedy: {remedy!r}, guidance_diagnosis's LR-only remedy with the lowest mean dev "
               "loss" + (" (--quick: its first candidate)" if exp.size.quick else "")
