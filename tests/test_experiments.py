@@ -184,12 +184,18 @@ def test_bad_defaults_gap_is_only_a_gap_when_the_best_constant_is_better():
 def test_guidance_diagnosis_report_rebuilds_from_the_committed_records(tmp_path):
   """guidance_diagnosis --report_only on a copy of the committed records (the default size; the
   arms not yet run are left out): a report and the loss-curve plot, no training."""
-  committed = pathlib.Path(SCRIPTS).parents[1] / "docs" / "results" / "guidance_diagnosis"
-  shutil.copytree(committed / "records", tmp_path / "guidance_diagnosis" / "records")
-  shutil.copy(committed / "experiment.json", tmp_path / "guidance_diagnosis")
+  results = pathlib.Path(SCRIPTS).parents[1] / "docs" / "results"
+  for name in ("guidance_diagnosis", "schedule_vs_constant"):  # (the constants it compares)
+    shutil.copytree(results / name / "records", tmp_path / name / "records")
+    shutil.copy(results / name / "experiment.json", tmp_path / name)
   proc = run_script("guidance_diagnosis.py", tmp_path, "--report_only", "--seeds=0",
                     quick=False)
   text = (tmp_path / "guidance_diagnosis" / "report.md").read_text()
   assert "Loss spikes" in text and "| plain |" in text
+  # Guided label smoothing falls from 0.1 while plain runs at 0.2 end with a lower dev loss.
+  row = next(line for line in text.splitlines() if line.startswith("| guided: label smoothing")
+             and "0.2: " in line)
+  start, _, final = row.split(" | ")[1].split(" / ")
+  assert float(final) < float(start) == 0.1
   assert "training" not in proc.stdout
   assert (tmp_path / "guidance_diagnosis" / "loss_curves.png").stat().st_size > 1000

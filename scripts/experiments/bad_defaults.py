@@ -120,12 +120,11 @@ def best_constants(exp: common.Experiment, seeds: Sequence[int]
   """schedule_vs_constant's best constant per seed (lowest guide loss among its grid) and the
   compute of the grid that found it (the grid runs' steps, plain-step equivalents), or None when
   its records are not there (e.g. --quick)."""
-  path = os.path.join(exp.results_dir, "schedule_vs_constant")
+  path = os.path.join(exp.results_dir, gd.CONSTANTS_EXPERIMENT)
   if not os.path.exists(os.path.join(path, "experiment.json")):
     return None
   store = records_lib.load_store(path)
-  grid = ["constant: default", *[f"constant: LR multiplier {m:g}" for m in (0.5, 2.0, 4.0)],
-          *[f"constant: label smoothing {v:g}" for v in (0.05, 0.1, 0.2)]]
+  grid = ["constant: default", *[label for _, _, label in gd.CONSTANT_GRID]]
   best, compute = [], []
   for seed in seeds:
     runs = [r for r in (store.get(label, seed) for label in grid) if r is not None]

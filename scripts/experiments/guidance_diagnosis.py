@@ -44,7 +44,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from harness import common, report
+from harness import common, records as records_lib, report
 
 NAME = "guidance_diagnosis"
 BASE_LR = 0.002  # experiments/demo_nmt.gin
@@ -67,6 +67,31 @@ PEAK, FINAL = "constant: guided peak", "constant: guided final"
 LS_PLAIN, LS_GUIDED = f"plain: label smoothing {LS_START:g}", "guided: label smoothing"
 ALL_GUIDED = "guided: all kinds"
 REMEDIES = ("late start", f"averaged {AVERAGE_EVERY}", f"guide batch x{GUIDE_BATCH_FACTOR}")
+
+
+# schedule_vs_constant's grid of plain runs at a constant value (kind, value, record label); the
+# default (LR multiplier 1, label smoothing 0) is its "constant: default" run.
+CONSTANTS_EXPERIMENT = "schedule_vs_constant"
+CONSTANT_GRID = (
+    *[("learning_rate", m, f"constant: LR multiplier {m:g}") for m in (0.5, 2.0, 4.0)],
+    *[("label_smoothing", v, f"constant: label smoothing {v:g}") for v in (0.05, 0.1, 0.2)])
+DEFAULTS = {"learning_rate": 1.0, "label_smoothing": 0.0}
+
+
+def constant_runs(results_dir: str, seeds: Sequence[int]) -> dict[tuple[str, float], list[Any]]:
+  """{(kind, value): schedule_vs_constant's records on `seeds`} for each grid value (the default
+  under both kinds) with a record on every seed; empty when that experiment is not there."""
+  path = os.path.join(results_dir, CONSTANTS_EXPERIMENT)
+  if not os.path.exists(os.path.join(path, "experiment.json")):
+    return {}
+  store = records_lib.load_store(path)
+  grid = [*CONSTANT_GRID, *[(k, v, "constant: default") for k, v in DEFAULTS.items()]]
+  out = {}
+  for kind, value, label in grid:
+    records = [store.get(label, s) for s in seeds]
+    if all(r is not None for r in records):
+      out[(kind, value)] = records
+  return out
 
 
 def remedy_arm(remedy: str, kinds: Sequence[str]) -> str:
@@ -241,7 +266,7 @@ def write_report(exp: common.Experiment) -> str:
               "Train loss against plain's on the same seed (mean difference of the logged "
               "windows, nats per token) in each third of the run: a gap opened early and kept "
               "is a path effect; one that follows the current value is the value's:", gap_table,
-              snr, report.PAIRED_NOTE, paired,
+              snr, _direction_section(exp, runs), report.PAIRED_NOTE, paired,
               "![train loss](loss_curves.png)\n\n![hypergradients](hypergradients.png)"]
   return report.write_experiment_report(exp.out, "Guidance diagnosis", exp.size.quick, sections,
                                         "guidance_diagnosis.py", exp.results_dir)
@@ -279,6 +304,45 @@ def _multiplier_note(record: Any) -> str:
   if not values:
     return "1 (constant)"
   return f"{max(values):.3f} / {values[-1]:.3f}"
+
+
+def _direction_section(exp: common.Experiment, runs: dict[str, list[Any]]) -> str:
+  """Where the guidance moves a value against where a whole run at a constant value is better:
+  the guided runs' start / peak / final value and the share of their hypergradients asking for
+  less, beside schedule_vs_constant's dev loss per constant (mean over the same seeds)."""
+  constants = constant_runs(exp.results_dir, [r.seed for r in runs[PLAIN]])
+  rows, verdicts = [], []
+  for arm, kind in ((LR_GUIDED, "learning_rate"), (LS_GUIDED, "label_smoothing")):
+    grid = sorted((v, rs) for (k, v), rs in constants.items() if k == kind)
+    if arm not in runs or not grid:
+      continue
+    paths = [r.extra["trajectory"][kind] for r in runs[arm]]
+    asks_less = [float(np.mean(np.asarray(r.extra["hypergrads"][kind]) > 0)) for r in runs[arm]]
+    best_value = min(grid, key=lambda g: _mean([r.scores["dev_loss"] for r in g[1]]))[0]
+    moves = {np.sign(p[-1] - p[0]) for p in paths}
+    if len(moves) == 1 and (best_value - paths[0][0]) * moves.pop() < 0:
+      verdicts.append(
+          f"- {arm}: the guidance ends {'below' if paths[0][-1] < paths[0][0] else 'above'} its "
+          f"start on every seed, while the constant with the lowest dev loss ({best_value:g}) "
+          "lies the other way: the one-step guide gradient points against the value's "
+          "whole-run effect.")
+    rows.append([
+        arm,
+        " ; ".join(f"{p[0]:.3g} / {max(p):.3g} / {p[-1]:.3g}" for p in paths),
+        ", ".join(f"{a * 100:.0f} %" for a in asks_less),
+        ", ".join(f"{v:g}: {_mean([r.scores['dev_loss'] for r in rs]):.3f}" for v, rs in grid)])
+  if not rows:
+    return ""
+  return ("Direction of the guidance against the whole-run effect of the value: the guided "
+          "value per seed (start / peak / final), the share of guided steps whose hypergradient "
+          "asks for a smaller value, and the dev loss of plain runs at a constant value "
+          f"({CONSTANTS_EXPERIMENT}, mean over the same seeds). Where the guidance walks the "
+          "value away from the constants with the lower dev loss, the one-step guide gradient "
+          "points against the value's effect over the run (short-horizon bias):\n\n"
+          + report.markdown_table(["arm", "guided value: start / peak / final",
+                                   "hypergradients asking for less",
+                                   "dev loss of plain at a constant value"], rows)
+          + ("\n\n" + "\n".join(verdicts) if verdicts else ""))
 
 
 def _snr_section(runs: dict[str, list[Any]]) -> str:
