@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-from harness import common, sizes
+from harness import common, report, sizes
 from harness import records as records_lib
 from tests.experiment_helpers import (SCRIPTS, assert_rerun_skips_finished_runs, check_tables,
                                       run_script, snapshot)
@@ -179,6 +179,31 @@ def test_bad_defaults_gap_is_only_a_gap_when_the_best_constant_is_better():
   assert gap(20.0, 23.0, 26.0, lower_is_better=False) == pytest.approx(0.5)
   assert math.isnan(gap(24.0, 20.0, 22.0, lower_is_better=False))
   assert math.isnan(gap(1.0, 0.9, 1.0, lower_is_better=True))
+
+
+@pytest.mark.slow
+def test_guidance_diagnosis_quick_runs_every_arm(results_dir):
+  """guidance_diagnosis --quick: every arm trains (the constants at the guided run's values, the
+  remedies with the LR alone and with all kinds, label smoothing with the forward horizon) and
+  the report has finite numbers for each; a rerun trains nothing."""
+  out = results_dir / "guidance_diagnosis"
+  run_script("guidance_diagnosis.py", results_dir, "--seeds=0")
+  text = (out / "report.md").read_text()
+  assert report.QUICK_NOTE in text
+  table = report.parse_tables(text)[0]  # (the next ones count spikes: integers)
+  for row in table:
+    for column, cell in row.items():
+      if column != "arm":
+        assert all(math.isfinite(v) for v in report.parse_mean_std(cell)), (row, column)
+  arms = [row["arm"] for row in table]
+  assert arms[:7] == ["plain", "guided: LR multiplier", "constant: guided peak",
+                      "constant: guided final", "plain: label smoothing 0.1",
+                      "guided: label smoothing", "guided: label smoothing, forward mu=0.9"]
+  assert {"LR, late start", "all kinds, guide batch x4"} <= set(arms)
+  before = snapshot(out / "records")
+  proc = run_script("guidance_diagnosis.py", results_dir, "--seeds=0")
+  assert "] training" not in proc.stdout
+  assert snapshot(out / "records") == before
 
 
 def test_guidance_diagnosis_report_rebuilds_from_the_committed_records(tmp_path):

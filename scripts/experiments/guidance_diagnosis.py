@@ -23,7 +23,10 @@ multiplier, Adam b1, label smoothing, data weights), chosen from the diagnosis:
   so the values can still cover the same range);
 * `guide batch ×4`: a 4× larger guide batch every 4× fewer steps (the same guided compute; meta
   LR × 4).
-The all-kinds arm without a remedy is `guided: all kinds`.
+The all-kinds arm without a remedy is `guided: all kinds`. And for label smoothing, whose one-step
+hypergradient points against its whole-run effect (the report's direction section), the long
+horizon: `guided: label smoothing, forward mu=0.9` (forward-mode tangents through every model
+step, `HORIZON_MU`), from the same start as its greedy arm.
 
 Scores: dev loss (primary), test BLEU on the whole test split, compute in plain-step equivalents.
 Writes RESULTS_DIR/guidance_diagnosis/: report.md, loss_curves.png, hypergradients.png,
@@ -66,6 +69,8 @@ PLAIN, LR_GUIDED = "plain", "guided: LR multiplier"
 PEAK, FINAL = "constant: guided peak", "constant: guided final"
 LS_PLAIN, LS_GUIDED = f"plain: label smoothing {LS_START:g}", "guided: label smoothing"
 ALL_GUIDED = "guided: all kinds"
+HORIZON_MU = 0.9  # short_horizon's damping with the fewer skipped meta updates
+LS_FORWARD = f"guided: label smoothing, forward mu={HORIZON_MU:g}"
 REMEDIES = ("late start", f"averaged {AVERAGE_EVERY}", f"guide batch x{GUIDE_BATCH_FACTOR}")
 
 
@@ -195,6 +200,20 @@ def run_all(exp: common.Experiment) -> None:
         gin_file = guided(f"remedy_{tag}", kinds, meta_lr, period, extra)
         common.run_arm(exp, remedy_arm(remedy, kinds), seed, [gin_file], log, score,
                        guided_extra)
+  run_label_smoothing_horizon(exp)
+
+
+def run_label_smoothing_horizon(exp: common.Experiment) -> None:
+  """Guided label smoothing with the long (forward) horizon, from the same start: the remedy the
+  direction section points to, since the one-step hypergradient of label smoothing asks for less
+  on every guided step while plain runs end better with more."""
+  gin_file = common.guided_gin(
+      os.path.join(exp.out, "gin", f"label_smoothing_forward_mu{HORIZON_MU:g}.gin"),
+      common.NMT_GIN, ("label_smoothing",), exp.meta_lr, exp.size.hyper_step_every,
+      extra=common.forward_horizon(HORIZON_MU))
+  for seed in exp.seeds:
+    common.run_arm(exp, LS_FORWARD, seed, [gin_file], [log_binding(exp)],
+                   common.translation_scores(exp), guided_extra)
 
 
 def best_lr_remedy(store: Any, seeds: Sequence[int]) -> str | None:
@@ -216,7 +235,8 @@ def _mean(values: Sequence[float]) -> float:
 def write_report(exp: common.Experiment) -> str:
   seeds = list(exp.seeds)
   remedy_arms = [remedy_arm(r, k) for r in REMEDIES for k in (LR_ONLY, ALL_KINDS)]
-  arms = [PLAIN, LR_GUIDED, PEAK, FINAL, LS_PLAIN, LS_GUIDED, ALL_GUIDED, *remedy_arms]
+  arms = [PLAIN, LR_GUIDED, PEAK, FINAL, LS_PLAIN, LS_GUIDED, LS_FORWARD, ALL_GUIDED,
+          *remedy_arms]
   stored = {a: [exp.store.get(a, s) for s in seeds] for a in arms}
   done = [a for a in arms if all(r is not None for r in stored[a])]
   if PLAIN not in done or LR_GUIDED not in done:
@@ -237,6 +257,8 @@ def write_report(exp: common.Experiment) -> str:
                  (FINAL, PLAIN, "constant at the guided final value vs plain"),
                  (LR_GUIDED, FINAL, "LR-guided vs constant at its final value"),
                  (LS_GUIDED, LS_PLAIN, f"guided label smoothing vs plain at {LS_START:g}"),
+                 (LS_FORWARD, LS_PLAIN, f"{LS_FORWARD} vs plain at {LS_START:g}"),
+                 (LS_FORWARD, LS_GUIDED, f"{LS_FORWARD} vs the greedy horizon"),
                  (ALL_GUIDED, PLAIN, "all kinds vs plain")]
   comparisons += [(a, PLAIN, f"{a} vs plain") for a in remedy_arms]
   comparisons += [(remedy_arm(r, k), LR_GUIDED if k == LR_ONLY else ALL_GUIDED,
@@ -312,7 +334,8 @@ def _direction_section(exp: common.Experiment, runs: dict[str, list[Any]]) -> st
   less, beside schedule_vs_constant's dev loss per constant (mean over the same seeds)."""
   constants = constant_runs(exp.results_dir, [r.seed for r in runs[PLAIN]])
   rows, verdicts = [], []
-  for arm, kind in ((LR_GUIDED, "learning_rate"), (LS_GUIDED, "label_smoothing")):
+  for arm, kind in ((LR_GUIDED, "learning_rate"), (LS_GUIDED, "label_smoothing"),
+                    (LS_FORWARD, "label_smoothing")):
     grid = sorted((v, rs) for (k, v), rs in constants.items() if k == kind)
     if arm not in runs or not grid:
       continue
@@ -377,6 +400,11 @@ def _verdicts(runs, diffs, spikes, compute) -> str:
                      (FINAL, PLAIN, "A plain run at its final multiplier"),
                      (LR_GUIDED, PLAIN, "The LR-guided run"),
                      (LS_GUIDED, LS_PLAIN, f"Guided label smoothing (vs plain at {LS_START:g})"),
+                     (LS_FORWARD, LS_PLAIN,
+                      f"Guided label smoothing, forward horizon mu={HORIZON_MU:g} (vs plain at "
+                      f"{LS_START:g})"),
+                     (LS_FORWARD, LS_GUIDED,
+                      f"Guided label smoothing, forward horizon mu={HORIZON_MU:g} (vs greedy)"),
                      (ALL_GUIDED, PLAIN, "All kinds guided")):
     if (a, b) in diffs:
       lines.append(f"- {what}: {report.paired_summary(diffs[(a, b)])}; loss spikes per seed "
