@@ -876,7 +876,8 @@ def test_guided_run_with_frozen_values_trains_as_the_plain_trainer(init_1dev, gu
   the guided values in between) is bit for bit the plain Trainer's step at the same values, so
   guided and plain runs differ only by what the guide moves, not through their plumbing: the
   guided step takes its gradient and its guarded update from the plain step's own functions
-  (`hypergrad.train_loss_gradients`, `hypergrad.guarded_update`).
+  (`hypergrad.train_loss_gradients`, `hypergrad.guarded_update`). Optimizer-side (LR, b1) and
+  loss-side (label smoothing: the guided step's train pass carries a tangent) values alike.
 
   The plain run replays the guided run's initial effective values as constant schedules: the
   optimizer's own b1 = 0.9 is not among them (its raw value maps back through the sigmoid to
@@ -886,7 +887,8 @@ def test_guided_run_with_frozen_values_trains_as_the_plain_trainer(init_1dev, gu
   monkeypatch.setattr(hypergrad, "NON_FINITE_GUARD", guard)  # either guard (read when traced)
   model, fresh, axes, p = init_1dev
   specs = (GuidedHParam("learning_rate", 1.0, "exp", lower=0.01, upper=100.0),
-           GuidedHParam("b1", 0.9, "sigmoid", lower=0.0, upper=0.999))
+           GuidedHParam("b1", 0.9, "sigmoid", lower=0.0, upper=0.999),
+           GuidedHParam("label_smoothing", 0.1, "sigmoid", lower=0.0, upper=0.5))
   guided = trainer_1dev(init_1dev, specs=specs, meta_learning_rate=0.0, hyper_step_every=2)
   frozen = host(specs_lib.effective(specs, guided.train_state.guided.raw))
   schedules = {name: (lambda step, v=value: jnp.asarray(v)) for name, value in frozen.items()}
