@@ -234,9 +234,9 @@ def write_report(exp: common.Experiment) -> str:
            f"{exp.size.num_layers} layers, AdamW 2e-3 warmup + linear decay). Each guided run "
            f"learns the values its start got wrong (meta LR {exp.meta_lr:g}, a guided step every "
            f"{exp.size.hyper_step_every}). Best constant and BO are read from the committed "
-           "schedule_vs_constant and bo_vs_gbt records (same seeds and regime); the best constant's "
-           "compute is that of the grid that found it, BO's that of its trials within the guided "
-           "run's compute"
+           "schedule_vs_constant and bo_vs_gbt records (same seeds and regime); the best "
+           "constant's compute is that of the grid that found it, BO's that of its trials within "
+           "the guided run's compute"
            + ("" if best is not None else "; not available at this size") + f". Seeds {seeds}. "
            + (f"Remedy: {remedy!r}, guidance_diagnosis's LR-only remedy with the lowest mean dev "
               "loss" + (" (--quick: its first candidate)" if exp.size.quick else "")
