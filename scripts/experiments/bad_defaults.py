@@ -79,14 +79,15 @@ def arm(start: str, kind: str) -> str:
 
 
 def chosen_remedy(exp: common.Experiment) -> str | None:
-  """guidance_diagnosis's best LR-only remedy on this experiment's seeds (None until its records
-  are complete); with --quick its first candidate."""
+  """guidance_diagnosis's best LR-only remedy on the size's seeds (not `--seeds`: a run of one seed
+  picks the same remedy as the whole experiment; None until those records are complete); with
+  --quick its first candidate."""
   if exp.size.quick:
     return gd.REMEDIES[0]
   path = os.path.join(exp.results_dir, gd.NAME)
   if not os.path.exists(os.path.join(path, "experiment.json")):
     return None
-  return gd.best_lr_remedy(records_lib.load_store(path), exp.seeds)
+  return gd.best_lr_remedy(records_lib.load_store(path), exp.size.seeds)
 
 
 def run_all(exp: common.Experiment) -> None:
@@ -120,18 +121,16 @@ def best_constants(exp: common.Experiment, seeds: Sequence[int]
   """schedule_vs_constant's best constant per seed (lowest guide loss among its grid) and the
   compute of the grid that found it (the grid runs' steps, plain-step equivalents), or None when
   its records are not there (e.g. --quick)."""
-  path = os.path.join(exp.results_dir, gd.CONSTANTS_EXPERIMENT)
-  if not os.path.exists(os.path.join(path, "experiment.json")):
+  runs = gd.constant_runs(exp.results_dir, seeds)
+  if not runs:
     return None
-  store = records_lib.load_store(path)
-  grid = ["constant: default", *[label for _, _, label in gd.CONSTANT_GRID]]
+  # One entry per run: constant_runs lists the default under every kind.
+  grid = {records[0].label: records for records in runs.values()}
   best, compute = [], []
-  for seed in seeds:
-    runs = [r for r in (store.get(label, seed) for label in grid) if r is not None]
-    if not runs:
-      return None
-    best.append(min(runs, key=lambda r: np.nan_to_num(r.scores["guide_loss"], nan=np.inf)))
-    compute.append(float(sum(r.train_steps for r in runs)))
+  for i in range(len(seeds)):
+    of_seed = [records[i] for records in grid.values()]
+    best.append(min(of_seed, key=lambda r: np.nan_to_num(r.scores["guide_loss"], nan=np.inf)))
+    compute.append(float(sum(r.train_steps for r in of_seed)))
   return best, compute
 
 
