@@ -149,9 +149,14 @@ def main_with_one_line_errors(main: Callable[[Sequence[str] | None], int]) -> in
 
 
 def write_gin(path: str, lines: Sequence[str]) -> str:
+  """Writes `lines` to `path` atomically (a temporary file renamed over it), so that workers of
+  one experiment on different `--seeds`, which write the same gin files, never read a partial
+  one."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "w") as f:
     f.write("\n".join(lines) + "\n")
+  os.replace(tmp, path)
   return path
 
 
