@@ -159,6 +159,8 @@ def test_bad_defaults_quick_report_and_rerun(results_dir):
   tables = check_tables(text, "arm")
   assert [row["arm"] for row in tables[0]] == ["plain", "guided (greedy)", "guided (late start)"]
   assert "### Start: LR x0.25" in text
+  assert "LR x0.25, guided (greedy): learned LR multiplier (1 = the start's LR), per seed: peak " \
+      in text
   before = snapshot(out / "records")
   proc = run_script("bad_defaults.py", results_dir)
   assert "] training" not in proc.stdout

@@ -172,6 +172,15 @@ def _mean_percent(values: Sequence[float]) -> str:
   return f"{np.mean(finite) * 100:.0f} %" if finite else "n/a"
 
 
+def lr_multiplier_path(record: Any) -> str:
+  """'peak P at step S, final F' of a guided run's learned LR multiplier (its record's
+  trajectory)."""
+  trajectory = record.extra["trajectory"]
+  values, steps = trajectory["learning_rate"], trajectory["steps"]
+  peak = int(np.argmax(values))
+  return f"peak {values[peak]:.2f} at step {steps[peak]}, final {values[-1]:.2f}"
+
+
 def write_report(exp: common.Experiment) -> str:
   seeds = list(exp.seeds)
   constants = best_constants(exp, seeds)
@@ -223,6 +232,10 @@ def write_report(exp: common.Experiment) -> str:
           bars[f"{start}, {k}"] = finite
     for a, b, name in comparisons:
       lines.append(f"- {start}, {name}: {report.paired_summary(diffs[(a, b)])}.")
+    if "learning_rate" in STARTS[start][1]:
+      for k in kinds[1:]:
+        lines.append(f"- {start}, {k}: learned LR multiplier (1 = the start's LR), per seed: "
+                     + "; ".join(lr_multiplier_path(r) for r in runs[k]) + ".")
     verdicts += lines
     sections += [f"### Start: {start}", table, paired]
   if bars:
