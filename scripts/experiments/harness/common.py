@@ -15,7 +15,7 @@ import shutil
 import statistics
 from typing import Any, Callable, Mapping, Sequence
 
-from gbt_t5x import console, errors
+from gbt_t5x import console, errors, fileio
 from harness import records as records_lib
 from harness import sizes as sizes_lib
 from harness.records import RunRecord
@@ -149,14 +149,10 @@ def main_with_one_line_errors(main: Callable[[Sequence[str] | None], int]) -> in
 
 
 def write_gin(path: str, lines: Sequence[str]) -> str:
-  """Writes `lines` to `path` atomically (a temporary file renamed over it), so that workers of
-  one experiment on different `--seeds`, which write the same gin files, never read a partial
-  one."""
+  """Writes `lines` to `path` atomically (`fileio.write_text`), so that workers of one experiment
+  on different `--seeds`, which write the same gin files, never read a partial one."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w") as f:
-    f.write("\n".join(lines) + "\n")
-  os.replace(tmp, path)
+  fileio.write_text(path, "\n".join(lines) + "\n")
   return path
 
 
