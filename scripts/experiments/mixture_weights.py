@@ -3,6 +3,7 @@ the mixtures users pick today, downstream?
 
     python scripts/experiments/mixture_weights.py [--results_dir results] [--quick] [--seeds 0,1,2]
         [--downstream MODULE:TASK[,MODULE:TASK...]]   # default: demo_cola, demo_mrpc
+        [--part all|arms|bo]   # workers side by side: one seed's BO study beside its other arms
 
 Tiny T5 (2+2 layers, as pretrain_downstream) is pretrained with span corruption on the demo
 pretraining mixture (`gbt_t5x_tasks.demo_mixture`: the world's source-language text, English-like
@@ -67,6 +68,7 @@ BO_AT_GBT, BO_FINAL = "BO pick at GBT's compute", "BO pick after all trials"
 BO_RANGE = (0.1, 10.0)  # each member's rate multiplier, searched in log scale
 PRETRAIN_ARMS = (NATURAL, STRATIFIED, ORACLE, GBT_LW, GBT_SR, DOREMI)
 QUICK_ARMS = (NATURAL, GBT_SR, DOREMI)
+PARTS = ("all", "arms", "bo")
 PRETRAIN_METRICS = (("dev_loss", "source-text dev loss", 3, False),
                     ("guide_loss", "guide loss", 3, False))
 
@@ -75,6 +77,10 @@ def _add_flags(parser) -> None:
   parser.add_argument("--downstream", default=None,
                       help=f"comma-separated MODULE:TASK downstream tasks (default "
                       f"{DEFAULT_DOWNSTREAM}; --quick: {QUICK_DOWNSTREAM})")
+  parser.add_argument("--part", default="all", choices=PARTS,
+                      help="which runs this process makes: all (default), the arms other than "
+                      "BO, or the BO study and its picks (which need the seed's natural and GBT "
+                      "records); the records are the same whichever way they are split")
 
 
 def pretrain_arms(quick: bool) -> tuple[str, ...]:
@@ -153,7 +159,9 @@ def doremi_gin(path: str, proxy: Any) -> str:
       demo_mixture.MIXTURE, MODULE, weights, "DoReMi's proxy", "mean").rstrip("\n")])
 
 
-def run_all(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) -> None:
+def run_all(exp: common.Experiment, downstream: Sequence[tuple[str, str]],
+            part: str = "all") -> None:
+  """Runs (or resumes) `part` of the experiment (`PARTS`) for `exp.seeds`."""
   from gbt_t5x.data import data_ids
   from gbt_t5x.guided import export, mixture_export
   from gbt_t5x_tasks import demo_mixture, demo_pretrain
@@ -178,7 +186,7 @@ def run_all(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) -> No
           GBT_SR: ([guided["sampling_rates"]], task(demo_mixture.MIXTURE), weights_extra)}
   score = pretrain_score(exp)
   domain_names = data_ids.data_id_names(demo_mixture.MIXTURE, data_ids.MIXTURE_TASK)
-  for seed in exp.seeds:
+  for seed in (exp.seeds if part in ("all", "arms") else ()):
     done = {}
     for label in pretrain_arms(size.quick):
       if label == DOREMI:
@@ -210,7 +218,7 @@ def run_all(exp: common.Experiment, downstream: Sequence[tuple[str, str]]) -> No
                                    extra, steps=size.pretrain_steps)
     for label, record in done.items():
       _finetune_all(exp, downstream, record, arms[label][0], [*base, *arms[label][1]])
-  for seed in exp.seeds:  # BO last: the cheaper arms of every seed come first.
+  for seed in (exp.seeds if part in ("all", "bo") else ()):  # BO last: cheaper arms first.
     _bo_arms(exp, downstream, seed, plain_gin, base, score)
 
 
@@ -408,6 +416,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   "layers": pd.model_layers(size),
                                   "resample_every": RESAMPLE_EVERY,
                                   "unseen_offset": UNSEEN_OFFSET})
+  if args.part != "all" and not exp.report_only:
+    run_all(exp, downstream, args.part)  # a worker's share; the full run writes the report.
+    return 0
   return common.run_and_report(exp, run_all, write_report, downstream)
 
 
