@@ -1,7 +1,8 @@
 """End-to-end `--quick` run of scripts/experiments/mixture_weights.py: every arm (natural rates,
 GBT as online sampling rates, DoReMi with its proxy, the replay on an unseen seed, BO over the
 rates and its picks) pretrains, the picks and final runs are finetuned, the report holds finite
-tables and the learned-weights plot, and a rerun trains nothing."""
+tables and the learned-weights plot, and a rerun trains nothing; a `--part bo` worker started
+before its seed's other arms stops with one line."""
 from __future__ import annotations
 
 import json
@@ -16,6 +17,11 @@ from tests.experiment_helpers import assert_rerun_skips_finished_runs, check_tab
 @pytest.mark.slow
 def test_mixture_weights_quick(results_dir):
   out = results_dir / "mixture_weights"
+  # A BO worker started before its seed's other arms stops at once with one line.
+  early = run_script("mixture_weights.py", results_dir, "--seeds=0", "--part=bo", check=False)
+  assert early.returncode == 2 and early.stderr.strip().count("\n") == 0, early.stderr[-2000:]
+  assert "'natural rates'" in early.stderr and "--part arms" in early.stderr
+  assert not (out / "records").exists() or not list((out / "records").glob("*.json"))
   run_script("mixture_weights.py", results_dir, "--seeds=0", timeout=1500)
   text = (out / "report.md").read_text()
   tables = check_tables(text, "arm")

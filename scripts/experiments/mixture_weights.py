@@ -234,6 +234,11 @@ def _bo_arms(exp: common.Experiment, downstream: Sequence[tuple[str, str]], seed
   from gbt_t5x.guided import mixture_export
   from gbt_t5x_tasks import demo_mixture
   size, out = exp.size, exp.out
+  needed = [a for a in (NATURAL, GBT_LW, GBT_SR) if a in pretrain_arms(size.quick)]
+  missing = [a for a in needed if exp.store.get(a, seed) is None]
+  if missing:  # BO's picks are taken at these runs' compute: they come first (`--part arms`).
+    raise ValueError(f"BO over the rates, seed {seed}: the {', '.join(map(repr, missing))} "
+                     f"run(s) of seed {seed} are not finished; run --part arms (or all) first")
   names = sorted(demo_mixture.natural_rates())
   search_gin = common.write_gin(os.path.join(out, "gin", "search_rates.gin"), [
       mixture_export.search_gin_text(demo_mixture.MIXTURE, MODULE, names).rstrip("\n")])
