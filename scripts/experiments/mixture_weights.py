@@ -401,7 +401,7 @@ def _plot(exp, pre, gbt, glue, order) -> None:
       traj = r.extra["trajectory"]
       values = np.asarray(traj["data_weights"])
       panels[f"{arm}, seed {r.seed}"] = {
-          name.replace("_span_corruption", ""): (traj["steps"], values[:, i].tolist())
+          name: (traj["steps"], values[:, i].tolist())
           for i, name in enumerate(r.extra["task_names"])}
   if panels:
     report.plot_panels(os.path.join(exp.out, "learned_weights.png"), panels, "pretraining step",
